@@ -1,0 +1,69 @@
+"""``manifold``: the command line. ``manifold serve`` runs the daemon on embedded defaults."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from config.settings import ConfigError, load
+
+from .service import Service
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="manifold", description="Manifold message broker")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the broker daemon")
+    serve.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    serve.add_argument("--data-dir", metavar="DIR", help="where durable data lives "
+                       "(default ./manifold-data)")
+    serve.add_argument("--bind", metavar="ADDR", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--amqp-port", type=int, metavar="PORT", help="AMQP 0-9-1 port (5672)")
+    serve.add_argument("--mqtt-port", type=int, metavar="PORT", help="MQTT port (1883)")
+    serve.add_argument("--stomp-port", type=int, metavar="PORT", help="STOMP port (61613)")
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace):
+    settings = load(args.config)
+    server = {k: v for k, v in (("data_dir", args.data_dir), ("bind", args.bind),
+                                ("log_level", args.log_level)) if v is not None}
+    if server:
+        settings = settings.replace("server", **server)
+    for protocol in ("amqp", "mqtt", "stomp"):
+        port = getattr(args, f"{protocol}_port")
+        if port is not None:
+            settings = settings.replace(protocol, port=port)
+    return settings
+
+
+def install_event_loop_policy() -> None:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional where it cannot be built
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"manifold: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.server.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_event_loop_policy()
+    try:
+        asyncio.run(Service(settings).run_until_signal())
+    except OSError as exc:
+        print(f"manifold: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

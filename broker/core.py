@@ -1,0 +1,66 @@
+"""The broker facade: users, virtual hosts, lifecycle. One instance per daemon, passed explicitly.
+
+Adapters authenticate a connection with :meth:`Broker.authenticate`, then work in the virtual host
+from :meth:`Broker.open_vhost` (see broker/vhost.py for the operations).
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from typing import Any
+
+from config.settings import Settings, User
+from persistence.store import MemoryStore, Store
+
+from .clock import LoopClock
+from .errors import AccessRefused, NotAllowed
+from .vhost import VirtualHost
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class Broker:
+    def __init__(self, settings: Settings | None = None, store: Store | None = None,
+                 clock: Any = None):
+        self.settings = settings or Settings()
+        self.store: Store = store or MemoryStore()
+        self.clock = clock or LoopClock()
+        self.users: dict[str, User] = self.settings.users()
+        self.vhosts: dict[str, VirtualHost] = {
+            name: VirtualHost(name, store=self.store, clock=self.clock,
+                              consumer_timeout_ms=self.settings.queues.consumer_timeout_ms)
+            for name in self.settings.server.vhosts}
+
+    async def start(self) -> None:
+        await self.store.open()
+
+    async def close(self) -> None:
+        for vhost in self.vhosts.values():
+            vhost.close()
+        await self.store.close()
+
+    def authenticate(self, username: str | None, password: str | None,
+                     peer_host: str | None) -> User:
+        """The user, or AccessRefused. ``guest`` is accepted only from loopback, as in RabbitMQ."""
+        user = self.users.get(username or "")
+        if user is None or not hmac.compare_digest((password or "").encode(),
+                                                   user.password.encode()):
+            raise AccessRefused(f"login refused for user '{username}': wrong username or password")
+        if user.loopback_only and not is_loopback(peer_host):
+            raise AccessRefused(f"user '{username}' can only connect via localhost")
+        return user
+
+    def open_vhost(self, name: str, user: User) -> VirtualHost:
+        vhost = self.vhosts.get(name)
+        if vhost is None:
+            raise NotAllowed(f"vhost '{name}' not found")
+        if name not in user.vhosts:
+            raise NotAllowed(f"access to vhost '{name}' refused for user '{user.name}'")
+        return vhost

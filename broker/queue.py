@@ -1,0 +1,484 @@
+"""A work queue (SQS / RabbitMQ classic semantics): one consumer per message, acks, redelivery.
+
+The queue is a state machine over entries; it never touches the event loop or the network. Time is
+read from ``host.now_ms()``, future work is requested with ``host.schedule(queue, when_ms)`` (the
+host then calls :meth:`Queue.tick`), and effects on other objects go through the host:
+``dead_letter`` (republish with an ``x-death`` record) and ``queue_unused`` (auto-delete/expiry).
+Model: RabbitMQ ``rabbit_fifo.erl`` (enqueue, checkout, settle, return, discard).
+
+Order: ready messages leave in arrival order within a priority; a returned message (nack/requeue,
+consumer gone, timeout) goes back to its original place, because ``_returned`` is a heap ordered
+by (priority, arrival id) consulted before the fresh tail.
+"""
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from typing import Any, Awaitable, Protocol
+
+from .consumer import Consumer, Delivery
+from .errors import PreconditionFailed, ResourceLocked
+from .message import Message
+
+READY, DELAYED, UNACKED, GONE = range(4)
+OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
+QUEUE_TYPES = ("classic", "quorum", "stream")
+# Arguments that RabbitMQ checks for equivalence on redeclare, plus Manifold's.
+INTEGER_ARGUMENTS = ("x-message-ttl", "x-expires", "x-max-length", "x-max-length-bytes",
+                     "x-max-priority", "x-delivery-limit", "x-consumer-timeout", "x-delay")
+
+
+class QueueHost(Protocol):
+    def now_ms(self) -> int: ...
+    def schedule(self, queue: Any, when_ms: int) -> None: ...
+    def dead_letter(self, queue: Any, message: Message, reason: str) -> None: ...
+    def queue_unused(self, queue: Any) -> None: ...
+
+
+class QueueLog(Protocol):
+    """The slice of ``persistence`` a durable queue writes through (see persistence/store.py)."""
+    def append(self, msg_id: int, message: Message) -> Awaitable[None] | None: ...
+    def settle(self, msg_id: int) -> None: ...
+
+
+class Entry:
+    __slots__ = ("msg_id", "message", "priority", "size", "state", "delivery_count",
+                 "expires_at", "ready_at", "returns")
+
+    def __init__(self, msg_id: int, message: Message, priority: int):
+        self.msg_id = msg_id
+        self.message = message
+        self.priority = priority
+        self.size = len(message.body)
+        self.state = READY
+        self.delivery_count = 0
+        self.expires_at = 0
+        self.ready_at = 0
+        self.returns = 0
+
+    def __lt__(self, other: "Entry") -> bool:  # heap tie-break
+        return self.msg_id < other.msg_id
+
+
+def _int_argument(queue: str, vhost: str, args: dict, key: str, low: int = 0,
+                  high: int | None = None) -> int | None:
+    value = args.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (
+            high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise PreconditionFailed(f"invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': "
+                                 f"{value!r} must be an integer {bound}")
+    return value
+
+
+def validate_arguments(name: str, vhost: str, args: dict) -> None:
+    for key in INTEGER_ARGUMENTS:
+        _int_argument(name, vhost, args, key,
+                      low=1 if key == "x-expires" else 0, high=255 if key == "x-max-priority" else None)
+    overflow = args.get("x-overflow")
+    if overflow is not None and overflow not in OVERFLOW_MODES:
+        raise PreconditionFailed(f"invalid arg 'x-overflow' for queue '{name}' in vhost "
+                                 f"'{vhost}': {overflow!r}; accepted: {', '.join(OVERFLOW_MODES)}")
+    kind = args.get("x-queue-type")
+    if kind is not None and kind not in QUEUE_TYPES:
+        raise PreconditionFailed(f"invalid arg 'x-queue-type' for queue '{name}' in vhost "
+                                 f"'{vhost}': {kind!r}; accepted: {', '.join(QUEUE_TYPES)}")
+
+
+def parse_expiration(value: Any) -> int | None:
+    """AMQP ``expiration`` is a decimal string of milliseconds; anything else is ignored."""
+    if value is None:
+        return None
+    try:
+        ttl = int(value)
+    except (TypeError, ValueError):
+        return None
+    return ttl if ttl >= 0 else None
+
+
+class Queue:
+    kind = "classic"
+    is_exchange = False
+
+    def __init__(self, host: QueueHost, vhost: str, name: str, *, durable: bool = False,
+                 exclusive_owner: Any = None, auto_delete: bool = False,
+                 arguments: dict | None = None, consumer_timeout_ms: int = 0,
+                 log: QueueLog | None = None):
+        self.host = host
+        self.vhost = vhost
+        self.name = name
+        self.durable = durable
+        self.exclusive_owner = exclusive_owner
+        self.auto_delete = auto_delete
+        self.arguments = dict(arguments or {})
+        self.log = log
+        args = self.arguments
+        validate_arguments(name, vhost, args)
+        self.message_ttl: int | None = args.get("x-message-ttl")
+        self.expires_ms: int | None = args.get("x-expires")
+        self.max_length: int | None = args.get("x-max-length")
+        self.max_length_bytes: int | None = args.get("x-max-length-bytes")
+        self.overflow: str = args.get("x-overflow", "drop-head")
+        self.dlx: str | None = args.get("x-dead-letter-exchange")
+        self.dlrk: str | None = args.get("x-dead-letter-routing-key")
+        self.max_priority: int = args.get("x-max-priority") or 0
+        self.delivery_limit: int | None = args.get("x-delivery-limit")
+        self.delay_ms: int = args.get("x-delay") or 0
+        timeout = args.get("x-consumer-timeout")
+        self.consumer_timeout_ms: int = consumer_timeout_ms if timeout is None else timeout
+
+        self._next_id = 1
+        self._fresh: list[deque[Entry]] = [deque() for _ in range(self.max_priority + 1)]
+        self._returned: list[tuple[int, int, Entry]] = []
+        self._expiries: list[tuple[int, int, Entry]] = []
+        self._delayed: list[tuple[int, int, Entry]] = []
+        self._timeouts: list[tuple[int, int, Delivery]] = []
+        self._timeout_seq = 0
+        self.ready_count = 0
+        self.ready_bytes = 0
+        self.unacked_count = 0
+        self.delayed_count = 0
+        self.consumers: list[Consumer] = []
+        self._rr = 0
+        self._had_consumers = False
+        self._pumping = False
+        self.deleted = False
+        self.last_used_ms = host.now_ms()
+        if self.expires_ms:
+            host.schedule(self, self.last_used_ms + self.expires_ms)
+
+    # ---------------------------------------------------------------- introspection
+    @property
+    def message_count(self) -> int:
+        """Ready messages (what AMQP Queue.DeclareOk reports)."""
+        return self.ready_count
+
+    @property
+    def consumer_count(self) -> int:
+        return len(self.consumers)
+
+    def check_owner(self, owner: Any) -> None:
+        if self.exclusive_owner is not None and self.exclusive_owner is not owner:
+            raise ResourceLocked(
+                f"cannot obtain exclusive access to locked queue '{self.name}' in vhost "
+                f"'{self.vhost}'. It could be originally declared on another connection or the "
+                "exclusive property value does not match that of the original declaration.")
+
+    def touch(self) -> None:
+        self.last_used_ms = self.host.now_ms()
+
+    # ---------------------------------------------------------------- enqueue
+    def enqueue(self, message: Message) -> bool | Awaitable[None]:
+        """Take a message. Returns False if refused (overflow reject-publish), True if taken, or
+        an awaitable that resolves once the message is on disk (durable queue, persistent message)."""
+        now = self.host.now_ms()
+        if self.max_length is not None or self.max_length_bytes is not None:
+            if self._full(len(message.body)) and self.overflow != "drop-head":
+                if self.overflow == "reject-publish-dlx":
+                    self.host.dead_letter(self, message, "maxlen")
+                return False
+        props = message.properties
+        priority = 0
+        if self.max_priority:
+            priority = min(props.priority or 0, self.max_priority)
+        entry = Entry(self._next_id, message, priority)
+        self._next_id += 1
+        ttl = self.message_ttl
+        per_message = parse_expiration(props.expiration)
+        if per_message is not None:
+            ttl = per_message if ttl is None else min(ttl, per_message)
+        result: bool | Awaitable[None] = True
+        if self.log is not None and message.properties.delivery_mode == 2:
+            result = self.log.append(entry.msg_id, message) or True
+        delay = self.delay_ms
+        headers = props.headers
+        if headers and "x-delay" in headers:
+            try:
+                delay = max(0, int(headers["x-delay"]))
+            except (TypeError, ValueError):
+                pass
+        if ttl is not None:
+            entry.expires_at = now + delay + ttl
+        if delay:
+            entry.state = DELAYED
+            entry.ready_at = now + delay
+            self.delayed_count += 1
+            heapq.heappush(self._delayed, (entry.ready_at, entry.msg_id, entry))
+            self.host.schedule(self, entry.ready_at)
+            return result
+        if ttl == 0 and not self._can_deliver_now():
+            # RabbitMQ: a zero TTL message is delivered only if a consumer can take it right now.
+            self._drop(entry, "expired")
+            return result
+        self._fresh[priority].append(entry)
+        self._became_ready(entry, now)
+        if self.consumers:
+            self.pump()
+        self._trim()
+        return result
+
+    def _can_deliver_now(self) -> bool:
+        return any(c.has_credit() for c in self.consumers)
+
+    def _full(self, extra_bytes: int) -> bool:
+        return ((self.max_length is not None and self.ready_count >= self.max_length) or
+                (self.max_length_bytes is not None and
+                 self.ready_bytes + extra_bytes > self.max_length_bytes))
+
+    def _became_ready(self, entry: Entry, now: int) -> None:
+        entry.state = READY
+        self.ready_count += 1
+        self.ready_bytes += entry.size
+        if entry.expires_at:
+            heapq.heappush(self._expiries, (entry.expires_at, entry.msg_id, entry))
+            self.host.schedule(self, entry.expires_at)
+
+    def _trim(self) -> None:
+        """drop-head: the oldest ready messages make room [RabbitMQ x-overflow]."""
+        if self.max_length is None and self.max_length_bytes is None:
+            return
+        while self._over_limit():
+            head = self._take_head()
+            if head is None:
+                break
+            self._drop(head, "maxlen")
+
+    def _over_limit(self) -> bool:
+        return ((self.max_length is not None and self.ready_count > self.max_length) or
+                (self.max_length_bytes is not None and self.ready_bytes > self.max_length_bytes))
+
+    # ---------------------------------------------------------------- dequeue
+    def _take_head(self) -> Entry | None:
+        """Remove and return the next ready entry (highest priority, then oldest)."""
+        returned = self._returned
+        while returned and returned[0][2].state != READY:
+            heapq.heappop(returned)
+        best_fresh: Entry | None = None
+        fresh_queue: deque | None = None
+        for q in reversed(self._fresh):
+            while q and q[0].state != READY:
+                q.popleft()
+            if q:
+                best_fresh, fresh_queue = q[0], q
+                break
+        if returned:
+            neg_prio, msg_id, entry = returned[0]
+            if best_fresh is None or (-neg_prio, -msg_id) > (best_fresh.priority, -best_fresh.msg_id):
+                heapq.heappop(returned)
+                best_fresh = None
+                return self._unready(entry)
+        if best_fresh is None:
+            return None
+        fresh_queue.popleft()
+        return self._unready(best_fresh)
+
+    def _unready(self, entry: Entry) -> Entry:
+        entry.state = GONE
+        self.ready_count -= 1
+        self.ready_bytes -= entry.size
+        return entry
+
+    def pump(self) -> None:
+        """Hand ready messages to consumers with credit, round robin."""
+        if self._pumping or self.deleted:
+            return
+        self._pumping = True
+        try:
+            consumers = self.consumers
+            while self.ready_count and consumers:
+                n = len(consumers)
+                chosen = None
+                for k in range(n):
+                    candidate = consumers[(self._rr + k) % n]
+                    if candidate.has_credit():
+                        chosen = candidate
+                        self._rr = (self._rr + k + 1) % n
+                        break
+                if chosen is None:
+                    return
+                entry = self._next_live()
+                if entry is None:
+                    return
+                self._checkout(entry, chosen)
+        finally:
+            self._pumping = False
+
+    def _next_live(self) -> Entry | None:
+        """The next ready entry that has not expired (expired ones are dead-lettered on the way)."""
+        while True:
+            entry = self._take_head()
+            if entry is None:
+                return None
+            if entry.expires_at and entry.expires_at <= self.host.now_ms():
+                self._drop(entry, "expired")
+                continue
+            return entry
+
+    def _checkout(self, entry: Entry, consumer: Consumer | None) -> Delivery:
+        entry.delivery_count += 1
+        redelivered = entry.delivery_count > 1
+        if consumer is None or not consumer.no_ack:
+            entry.state = UNACKED
+            self.unacked_count += 1
+            delivery = Delivery(self, entry, consumer, redelivered)
+            if consumer is not None:
+                consumer.in_flight += 1
+                if self.consumer_timeout_ms:
+                    deadline = self.host.now_ms() + self.consumer_timeout_ms
+                    self._timeout_seq += 1
+                    heapq.heappush(self._timeouts, (deadline, self._timeout_seq, delivery))
+                    self.host.schedule(self, deadline)
+        else:
+            delivery = Delivery(self, entry, consumer, redelivered, settled=True)
+            self._forget(entry)
+        if consumer is not None:
+            consumer.deliver(delivery)
+        return delivery
+
+    def get(self, no_ack: bool) -> Delivery | None:
+        """AMQP Basic.Get / SQS ReceiveMessage without a consumer."""
+        self.touch()
+        entry = self._next_live()
+        if entry is None:
+            return None
+        delivery = self._checkout(entry, None)
+        if no_ack:
+            delivery.settled = True
+            self.unacked_count -= 1
+            self._forget(entry)
+        return delivery
+
+    # ---------------------------------------------------------------- settle
+    def settle(self, delivery: Delivery, ack: bool, requeue: bool) -> bool:
+        if delivery.settled:
+            return False
+        delivery.settled = True
+        entry = delivery.entry
+        self.unacked_count -= 1
+        consumer = delivery.consumer
+        if consumer is not None:
+            consumer.in_flight -= 1
+        if ack:
+            entry.state = GONE
+            self._forget(entry)
+        elif requeue:
+            self._return(entry)
+        else:
+            self._drop(entry, "rejected")
+        if self.consumers and not self.deleted:
+            self.pump()
+        return True
+
+    def _return(self, entry: Entry) -> None:
+        entry.returns += 1
+        if self.delivery_limit is not None and entry.returns > self.delivery_limit:
+            self._drop(entry, "delivery_limit")
+            return
+        if self.deleted:
+            return
+        heapq.heappush(self._returned, (-entry.priority, entry.msg_id, entry))
+        self._became_ready(entry, self.host.now_ms())
+        self._trim()
+
+    def _drop(self, entry: Entry, reason: str) -> None:
+        entry.state = GONE
+        self._forget(entry)
+        if self.dlx is not None:
+            self.host.dead_letter(self, entry.message, reason)
+
+    def _forget(self, entry: Entry) -> None:
+        if self.log is not None and entry.message.properties.delivery_mode == 2:
+            self.log.settle(entry.msg_id)
+
+    # ---------------------------------------------------------------- consumers
+    def add_consumer(self, consumer: Consumer) -> None:
+        if consumer.exclusive and self.consumers:
+            raise ResourceLocked(f"queue '{self.name}' in vhost '{self.vhost}' in exclusive use")
+        if any(c.exclusive for c in self.consumers):
+            raise ResourceLocked(f"queue '{self.name}' in vhost '{self.vhost}' in exclusive use")
+        consumer.queue = self
+        self.consumers.append(consumer)
+        self._had_consumers = True
+        self.touch()
+        self.pump()
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        """Stop delivering to ``consumer``. Its unsettled deliveries stay out until settled or
+        rejected by the adapter (AMQP keeps them on the channel after Basic.Cancel)."""
+        if consumer in self.consumers:
+            self.consumers.remove(consumer)
+            self._rr = 0
+        self.touch()
+        if self.auto_delete and self._had_consumers and not self.consumers:
+            self.host.queue_unused(self)
+        elif self.expires_ms and not self.consumers:
+            self.host.schedule(self, self.last_used_ms + self.expires_ms)
+
+    # ---------------------------------------------------------------- time
+    def tick(self) -> None:
+        """Run what is due: delayed -> ready, TTL expiry, consumer timeouts, queue expiry."""
+        now = self.host.now_ms()
+        delayed = self._delayed
+        while delayed and delayed[0][0] <= now:
+            _, _, entry = heapq.heappop(delayed)
+            if entry.state == DELAYED:
+                self.delayed_count -= 1
+                heapq.heappush(self._returned, (-entry.priority, entry.msg_id, entry))
+                self._became_ready(entry, now)
+                self._trim()
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            _, _, entry = heapq.heappop(expiries)
+            if entry.state == READY and entry.expires_at <= now:
+                self._unready(entry)
+                self._drop(entry, "expired")
+        timeouts = self._timeouts
+        while timeouts and timeouts[0][0] <= now:
+            _, _, delivery = heapq.heappop(timeouts)
+            if not delivery.settled:
+                self.settle(delivery, False, True)
+                if delivery.consumer is not None:
+                    delivery.consumer.delivery_timed_out(delivery)
+        if (self.expires_ms and not self.consumers and
+                now - self.last_used_ms >= self.expires_ms):
+            self.host.queue_unused(self)
+            return
+        if self.consumers:
+            self.pump()
+        nxt = self.next_deadline()
+        if nxt is not None:
+            self.host.schedule(self, nxt)
+
+    def next_deadline(self) -> int | None:
+        deadlines = [heap[0][0] for heap in (self._delayed, self._expiries, self._timeouts) if heap]
+        if self.expires_ms and not self.consumers:
+            deadlines.append(self.last_used_ms + self.expires_ms)
+        return min(deadlines) if deadlines else None
+
+    # ---------------------------------------------------------------- bulk
+    def purge(self) -> int:
+        """Drop every ready message (not unacked or delayed ones, as in RabbitMQ)."""
+        count = 0
+        while True:
+            entry = self._take_head()
+            if entry is None:
+                break
+            self._forget(entry)
+            count += 1
+        return count
+
+    def delete(self) -> int:
+        """Mark deleted; returns the ready count. Consumers are told by the vhost."""
+        count = self.ready_count
+        self.purge()
+        self.deleted = True
+        return count
+
+    def ready_messages(self) -> list[Message]:
+        """Ready messages in delivery order (for tests and introspection)."""
+        entries = [e for q in self._fresh for e in q if e.state == READY]
+        entries += [e for _, _, e in self._returned if e.state == READY]
+        entries.sort(key=lambda e: (-e.priority, e.msg_id))
+        return [e.message for e in entries]

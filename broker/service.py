@@ -1,0 +1,98 @@
+"""The daemon's lifecycle: start the core and a listener per protocol, stop them on a signal.
+
+Adapters are found by module name (``adapters.<protocol>`` exposing ``make_server``), so the core
+package never imports an adapter; a protocol whose adapter does not exist yet opens no port.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+from typing import Any
+
+from config.settings import Settings
+
+from .core import Broker
+from .transport import Connection, ProtocolServer
+
+log = logging.getLogger("manifold")
+
+PROTOCOLS = ("amqp", "mqtt", "stomp")
+
+
+def load_adapter(protocol: str) -> Any | None:
+    try:
+        module = importlib.import_module(f"adapters.{protocol}")
+    except ImportError:
+        return None
+    return module if hasattr(module, "make_server") else None
+
+
+class Service:
+    def __init__(self, settings: Settings, broker: Broker | None = None):
+        self.settings = settings
+        self.broker = broker or Broker(settings)
+        self.connections: set[Connection] = set()
+        self.listeners: dict[str, asyncio.base_events.Server] = {}
+        self.servers: dict[str, ProtocolServer] = {}
+        #: protocol -> port actually bound (useful with port 0)
+        self.ports: dict[str, int] = {}
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        os.makedirs(self.settings.server.data_dir, exist_ok=True)
+        await self.broker.start()
+        loop = asyncio.get_running_loop()
+        server_settings = self.settings.server
+        for protocol in PROTOCOLS:
+            section = getattr(self.settings, protocol)
+            adapter = load_adapter(protocol)
+            if not section.enabled or adapter is None:
+                continue
+            server = adapter.make_server(self.broker, self.settings)
+            self.servers[protocol] = server
+
+            def factory(protocol: str = protocol, server: ProtocolServer = server) -> Connection:
+                return Connection(protocol, server.new_session(), self.connections,
+                                  high_water_bytes=server_settings.output_high_water_bytes,
+                                  low_water_bytes=server_settings.output_low_water_bytes)
+
+            listener = await loop.create_server(factory, server_settings.bind, section.port,
+                                                reuse_address=True, backlog=1024)
+            self.listeners[protocol] = listener
+            self.ports[protocol] = listener.sockets[0].getsockname()[1]
+        listening = ", ".join(f"{p} {server_settings.bind}:{port}" for p, port in self.ports.items())
+        log.info("manifold listening: %s; data dir %s", listening or "no protocols",
+                 os.path.abspath(server_settings.data_dir))
+
+    async def stop(self) -> None:
+        """Stop accepting, say goodbye in each protocol's words, flush, close."""
+        for listener in self.listeners.values():
+            listener.close()
+        for conn in list(self.connections):
+            try:
+                conn.session.going_away()
+            except Exception:  # a broken session must not stop the shutdown of the others
+                log.exception("error while closing %s#%d", conn.protocol, conn.id)
+                conn.abort("server shutdown")
+        deadline = asyncio.get_running_loop().time() + self.settings.server.shutdown_grace_s
+        while self.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            conn.abort("server shutdown")
+        for server in self.servers.values():
+            await server.close()
+        await self.broker.close()
+        self._stopped.set()
+
+    async def run_until_signal(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        log.info("manifold shutting down")
+        await self.stop()

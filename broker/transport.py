@@ -1,0 +1,193 @@
+"""The one ``asyncio.Protocol`` every adapter's connections run on.
+
+It owns what all three protocols need the same way: a bounded output buffer (above the high-water
+mark the connection stops reading its client and its consumers stop getting deliveries, past a hard
+limit it is dropped as a slow consumer), a keep-alive timer (read timeout and heartbeat sending),
+and a close reason for every connection that ends (nats-server ``ClosedState``). Everything
+protocol-specific lives in the adapter's session, which sees only this small surface.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any, Callable, Protocol
+
+log = logging.getLogger("manifold.connection")
+
+_ids = itertools.count(1)
+
+
+class Session(Protocol):
+    """What an adapter implements per connection."""
+
+    def connection_made(self, conn: "Connection") -> None: ...
+    def data_received(self, data: bytes) -> None: ...
+    def connection_lost(self) -> None: ...
+    def going_away(self) -> None:
+        """The server is shutting down: tell the client in the protocol's words, then close."""
+    def resume_writing(self) -> None:
+        """The output buffer drained below the low-water mark: deliveries may resume."""
+
+
+class ProtocolServer(Protocol):
+    """What an adapter module's ``make_server(broker, settings)`` returns."""
+    name: str
+
+    def new_session(self) -> Session: ...
+    async def close(self) -> None: ...
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, protocol: str, session: Session, registry: set, *,
+                 high_water_bytes: int, low_water_bytes: int):
+        self.id = next(_ids)
+        self.protocol = protocol
+        self.session = session
+        self.registry = registry
+        self.high_water_bytes = high_water_bytes
+        self.low_water_bytes = low_water_bytes
+        # Past this the peer is not reading at all: drop it rather than grow without bound.
+        self.hard_limit_bytes = max(high_water_bytes * 4, high_water_bytes + 1)
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] = ("", 0)
+        self.writable = True
+        self.closed = False
+        self.close_reason: str | None = None
+        self.last_read = 0.0
+        self.last_write = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._read_timeout_s: float | None = None
+        self._on_read_timeout: Callable[[], None] | None = None
+        self._send_interval_s: float | None = None
+        self._send_heartbeat: Callable[[], None] | None = None
+        self._reading_paused = False
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self._loop = asyncio.get_running_loop()
+        self.last_read = self.last_write = self._loop.time()
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer = (str(peer[0]), int(peer[1]))
+        transport.set_write_buffer_limits(high=self.high_water_bytes, low=self.low_water_bytes)
+        self.registry.add(self)
+        log.info("open %s#%d from %s:%d", self.protocol, self.id, *self.peer)
+        self.session.connection_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_read = self._loop.time()  # type: ignore[union-attr]
+        if not self.closed:
+            self.session.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self.close_reason is None:
+            self.close_reason = "client closed the connection"
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.close_reason is None:
+            self.close_reason = f"connection lost: {exc}" if exc else "client closed the connection"
+        self.closed = True
+        self.writable = False
+        self._cancel_timer()
+        self.registry.discard(self)
+        log.info("close %s#%d from %s:%d: %s", self.protocol, self.id, *self.peer,
+                 self.close_reason)
+        self.session.connection_lost()
+
+    def pause_writing(self) -> None:
+        # The client is not reading fast enough: stop reading its input and stop delivering to it.
+        self.writable = False
+        if self.transport is not None and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        if self.transport is not None and self._reading_paused and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        if not self.closed:
+            self.session.resume_writing()
+
+    # ------------------------------------------------------------------ for sessions
+    @property
+    def peer_host(self) -> str:
+        return self.peer[0]
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        transport = self.transport
+        if self.closed or transport is None:
+            return
+        transport.write(data)
+        self.last_write = self._loop.time()  # type: ignore[union-attr]
+        if transport.get_write_buffer_size() > self.hard_limit_bytes:
+            self.abort("slow consumer: output buffer over its limit")
+
+    def writelines(self, chunks: list) -> None:
+        transport = self.transport
+        if self.closed or transport is None:
+            return
+        transport.writelines(chunks)
+        self.last_write = self._loop.time()  # type: ignore[union-attr]
+        if transport.get_write_buffer_size() > self.hard_limit_bytes:
+            self.abort("slow consumer: output buffer over its limit")
+
+    def close(self, reason: str) -> None:
+        """Flush what was written, then close."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self, reason: str) -> None:
+        """Close at once, dropping unsent output."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        if self.transport is not None:
+            self.transport.abort()
+
+    def set_keepalive(self, read_timeout_s: float | None = None,
+                      on_read_timeout: Callable[[], None] | None = None,
+                      send_interval_s: float | None = None,
+                      send_heartbeat: Callable[[], None] | None = None) -> None:
+        """Call ``on_read_timeout`` when nothing arrived for ``read_timeout_s``; call
+        ``send_heartbeat`` when nothing was written for ``send_interval_s``. None disables."""
+        self._read_timeout_s = read_timeout_s or None
+        self._on_read_timeout = on_read_timeout
+        self._send_interval_s = send_interval_s or None
+        self._send_heartbeat = send_heartbeat
+        self._cancel_timer()
+        self._arm()
+
+    def _arm(self) -> None:
+        if self.closed or self._loop is None:
+            return
+        periods = [p for p in (self._read_timeout_s, self._send_interval_s) if p]
+        if periods:
+            self._timer = self._loop.call_later(max(0.05, min(periods) / 2), self._tick)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        now = self._loop.time()  # type: ignore[union-attr]
+        if self._read_timeout_s and now - self.last_read >= self._read_timeout_s:
+            if self._on_read_timeout is not None:
+                self._on_read_timeout()
+            else:
+                self.abort("keep-alive timeout: nothing received from the client")
+            if self.closed or self.close_reason is not None:
+                return
+        if (self._send_interval_s and self._send_heartbeat is not None and
+                now - self.last_write >= self._send_interval_s):
+            self._send_heartbeat()
+        self._arm()

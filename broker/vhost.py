@@ -1,0 +1,411 @@
+"""A virtual host: its exchanges, queues and bindings, and the operations adapters call on them.
+
+Every adapter speaks to the core through :class:`VirtualHost` (obtained from
+``Broker.open_vhost``) plus the :class:`~broker.consumer.Consumer` / ``Delivery`` pair. Errors are
+the wire-neutral classes of ``broker.errors``; their texts follow RabbitMQ's wording.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import os
+from typing import Any, Awaitable
+
+from .clock import LoopClock
+from .consumer import Consumer, Delivery
+from .errors import (AccessRefused, CommandInvalid, NotFound, PreconditionFailed)
+from .exchanges import EXCHANGE_TYPES, DefaultExchange, Exchange, make_exchange
+from .message import Message
+from .queue import Queue
+from .stream import Stream
+
+STANDARD_EXCHANGES = (("amq.direct", "direct"), ("amq.fanout", "fanout"),
+                      ("amq.topic", "topic"), ("amq.headers", "headers"), ("amq.match", "headers"))
+
+Exchange.is_exchange = True  # destinations tell queues from exchanges by this flag
+
+
+class QueueInfo:
+    __slots__ = ("name", "message_count", "consumer_count")
+
+    def __init__(self, name: str, message_count: int, consumer_count: int):
+        self.name = name
+        self.message_count = message_count
+        self.consumer_count = consumer_count
+
+    def __iter__(self):
+        return iter((self.name, self.message_count, self.consumer_count))
+
+
+class PublishResult:
+    """``routed``: queues that took the message; ``rejected``: a queue refused it (overflow);
+    ``wait``: an awaitable that resolves once every durable copy is on disk, else None."""
+    __slots__ = ("routed", "rejected", "wait")
+
+    def __init__(self, routed: int, rejected: bool, wait: Awaitable[None] | None):
+        self.routed = routed
+        self.rejected = rejected
+        self.wait = wait
+
+
+def _gen_name(prefix: str = "amq.gen-") -> str:
+    return prefix + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+
+
+class VirtualHost:
+    def __init__(self, name: str, *, store: Any = None, clock: Any = None,
+                 consumer_timeout_ms: int = 0):
+        self.name = name
+        self.store = store
+        self.clock = clock or LoopClock()
+        self.consumer_timeout_ms = consumer_timeout_ms
+        self.queues: dict[str, Queue | Stream] = {}
+        self.exchanges: dict[str, Exchange] = {"": DefaultExchange(self.queues)}
+        for ex_name, kind in STANDARD_EXCHANGES:
+            self.exchanges[ex_name] = make_exchange(ex_name, kind, durable=True)
+        self._timers: dict[Any, tuple[int, Any]] = {}
+        self._exchange_bindings = 0
+
+    # ================================================================ QueueHost (for queues)
+    def now_ms(self) -> int:
+        return self.clock.now_ms()
+
+    def schedule(self, queue: Any, when_ms: int) -> None:
+        current = self._timers.get(queue)
+        if current is not None:
+            if current[0] <= when_ms:
+                return
+            current[1].cancel()
+        handle = self.clock.call_at(when_ms, lambda: self._fire(queue))
+        self._timers[queue] = (when_ms, handle)
+
+    def _fire(self, queue: Any) -> None:
+        self._timers.pop(queue, None)
+        if not queue.deleted:
+            queue.tick()
+
+    def queue_unused(self, queue: Any) -> None:
+        if self.queues.get(queue.name) is queue:
+            self._delete_queue(queue)
+
+    def dead_letter(self, queue: Queue, message: Message, reason: str) -> None:
+        """Republish to the queue's dead-letter exchange with an ``x-death`` record, RabbitMQ style
+        (most recent first; a repeat of the same queue and reason increments its ``count``)."""
+        exchange = self.exchanges.get(queue.dlx or "")
+        if exchange is None or queue.dlx is None:
+            return
+        props = message.properties.copy()
+        headers = props.headers if props.headers is not None else {}
+        deaths = [dict(d) for d in headers.get("x-death") or [] if isinstance(d, dict)]
+        now = datetime.datetime.fromtimestamp(self.now_ms() // 1000, datetime.timezone.utc)
+        previous = next((d for d in deaths
+                         if d.get("queue") == queue.name and d.get("reason") == reason), None)
+        if previous is not None:
+            deaths.remove(previous)
+            record = previous
+            record["count"] = int(record.get("count", 1)) + 1
+            record["time"] = now
+        else:
+            record = {"count": 1, "reason": reason, "queue": queue.name, "time": now,
+                      "exchange": message.exchange, "routing-keys": [message.routing_key]}
+            if props.expiration is not None:
+                record["original-expiration"] = props.expiration
+        deaths.insert(0, record)
+        headers["x-death"] = deaths
+        headers.setdefault("x-first-death-queue", queue.name)
+        headers.setdefault("x-first-death-reason", reason)
+        headers.setdefault("x-first-death-exchange", message.exchange)
+        headers["x-last-death-queue"] = queue.name
+        headers["x-last-death-reason"] = reason
+        headers["x-last-death-exchange"] = message.exchange
+        props.headers = headers
+        # The TTL that expired the message must not expire it again downstream.
+        props.expiration = None
+        routing_key = queue.dlrk if queue.dlrk is not None else message.routing_key
+        dead = Message(exchange.name, routing_key, message.body, props)
+        dead_queues = {d.get("queue") for d in deaths}
+        cycle_safe = any(d.get("reason") == "rejected" for d in deaths)
+        for target in self._targets(exchange, routing_key, headers):
+            # RabbitMQ's cycle rule: a message that comes back to a queue it already died in,
+            # with no client rejection on the way, is dropped instead of looping forever.
+            if target.name in dead_queues and not cycle_safe:
+                continue
+            target.enqueue(dead)
+
+    # ================================================================ exchanges
+    def _exchange(self, name: str) -> Exchange:
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            raise NotFound(f"no exchange '{name}' in vhost '{self.name}'")
+        return exchange
+
+    def declare_exchange(self, name: str, kind: str = "direct", *, passive: bool = False,
+                         durable: bool = True, auto_delete: bool = False, internal: bool = False,
+                         arguments: dict | None = None) -> Exchange:
+        if passive:
+            return self._exchange(name)
+        if name == "" or (name.startswith("amq.") and name not in self.exchanges):
+            raise AccessRefused(f"exchange name '{name}' contains reserved prefix 'amq.*'"
+                                if name else "operation not permitted on the default exchange")
+        if kind not in EXCHANGE_TYPES:
+            raise CommandInvalid(f"invalid exchange type '{kind}'")
+        existing = self.exchanges.get(name)
+        if existing is not None:
+            if existing.kind != kind:
+                raise PreconditionFailed(
+                    f"inequivalent arg 'type' for exchange '{name}' in vhost '{self.name}': "
+                    f"received '{kind}' but current is '{existing.kind}'")
+            if existing.durable != durable:
+                raise PreconditionFailed(
+                    f"inequivalent arg 'durable' for exchange '{name}' in vhost '{self.name}': "
+                    f"received '{str(durable).lower()}' but current is "
+                    f"'{str(existing.durable).lower()}'")
+            return existing
+        exchange = make_exchange(name, kind, durable=durable, auto_delete=auto_delete,
+                                 internal=internal, arguments=arguments)
+        self.exchanges[name] = exchange
+        return exchange
+
+    def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
+        if name == "" or name.startswith("amq."):
+            raise AccessRefused(f"operation not permitted on exchange '{name}'"
+                                if name else "operation not permitted on the default exchange")
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            return  # idempotent, as in RabbitMQ 3.x
+        if if_unused and exchange.bindings:
+            raise PreconditionFailed(f"exchange '{name}' in vhost '{self.name}' in use")
+        self._remove_exchange(exchange)
+
+    def _remove_exchange(self, exchange: Exchange) -> None:
+        self.exchanges.pop(exchange.name, None)
+        self._exchange_bindings -= sum(1 for b in exchange.bindings.values()
+                                       if getattr(b.destination, "is_exchange", False))
+        exchange.bindings.clear()
+        for other in list(self.exchanges.values()):
+            self._exchange_bindings -= other.unbind_all(exchange)
+            self._maybe_auto_delete(other)
+
+    def _maybe_auto_delete(self, exchange: Exchange) -> None:
+        if exchange.auto_delete and not exchange.bindings and exchange.name in self.exchanges:
+            self._remove_exchange(exchange)
+
+    def bind_exchange(self, destination: str, source: str, routing_key: str,
+                      arguments: dict | None = None) -> None:
+        dest, src = self._exchange(destination), self._exchange(source)
+        if "" in (destination, source):
+            raise AccessRefused("operation not permitted on the default exchange")
+        if src.bind(dest, routing_key, arguments):
+            self._exchange_bindings += 1
+
+    def unbind_exchange(self, destination: str, source: str, routing_key: str,
+                        arguments: dict | None = None) -> None:
+        dest, src = self._exchange(destination), self._exchange(source)
+        if src.unbind(dest, routing_key, arguments):
+            self._exchange_bindings -= 1
+            self._maybe_auto_delete(src)
+
+    # ================================================================ queues
+    def queue(self, name: str, owner: Any = None) -> Queue | Stream:
+        queue = self.queues.get(name)
+        if queue is None:
+            raise NotFound(f"no queue '{name}' in vhost '{self.name}'")
+        queue.check_owner(owner)
+        return queue
+
+    def declare_queue(self, name: str = "", *, passive: bool = False, durable: bool = False,
+                      exclusive: bool = False, auto_delete: bool = False,
+                      arguments: dict | None = None, owner: Any = None) -> QueueInfo:
+        if passive:
+            queue = self.queue(name, owner)
+            queue.touch()
+            return QueueInfo(queue.name, queue.message_count, queue.consumer_count)
+        if not name:
+            name = _gen_name()
+        elif name.startswith("amq.") and name not in self.queues:
+            raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
+        arguments = arguments or {}
+        existing = self.queues.get(name)
+        if existing is not None:
+            existing.check_owner(owner if exclusive or existing.exclusive_owner else None)
+            self._check_equivalent(existing, durable, exclusive, auto_delete, arguments)
+            existing.touch()
+            return QueueInfo(name, existing.message_count, existing.consumer_count)
+        kind = arguments.get("x-queue-type", "classic")
+        if kind in ("stream", "quorum"):
+            for prop, bad in (("durable", not durable), ("exclusive", exclusive),
+                              ("auto-delete", auto_delete)):
+                if bad:
+                    raise PreconditionFailed(
+                        f"invalid property '{prop}' for queue '{name}' in vhost '{self.name}': "
+                        f"{kind} queues must be durable, not exclusive and not auto-delete")
+        queue: Queue | Stream
+        if kind == "stream":
+            queue = Stream(self, self.name, name, arguments=arguments, durable=durable)
+        else:
+            log = self.store.queue_log(self.name, name) if (durable and self.store) else None
+            queue = Queue(self, self.name, name, durable=durable,
+                          exclusive_owner=owner if exclusive else None, auto_delete=auto_delete,
+                          arguments=arguments, consumer_timeout_ms=self.consumer_timeout_ms,
+                          log=log)
+            queue.kind = kind
+        self.queues[name] = queue
+        return QueueInfo(name, 0, 0)
+
+    def _check_equivalent(self, queue: Any, durable: bool, exclusive: bool, auto_delete: bool,
+                          arguments: dict) -> None:
+        def fail(what: str, received: Any, current: Any) -> None:
+            def show(v: Any) -> str:
+                return str(v).lower() if isinstance(v, bool) else str(v)
+            raise PreconditionFailed(
+                f"inequivalent arg '{what}' for queue '{queue.name}' in vhost '{self.name}': "
+                f"received '{show(received)}' but current is '{show(current)}'")
+
+        if queue.durable != durable:
+            fail("durable", durable, queue.durable)
+        if (queue.exclusive_owner is not None) != exclusive:
+            fail("exclusive", exclusive, queue.exclusive_owner is not None)
+        if queue.auto_delete != auto_delete:
+            fail("auto_delete", auto_delete, queue.auto_delete)
+        for key in set(arguments) | set(queue.arguments):
+            if key.startswith("x-") and arguments.get(key) != queue.arguments.get(key):
+                if key == "x-queue-type" and arguments.get(key, "classic") == queue.kind:
+                    continue
+                fail(key, arguments.get(key, "none"), queue.arguments.get(key, "none"))
+
+    def delete_queue(self, name: str, *, if_unused: bool = False, if_empty: bool = False,
+                     owner: Any = None) -> int:
+        queue = self.queues.get(name)
+        if queue is None:
+            return 0  # idempotent, as in RabbitMQ 3.x
+        queue.check_owner(owner)
+        if if_unused and queue.consumers:
+            raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' in use")
+        if if_empty and queue.message_count:
+            raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' is not empty")
+        return self._delete_queue(queue)
+
+    def _delete_queue(self, queue: Any) -> int:
+        self.queues.pop(queue.name, None)
+        timer = self._timers.pop(queue, None)
+        if timer is not None:
+            timer[1].cancel()
+        for exchange in list(self.exchanges.values()):
+            if exchange.unbind_all(queue):
+                self._maybe_auto_delete(exchange)
+        count = queue.delete()
+        log = getattr(queue, "log", None)
+        if log is not None:
+            log.drop()
+        for consumer in list(queue.consumers):
+            queue.consumers.remove(consumer)
+            consumer.cancelled(f"queue '{queue.name}' in vhost '{self.name}' was deleted")
+        return count
+
+    def purge_queue(self, name: str, owner: Any = None) -> int:
+        return self.queue(name, owner).purge()
+
+    def bind_queue(self, queue: str, exchange: str, routing_key: str,
+                   arguments: dict | None = None, owner: Any = None) -> None:
+        target = self.queue(queue, owner)
+        if exchange == "":
+            raise AccessRefused(f"operation not permitted on the default exchange")
+        self._exchange(exchange).bind(target, routing_key, arguments)
+
+    def unbind_queue(self, queue: str, exchange: str, routing_key: str,
+                     arguments: dict | None = None, owner: Any = None) -> None:
+        target = self.queue(queue, owner)
+        if exchange == "":
+            raise AccessRefused(f"operation not permitted on the default exchange")
+        source = self._exchange(exchange)
+        if source.unbind(target, routing_key, arguments):
+            self._maybe_auto_delete(source)
+
+    # ================================================================ publish
+    def _targets(self, exchange: Exchange, routing_key: str, headers: dict | None) -> Any:
+        """Queues a message reaches from ``exchange``, following exchange-to-exchange bindings
+        and alternate exchanges, each queue once."""
+        destinations = exchange.route(routing_key, headers)
+        if not self._exchange_bindings and exchange.alternate_exchange is None:
+            return tuple(destinations)
+        queues: dict = {}
+        visited = {exchange}
+        stack = [(exchange, destinations)]
+        while stack:
+            source, found = stack.pop()
+            found = tuple(found)
+            if not found and source.alternate_exchange is not None:
+                alternate = self.exchanges.get(source.alternate_exchange)
+                if alternate is not None and alternate not in visited:
+                    visited.add(alternate)
+                    stack.append((alternate, alternate.route(routing_key, headers)))
+            for dest in found:
+                if dest.is_exchange:
+                    if dest not in visited:
+                        visited.add(dest)
+                        stack.append((dest, dest.route(routing_key, headers)))
+                else:
+                    queues[dest] = None
+        return tuple(queues)
+
+    def publish(self, exchange: str, routing_key: str, message: Message) -> PublishResult:
+        """Route and enqueue. ``result.routed == 0`` means unroutable (AMQP mandatory -> Return)."""
+        ex = self.exchanges.get(exchange)
+        if ex is None:
+            raise NotFound(f"no exchange '{exchange}' in vhost '{self.name}'")
+        if ex.internal:
+            raise AccessRefused(f"cannot publish to internal exchange '{exchange}' in vhost "
+                                f"'{self.name}'")
+        routed = 0
+        rejected = False
+        waits = None
+        for queue in self._targets(ex, routing_key, message.properties.headers):
+            outcome = queue.enqueue(message)
+            if outcome is False:
+                rejected = True
+                continue
+            routed += 1
+            if outcome is not True:
+                if waits is None:
+                    waits = [outcome]
+                else:
+                    waits.append(outcome)
+        wait = None
+        if waits is not None:
+            wait = waits[0] if len(waits) == 1 else asyncio.gather(*waits)
+        return PublishResult(routed, rejected, wait)
+
+    # ================================================================ consume
+    def consume(self, queue: str, consumer: Consumer, owner: Any = None) -> None:
+        target = self.queue(queue, owner)
+        target.add_consumer(consumer)
+
+    def cancel(self, consumer: Consumer) -> None:
+        """Stop deliveries to ``consumer``; its unsettled deliveries stay out until the adapter
+        settles or rejects them (see :meth:`requeue`)."""
+        queue = consumer.queue
+        if queue is not None and not queue.deleted:
+            queue.remove_consumer(consumer)
+
+    def get(self, queue: str, *, no_ack: bool, owner: Any = None) -> tuple[Delivery | None, int]:
+        target = self.queue(queue, owner)
+        delivery = target.get(no_ack)
+        return delivery, target.message_count
+
+    @staticmethod
+    def requeue(deliveries: Any) -> None:
+        """Return unsettled deliveries to their queues (a channel, session or connection ended)."""
+        for delivery in deliveries:
+            if not delivery.settled:
+                delivery.reject(True)
+
+    def close_owner(self, owner: Any) -> None:
+        """The connection ``owner`` ended: its exclusive queues go."""
+        for queue in [q for q in self.queues.values() if q.exclusive_owner is owner]:
+            self._delete_queue(queue)
+
+    def close(self) -> None:
+        for _, handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()

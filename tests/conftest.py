@@ -1,0 +1,91 @@
+"""Shared fixtures: a real broker on ephemeral ports, running its own event loop in a thread, so
+that blocking clients (pika, paho-mqtt, stomp.py) and asyncio clients (aio-pika, aiormq, amqtt)
+alike talk to it over real sockets."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from typing import Any, Callable
+
+import pytest
+
+from broker.service import Service
+from config.settings import Settings
+
+
+class RunningBroker:
+    """A Service on 127.0.0.1 with every port chosen by the kernel.
+
+    ``ports`` maps protocol -> port. ``call(fn)`` runs ``fn()`` on the broker's loop and returns its
+    result, for tests that inspect the core (never touch core objects from the test thread)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.service = Service(settings)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.host = "127.0.0.1"
+
+    def start(self) -> "RunningBroker":
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.service.start(), self.loop).result(10)
+        return self
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return self.service.ports
+
+    @property
+    def broker(self):
+        return self.service.broker
+
+    def call(self, fn: Callable[[], Any], timeout: float = 10) -> Any:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the test thread
+                future.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(run)
+        return future.result(timeout)
+
+    def stop(self) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self.service.stop(), self.loop).result(10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+
+def broker_settings(tmp_path, **sections: dict) -> Settings:
+    settings = Settings().replace("server", data_dir=str(tmp_path / "data"), bind="127.0.0.1",
+                                  shutdown_grace_s=1.0)
+    for protocol in ("amqp", "mqtt", "stomp"):
+        settings = settings.replace(protocol, port=0)
+    for section, values in sections.items():
+        settings = settings.replace(section, **values)
+    return settings
+
+
+@pytest.fixture
+def make_broker(tmp_path):
+    """Start a broker with settings overrides: ``make_broker(amqp={"heartbeat_s": 1})``."""
+    started: list[RunningBroker] = []
+
+    def make(**sections: dict) -> RunningBroker:
+        running = RunningBroker(broker_settings(tmp_path, **sections)).start()
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def running_broker(make_broker) -> RunningBroker:
+    return make_broker()
