@@ -311,7 +311,8 @@ class Queue:
             entry = self._take_head()
             if entry is None:
                 return None
-            if entry.expires_at and entry.expires_at <= self.host.now_ms():
+            # Strictly past: a zero-TTL message may still go to a consumer in the same instant.
+            if entry.expires_at and entry.expires_at < self.host.now_ms():
                 self._drop(entry, "expired")
                 continue
             return entry

@@ -151,7 +151,7 @@ def _coerce(section: str, current: Any, key: str, value: Any) -> Any:
     elif expected is tuple:
         if isinstance(value, str):
             value = tuple(v.strip() for v in value.split(",") if v.strip())
-        elif isinstance(value, list):
+        elif isinstance(value, (list, tuple)):
             value = tuple(str(v) for v in value)
         else:
             raise ConfigError(f"bad value {value!r} for {where}; accepted: a list of strings")
