@@ -1,0 +1,122 @@
+"""The shared transport: bounded output, keep-alive, close reasons (over real loopback sockets)."""
+import asyncio
+
+from broker.transport import Connection
+
+
+class Flood:
+    """A session that answers every byte it receives with ``chunk`` bytes of output."""
+
+    def __init__(self, chunk=256 * 1024):
+        self.chunk = b"x" * chunk
+        self.conn = None
+        self.lost = asyncio.Event()
+        self.resumed = 0
+
+    def connection_made(self, conn):
+        self.conn = conn
+
+    def data_received(self, data):
+        for _ in data:
+            self.conn.write(self.chunk)
+
+    def connection_lost(self):
+        self.lost.set()
+
+    def going_away(self):
+        self.conn.close("server shutdown")
+
+    def resume_writing(self):
+        self.resumed += 1
+
+
+async def serve(session, registry, **kw):
+    loop = asyncio.get_running_loop()
+    opts = {"high_water_bytes": 64 * 1024, "low_water_bytes": 16 * 1024, **kw}
+    server = await loop.create_server(lambda: Connection("test", session, registry, **opts),
+                                      "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_a_client_that_never_reads_stops_being_read_and_output_stays_bounded():
+    session, registry = Flood(), set()
+    server, port = await serve(session, registry)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for _ in range(400):  # bounded: at most 400 small writes
+            writer.write(b"?")
+            await asyncio.sleep(0.002)
+            if session.conn is not None and session.conn._reading_paused:
+                break
+        conn = session.conn
+        assert conn._reading_paused and not conn.writable
+        assert conn.transport.get_write_buffer_size() <= conn.hard_limit_bytes
+        assert not session.lost.is_set()  # paused, not dropped: nothing unbounded happened
+    finally:
+        writer.close()
+        server.close()
+
+
+async def test_output_past_the_hard_limit_drops_the_connection_as_slow_consumer():
+    class Burst(Flood):
+        def data_received(self, data):
+            for _ in range(200):  # 50 MiB regardless of backpressure: a misbehaving producer
+                self.conn.write(self.chunk)
+
+    session, registry = Burst(), set()
+    server, port = await serve(session, registry)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"!")
+        await asyncio.wait_for(session.lost.wait(), 5)
+        assert "slow consumer" in session.conn.close_reason
+        assert not registry
+    finally:
+        writer.close()
+        server.close()
+
+
+async def test_read_timeout_closes_a_silent_client_with_a_reason():
+    session, registry = Flood(), set()
+    server, port = await serve(session, registry)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for _ in range(100):
+            if session.conn is not None:
+                break
+            await asyncio.sleep(0.01)
+        session.conn.set_keepalive(read_timeout_s=0.2)
+        data = await asyncio.wait_for(reader.read(), 3)  # EOF: the server closed it
+        assert data == b""
+        await asyncio.wait_for(session.lost.wait(), 3)
+        assert "keep-alive timeout" in session.conn.close_reason
+    finally:
+        writer.close()
+        server.close()
+
+
+async def test_heartbeat_sent_when_idle():
+    session, registry = Flood(), set()
+    server, port = await serve(session, registry)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for _ in range(100):
+            if session.conn is not None:
+                break
+            await asyncio.sleep(0.01)
+        session.conn.set_keepalive(send_interval_s=0.1,
+                                   send_heartbeat=lambda: session.conn.write(b"\n"))
+        assert await asyncio.wait_for(reader.readexactly(2), 3) == b"\n\n"
+    finally:
+        writer.close()
+        server.close()
+
+
+async def test_client_close_is_recorded():
+    session, registry = Flood(), set()
+    server, port = await serve(session, registry)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.close()
+    await asyncio.wait_for(session.lost.wait(), 3)
+    assert session.conn.close_reason == "client closed the connection"
+    server.close()
