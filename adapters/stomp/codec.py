@@ -1,0 +1,276 @@
+"""STOMP 1.0 / 1.1 / 1.2 frame codec, sans-I/O (no sockets, no asyncio).
+
+    codec = FrameCodec(max_frame_bytes=..., max_headers=...)
+    codec.receive_data(data)
+    while (event := codec.next_event()) is not NEED_DATA:
+        ...                       # a Frame; malformed input raises FrameError
+
+Short input always returns NEED_DATA and never raises; only input that can never become a valid
+frame raises :class:`FrameError` (the session answers it with an ERROR frame and closes).
+
+Grammar (STOMP 1.2 "Augmented BNF"):
+
+    frame   = command EOL *( header EOL ) EOL *OCTET NULL *( EOL )
+    EOL     = [CR] LF
+
+* End-of-lines between frames are heart-beats; they are skipped here (the transport has already
+  noted that something arrived). CR LF is accepted in every version, as RabbitMQ does.
+* A ``content-length`` header gives the body size, so bodies may contain NUL octets; without it
+  the body ends at the first NUL. [STOMP 1.2 "Header content-length"]
+* Repeated headers: only the first occurrence counts. [STOMP 1.2 "Repeated Header Entries"]
+* Header escaping: ``\\\\ \\n \\c`` in 1.1, plus ``\\r`` in 1.2; none in 1.0. CONNECT and
+  CONNECTED frames are never escaped (they are exchanged before the version is known).
+  An undefined escape is a fatal protocol error. [STOMP 1.2 "Value Encoding"]
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+__all__ = ["Frame", "FrameCodec", "FrameError", "NEED_DATA", "escape", "unescape",
+           "serialize", "UNESCAPED_COMMANDS"]
+
+
+class _NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+#: returned by :meth:`FrameCodec.next_event` when the buffer holds no complete frame
+NEED_DATA = _NeedData()
+
+#: frames whose headers are never escaped [STOMP 1.2 "Value Encoding"]
+UNESCAPED_COMMANDS = frozenset(("CONNECT", "CONNECTED", "STOMP"))
+
+
+class FrameError(Exception):
+    """Input that is not (and can never become) a valid frame. ``message`` is a short summary
+    for the ERROR frame's ``message`` header, ``detail`` the body text."""
+
+    def __init__(self, message: str, detail: str = "", headers: dict | None = None):
+        super().__init__(f"{message}: {detail}" if detail else message)
+        self.message = message
+        self.detail = detail or message
+        #: the headers parsed so far (for ``receipt`` -> ``receipt-id`` in the ERROR frame)
+        self.headers = headers or {}
+
+
+class Frame:
+    """A STOMP frame. ``headers`` is an insertion-ordered dict (first occurrence of a name wins
+    when parsing); ``body`` is bytes."""
+
+    __slots__ = ("command", "headers", "body")
+
+    def __init__(self, command: str, headers: dict[str, str] | None = None, body: bytes = b""):
+        self.command = command
+        self.headers = headers if headers is not None else {}
+        self.body = body
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Frame) and self.command == other.command and
+                self.headers == other.headers and self.body == other.body)
+
+    def __repr__(self) -> str:
+        return f"Frame({self.command!r}, {self.headers!r}, {self.body[:64]!r})"
+
+
+# ---------------------------------------------------------------------------- escaping
+_ESCAPE_11 = str.maketrans({"\\": "\\\\", "\n": "\\n", ":": "\\c"})
+_ESCAPE_12 = str.maketrans({"\\": "\\\\", "\n": "\\n", ":": "\\c", "\r": "\\r"})
+_UNESCAPES_11 = {"\\": "\\", "n": "\n", "c": ":"}
+_UNESCAPES_12 = {"\\": "\\", "n": "\n", "c": ":", "r": "\r"}
+# 1.0 has no escapes: a raw LF would end the header line, so it becomes a space on the way out.
+_SANITIZE_10 = str.maketrans({"\n": " ", "\r": " "})
+
+
+def escape(value: str, version: str) -> str:
+    if version == "1.2":
+        return value.translate(_ESCAPE_12)
+    if version == "1.1":
+        return value.translate(_ESCAPE_11)
+    return value.translate(_SANITIZE_10)
+
+
+def unescape(value: str, version: str) -> str:
+    """Undo :func:`escape`; an undefined escape sequence raises FrameError. [STOMP 1.2: "Undefined
+    escape sequences such as \\t MUST be treated as a fatal protocol error"]"""
+    if version == "1.0" or "\\" not in value:
+        return value
+    table = _UNESCAPES_12 if version == "1.2" else _UNESCAPES_11
+    out = []
+    i = 0
+    n = len(value)
+    while i < n:
+        j = value.find("\\", i)
+        if j < 0:
+            out.append(value[i:])
+            break
+        out.append(value[i:j])
+        if j + 1 >= n or value[j + 1] not in table:
+            raise FrameError("Bad header", f"undefined escape sequence in header {value!r}")
+        out.append(table[value[j + 1]])
+        i = j + 2
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------- encoding
+def serialize(frame: Frame, version: str = "1.2") -> bytes:
+    """Encode a frame. Header names and values are escaped per ``version`` (except in CONNECT /
+    CONNECTED). The caller adds ``content-length`` when it wants one."""
+    command = frame.command
+    parts = [command, "\n"]
+    if command in UNESCAPED_COMMANDS:
+        for key, value in frame.headers.items():
+            parts += (key, ":", str(value), "\n")
+    else:
+        for key, value in frame.headers.items():
+            parts += (escape(key, version), ":", escape(str(value), version), "\n")
+    parts.append("\n")
+    return "".join(parts).encode() + bytes(frame.body) + b"\x00"
+
+
+# ---------------------------------------------------------------------------- decoding
+class FrameCodec:
+    """Incremental frame parser with bounded memory: a frame larger than ``max_frame_bytes``
+    (header block plus body) or with more than ``max_headers`` headers is a FrameError."""
+
+    def __init__(self, max_frame_bytes: int = 16 * 1024 * 1024, max_headers: int = 1000,
+                 version: str = "1.0"):
+        self.max_frame_bytes = max_frame_bytes
+        self.max_headers = max_headers
+        #: negotiated protocol version; decides header unescaping. Set by the session.
+        self.version = version
+        self._buf = bytearray()
+        # Where the search for the end of the header block resumes (no rescans when the header
+        # block arrives in pieces), and the parsed head of a frame whose body is incomplete.
+        self._scan = 0
+        self._head: tuple[str, dict, int, int | None] | None = None
+        #: end-of-lines seen between frames (heart-beats), for tests and statistics
+        self.heartbeats = 0
+
+    def receive_data(self, data: bytes) -> None:
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def next_event(self) -> Frame | _NeedData:
+        buf = self._buf
+        head = self._head
+        if head is None:
+            # Skip EOLs between frames (heart-beats) [STOMP 1.2 "Heart-beating"].
+            i = 0
+            n = len(buf)
+            while i < n:
+                c = buf[i]
+                if c == 10:
+                    self.heartbeats += 1
+                    i += 1
+                elif c == 13:
+                    if i + 1 >= n:
+                        break  # CR at the end: wait for the LF
+                    if buf[i + 1] != 10:
+                        raise FrameError("Bad frame", "carriage return not followed by a line feed")
+                    self.heartbeats += 1
+                    i += 2
+                else:
+                    break
+            if i:
+                del buf[:i]
+                self._scan = 0
+            if not buf:
+                return NEED_DATA
+            # The header block ends at the first empty line (LF LF, possibly with CRs).
+            end = buf.find(b"\n\n", self._scan)
+            end_crlf = buf.find(b"\n\r\n", self._scan)
+            if end_crlf >= 0 and (end < 0 or end_crlf < end):
+                header_end, body_start = end_crlf, end_crlf + 3
+            elif end >= 0:
+                header_end, body_start = end, end + 2
+            else:
+                if len(buf) > self.max_frame_bytes:
+                    raise FrameError("Frame too large",
+                                     f"header block exceeds {self.max_frame_bytes} bytes")
+                self._scan = max(0, len(buf) - 2)
+                return NEED_DATA
+            self._scan = 0
+            command, headers = self._parse_head(bytes(buf[:header_end]))
+            length = None
+            if "content-length" in headers:
+                raw = headers["content-length"]
+                if not raw.isdigit():
+                    raise FrameError("Bad content-length", f"invalid content-length {raw!r}",
+                                     headers)
+                length = int(raw)
+                if body_start + length > self.max_frame_bytes:
+                    raise FrameError("Frame too large",
+                                     f"frame of {body_start + length} bytes exceeds the limit of "
+                                     f"{self.max_frame_bytes} bytes", headers)
+            head = (command, headers, body_start, length)
+            self._head = head
+        command, headers, body_start, length = head
+        if length is not None:
+            end = body_start + length
+            if len(buf) <= end:
+                return NEED_DATA
+            if buf[end] != 0:
+                self._head = None
+                raise FrameError("Bad frame", "frame body not terminated by NUL after "
+                                 "content-length octets", headers)
+        else:
+            end = buf.find(b"\x00", self._scan or body_start)
+            if end < 0:
+                if len(buf) > self.max_frame_bytes:
+                    self._head = None
+                    raise FrameError("Frame too large",
+                                     f"frame exceeds the limit of {self.max_frame_bytes} bytes",
+                                     headers)
+                self._scan = len(buf)
+                return NEED_DATA
+            self._scan = 0
+        body = bytes(buf[body_start:end])
+        del buf[:end + 1]
+        self._head = None
+        return Frame(command, headers, body)
+
+    def _parse_head(self, block: bytes) -> tuple[str, dict[str, str]]:
+        try:
+            text = block.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FrameError("Bad frame", "frame command and headers must be UTF-8") from None
+        lines = text.split("\n")
+        command = lines[0]
+        if command.endswith("\r"):
+            command = command[:-1]
+        if not command:
+            raise FrameError("Bad frame", "empty command")
+        if len(lines) - 1 > self.max_headers:
+            raise FrameError("Too many headers",
+                             f"frame has {len(lines) - 1} headers; the limit is {self.max_headers}")
+        headers: dict[str, str] = {}
+        escaped = self.version != "1.0" and command not in UNESCAPED_COMMANDS
+        version = self.version
+        for line in lines[1:]:
+            if line.endswith("\r"):
+                line = line[:-1]
+            key, sep, value = line.partition(":")
+            if not sep:
+                raise FrameError("Bad header", f"header line without a colon: {line[:80]!r}",
+                                 headers)
+            if escaped:
+                key = unescape(key, version)
+                value = unescape(value, version)
+            if key not in headers:  # the first of repeated headers wins
+                headers[key] = value
+        return command, headers
+
+
+def iter_frames(codec: FrameCodec) -> Iterable[Frame]:
+    """Every complete frame in the codec's buffer."""
+    while True:
+        event = codec.next_event()
+        if event is NEED_DATA:
+            return
+        yield event  # type: ignore[misc]

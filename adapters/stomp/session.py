@@ -1,0 +1,661 @@
+"""STOMP session: frames <-> core calls, one object per connection.
+
+State machine (STOMP 1.2 "Connecting", "Client Frames"):
+
+    state        frame                       -> next state
+    ----------   -------------------------   ---------------------------------------------
+    CONNECTING   CONNECT | STOMP (ok)        -> CONNECTED   (CONNECTED frame)
+    CONNECTING   CONNECT | STOMP (refused)   -> CLOSED      (ERROR, close)
+    CONNECTING   anything else               -> CLOSED      (ERROR "Illegal command", close)
+    CONNECTED    SEND SUBSCRIBE UNSUBSCRIBE ACK NACK BEGIN COMMIT ABORT -> CONNECTED
+    CONNECTED    DISCONNECT                  -> CLOSED      (RECEIPT if asked, then close)
+    any          bad frame / unknown command -> CLOSED      (ERROR with message, close)
+
+Every error closes the connection after the ERROR frame [STOMP 1.2 "ERROR": "the server MUST
+then close the connection"]; nothing else on the broker is affected.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING, Any, Callable
+
+from broker.consumer import Consumer, Delivery
+from broker.errors import BrokerError, NotFound
+from broker.message import Message
+
+from .codec import NEED_DATA, Frame, FrameCodec, FrameError, escape, serialize
+from .mapping import (AMQ_QUEUE, EXCHANGE, QUEUE, REPLY_QUEUE, TEMP_QUEUE, TOPIC,
+                      DestinationError, destination_of, headers_to_properties,
+                      parse_destination, properties_to_headers, queue_arguments, stream_offset)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from broker.transport import Connection
+
+    from . import StompServer
+
+log = logging.getLogger("manifold.stomp")
+
+SUPPORTED_VERSIONS = ("1.0", "1.1", "1.2")
+CONNECTING, CONNECTED, CLOSED = "CONNECTING", "CONNECTED", "CLOSED"
+ACK_MODES = ("auto", "client", "client-individual")
+# A client that opens a socket and never sends CONNECT is dropped after this long.
+HANDSHAKE_TIMEOUT_S = 10.0
+
+
+class StompError(Exception):
+    """A protocol-level refusal: ERROR frame with ``message`` header and ``detail`` body."""
+
+    def __init__(self, message: str, detail: str = "", headers: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        self.detail = detail or message
+        self.headers = headers or {}
+
+
+def _required(frame: Frame, name: str) -> str:
+    value = frame.headers.get(name)
+    if value is None:
+        raise StompError(f"Missing {name}",
+                         f"{frame.command} frame requires a '{name}' header")
+    return value
+
+
+class Subscription(Consumer):
+    """One SUBSCRIBE: a core consumer on the subscription's queue."""
+
+    def __init__(self, session: "StompSession", sub_id: str, destination: str, queue: str,
+                 ack_mode: str, prefetch: int, arguments: dict, exclusive: bool,
+                 durable: bool, fixed_destination: str | None = None):
+        super().__init__(f"stomp-{session.session_id}-{sub_id}", no_ack=(ack_mode == "auto"),
+                         prefetch=prefetch, exclusive=exclusive, arguments=arguments,
+                         owner=session)
+        self.session = session
+        self.id = sub_id
+        self.destination = destination
+        self.queue_name = queue
+        self.ack_mode = ack_mode
+        self.durable = durable
+        #: MESSAGE ``destination`` for every delivery (temp queues), else derived per message
+        self.fixed_destination = fixed_destination
+        #: unsettled deliveries by tag, oldest first (``client`` acks are cumulative)
+        self.pending: OrderedDict[int, Delivery] = OrderedDict()
+        self.active = True
+        # Pre-encoded start of every MESSAGE frame of this subscription.
+        self.head_by_version: dict[str, str] = {}
+
+    def has_credit(self) -> bool:
+        session = self.session
+        return ((self.prefetch == 0 or self.in_flight < self.prefetch) and
+                session.conn is not None and session.conn.writable and session.state == CONNECTED)
+
+    def deliver(self, delivery: Delivery) -> None:
+        self.session.deliver(self, delivery)
+
+    def cancelled(self, reason: str) -> None:
+        self.session.server_cancelled(self, reason)
+
+    def delivery_timed_out(self, delivery: Delivery) -> None:
+        # The core took it back (consumer timeout); a late ACK for it must find nothing.
+        for tag, pending in list(self.pending.items()):
+            if pending is delivery:
+                del self.pending[tag]
+                self.session.unacked.pop(tag, None)
+                break
+
+
+class StompSession:
+    def __init__(self, server: "StompServer"):
+        self.server = server
+        self.broker = server.broker
+        stomp = server.settings.stomp
+        self.settings = stomp
+        self.codec = FrameCodec(max_frame_bytes=stomp.max_frame_bytes,
+                                max_headers=stomp.max_headers)
+        self.session_id = server.next_session_id()
+        self.conn: "Connection | None" = None
+        self.state = CONNECTING
+        self.version = "1.0"
+        self.vhost: Any = None
+        self.user: Any = None
+        self.subscriptions: dict[str, Subscription] = {}
+        #: tag -> subscription, for ACK / NACK of deliveries not yet settled
+        self.unacked: dict[int, Subscription] = {}
+        self._next_tag = 1
+        self.transactions: dict[str, list[Callable[[], None]]] = {}
+        #: /temp-queue/<label> -> server-named exclusive queue of this connection
+        self.temp_queues: dict[str, str] = {}
+        # RECEIPTs wait (in order) for the durability of the SENDs before them.
+        self._receipts: deque[list] = deque()
+        self._frame: Frame | None = None
+        self._prop_cache: tuple[Any, str, str] | None = None
+        self._handlers: dict[str, Callable[[Frame], None]] = {
+            "SEND": self.on_send, "SUBSCRIBE": self.on_subscribe,
+            "UNSUBSCRIBE": self.on_unsubscribe, "ACK": self.on_ack, "NACK": self.on_nack,
+            "BEGIN": self.on_begin, "COMMIT": self.on_commit, "ABORT": self.on_abort,
+            "DISCONNECT": self.on_disconnect, "CONNECT": self.on_connect,
+            "STOMP": self.on_connect,
+        }
+
+    # ================================================================ transport callbacks
+    def connection_made(self, conn: "Connection") -> None:
+        self.conn = conn
+        conn.set_keepalive(HANDSHAKE_TIMEOUT_S, self._handshake_timeout)
+
+    def _handshake_timeout(self) -> None:
+        if self.state == CONNECTING and self.conn is not None:
+            self.state = CLOSED
+            self.conn.abort("handshake timeout: no CONNECT frame")
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == CLOSED:
+            return
+        codec = self.codec
+        codec.receive_data(data)
+        handlers = self._handlers
+        try:
+            while self.state != CLOSED:
+                frame = codec.next_event()
+                if frame is NEED_DATA:
+                    break
+                self._frame = frame  # type: ignore[assignment]
+                handler = handlers.get(frame.command)  # type: ignore[union-attr]
+                if handler is None:
+                    raise StompError("Bad command",
+                                     f"Could not interpret command {frame.command}")  # type: ignore
+                if self.state == CONNECTING and frame.command not in ("CONNECT", "STOMP"):  # type: ignore
+                    raise StompError("Illegal command",
+                                     "You must log in using CONNECT first")
+                handler(frame)  # type: ignore[arg-type]
+                if "receipt" in frame.headers and frame.command not in (  # type: ignore
+                        "DISCONNECT", "CONNECT", "STOMP") and self.state == CONNECTED:
+                    self._receipt(frame.headers["receipt"])  # type: ignore[union-attr]
+        except FrameError as exc:
+            self.error(exc.message, exc.detail, exc.headers.get("receipt"))
+        except StompError as exc:
+            self.error(exc.message, exc.detail, self._receipt_of_current(), exc.headers)
+        except BrokerError as exc:
+            # RabbitMQ's wording: message:not_found, body "NOT_FOUND - no queue 'x' in vhost '/'"
+            self.error(exc.name.lower(), exc.reply_text(), self._receipt_of_current())
+        except DestinationError as exc:
+            self.error("Unknown destination", str(exc), self._receipt_of_current())
+        finally:
+            self._frame = None
+
+    def _receipt_of_current(self) -> str | None:
+        return self._frame.headers.get("receipt") if self._frame is not None else None
+
+    def connection_lost(self) -> None:
+        self.state = CLOSED
+        self.transactions.clear()
+        for entry in self._receipts:
+            if entry[1] is not None:
+                entry[1].cancel()
+        self._receipts.clear()
+        vhost = self.vhost
+        if vhost is None:
+            return
+        # Stop every consumer first, so that returned messages go to other connections rather
+        # than back to a subscription of this dying one.
+        subs = list(self.subscriptions.values())
+        self.subscriptions.clear()
+        for sub in subs:
+            sub.active = False
+            vhost.cancel(sub)
+        for sub in subs:
+            vhost.requeue(list(sub.pending.values()))
+            sub.pending.clear()
+        self.unacked.clear()
+        vhost.close_owner(self)
+
+    def going_away(self) -> None:
+        if self.state == CLOSED:
+            if self.conn is not None:
+                self.conn.close("server shutdown")
+            return
+        self.error("Server shutting down", "Server shutting down", reason="server shutdown")
+
+    def resume_writing(self) -> None:
+        for sub in list(self.subscriptions.values()):
+            sub.resume()
+
+    # ================================================================ output helpers
+    def write_frame(self, frame: Frame) -> None:
+        if self.conn is not None:
+            self.conn.write(serialize(frame, self.version))
+
+    def error(self, message: str, detail: str, receipt: str | None = None,
+              extra: dict | None = None, reason: str | None = None) -> None:
+        """ERROR frame, then close [STOMP 1.2 "ERROR"]."""
+        if self.state == CLOSED:
+            return
+        body = detail.encode()
+        headers = {"message": message, "content-type": "text/plain"}
+        if receipt is not None:
+            headers["receipt-id"] = receipt
+        if extra:
+            headers.update(extra)
+        headers["content-length"] = str(len(body))
+        self.write_frame(Frame("ERROR", headers, body))
+        self.state = CLOSED
+        if self.conn is not None:
+            self.conn.close(reason or f"STOMP error: {message}: {detail.strip()[:200]}")
+
+    def _receipt(self, receipt_id: str, wait: Any = None, close: bool = False) -> None:
+        """RECEIPT in frame order; it waits for ``wait`` (durability of a SEND) and for every
+        receipt before it."""
+        data = serialize(Frame("RECEIPT", {"receipt-id": receipt_id}), self.version)
+        if wait is None and not self._receipts:
+            if self.conn is not None:
+                self.conn.write(data)
+                if close:
+                    self.conn.close("client sent DISCONNECT")
+            return
+        future = None
+        if wait is not None:
+            future = asyncio.ensure_future(wait)
+            future.add_done_callback(self._flush_receipts)
+        self._receipts.append([data, future, close])
+
+    def _flush_receipts(self, _future: Any = None) -> None:
+        queue = self._receipts
+        while queue and (queue[0][1] is None or queue[0][1].done()):
+            data, future, close = queue.popleft()
+            if self.state == CLOSED and not close:
+                continue
+            if future is not None and not future.cancelled() and future.exception() is not None:
+                self.error("Internal error", f"message could not be stored: {future.exception()}")
+                return
+            if self.conn is not None:
+                self.conn.write(data)
+                if close:
+                    self.conn.close("client sent DISCONNECT")
+
+    # ================================================================ CONNECT
+    def on_connect(self, frame: Frame) -> None:
+        if self.state != CONNECTING:
+            raise StompError("Unexpected CONNECT", "Already connected")
+        headers = frame.headers
+        # [STOMP 1.2 "Protocol Negotiation"]: no accept-version means 1.0.
+        accepted = [v.strip() for v in headers.get("accept-version", "1.0").split(",")]
+        common = [v for v in SUPPORTED_VERSIONS if v in accepted]
+        if not common:
+            raise StompError("Version mismatch",
+                             "Supported versions are " + ",".join(SUPPORTED_VERSIONS),
+                             {"version": ",".join(SUPPORTED_VERSIONS)})
+        version = common[-1]
+        # RabbitMQ's default_user: a CONNECT without login logs in as guest/guest.
+        login = headers.get("login")
+        passcode = headers.get("passcode")
+        if login is None:
+            login, passcode = "guest", "guest" if passcode is None else passcode
+        peer = self.conn.peer_host if self.conn is not None else None
+        try:
+            user = self.broker.authenticate(login, passcode or "", peer)
+        except BrokerError as exc:
+            raise StompError("Bad CONNECT", exc.text) from None
+        vhost = self.broker.open_vhost(self._vhost_name(headers.get("host")), user)
+        self.version = version
+        self.codec.version = version
+        self.user = user
+        self.vhost = vhost
+        self.state = CONNECTED
+        out = {"server": self.server.server_header, "session": f"session-{self.session_id}"}
+        if version != "1.0" or "accept-version" in headers:
+            out["version"] = version
+        send_ms = receive_ms = 0
+        if version != "1.0":
+            client_send, client_receive = self._heart_beat(headers.get("heart-beat", "0,0"))
+            offer = self.settings.heartbeat_ms
+            # [STOMP 1.2 "Heart-beating"]: each side uses the larger of what one can do and the
+            # other wants; 0 on either side switches that direction off.
+            if client_send and offer:
+                receive_ms = max(client_send, offer)
+            if client_receive and offer:
+                send_ms = max(client_receive, offer)
+            out["heart-beat"] = f"{offer},{offer}"
+        self.write_frame(Frame("CONNECTED", out))
+        if self.conn is not None:
+            # Drop a client silent for ~2 of its intervals; send ours early (at half the agreed
+            # interval) so that a client checking at 1x-1.5x never sees a late one.
+            self.conn.set_keepalive(receive_ms * 2 / 1000 if receive_ms else None,
+                                    self._heartbeat_timeout if receive_ms else None,
+                                    send_ms / 2000 if send_ms else None,
+                                    self._send_heartbeat if send_ms else None)
+
+    def _vhost_name(self, host: str | None) -> str:
+        """``host`` names the virtual host (RabbitMQ). Many clients (stomp.py among them) put
+        the DNS name of the server there, so a name that is no virtual host means the default."""
+        if host and host in self.broker.vhosts:
+            return host
+        return "/"
+
+    @staticmethod
+    def _heart_beat(value: str) -> tuple[int, int]:
+        try:
+            cx, cy = (int(part) for part in value.split(","))
+        except ValueError:
+            raise StompError("Bad heart-beat", f"invalid heart-beat header {value!r}") from None
+        if cx < 0 or cy < 0:
+            raise StompError("Bad heart-beat", f"invalid heart-beat header {value!r}")
+        return cx, cy
+
+    def _heartbeat_timeout(self) -> None:
+        if self.conn is not None:
+            self.state = CLOSED
+            self.conn.abort("heart-beat timeout: nothing received from the client")
+
+    def _send_heartbeat(self) -> None:
+        if self.conn is not None:
+            self.conn.write(b"\n")
+
+    # ================================================================ DISCONNECT
+    def on_disconnect(self, frame: Frame) -> None:
+        receipt = frame.headers.get("receipt")
+        self.state = CLOSED
+        if receipt is not None:
+            self._receipt(receipt, close=True)  # [STOMP 1.2 "DISCONNECT"]: receipt, then close
+        elif self.conn is not None:
+            self.conn.close("client sent DISCONNECT")
+
+    # ================================================================ SEND
+    def on_send(self, frame: Frame) -> None:
+        headers = frame.headers
+        destination = _required(frame, "destination")
+        exchange, routing_key = self._send_target(destination, headers)
+        props = headers_to_properties(headers)
+        reply_to = props.reply_to
+        if reply_to is not None and reply_to.startswith("/temp-queue/"):
+            # RabbitMQ: a temp queue named in reply-to is created (and subscribed) on this
+            # connection; the header is rewritten so that replies route back to it.
+            props.reply_to = "/reply-queue/" + self._temp_queue(reply_to[12:])
+        message = Message(exchange, routing_key, frame.body, props)
+        tx = headers.get("transaction")
+        if tx is not None:
+            self._transaction(tx).append(lambda: self._publish(message))
+            return
+        wait = self._publish(message)
+        receipt = headers.get("receipt")
+        if receipt is not None and wait is not None:
+            # The RECEIPT of a persistent SEND waits for its fsync; the generic receipt code in
+            # data_received must not send a second one.
+            del headers["receipt"]
+            self._receipt(receipt, wait)
+
+    def _publish(self, message: Message) -> Any:
+        result = self.vhost.publish(message.exchange, message.routing_key, message)
+        return result.wait
+
+    def _send_target(self, destination: str, headers: dict) -> tuple[str, str]:
+        kind, name, key = parse_destination(destination)
+        if kind == QUEUE:
+            if name not in self.vhost.queues:
+                self._declare_queue(name, headers)
+            return "", name
+        if kind == TOPIC:
+            return "amq.topic", name
+        if kind == EXCHANGE:
+            return name, key
+        if kind == AMQ_QUEUE or kind == REPLY_QUEUE:
+            return "", name
+        return "", self._temp_queue(name)  # TEMP_QUEUE
+
+    def _declare_queue(self, name: str, headers: dict) -> None:
+        """/queue/<name>: a durable shared queue (RabbitMQ); ``durable``/``auto-delete``/
+        ``exclusive`` headers and ``x-`` queue arguments as RabbitMQ reads them."""
+        self.vhost.declare_queue(
+            name, durable=headers.get("durable", "true").lower() != "false",
+            auto_delete=headers.get("auto-delete") == "true",
+            exclusive=headers.get("exclusive") == "true",
+            arguments=queue_arguments(headers), owner=self)
+
+    def _temp_queue(self, label: str) -> str:
+        name = self.temp_queues.get(label)
+        if name is not None and name in self.vhost.queues:
+            return name
+        name = self.vhost.declare_queue("", exclusive=True, auto_delete=True, owner=self).name
+        self.temp_queues[label] = name
+        destination = "/temp-queue/" + label
+        if destination not in self.subscriptions:
+            self._start_subscription(destination, destination, name, "auto", 0, {}, False,
+                                     False, fixed_destination=destination)
+        return name
+
+    # ================================================================ SUBSCRIBE
+    def on_subscribe(self, frame: Frame) -> None:
+        headers = frame.headers
+        destination = _required(frame, "destination")
+        # [STOMP 1.1+] id is required; 1.0 clients may omit it: RabbitMQ then uses the destination.
+        sub_id = headers.get("id", destination)
+        if sub_id in self.subscriptions:
+            raise StompError("Duplicated subscription identifier",
+                             f"A subscription identified by '{sub_id}' already exists.")
+        ack_mode = headers.get("ack", "auto")
+        if ack_mode not in ACK_MODES:
+            raise StompError("Invalid ack header",
+                             f"ack must be one of {', '.join(ACK_MODES)}; got {ack_mode!r}")
+        prefetch = 0
+        if "prefetch-count" in headers:
+            try:
+                prefetch = int(headers["prefetch-count"])
+                if prefetch < 0:
+                    raise ValueError
+            except ValueError:
+                raise StompError("Invalid prefetch-count",
+                                 f"bad prefetch-count {headers['prefetch-count']!r}") from None
+        arguments: dict[str, Any] = {}
+        if "x-stream-offset" in headers:
+            arguments["x-stream-offset"] = stream_offset(headers["x-stream-offset"])
+        if "x-stream-reference" in headers:
+            arguments["x-stream-reference"] = headers["x-stream-reference"]
+        exclusive = headers.get("exclusive") == "true"
+        kind, name, key = parse_destination(destination)
+        vhost = self.vhost
+        durable = False
+        fixed = None
+        if kind == QUEUE:
+            args = queue_arguments(headers)
+            if name not in vhost.queues or args:
+                self._declare_queue(name, headers)
+            queue = name
+        elif kind == AMQ_QUEUE:
+            vhost.declare_queue(name, passive=True, owner=self)  # never declared: 404 if absent
+            queue = name
+        elif kind in (TOPIC, EXCHANGE):
+            exchange = "amq.topic" if kind == TOPIC else name
+            binding_key = name if kind == TOPIC else key
+            vhost.declare_exchange(exchange, passive=True)
+            durable = (headers.get("durable", headers.get("persistent", "false")).lower() == "true"
+                       and headers.get("auto-delete", "false").lower() != "true")
+            queue_name = headers.get("x-queue-name", "")
+            args = queue_arguments(headers)
+            if durable:
+                if "id" not in headers:
+                    raise StompError("Missing Header",
+                                     "Header 'id' is required for durable subscriptions")
+                if not queue_name:
+                    digest = hashlib.md5(sub_id.encode()).digest()
+                    queue_name = "stomp-subscription-" + base64.urlsafe_b64encode(
+                        digest).decode().rstrip("=")
+                queue = vhost.declare_queue(queue_name, durable=True, arguments=args).name
+            else:
+                queue = vhost.declare_queue(queue_name, exclusive=True, auto_delete=True,
+                                            arguments=args, owner=self).name
+            vhost.bind_queue(queue, exchange, binding_key, None, owner=self)
+        elif kind == TEMP_QUEUE:
+            queue = self.temp_queues.get(name) or ""
+            if queue not in vhost.queues:
+                queue = vhost.declare_queue("", exclusive=True, auto_delete=True,
+                                            owner=self).name
+                self.temp_queues[name] = queue
+            fixed = destination
+        else:
+            raise DestinationError(f"'{destination}' cannot be subscribed to; /reply-queue/ "
+                                   "destinations are for SEND only")
+        self._start_subscription(sub_id, destination, queue, ack_mode, prefetch, arguments,
+                                 exclusive, durable, fixed)
+
+    def _start_subscription(self, sub_id: str, destination: str, queue: str, ack_mode: str,
+                            prefetch: int, arguments: dict, exclusive: bool, durable: bool,
+                            fixed_destination: str | None = None) -> Subscription:
+        sub = Subscription(self, sub_id, destination, queue, ack_mode, prefetch, arguments,
+                           exclusive, durable, fixed_destination)
+        self.subscriptions[sub_id] = sub
+        try:
+            self.vhost.consume(queue, sub, owner=self)
+        except BaseException:
+            self.subscriptions.pop(sub_id, None)
+            raise
+        return sub
+
+    # ================================================================ MESSAGE (hot path)
+    def deliver(self, sub: Subscription, delivery: Delivery) -> None:
+        tag = self._next_tag
+        self._next_tag = tag + 1
+        if not sub.no_ack:
+            sub.pending[tag] = delivery
+            self.unacked[tag] = sub
+        message = delivery.message
+        version = self.version
+        head = sub.head_by_version.get(version)
+        if head is None:
+            head = "MESSAGE\nsubscription:" + escape(sub.id, version) + "\ndestination:"
+            sub.head_by_version[version] = head
+        destination = sub.fixed_destination or destination_of(message.exchange,
+                                                              message.routing_key)
+        stag = str(tag)
+        parts = [head, escape(destination, version) if version != "1.0" else destination,
+                 "\nmessage-id:", stag]
+        if version == "1.2":
+            parts += ("\nack:", stag)
+        parts.append("\nredelivered:true" if delivery.redelivered else "\nredelivered:false")
+        if delivery.offset is not None:
+            parts += ("\nx-stream-offset:", str(delivery.offset))
+        props = message.properties
+        cache = self._prop_cache
+        if cache is not None and cache[0] is props and cache[1] == version:
+            parts.append(cache[2])
+        else:
+            block = "".join(["\n" + escape(k, version) + ":" + escape(v, version)
+                             for k, v in properties_to_headers(props)])
+            self._prop_cache = (props, version, block)
+            parts.append(block)
+        body = message.body
+        parts += ("\ncontent-length:", str(len(body)), "\n\n")
+        self.conn.write(b"".join(("".join(parts).encode(), body, b"\x00")))  # type: ignore
+
+    # ================================================================ UNSUBSCRIBE
+    def on_unsubscribe(self, frame: Frame) -> None:
+        headers = frame.headers
+        sub_id = headers.get("id")
+        if sub_id is None:
+            if self.version != "1.0":
+                _required(frame, "id")
+            sub_id = _required(frame, "destination")
+        sub = self.subscriptions.pop(sub_id, None)
+        if sub is None:
+            return  # already gone (e.g. cancelled by the server): nothing to do
+        self._end_subscription(sub)
+        # RabbitMQ: UNSUBSCRIBE with persistent:true (or durable:true) ends a durable
+        # subscription for good by deleting its queue.
+        if sub.durable and headers.get("durable", headers.get("persistent", "")) == "true":
+            self.vhost.delete_queue(sub.queue_name)
+
+    def _end_subscription(self, sub: Subscription) -> None:
+        sub.active = False
+        self.vhost.cancel(sub)
+        pending = list(sub.pending.items())
+        sub.pending.clear()
+        for tag, _ in pending:
+            self.unacked.pop(tag, None)
+        # Unacked messages of an ended subscription go back to their queue.
+        self.vhost.requeue([d for _, d in pending])
+
+    def server_cancelled(self, sub: Subscription, reason: str) -> None:
+        """The queue went away: tell the client as RabbitMQ does, keep the connection."""
+        if self.subscriptions.get(sub.id) is not sub:
+            return
+        del self.subscriptions[sub.id]
+        sub.active = False
+        for tag in sub.pending:
+            self.unacked.pop(tag, None)
+        sub.pending.clear()
+        if self.state == CONNECTED:
+            body = reason.encode()
+            self.write_frame(Frame("ERROR", {
+                "message": "Server cancelled subscription", "subscription": sub.id,
+                "content-type": "text/plain", "content-length": str(len(body))}, body))
+
+    # ================================================================ ACK / NACK
+    def on_ack(self, frame: Frame) -> None:
+        self._ack_or_nack(frame, True)
+
+    def on_nack(self, frame: Frame) -> None:
+        self._ack_or_nack(frame, False)
+
+    def _ack_or_nack(self, frame: Frame, ack: bool) -> None:
+        headers = frame.headers
+        # [STOMP 1.2 "ACK"]: by the MESSAGE's ack header, sent back as id; 1.0/1.1 by message-id.
+        ack_id = _required(frame, "id" if self.version == "1.2" else "message-id")
+        requeue = headers.get("requeue", "true").lower() != "false"
+        tx = headers.get("transaction")
+        if tx is not None:
+            self._transaction(tx).append(lambda: self._settle(ack_id, ack, requeue))
+        else:
+            self._settle(ack_id, ack, requeue)
+
+    def _settle(self, ack_id: str, ack: bool, requeue: bool) -> None:
+        try:
+            tag = int(ack_id)
+        except ValueError:
+            raise StompError("Invalid message-id", f"unknown message id {ack_id!r}") from None
+        sub = self.unacked.get(tag)
+        if sub is None:
+            return  # already settled (a cumulative ACK covered it) or timed out
+        pending = sub.pending
+        if sub.ack_mode == "client":
+            # client mode: the ACK/NACK covers every earlier message of the subscription
+            # [STOMP 1.2 "SUBSCRIBE ack Header"].
+            settled = []
+            while pending:
+                first = next(iter(pending))
+                if first > tag:
+                    break
+                settled.append(pending.popitem(last=False))
+        else:
+            settled = [(tag, pending.pop(tag))]
+        unacked = self.unacked
+        for t, delivery in settled:
+            unacked.pop(t, None)
+            if ack:
+                delivery.ack()
+            else:
+                delivery.reject(requeue)
+
+    # ================================================================ transactions
+    def _transaction(self, tx: str) -> list:
+        actions = self.transactions.get(tx)
+        if actions is None:
+            raise StompError("Bad transaction", f"Invalid transaction identifier: {tx}")
+        return actions
+
+    def on_begin(self, frame: Frame) -> None:
+        tx = _required(frame, "transaction")
+        if tx in self.transactions:
+            raise StompError("Bad transaction", f"Transaction {tx} already started")
+        self.transactions[tx] = []
+
+    def on_commit(self, frame: Frame) -> None:
+        tx = _required(frame, "transaction")
+        actions = self._transaction(tx)
+        del self.transactions[tx]
+        for action in actions:
+            action()
+
+    def on_abort(self, frame: Frame) -> None:
+        tx = _required(frame, "transaction")
+        self._transaction(tx)
+        del self.transactions[tx]
