@@ -150,7 +150,8 @@ class Peer:
             # stops every peer in order (and the peer's helpers die with its process group).
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, cwd=self.workdir,
-                                         env=self.environment(), start_new_session=True)
+                                         env=self.environment(), start_new_session=True,
+                                         preexec_fn=_default_signals)
         except OSError as exc:
             self.error = f"cannot run {cmd[0]}: {exc}"
             return False
@@ -441,6 +442,13 @@ def git_describe() -> str:
         return ""
 
 
+def _default_signals() -> None:
+    # A shell starting us in the background ignores SIGINT, and ignored signals are inherited
+    # across exec: give each peer the default dispositions so its own shutdown handlers work.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 class _Terminate(Exception):
     pass
 
@@ -456,6 +464,7 @@ def running(names: list[str], log=print):
     SIGTERM is turned into an exception like Ctrl-C so the ``finally`` stops every peer.
     """
     previous = signal.signal(signal.SIGTERM, _raise_terminate)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     peers: dict[str, Peer] = {}
     try:
         for name in names:
@@ -477,6 +486,7 @@ def running(names: list[str], log=print):
                     continue
             peer.cleanup()
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -486,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="check: start each peer, report, stop; run: keep them up until Ctrl-C")
     parser.add_argument("peers", nargs="*", help=f"default: all ({', '.join(PEER_CLASSES)})")
     parser.add_argument("--json", action="store_true", help="print the ports as JSON")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     names = args.peers or list(PEER_CLASSES)
     status = 0
     try:

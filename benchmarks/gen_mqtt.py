@@ -1,0 +1,278 @@
+"""Minimal raw-socket MQTT 3.1.1 load generator: publish -> consume messages per second.
+
+One subscriber connection (SUBSCRIBE at --qos) and one publisher connection (PUBLISH at --qos)
+on a fresh topic. Frames are encoded once up front (QoS 1: one frame per packet identifier), the
+subscriber only walks packet boundaries (and answers PUBACK at QoS 1), so the generator spends
+as little CPU as possible and the broker is what is measured. At most --window messages are
+published and not yet consumed (end-to-end flow control: no broker is pushed into dropping or
+unbounded queueing). The clock runs from the first timed PUBLISH to the last message received;
+a warm-up of --warmup messages runs first and is not timed.
+
+Prints one JSON object on stdout, e.g.
+    {"protocol": "mqtt", "qos": 0, "messages": 20000, "received": 20000, "seconds": 0.8,
+     "msgs_per_s": 25000.0, "complete": true}
+Exit status 0 when every message arrived, 1 otherwise (the JSON says what happened).
+
+    .venv/bin/python benchmarks/gen_mqtt.py --host 127.0.0.1 --port 1883 --qos 1 --messages 20000
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import struct
+import sys
+import time
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _str(s: bytes) -> bytes:
+    return struct.pack("!H", len(s)) + s
+
+
+def packet(first: int, body: bytes) -> bytes:
+    return bytes([first]) + _varint(len(body)) + body
+
+
+def connect_frame(client_id: str, keepalive_s: int = 60) -> bytes:
+    # [MQTT-3.1.2-2] protocol level 4 = 3.1.1; flags 0x02 = clean session, no credentials.
+    return packet(0x10, _str(b"MQTT") + bytes([4, 0x02]) + struct.pack("!H", keepalive_s)
+                  + _str(client_id.encode()))
+
+
+def subscribe_frame(packet_id: int, topic: bytes, qos: int) -> bytes:
+    return packet(0x82, struct.pack("!H", packet_id) + _str(topic) + bytes([qos]))
+
+
+def publish_frame(topic: bytes, payload: bytes, qos: int, packet_id: int = 0) -> bytes:
+    if qos == 0:
+        return packet(0x30, _str(topic) + payload)
+    return packet(0x30 | (qos << 1), _str(topic) + struct.pack("!H", packet_id) + payload)
+
+
+DISCONNECT = b"\xe0\x00"
+
+
+class MqttReader(asyncio.Protocol):
+    """Walks MQTT packet boundaries; counts PUBLISH (answering PUBACK) and PUBACK packets."""
+
+    def __init__(self, progress: asyncio.Event):
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.publishes = 0
+        self.pubacks = 0
+        self.control: asyncio.Queue = asyncio.Queue()
+        self.progress = progress
+        self.closed = asyncio.get_running_loop().create_future()
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def connection_lost(self, exc):
+        if not self.closed.done():
+            self.closed.set_result(exc)
+        self.progress.set()
+        self.control.put_nowait(None)
+
+    def pause_writing(self):
+        self.can_write.clear()
+
+    def resume_writing(self):
+        self.can_write.set()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer
+        buf += data
+        pos, end = 0, len(buf)
+        acks = []
+        publishes = pubacks = 0
+        while end - pos >= 2:
+            first = buf[pos]
+            # remaining length: 1..4 bytes, 7 bits each [MQTT-2.2.3]
+            length, mult, i = 0, 1, pos + 1
+            while True:
+                if i >= end:
+                    length = -1
+                    break
+                b = buf[i]
+                length += (b & 0x7F) * mult
+                mult *= 128
+                i += 1
+                if not b & 0x80:
+                    break
+            if length < 0 or i + length > end:
+                break
+            kind = first >> 4
+            if kind == 3:  # PUBLISH
+                publishes += 1
+                if first & 0x06:  # QoS > 0: packet id follows the topic name
+                    tlen = (buf[i] << 8) | buf[i + 1]
+                    pid = buf[i + 2 + tlen:i + 4 + tlen]
+                    acks.append(b"\x40\x02" + bytes(pid))
+            elif kind == 4:  # PUBACK
+                pubacks += 1
+            else:  # CONNACK, SUBACK, PINGRESP...: rare, handled by the coroutine
+                self.control.put_nowait(bytes(buf[pos:i + length]))
+            pos = i + length
+        if pos:
+            del buf[:pos]
+        if acks:
+            self.transport.write(b"".join(acks))
+        if publishes or pubacks:
+            self.publishes += publishes
+            self.pubacks += pubacks
+            self.progress.set()
+
+
+async def open_client(host: str, port: int, client_id: str, progress: asyncio.Event,
+                      timeout: float) -> MqttReader:
+    loop = asyncio.get_running_loop()
+    _, proto = await asyncio.wait_for(
+        loop.create_connection(lambda: MqttReader(progress), host, port), timeout)
+    proto.transport.write(connect_frame(client_id))
+    reply = await asyncio.wait_for(proto.control.get(), timeout)
+    if not reply or reply[0] >> 4 != 2:
+        raise RuntimeError(f"no CONNACK from {host}:{port}: {reply!r}")
+    if reply[-1] != 0:
+        raise RuntimeError(f"CONNACK refused the connection, return code {reply[-1]}")
+    return proto
+
+
+async def run(args) -> dict:
+    tag = f"{os.getpid()}-{int(time.time() * 1000) % 100000000}"
+    topic = f"manifold-bench/{tag}".encode()
+    progress = asyncio.Event()
+    qos = args.qos
+    result = {"protocol": "mqtt", "qos": qos, "messages": args.messages, "received": 0,
+              "payload_bytes": args.size, "window": args.window, "seconds": None,
+              "msgs_per_s": None, "complete": False}
+
+    sub = await open_client(args.host, args.port, f"bench-sub-{tag}", progress, args.timeout)
+    sub.transport.write(subscribe_frame(1, topic, qos))
+    reply = await asyncio.wait_for(sub.control.get(), args.timeout)
+    if not reply or reply[0] >> 4 != 9 or reply[-1] == 0x80:
+        raise RuntimeError(f"SUBSCRIBE refused: {reply!r}")
+    pub = await open_client(args.host, args.port, f"bench-pub-{tag}", progress, args.timeout)
+
+    payload = os.urandom(args.size // 2 + 1).hex()[:args.size].encode()
+    if qos == 0:
+        frame = publish_frame(topic, payload, 0)
+        frames = None
+    else:
+        # One pre-encoded frame per packet identifier 1..65535 [MQTT-2.3.1-1: non-zero].
+        frames = [publish_frame(topic, payload, qos, pid) for pid in range(1, 65536)]
+    window = max(1, min(args.window, 60000))
+    batch = max(1, args.batch)
+
+    async def phase(count: int, deadline: float) -> tuple[int, float, float]:
+        """Publish count messages and wait for them; return (received, t_first, t_last)."""
+        base_recv, base_sent = sub.publishes, 0
+        sent = 0
+        seq = phase.seq
+        t_first = time.perf_counter()
+        last_progress = time.monotonic()
+        last_seen = 0
+        while True:
+            received = sub.publishes - base_recv
+            if received >= count:
+                break
+            if sub.closed.done() or pub.closed.done():
+                raise RuntimeError("the broker closed a connection")
+            now = time.monotonic()
+            if received != last_seen:
+                last_seen, last_progress = received, now
+            if now > deadline or now - last_progress > args.idle_timeout:
+                break
+            allowed = min(count - sent, window - (sent - received), batch)
+            if qos:
+                allowed = min(allowed, window - (phase.sent_total + sent - pub.pubacks))
+            if allowed > 0 and pub.can_write.is_set():
+                if qos == 0:
+                    pub.transport.write(frame * allowed)
+                else:
+                    start = seq % 65535
+                    stop = start + allowed
+                    if stop <= 65535:
+                        pub.transport.write(b"".join(frames[start:stop]))
+                    else:
+                        pub.transport.write(b"".join(frames[start:] + frames[:stop - 65535]))
+                    seq += allowed
+                sent += allowed
+                # Let the loop read replies between batches.
+                await asyncio.sleep(0)
+                continue
+            progress.clear()
+            try:
+                await asyncio.wait_for(progress.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+        phase.seq = seq
+        phase.sent_total += sent
+        return sub.publishes - base_recv, t_first, time.perf_counter()
+
+    phase.seq = 0
+    phase.sent_total = 0
+    deadline = time.monotonic() + args.timeout
+    if args.warmup:
+        got, _, _ = await phase(args.warmup, deadline)
+        if got < args.warmup:
+            raise RuntimeError(f"warm-up: only {got} of {args.warmup} messages arrived")
+    received, t0, t1 = await phase(args.messages, deadline)
+    seconds = t1 - t0
+    result.update(received=received, seconds=round(seconds, 4),
+                  msgs_per_s=round(received / seconds, 1) if seconds > 0 else None,
+                  complete=received >= args.messages)
+    if not result["complete"]:
+        result["error"] = (f"only {received} of {args.messages} messages arrived "
+                           f"(idle {args.idle_timeout} s or total {args.timeout} s limit)")
+    for proto in (pub, sub):
+        if not proto.closed.done():
+            proto.transport.write(DISCONNECT)
+            proto.transport.close()
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--qos", type=int, choices=(0, 1), default=0)
+    p.add_argument("--messages", type=int, default=20000)
+    p.add_argument("--size", type=int, default=64, help="payload bytes (default 64)")
+    p.add_argument("--window", type=int, default=1000,
+                   help="most messages published and not yet consumed (default 1000)")
+    p.add_argument("--batch", type=int, default=100, help="frames per write (default 100)")
+    p.add_argument("--warmup", type=int, default=1000, help="untimed messages first")
+    p.add_argument("--timeout", type=float, default=120.0, help="whole run limit, s")
+    p.add_argument("--idle-timeout", type=float, default=10.0,
+                   help="give up when nothing arrives for this long, s")
+    args = p.parse_args(argv)
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        result = asyncio.run(asyncio.wait_for(run(args), args.timeout + 15))
+    except (OSError, RuntimeError, asyncio.TimeoutError) as exc:
+        result = {"protocol": "mqtt", "qos": args.qos, "messages": args.messages,
+                  "msgs_per_s": None, "complete": False,
+                  "error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(result), flush=True)
+    return 0 if result.get("complete") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
