@@ -260,8 +260,12 @@ class FrameCodec:
                 raise FrameError("Bad header", f"header line without a colon: {line[:80]!r}",
                                  headers)
             if escaped:
-                key = unescape(key, version)
-                value = unescape(value, version)
+                try:
+                    key = unescape(key, version)
+                    value = unescape(value, version)
+                except FrameError as exc:
+                    exc.headers = headers  # so that the ERROR can still carry receipt-id
+                    raise
             if key not in headers:  # the first of repeated headers wins
                 headers[key] = value
         return command, headers
