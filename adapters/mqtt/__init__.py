@@ -1,0 +1,13 @@
+"""MQTT 3.1.1 and 5.0 adapter (see MAPPING.md). ``make_server`` is what broker.service loads."""
+from __future__ import annotations
+
+from typing import Any
+
+from .server import MqttServer
+
+
+def make_server(broker: Any, settings: Any) -> MqttServer:
+    return MqttServer(broker, settings)
+
+
+__all__ = ["make_server", "MqttServer"]

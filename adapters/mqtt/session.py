@@ -1,0 +1,833 @@
+"""One MQTT connection: packets in -> core calls, deliveries -> PUBLISH packets out.
+
+States (h11 style):
+
+    state        packet from the client        next state / effect
+    ----------   ---------------------------   -------------------------------------------------
+    AWAIT_CONN   CONNECT                       CONNECTED (CONNACK 0) or CLOSED (refusing CONNACK)
+    AWAIT_CONN   anything else                 CLOSED, no reply             [MQTT-3.1.0-1]
+    CONNECTED    PUBLISH/PUB*/SUB*/UNSUB*/PING CONNECTED
+    CONNECTED    CONNECT                       CLOSED (protocol error)      [MQTT-3.1.0-2]
+    CONNECTED    DISCONNECT                    CLOSED, will discarded unless 5.0 reason 0x04
+    any          malformed / protocol error    CLOSED (5.0: DISCONNECT 0x81/0x82 first), will sent
+    any          connection lost               CLOSED, will sent (after its delay)
+
+The session state that outlives the connection (subscriptions, queue, in-flight messages) is a
+``server.SessionState``; this object is the live connection attached to it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import base64
+from typing import Any
+
+from broker.consumer import Delivery
+from broker.errors import AccessRefused, BrokerError, NotAllowed
+from broker.message import Message, Properties
+
+from . import codec as c
+from . import topics
+from .server import (NEVER_EXPIRES, TOPIC_EXCHANGE, MqttMessage, MqttServer, Outbound,
+                     SessionState, Subscription)
+
+log = logging.getLogger("manifold.mqtt")
+
+AWAIT_CONNECT, CONNECTED, CLOSED = "AWAIT_CONNECT", "CONNECTED", "CLOSED"
+
+# Shared property objects for the common case (no MQTT 5 properties): messages are immutable.
+_PLAIN_PROPERTIES = {q: Properties(delivery_mode=2 if q else 1, headers={"x-mqtt-publish-qos": q})
+                     for q in (0, 1, 2)}
+# Bytes pending in our own output list before it is handed to the transport.
+_FLUSH_BYTES = 64 * 1024
+
+
+def publish_qos(message: Message) -> int:
+    """The QoS a message was published with (COMMON.md: other protocols: 1 if persistent)."""
+    if type(message) is MqttMessage:
+        return message.qos
+    headers = message.properties.headers
+    if headers:
+        q = headers.get("x-mqtt-publish-qos")
+        if isinstance(q, int) and 0 <= q <= 2:
+            return q
+    return 1 if message.properties.delivery_mode == 2 else 0
+
+
+def properties_from_mqtt(props: dict, qos: int) -> Properties:
+    """MQTT 5 PUBLISH properties -> core properties (COMMON.md mapping)."""
+    if not props:
+        return _PLAIN_PROPERTIES[qos]
+    headers: dict[str, Any] = {"x-mqtt-publish-qos": qos}
+    for name, value in props.get("user_property", ()):
+        headers[name] = value
+    correlation_id = None
+    data = props.get("correlation_data")
+    if data is not None:
+        try:
+            correlation_id = data.decode("utf-8")
+        except UnicodeDecodeError:
+            headers["x-correlation-data"] = bytes(data)
+    reply_to = props.get("response_topic")
+    expiry = props.get("message_expiry_interval")
+    return Properties(content_type=props.get("content_type"), headers=headers,
+                      delivery_mode=2 if qos else 1, correlation_id=correlation_id,
+                      reply_to=topics.topic_to_key(reply_to) if reply_to is not None else None,
+                      expiration=str(expiry * 1000) if expiry is not None else None)
+
+
+def mqtt_from_properties(p: Properties) -> dict:
+    """Core properties of a message from another protocol -> MQTT 5 PUBLISH properties."""
+    out: dict = {}
+    if p.content_type is not None:
+        out["content_type"] = p.content_type
+    if p.reply_to is not None:
+        out["response_topic"] = topics.key_to_topic(p.reply_to)
+    if p.correlation_id is not None:
+        out["correlation_data"] = str(p.correlation_id).encode("utf-8")
+    headers = p.headers
+    if headers:
+        pairs = []
+        for k, v in headers.items():
+            if k == "x-mqtt-publish-qos":
+                continue
+            if k == "x-correlation-data" and isinstance(v, (bytes, bytearray)):
+                out.setdefault("correlation_data", bytes(v))
+                continue
+            if isinstance(v, (bytes, bytearray)):
+                try:
+                    v = bytes(v).decode("utf-8")
+                except UnicodeDecodeError:
+                    continue
+            elif not isinstance(v, str):
+                if isinstance(v, (list, dict)):
+                    continue  # x-death and other tables have no MQTT form
+                v = str(v)
+            pairs.append((str(k), v))
+        if pairs:
+            out["user_property"] = pairs
+    return out
+
+
+class MqttSession:
+    """The transport's Session for one MQTT connection."""
+
+    def __init__(self, server: MqttServer):
+        self.server = server
+        self.settings = server.mqtt
+        self.decoder = c.MqttDecoder("server", max_packet_size=self.settings.max_packet_bytes)
+        self.conn: Any = None
+        self.state_name = AWAIT_CONNECT
+        self.version = c.MQTT_3_1_1
+        self.v5 = False
+        self.state: SessionState | None = None
+        self.client_id = ""
+        self.vhost: Any = None
+        self.user: Any = None
+        self.will: c.Will | None = None
+        self.keep_alive = 0
+        # Client limits (MQTT 5 CONNECT properties) and our own
+        self.client_receive_max = self.settings.receive_maximum
+        self.client_max_packet = 268_435_460
+        self.client_alias_max = 0
+        self.out_aliases: dict[str, int] = {}
+        self.in_aliases: dict[int, str] = {}
+        self.request_problem_info = True
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._flush_scheduled = False
+        self._pending_acks: list | None = None  # [ready, packet] in order, while waits run
+        self._clean_disconnect = False
+        self._taken_over = False
+        self._closing = False
+
+    # ================================================================ transport callbacks
+    def connection_made(self, conn: Any) -> None:
+        self.conn = conn
+        # [MQTT-3.1.4-?] a client that does not send CONNECT in reasonable time is dropped.
+        conn.set_keepalive(read_timeout_s=10.0, on_read_timeout=lambda: self._close(
+            "no CONNECT within 10 s"))
+
+    def data_received(self, data: bytes) -> None:
+        decoder = self.decoder
+        decoder.receive_data(data)
+        try:
+            while not self._closing:
+                packet = decoder.next_event()
+                if packet is c.NEED_DATA:
+                    break
+                self.handle(packet)
+        except c.UnsupportedProtocolVersion as exc:
+            # [MQTT-3.1.2-2] CONNACK 0x01 (3.1.1) or 0x84 (5.0), then close.
+            code = c.UNSUPPORTED_PROTOCOL_VERSION if exc.level == 5 else \
+                c.CONNACK_UNACCEPTABLE_PROTOCOL
+            self._send(c.serialize(c.Connack(False, code),
+                                   c.MQTT_5 if code == c.UNSUPPORTED_PROTOCOL_VERSION else 4))
+            self._close(f"unsupported protocol level {exc.level}")
+        except c.MqttError as exc:
+            self._protocol_failure(exc)
+        self._flush()
+
+    def _protocol_failure(self, exc: c.MqttError) -> None:
+        """Bad input closes this connection only; 5.0 clients hear why first [MQTT-4.13.1-1]."""
+        if self.state_name == CONNECTED and self.v5:
+            props = {"reason_string": exc.text[:200]} if self.request_problem_info else None
+            self._send(c.serialize(c.Disconnect(exc.reason_code, props), c.MQTT_5))
+        self._close(f"{type(exc).__name__}: {exc.text}")
+
+    def connection_lost(self) -> None:
+        was = self.state_name
+        self.state_name = CLOSED
+        state = self.state
+        if was != CONNECTED or state is None:
+            return
+        if not self._clean_disconnect and self.will is not None:
+            self._publish_will()
+        self.will = None
+        if state.conn is self:
+            state.conn = None
+            if state.expiry_s == 0:
+                self.server.end_session(state)
+            else:
+                state.detach()
+
+    def going_away(self) -> None:
+        if self.state_name == CONNECTED and self.v5:
+            self._send(c.serialize(c.Disconnect(c.SERVER_SHUTTING_DOWN), c.MQTT_5))
+            self._flush()
+        self._clean_disconnect = True  # a shutdown is not the client's failure: no will
+        self._close("server shutdown")
+
+    def resume_writing(self) -> None:
+        self._resume_consumers()
+
+    # ================================================================ output
+    def _send(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_bytes += len(data)
+        if self._out_bytes >= _FLUSH_BYTES:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_scheduled = False
+        self._flush()
+        if self._out_bytes == 0 and self.state_name == CONNECTED:
+            # credit held back by our own buffer came back
+            self._resume_consumers()
+
+    def _flush(self) -> None:
+        if self._out:
+            out = self._out
+            self._out = []
+            self._out_bytes = 0
+            if len(out) == 1:
+                self.conn.write(out[0])
+            else:
+                self.conn.writelines(out)
+
+    def _close(self, reason: str) -> None:
+        self._flush()
+        self._closing = True
+        if self.state_name == AWAIT_CONNECT:
+            self.state_name = CLOSED
+        self.conn.close(reason)
+
+    def _disconnect(self, code: int, reason: str, text: str | None = None) -> None:
+        """Server-initiated DISCONNECT (5.0) with a reason code; 3.1.1 just closes."""
+        if self.v5 and self.state_name == CONNECTED:
+            props = {"reason_string": text} if text and self.request_problem_info else None
+            self._send(c.serialize(c.Disconnect(code, props), c.MQTT_5))
+        self._close(reason)
+
+    # ================================================================ dispatch
+    def handle(self, p: c.Packet) -> None:
+        t = p.type
+        if self.state_name == AWAIT_CONNECT:
+            if t != c.CONNECT:  # pragma: no cover - the decoder refuses this already
+                raise c.ProtocolError("the first packet must be CONNECT")
+            self.on_connect(p)  # type: ignore[arg-type]
+            return
+        if t == c.PUBLISH:
+            self.on_publish(p)  # type: ignore[arg-type]
+        elif t == c.PUBACK:
+            self.on_puback(p)  # type: ignore[arg-type]
+        elif t == c.PUBREC:
+            self.on_pubrec(p)  # type: ignore[arg-type]
+        elif t == c.PUBREL:
+            self.on_pubrel(p)  # type: ignore[arg-type]
+        elif t == c.PUBCOMP:
+            self.on_pubcomp(p)  # type: ignore[arg-type]
+        elif t == c.SUBSCRIBE:
+            self.on_subscribe(p)  # type: ignore[arg-type]
+        elif t == c.UNSUBSCRIBE:
+            self.on_unsubscribe(p)  # type: ignore[arg-type]
+        elif t == c.PINGREQ:
+            self._send(b"\xd0\x00")  # [MQTT-3.12.4-1]
+        elif t == c.DISCONNECT:
+            self.on_disconnect(p)  # type: ignore[arg-type]
+        elif t == c.AUTH:
+            # Enhanced authentication is not offered, so AUTH is unexpected [MQTT-3.15.0-?]
+            raise c.ProtocolError("AUTH without an authentication method")
+        else:  # pragma: no cover
+            raise c.ProtocolError(f"unexpected {c.PACKET_NAMES.get(t)}")
+
+    # ================================================================ CONNECT
+    def _refuse(self, code311: int, code5: int, reason: str, text: str | None = None) -> None:
+        if self.v5:
+            props = {"reason_string": text} if text else None
+            self._send(c.serialize(c.Connack(False, code5, props), c.MQTT_5))
+        else:
+            self._send(c.serialize(c.Connack(False, code311), self.version))
+        self.state_name = CLOSED
+        self._close(reason)
+
+    def on_connect(self, p: c.Connect) -> None:
+        self.version = p.protocol_level
+        self.v5 = v5 = p.protocol_level == c.MQTT_5
+        props = p.properties
+        server = self.server
+        settings = self.settings
+        if v5:
+            self.client_receive_max = props.get("receive_maximum", 65535)
+            self.client_max_packet = props.get("maximum_packet_size", 268_435_460)
+            self.client_alias_max = props.get("topic_alias_maximum", 0)
+            self.request_problem_info = bool(props.get("request_problem_information", 1))
+            if "authentication_method" in props:
+                self._refuse(0, c.BAD_AUTHENTICATION_METHOD, "unsupported authentication method",
+                             "enhanced authentication is not supported")
+                return
+        else:
+            self.client_receive_max = settings.receive_maximum
+        # Will topic must be a valid topic name [MQTT-3.1.3-?]
+        if p.will is not None:
+            if not topics.valid_topic_name(p.will.topic):
+                if v5:
+                    self._refuse(0, c.TOPIC_NAME_INVALID, "invalid will topic")
+                else:
+                    self._close("invalid will topic")
+                return
+            if v5 and p.will.properties.get("payload_format_indicator") == 1:
+                try:
+                    p.will.payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    self._refuse(0, c.PAYLOAD_FORMAT_INVALID, "will payload is not UTF-8")
+                    return
+        # Authentication with the users AMQP uses. No user name: RabbitMQ's default MQTT user.
+        username, password = p.username, p.password
+        vhost_name = "/"
+        if username is None:
+            username, password = "guest", b"guest"
+        elif ":" in username:
+            # RabbitMQ's "vhost:user" form
+            maybe_vhost, _, rest = username.partition(":")
+            if maybe_vhost in server.broker.vhosts:
+                vhost_name, username = maybe_vhost, rest
+        try:
+            pw = password.decode("utf-8") if password is not None else None
+        except UnicodeDecodeError:
+            pw = None
+        try:
+            user = server.broker.authenticate(username, pw, self.conn.peer_host)
+        except AccessRefused as exc:
+            self._refuse(c.CONNACK_BAD_CREDENTIALS, c.BAD_USER_NAME_OR_PASSWORD, exc.text,
+                         "bad user name or password")
+            return
+        try:
+            self.vhost = server.broker.open_vhost(vhost_name, user)
+        except NotAllowed as exc:
+            self._refuse(c.CONNACK_NOT_AUTHORIZED, c.NOT_AUTHORIZED, exc.text, exc.text)
+            return
+        self.user = user
+        # Client identifier [MQTT-3.1.3-6/7/8]
+        client_id = p.client_id
+        assigned = None
+        if not client_id:
+            if not v5 and not p.clean_start:
+                self._refuse(c.CONNACK_IDENTIFIER_REJECTED, c.CLIENT_IDENTIFIER_NOT_VALID,
+                             "empty client id with clean session 0")
+                return
+            client_id = assigned = "manifold-" + base64.urlsafe_b64encode(
+                os.urandom(12)).decode()
+        self.client_id = client_id
+        # Session expiry: 3.1.1 clean session 0 = keep until the (configured) maximum.
+        max_expiry = settings.max_session_expiry_s
+        if v5:
+            expiry = props.get("session_expiry_interval", 0)
+        else:
+            expiry = 0 if p.clean_start else NEVER_EXPIRES
+        granted_expiry = expiry
+        if max_expiry and expiry > max_expiry and not (expiry == NEVER_EXPIRES and not v5):
+            granted_expiry = max_expiry
+        # Takeover [MQTT-3.1.4-3]: the existing connection with this client id is closed.
+        server.cancel_will(client_id)
+        state = server.sessions.get(client_id)
+        if state is not None and state.conn is not None:
+            old = state.conn
+            old._taken_over = True
+            old._disconnect(c.SESSION_TAKEN_OVER, "session taken over by a new connection")
+            # Run its end now, so the session is free for this connection.
+            old.connection_lost_early()
+            state = server.sessions.get(client_id)
+        session_present = False
+        if state is not None and (p.clean_start or state.vhost is not self.vhost):
+            server.end_session(state)
+            state = None
+        if state is None:
+            state = SessionState(server, client_id, self.vhost)
+            state.durable = granted_expiry != 0
+            server.sessions[client_id] = state
+        else:
+            session_present = True  # [MQTT-3.2.2-2]
+        state.expiry_s = granted_expiry
+        self.state = state
+        self.will = p.will
+        self.state_name = CONNECTED
+        # Keep alive: the client is dropped after 1.5 times its keep alive [MQTT-3.1.2-24].
+        keep_alive = p.keep_alive
+        server_keep_alive = None
+        if v5 and settings.max_keepalive_s and (keep_alive == 0 or
+                                                keep_alive > settings.max_keepalive_s):
+            keep_alive = server_keep_alive = settings.max_keepalive_s
+        self.keep_alive = keep_alive
+        if keep_alive:
+            self.conn.set_keepalive(read_timeout_s=keep_alive * 1.5,
+                                    on_read_timeout=self._keepalive_timeout)
+        else:
+            self.conn.set_keepalive(None)
+        ack_props: dict = {}
+        if v5:
+            ack_props["receive_maximum"] = settings.receive_maximum
+            ack_props["topic_alias_maximum"] = settings.topic_alias_maximum
+            ack_props["maximum_packet_size"] = settings.max_packet_bytes
+            ack_props["retain_available"] = 1
+            ack_props["wildcard_subscription_available"] = 1
+            ack_props["subscription_identifier_available"] = 1
+            ack_props["shared_subscription_available"] = 1
+            if assigned is not None:
+                ack_props["assigned_client_identifier"] = assigned
+            if server_keep_alive is not None:
+                ack_props["server_keep_alive"] = server_keep_alive
+            if granted_expiry != expiry:
+                ack_props["session_expiry_interval"] = granted_expiry
+        self._send(c.serialize(c.Connack(session_present, 0, ack_props), self.version))
+        # [MQTT-4.4.0-1] resend unacknowledged PUBLISH (DUP=1) and PUBREL with their original
+        # packet identifiers, in order, before anything new.
+        for pid, out in list(state.outbound.items()):
+            if out.released:
+                self._send(c.serialize(c.Pubrel(pid), self.version))
+            else:
+                self._send_publish(out.message, out.qos, out.retain, out.sub_ids, pid, True)
+        state.attach(self)
+        self._resume_consumers()
+
+    def connection_lost_early(self) -> None:
+        """Takeover: end this connection's hold on the session at once (the socket closes
+        later); its will follows the normal rules."""
+        if self.state_name != CONNECTED:
+            return
+        self.connection_lost()
+
+    def _keepalive_timeout(self) -> None:
+        self._disconnect(c.KEEP_ALIVE_TIMEOUT, "keep-alive timeout: nothing received for 1.5 "
+                         "times the keep alive", "keep alive timeout")
+
+    # ================================================================ wills
+    def _publish_will(self) -> None:
+        will = self.will
+        state = self.state
+        if will is None or state is None:
+            return
+        server = self.server
+        vhost = self.vhost
+        delay = will.properties.get("will_delay_interval", 0) if self.v5 else 0
+        if delay and state.expiry_s != 0:
+            # [MQTT-3.1.3-9] sent after the delay, or when the session ends, if no new connection
+            # with this client id comes first (on_connect cancels it).
+            delay = min(delay, state.expiry_s)
+            origin = state
+
+            def fire() -> None:
+                self._route_will(vhost, will, origin)
+            server.schedule_will(self.client_id, delay, fire)
+        else:
+            self._route_will(vhost, will, state)
+
+    def _route_will(self, vhost: Any, will: c.Will, origin: Any) -> None:
+        try:
+            self._route(vhost, will.topic, will.payload, will.qos, will.retain,
+                        will.properties if self.v5 else {}, origin)
+        except BrokerError as exc:  # pragma: no cover
+            log.warning("will of %s not published: %s", self.client_id, exc.text)
+
+    # ================================================================ inbound PUBLISH
+    def _route(self, vhost: Any, topic: str, payload: bytes, qos: int, retain: bool,
+               props: dict, origin: Any) -> Any:
+        if props:
+            props = {k: v for k, v in props.items()
+                     if k not in ("topic_alias", "subscription_identifier", "will_delay_interval")}
+        message = MqttMessage(TOPIC_EXCHANGE, topics.topic_to_key(topic), payload,
+                              properties_from_mqtt(props, qos), origin=origin, retain=retain,
+                              qos=qos, mqtt_properties=props or None,
+                              timestamp_ms=self.server.now_ms())
+        if retain:
+            self.server.retain(topic, message, props.get("message_expiry_interval")
+                               if props else None)
+        return vhost.publish(TOPIC_EXCHANGE, message.routing_key, message)
+
+    def on_publish(self, p: c.Publish) -> None:
+        topic = p.topic
+        props = p.properties
+        qos = p.qos
+        if props:
+            alias = props.get("topic_alias")
+            if alias is not None:
+                # [MQTT-3.3.2-8/9] alias within 1..our Topic Alias Maximum
+                if alias == 0 or alias > self.settings.topic_alias_maximum:
+                    self._disconnect(c.TOPIC_ALIAS_INVALID, f"topic alias {alias} out of range",
+                                     "topic alias out of range")
+                    return
+                if topic:
+                    self.in_aliases[alias] = topic
+                else:
+                    known = self.in_aliases.get(alias)
+                    if known is None:
+                        raise c.ProtocolError(f"unknown topic alias {alias}")
+                    topic = known
+            if props.get("payload_format_indicator") == 1:
+                try:
+                    p.payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    self._ack_publish_error(p, c.PAYLOAD_FORMAT_INVALID,
+                                            "payload is not valid UTF-8")
+                    return
+            if "subscription_identifier" in props:
+                raise c.ProtocolError("subscription identifier in a PUBLISH from a client")
+        if not topic or "+" in topic or "#" in topic:
+            # [MQTT-3.3.2-2] no wildcards; [MQTT-4.7.3-1] not empty
+            if self.v5:
+                self._disconnect(c.TOPIC_NAME_INVALID, "invalid topic name", "invalid topic name")
+            else:
+                self._close(f"invalid topic name {topic!r}")
+            return
+        if qos == 2:
+            state = self.state
+            pid = p.packet_id
+            if pid in state.inbound_qos2:  # type: ignore[union-attr]
+                # [MQTT-4.3.3-?] a resend before PUBREL: acknowledge, do not deliver twice.
+                self._send(c.serialize(c.Pubrec(pid), self.version))  # type: ignore[arg-type]
+                return
+            if len(state.inbound_qos2) >= self.settings.receive_maximum:  # type: ignore[union-attr]
+                self._disconnect(c.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded",
+                                 "receive maximum exceeded")
+                return
+        try:
+            result = self._route(self.vhost, topic, p.payload, qos, p.retain, props, self.state)
+        except BrokerError as exc:
+            self._ack_publish_error(p, c.IMPLEMENTATION_SPECIFIC_ERROR, exc.text)
+            return
+        if qos == 0:
+            return
+        code = 0
+        if result.rejected:
+            code = c.QUOTA_EXCEEDED
+        elif result.routed == 0 and self.v5:
+            code = c.NO_MATCHING_SUBSCRIBERS
+        if qos == 1:
+            packet = c.serialize(c.Puback(p.packet_id, code), self.version)  # type: ignore[arg-type]
+        else:
+            if code < 0x80:
+                self.state.inbound_qos2.add(p.packet_id)  # type: ignore[union-attr,arg-type]
+            packet = c.serialize(c.Pubrec(p.packet_id, code), self.version)  # type: ignore[arg-type]
+        self._ack_after(result.wait, packet)
+
+    def _ack_publish_error(self, p: c.Publish, code: int, text: str) -> None:
+        if p.qos == 0:
+            if self.v5 and code == c.PAYLOAD_FORMAT_INVALID:
+                self._disconnect(code, text, text)
+            return
+        if not self.v5:
+            self._close(text)  # 3.1.1 has no way to refuse a PUBLISH
+            return
+        props = {"reason_string": text} if self.request_problem_info else None
+        cls = c.Puback if p.qos == 1 else c.Pubrec
+        self._send(c.serialize(cls(p.packet_id, code, props), c.MQTT_5))  # type: ignore[arg-type]
+
+    def _ack_after(self, wait: Any, packet: bytes) -> None:
+        """PUBACK/PUBREC once the message is safe; acknowledgements stay in order
+        [MQTT-4.6.0-2]."""
+        pending = self._pending_acks
+        if wait is None and not pending:
+            self._send(packet)
+            return
+        entry = [wait is None, packet]
+        if pending is None:
+            pending = self._pending_acks = []
+        pending.append(entry)
+        if wait is not None:
+            def done(_: Any, entry: list = entry) -> None:
+                entry[0] = True
+                self._drain_acks()
+            asyncio.ensure_future(wait).add_done_callback(done)
+
+    def _drain_acks(self) -> None:
+        pending = self._pending_acks
+        while pending and pending[0][0]:
+            self._send(pending.pop(0)[1])
+        if not pending:
+            self._pending_acks = None
+        self._flush()
+
+    def on_pubrel(self, p: c.Pubrel) -> None:
+        # [MQTT-4.3.3-?] discard the packet id state, then PUBCOMP; an unknown id gets 0x92 (5.0).
+        state = self.state
+        if p.packet_id in state.inbound_qos2:  # type: ignore[union-attr]
+            state.inbound_qos2.discard(p.packet_id)  # type: ignore[union-attr]
+            code = 0
+        else:
+            code = c.PACKET_IDENTIFIER_NOT_FOUND
+        self._send(c.serialize(c.Pubcomp(p.packet_id, code), self.version))
+
+    # ================================================================ outbound acks
+    def on_puback(self, p: c.Puback) -> None:
+        out = self.state.outbound.get(p.packet_id)  # type: ignore[union-attr]
+        if out is None or out.qos != 1:
+            return  # [MQTT-4.3.2-?] an unknown id is ignored
+        del self.state.outbound[p.packet_id]  # type: ignore[union-attr]
+        self._settle(out)
+
+    def on_pubrec(self, p: c.Pubrec) -> None:
+        state = self.state
+        out = state.outbound.get(p.packet_id)  # type: ignore[union-attr]
+        if out is None or out.qos != 2:
+            if self.v5:
+                self._send(c.serialize(c.Pubrel(p.packet_id, c.PACKET_IDENTIFIER_NOT_FOUND),
+                                       c.MQTT_5))
+            return
+        if p.reason_code >= 0x80:
+            # 5.0: the client refused it; the exchange ends here.
+            del state.outbound[p.packet_id]  # type: ignore[union-attr]
+            self._settle(out)
+            return
+        if out.delivery is not None:
+            # The client owns the message now; only the packet id stays until PUBCOMP.
+            out.delivery.ack()
+            out.delivery = None
+        out.released = True
+        self._send(c.serialize(c.Pubrel(p.packet_id), self.version))
+
+    def on_pubcomp(self, p: c.Pubcomp) -> None:
+        state = self.state
+        out = state.outbound.get(p.packet_id)  # type: ignore[union-attr]
+        if out is None or not out.released:
+            return
+        del state.outbound[p.packet_id]  # type: ignore[union-attr]
+        self._settle(out)
+
+    def _settle(self, out: Outbound) -> None:
+        window_was_full = len(self.state.outbound) + 1 >= self.client_receive_max  # type: ignore[union-attr]
+        if out.delivery is not None:
+            out.delivery.ack()  # pumps this delivery's queue
+            out.delivery = None
+        if window_was_full:
+            self._resume_consumers()
+
+    def _resume_consumers(self) -> None:
+        state = self.state
+        if state is None or state.conn is not self:
+            return
+        if state.consumer is not None:
+            state.consumer.resume()
+        for consumer in state.shared.values():
+            consumer.resume()
+
+    # ================================================================ deliveries
+    def can_deliver(self) -> bool:
+        return (self.state_name == CONNECTED and self.conn.writable and
+                self._out_bytes < _FLUSH_BYTES and
+                len(self.state.outbound) < self.client_receive_max)  # type: ignore[union-attr]
+
+    def deliver(self, delivery: Delivery, share: Subscription | None) -> None:
+        message = delivery.message
+        is_mqtt = type(message) is MqttMessage
+        topic = topics.key_to_topic(message.routing_key)
+        state = self.state
+        retained_copy = is_mqtt and message.retained_copy  # type: ignore[attr-defined]
+        if share is not None:
+            subs = (share,)
+        else:
+            subs = state.matching(topic)  # type: ignore[union-attr]
+            if not retained_copy and subs and is_mqtt and \
+                    message.origin is state:  # type: ignore[attr-defined]
+                # [MQTT-3.8.3-3] No Local: not back to the publishing session
+                subs = [s for s in subs if not s.no_local]
+        if not subs:
+            if not delivery.settled:
+                delivery.ack()
+            return
+        qos = max(s.qos for s in subs) if len(subs) > 1 else subs[0].qos
+        pub_qos = message.qos if is_mqtt else publish_qos(message)  # type: ignore[attr-defined]
+        if pub_qos < qos:
+            qos = pub_qos
+        if retained_copy:
+            retain = True  # [MQTT-3.3.1-8] sent because of a new subscription: RETAIN=1
+        elif is_mqtt and message.retain:  # type: ignore[attr-defined]
+            # [MQTT-3.3.1-12/13] Retain As Published keeps it, else 0
+            retain = any(s.retain_as_published for s in subs)
+        else:
+            retain = False
+        sub_ids = None
+        if self.v5:
+            ids = [s.identifier for s in subs if s.identifier is not None]
+            if ids:
+                sub_ids = ids
+        if qos == 0:
+            ok = self._send_publish(message, 0, retain, sub_ids, None, False)
+            if not delivery.settled:
+                delivery.ack()
+            return
+        pid = state.alloc_pid()  # type: ignore[union-attr]
+        if not self._send_publish(message, qos, retain, sub_ids, pid, False):
+            # too large for this client, or expired: dropped [MQTT-3.1.2-25]
+            if not delivery.settled:
+                delivery.ack()
+            return
+        if delivery.settled:  # a no-ack delivery (QoS 0 subscriptions)
+            delivery = None  # type: ignore[assignment]
+        state.outbound[pid] = Outbound(delivery, message, qos, retain, sub_ids)  # type: ignore[union-attr]
+
+    def _send_publish(self, message: Message, qos: int, retain: bool, sub_ids: list | None,
+                      pid: int | None, dup: bool) -> bool:
+        topic = topics.key_to_topic(message.routing_key)
+        is_mqtt = type(message) is MqttMessage
+        props_bytes = None
+        if self.v5:
+            if is_mqtt:
+                props = message.mqtt_properties  # type: ignore[attr-defined]
+                props = dict(props) if props else {}
+            else:
+                props = mqtt_from_properties(message.properties)
+            # Message expiry: forward what is left of it [MQTT-3.3.2-6]; drop if expired.
+            expiration = message.properties.expiration
+            if expiration is not None:
+                try:
+                    ttl_ms = int(expiration)
+                except ValueError:
+                    ttl_ms = None
+                if ttl_ms is not None:
+                    if message.timestamp_ms:
+                        left_ms = message.timestamp_ms + ttl_ms - self.server.now_ms()
+                        if left_ms <= 0 and not dup:
+                            return False
+                        props["message_expiry_interval"] = max(1, -(-left_ms // 1000))
+                    else:
+                        props["message_expiry_interval"] = max(0, ttl_ms // 1000)
+            if sub_ids:
+                props["subscription_identifier"] = sub_ids
+            topic_bytes = topic.encode("utf-8")
+            if self.client_alias_max and not dup:
+                alias = self.out_aliases.get(topic)
+                if alias is not None:
+                    props["topic_alias"] = alias
+                    topic_bytes = b""
+                elif len(self.out_aliases) < self.client_alias_max:
+                    alias = len(self.out_aliases) + 1
+                    self.out_aliases[topic] = alias
+                    props["topic_alias"] = alias
+            props_bytes = c.encode_properties(props) if props else b"\x00"
+        else:
+            topic_bytes = topic.encode("utf-8")
+        packet = c.encode_publish(topic_bytes, message.body, qos, retain, dup, pid, props_bytes)
+        if len(packet) > self.client_max_packet:
+            return False
+        self._send(packet)
+        return True
+
+    # ================================================================ SUBSCRIBE
+    def on_subscribe(self, p: c.Subscribe) -> None:
+        state = self.state
+        sub_id = None
+        ids = p.properties.get("subscription_identifier")
+        if ids:
+            if len(ids) > 1:
+                raise c.ProtocolError("more than one subscription identifier")
+            sub_id = ids[0]
+        codes = []
+        new_subs = []
+        for topic_filter, opts in p.subscriptions:
+            try:
+                group, inner = topics.parse_shared(topic_filter)
+            except ValueError:
+                codes.append(c.TOPIC_FILTER_INVALID if self.v5 else 0x80)
+                continue
+            if not topics.valid_topic_filter(inner):
+                codes.append(c.TOPIC_FILTER_INVALID if self.v5 else 0x80)
+                continue
+            if group is not None and opts.no_local:
+                raise c.ProtocolError("No Local on a shared subscription")  # [MQTT-3.8.3-4]
+            sub = Subscription(topic_filter, inner, group, opts.qos, opts.no_local,
+                               opts.retain_as_published, opts.retain_handling, sub_id)
+            try:
+                is_new = state.add_subscription(sub)  # type: ignore[union-attr]
+            except BrokerError as exc:
+                log.warning("subscribe %s failed: %s", topic_filter, exc.text)
+                codes.append(c.UNSPECIFIED_ERROR if self.v5 else 0x80)
+                continue
+            codes.append(opts.qos)  # [MQTT-3.9.3-?] granted QoS = requested (we support 2)
+            new_subs.append((sub, is_new))
+        self._send(c.serialize(c.Suback(p.packet_id, codes), self.version))
+        # Retained messages after the SUBACK [MQTT-3.3.1-9], not for shared subscriptions.
+        for sub, is_new in new_subs:
+            if sub.group is not None or sub.retain_handling == 2 or (
+                    sub.retain_handling == 1 and not is_new):
+                continue
+            self._send_retained(sub)
+        self.server.save()
+
+    def _send_retained(self, sub: Subscription) -> None:
+        """Retained messages matching the filter go through the session queue, so they obey the
+        in-flight window like any other message, marked as retained copies (RETAIN=1)."""
+        state = self.state
+        now = self.server.now_ms()
+        for topic, entry in self.server.retained_for(sub.filter):
+            m = entry.message
+            props = m.properties
+            mprops = m.mqtt_properties
+            if entry.expires_at_ms is not None:
+                left_s = max(1, -(-(entry.expires_at_ms - now) // 1000))
+                props = props.copy()
+                props.expiration = str(left_s * 1000)
+                mprops = dict(mprops or {})
+                mprops["message_expiry_interval"] = left_s
+            copy = MqttMessage(TOPIC_EXCHANGE, m.routing_key, m.body, props, origin=m.origin,
+                               retain=True, qos=m.qos, mqtt_properties=mprops, timestamp_ms=now,
+                               retained_copy=True)
+            self.vhost.publish("", state.queue_name, copy)  # type: ignore[union-attr]
+
+    def on_unsubscribe(self, p: c.Unsubscribe) -> None:
+        codes = []
+        for topic_filter in p.filters:
+            existed = self.state.remove_subscription(topic_filter)  # type: ignore[union-attr]
+            codes.append(c.SUCCESS if existed else c.NO_SUBSCRIPTION_EXISTED)
+        self._send(c.serialize(c.Unsuback(p.packet_id, codes), self.version))
+        self.server.save()
+
+    # ================================================================ DISCONNECT
+    def on_disconnect(self, p: c.Disconnect) -> None:
+        state = self.state
+        if self.v5:
+            expiry = p.properties.get("session_expiry_interval")
+            if expiry is not None:
+                if state.expiry_s == 0 and expiry != 0:  # type: ignore[union-attr]
+                    raise c.ProtocolError("session expiry set on DISCONNECT after 0 on CONNECT")
+                state.expiry_s = expiry  # type: ignore[union-attr]
+            if p.reason_code == c.DISCONNECT_WITH_WILL:
+                self._close("client disconnected with will message")
+                return
+        # [MQTT-3.14.4-3] a DISCONNECT discards the will.
+        self._clean_disconnect = True
+        self.will = None
+        self._close("client sent DISCONNECT")
