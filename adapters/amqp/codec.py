@@ -1,0 +1,729 @@
+"""AMQP 0-9-1 wire codec, sans-I/O: bytes in, events out; frames out as bytes.
+
+Nothing here touches sockets or the event loop. The server-side :class:`Decoder` takes
+``receive_data(bytes)`` and hands back events from ``next_event()`` (``NEED_DATA`` when the
+buffer holds no complete event; short input never raises). Malformed input raises
+:class:`FrameError` carrying the AMQP reply code (501 FRAME_ERROR, 502 SYNTAX_ERROR, 505
+UNEXPECTED_FRAME, 540 NOT_IMPLEMENTED) so the session can close that one connection.
+
+Hot paths are hand-written: Basic.Publish + content header + body frames are parsed inline and
+assembled into one :class:`Publish` event (the raw content-header payload is kept, so an AMQP
+consumer gets the exact property bytes the publisher sent, without re-encoding), Basic.Ack is
+parsed inline, and Basic.Deliver frames are built from pre-encoded pieces (see
+:func:`deliver_frames`). The other methods are decoded with pamqp (``pamqp.commands``), which is
+correct for them and off the hot path. Field tables in content headers use this module's own codec
+(:func:`decode_table` / :func:`encode_table`), which round-trips every AMQP field type exactly
+(pamqp narrows floats to 32 bits and guesses at timestamp units).
+"""
+from __future__ import annotations
+
+import datetime
+import decimal
+import struct
+from typing import Any
+
+from pamqp import commands as _pamqp_commands
+from pamqp import exceptions as _pamqp_exceptions
+
+from broker.message import EMPTY_PROPERTIES, Properties
+
+PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
+FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
+FRAME_END = 0xCE
+FRAME_END_BYTE = b"\xce"
+FRAME_MIN_SIZE = 4096  # [AMQP 0-9-1 4.2.1] the smallest frame_max a peer may negotiate
+FRAME_OVERHEAD = 8     # 7-byte frame header + frame-end octet
+HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
+
+BASIC_CLASS = 60
+BASIC_PUBLISH, BASIC_ACK = 40, 80
+
+NEED_DATA = None
+
+_frame_header = struct.Struct(">BHI")
+_u16 = struct.Struct(">H")
+_u32 = struct.Struct(">I")
+_u64 = struct.Struct(">Q")
+_i64 = struct.Struct(">q")
+_two_u16 = struct.Struct(">HH")
+_content_header_head = struct.Struct(">HHQH")  # class, weight, body size, property flags
+_ack = struct.Struct(">QB")
+
+
+class FrameError(Exception):
+    """Input that breaks the framing or syntax rules: a connection exception."""
+
+    def __init__(self, code: int, text: str, class_id: int = 0, method_id: int = 0):
+        super().__init__(text)
+        self.code = code
+        self.text = text
+        self.class_id = class_id
+        self.method_id = method_id
+
+
+class ProtocolHeaderMismatch(Exception):
+    """The client opened with something other than ``AMQP 0 0 9 1``: answer with ours, close
+    [AMQP 0-9-1 4.2.2]."""
+
+
+# ====================================================================== events
+class ProtocolHeaderReceived:
+    __slots__ = ()
+
+
+PROTOCOL_HEADER_RECEIVED = ProtocolHeaderReceived()
+
+
+class Heartbeat:
+    __slots__ = ("channel",)
+
+    def __init__(self, channel: int):
+        self.channel = channel
+
+
+class Method:
+    """A method frame decoded by pamqp (``method`` is a ``pamqp.commands`` instance)."""
+    __slots__ = ("channel", "method", "class_id", "method_id")
+
+    def __init__(self, channel: int, method: Any, class_id: int, method_id: int):
+        self.channel = channel
+        self.method = method
+        self.class_id = class_id
+        self.method_id = method_id
+
+
+class Ack:
+    """Basic.Ack from the client (fast path)."""
+    __slots__ = ("channel", "delivery_tag", "multiple")
+
+    def __init__(self, channel: int, delivery_tag: int, multiple: bool):
+        self.channel = channel
+        self.delivery_tag = delivery_tag
+        self.multiple = multiple
+
+
+class Publish:
+    """A complete Basic.Publish: method, content header and all body frames.
+
+    ``header`` is the raw content-header payload (class, weight, size, flags, property list), fit
+    for ``Message.encoded``. ``body`` is None when the body was larger than the message size limit
+    (it was discarded while reading; ``body_size`` says how large it was)."""
+    __slots__ = ("channel", "exchange", "routing_key", "mandatory", "immediate", "properties",
+                 "header", "body", "body_size", "exchange_and_key")
+
+    def __init__(self, channel: int, exchange: str, routing_key: str, mandatory: bool,
+                 immediate: bool, properties: Properties, header: bytes, body: bytes | None,
+                 body_size: int, exchange_and_key: bytes = b""):
+        self.channel = channel
+        # exchange and routing key as two short strings, as Basic.Deliver/Return carry them
+        self.exchange_and_key = exchange_and_key
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.mandatory = mandatory
+        self.immediate = immediate
+        self.properties = properties
+        self.header = header
+        self.body = body
+        self.body_size = body_size
+
+
+class _Pending:
+    """A Basic.Publish whose content is still arriving on one channel."""
+    __slots__ = ("exchange", "routing_key", "mandatory", "immediate", "properties", "header",
+                 "size", "received", "chunks", "discard", "exchange_and_key")
+
+    def __init__(self, exchange: str, routing_key: str, mandatory: bool, immediate: bool,
+                 exchange_and_key: bytes):
+        self.exchange_and_key = exchange_and_key
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.mandatory = mandatory
+        self.immediate = immediate
+        self.properties: Properties | None = None
+        self.header = b""
+        self.size = 0
+        self.received = 0
+        self.chunks: list = []
+        self.discard = False
+
+
+# ====================================================================== field tables
+# Type letters as RabbitMQ reads them (AMQP 0-9-1 errata: https://www.rabbitmq.com/amqp-0-9-1-errata.html)
+_i8 = struct.Struct(">b")
+_u8 = struct.Struct(">B")
+_i16 = struct.Struct(">h")
+_i32 = struct.Struct(">i")
+_f32 = struct.Struct(">f")
+_f64 = struct.Struct(">d")
+_dec = struct.Struct(">Bi")
+_UTC = datetime.timezone.utc
+
+
+def _decode_value(buf: Any, pos: int) -> tuple[Any, int]:
+    kind = buf[pos]
+    pos += 1
+    if kind == 0x53:  # 'S' long string: text if it is UTF-8, else the raw bytes
+        n = _u32.unpack_from(buf, pos)[0]
+        pos += 4
+        end = pos + n
+        if end > len(buf):
+            raise ValueError("long string past the end of the table")
+        raw = bytes(buf[pos:end])
+        try:
+            return raw.decode("utf-8"), end
+        except UnicodeDecodeError:
+            return raw, end
+    if kind == 0x49:  # 'I' int32
+        return _i32.unpack_from(buf, pos)[0], pos + 4
+    if kind == 0x6C or kind == 0x4C:  # 'l' int64 ('L' seen from some clients)
+        return _i64.unpack_from(buf, pos)[0], pos + 8
+    if kind == 0x74:  # 't' boolean
+        return buf[pos] != 0, pos + 1
+    if kind == 0x46:  # 'F' nested table
+        return decode_table(buf, pos)
+    if kind == 0x41:  # 'A' array
+        n = _u32.unpack_from(buf, pos)[0]
+        pos += 4
+        end = pos + n
+        if end > len(buf):
+            raise ValueError("array past the end of the table")
+        items = []
+        while pos < end:
+            value, pos = _decode_value(buf, pos)
+            items.append(value)
+        if pos != end:
+            raise ValueError("array length does not match its items")
+        return items, end
+    if kind == 0x62:  # 'b' int8
+        return _i8.unpack_from(buf, pos)[0], pos + 1
+    if kind == 0x42:  # 'B' uint8
+        return _u8.unpack_from(buf, pos)[0], pos + 1
+    if kind == 0x73:  # 's' int16
+        return _i16.unpack_from(buf, pos)[0], pos + 2
+    if kind == 0x75:  # 'u' uint16
+        return _u16.unpack_from(buf, pos)[0], pos + 2
+    if kind == 0x69:  # 'i' uint32
+        return _u32.unpack_from(buf, pos)[0], pos + 4
+    if kind == 0x66:  # 'f' float32
+        return _f32.unpack_from(buf, pos)[0], pos + 4
+    if kind == 0x64:  # 'd' float64
+        return _f64.unpack_from(buf, pos)[0], pos + 8
+    if kind == 0x44:  # 'D' decimal: scale octet, signed 32-bit mantissa
+        scale, mantissa = _dec.unpack_from(buf, pos)
+        return decimal.Decimal(mantissa).scaleb(-scale), pos + 5
+    if kind == 0x54:  # 'T' timestamp, seconds since the epoch
+        seconds = _u64.unpack_from(buf, pos)[0]
+        try:
+            return datetime.datetime.fromtimestamp(seconds, _UTC), pos + 8
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"timestamp {seconds} out of range") from None
+    if kind == 0x56:  # 'V' void
+        return None, pos
+    if kind == 0x78:  # 'x' byte array
+        n = _u32.unpack_from(buf, pos)[0]
+        pos += 4
+        end = pos + n
+        if end > len(buf):
+            raise ValueError("byte array past the end of the table")
+        return bytearray(buf[pos:end]), end
+    raise ValueError(f"unknown field type {chr(kind)!r}")
+
+
+def decode_table(buf: Any, pos: int = 0) -> tuple[dict, int]:
+    """Decode a field table (4-byte length, then name/value pairs) at ``pos``; returns the dict
+    and the position after it. Raises ValueError (or struct.error) on malformed input."""
+    n = _u32.unpack_from(buf, pos)[0]
+    pos += 4
+    end = pos + n
+    if end > len(buf):
+        raise ValueError("field table past the end of the frame")
+    table: dict = {}
+    while pos < end:
+        klen = buf[pos]
+        pos += 1
+        key = bytes(buf[pos:pos + klen]).decode("utf-8")
+        pos += klen
+        if pos >= end:
+            raise ValueError("field table entry without a value")
+        table[key], pos = _decode_value(buf, pos)
+    if pos != end:
+        raise ValueError("field table length does not match its entries")
+    return table, end
+
+
+def _encode_value(value: Any, out: list) -> None:
+    if isinstance(value, str):
+        raw = value.encode("utf-8")
+        out.append(b"S" + _u32.pack(len(raw)))
+        out.append(raw)
+    elif isinstance(value, bool):
+        out.append(b"t\x01" if value else b"t\x00")
+    elif isinstance(value, int):
+        if -0x80000000 <= value <= 0x7FFFFFFF:
+            out.append(b"I" + _i32.pack(value))
+        elif -0x8000000000000000 <= value <= 0x7FFFFFFFFFFFFFFF:
+            out.append(b"l" + _i64.pack(value))
+        else:
+            raise ValueError(f"integer {value} does not fit a field table")
+    elif isinstance(value, dict):
+        out.append(b"F")
+        out.append(encode_table(value))
+    elif isinstance(value, (list, tuple)):
+        parts: list = []
+        for item in value:
+            _encode_value(item, parts)
+        body = b"".join(parts)
+        out.append(b"A" + _u32.pack(len(body)))
+        out.append(body)
+    elif isinstance(value, float):
+        out.append(b"d" + _f64.pack(value))
+    elif isinstance(value, bytearray):
+        out.append(b"x" + _u32.pack(len(value)))
+        out.append(bytes(value))
+    elif isinstance(value, (bytes, memoryview)):
+        # A long string is binary in AMQP: non-UTF-8 bytes travel as 'S' unchanged.
+        out.append(b"S" + _u32.pack(len(value)))
+        out.append(bytes(value))
+    elif isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_UTC)
+        out.append(b"T" + _u64.pack(int(value.timestamp())))
+    elif isinstance(value, decimal.Decimal):
+        sign, digits, exponent = value.as_tuple()
+        if not isinstance(exponent, int):
+            raise ValueError(f"decimal {value} cannot be encoded")
+        mantissa = int("".join(map(str, digits)) or "0") * (-1 if sign else 1)
+        scale = -exponent
+        if scale < 0:
+            mantissa *= 10 ** (-scale)
+            scale = 0
+        if scale > 255 or not -0x80000000 <= mantissa <= 0x7FFFFFFF:
+            raise ValueError(f"decimal {value} does not fit AMQP's decimal")
+        out.append(b"D" + _dec.pack(scale, mantissa))
+    elif value is None:
+        out.append(b"V")
+    else:
+        raise ValueError(f"cannot encode {type(value).__name__} in a field table")
+
+
+def encode_table(table: dict | None) -> bytes:
+    parts: list = []
+    if table:
+        for key, value in table.items():
+            raw = key.encode("utf-8")
+            if len(raw) > 255:
+                raise ValueError(f"field name longer than 255 bytes: {key[:32]!r}...")
+            parts.append(bytes((len(raw),)) + raw)
+            _encode_value(value, parts)
+    body = b"".join(parts)
+    return _u32.pack(len(body)) + body
+
+
+# ====================================================================== basic properties
+# Property flag bits, most significant first [AMQP 0-9-1 4.2.6.1, class basic].
+_F_CONTENT_TYPE, _F_CONTENT_ENCODING, _F_HEADERS, _F_DELIVERY_MODE = 0x8000, 0x4000, 0x2000, 0x1000
+_F_PRIORITY, _F_CORRELATION_ID, _F_REPLY_TO, _F_EXPIRATION = 0x0800, 0x0400, 0x0200, 0x0100
+_F_MESSAGE_ID, _F_TIMESTAMP, _F_TYPE, _F_USER_ID = 0x0080, 0x0040, 0x0020, 0x0010
+_F_APP_ID, _F_CLUSTER_ID = 0x0008, 0x0004
+
+
+def _shortstr(buf: Any, pos: int) -> tuple[str, int]:
+    n = buf[pos]
+    pos += 1
+    end = pos + n
+    if end > len(buf):
+        raise ValueError("short string past the end of the frame")
+    return bytes(buf[pos:end]).decode("utf-8"), end
+
+
+def decode_properties(buf: Any, pos: int, end: int) -> Properties:
+    """Decode the property flags and list at ``buf[pos:end]``."""
+    flags = _u16.unpack_from(buf, pos)[0]
+    pos += 2
+    if flags == 0:
+        return EMPTY_PROPERTIES
+    if flags & 1:
+        raise ValueError("continued property flags are not used by class basic")
+    view = buf[:end] if end != len(buf) else buf
+    p = Properties()
+    if flags & _F_CONTENT_TYPE:
+        p.content_type, pos = _shortstr(view, pos)
+    if flags & _F_CONTENT_ENCODING:
+        p.content_encoding, pos = _shortstr(view, pos)
+    if flags & _F_HEADERS:
+        p.headers, pos = decode_table(view, pos)
+    if flags & _F_DELIVERY_MODE:
+        p.delivery_mode = view[pos]
+        pos += 1
+    if flags & _F_PRIORITY:
+        p.priority = view[pos]
+        pos += 1
+    if flags & _F_CORRELATION_ID:
+        p.correlation_id, pos = _shortstr(view, pos)
+    if flags & _F_REPLY_TO:
+        p.reply_to, pos = _shortstr(view, pos)
+    if flags & _F_EXPIRATION:
+        p.expiration, pos = _shortstr(view, pos)
+    if flags & _F_MESSAGE_ID:
+        p.message_id, pos = _shortstr(view, pos)
+    if flags & _F_TIMESTAMP:
+        p.timestamp = _u64.unpack_from(view, pos)[0]
+        pos += 8
+    if flags & _F_TYPE:
+        p.type, pos = _shortstr(view, pos)
+    if flags & _F_USER_ID:
+        p.user_id, pos = _shortstr(view, pos)
+    if flags & _F_APP_ID:
+        p.app_id, pos = _shortstr(view, pos)
+    if flags & _F_CLUSTER_ID:
+        _, pos = _shortstr(view, pos)  # deprecated; read and dropped
+    if pos != end:
+        raise ValueError("content header longer than its properties")
+    return p
+
+
+def shortstr(value: str) -> bytes:
+    raw = value.encode("utf-8")
+    if len(raw) > 255:
+        raise ValueError(f"short string longer than 255 bytes: {value[:32]!r}...")
+    return bytes((len(raw),)) + raw
+
+
+def encode_properties(p: Properties) -> bytes:
+    """Property flags and list for a content header."""
+    if p is EMPTY_PROPERTIES:
+        return b"\x00\x00"
+    flags = 0
+    parts = [b""]
+    if p.content_type is not None:
+        flags |= _F_CONTENT_TYPE
+        parts.append(shortstr(p.content_type))
+    if p.content_encoding is not None:
+        flags |= _F_CONTENT_ENCODING
+        parts.append(shortstr(p.content_encoding))
+    if p.headers is not None:
+        flags |= _F_HEADERS
+        parts.append(encode_table(p.headers))
+    if p.delivery_mode is not None:
+        flags |= _F_DELIVERY_MODE
+        parts.append(bytes((p.delivery_mode & 0xFF,)))
+    if p.priority is not None:
+        flags |= _F_PRIORITY
+        parts.append(bytes((p.priority & 0xFF,)))
+    if p.correlation_id is not None:
+        flags |= _F_CORRELATION_ID
+        parts.append(shortstr(p.correlation_id))
+    if p.reply_to is not None:
+        flags |= _F_REPLY_TO
+        parts.append(shortstr(p.reply_to))
+    if p.expiration is not None:
+        flags |= _F_EXPIRATION
+        parts.append(shortstr(str(p.expiration)))
+    if p.message_id is not None:
+        flags |= _F_MESSAGE_ID
+        parts.append(shortstr(p.message_id))
+    if p.timestamp is not None:
+        flags |= _F_TIMESTAMP
+        ts = p.timestamp
+        if isinstance(ts, datetime.datetime):
+            ts = int(ts.timestamp())
+        parts.append(_u64.pack(int(ts)))
+    if p.type is not None:
+        flags |= _F_TYPE
+        parts.append(shortstr(p.type))
+    if p.user_id is not None:
+        flags |= _F_USER_ID
+        parts.append(shortstr(p.user_id))
+    if p.app_id is not None:
+        flags |= _F_APP_ID
+        parts.append(shortstr(p.app_id))
+    parts[0] = _u16.pack(flags)
+    return b"".join(parts)
+
+
+def content_header_payload(properties: Properties, body_size: int) -> bytes:
+    """The payload of a content header frame (what ``Message.encoded`` caches)."""
+    return _content_header_head.pack(BASIC_CLASS, 0, body_size, 0)[:-2] + \
+        encode_properties(properties)
+
+
+# ====================================================================== decoder
+_METHOD_INDEX = _pamqp_commands.INDEX_MAPPING
+# Methods a server never receives [AMQP 0-9-1 1.x "client" chassis only].
+_SERVER_TO_CLIENT_ONLY = {
+    0x000A000A, 0x000A001E, 0x000A0029,  # connection.start, tune, open-ok
+    0x0014000B, 0x0032000B, 0x0028000B,  # channel.open-ok, queue.declare-ok, exchange.declare-ok
+    0x003C003C, 0x003C0047, 0x003C0048, 0x003C0032,  # basic.deliver, get-ok, get-empty, return
+    0x003C000B, 0x003C0015, 0x003C001F,  # basic.qos-ok, consume-ok, cancel-ok
+}
+
+
+class Decoder:
+    """Server-side AMQP 0-9-1 frame reader.
+
+    ``frame_max`` bounds every frame (header and end octet included) [AMQP 0-9-1 4.2.3];
+    ``max_body`` bounds a message body (larger bodies are read and discarded, then reported as a
+    :class:`Publish` with ``body=None`` so the session can raise the channel exception)."""
+
+    def __init__(self, frame_max: int = 131072, max_body: int = 16 * 1024 * 1024):
+        self.frame_max = frame_max
+        self.max_body = max_body
+        self._buf = bytearray()
+        self._pos = 0
+        self._header_seen = False
+        self._pending: dict[int, _Pending] = {}
+        # Publishers repeat themselves: the last method payload and property bytes decode once.
+        self._last_publish: tuple = (None, None)
+        self._last_props: tuple = (None, None)
+
+    def receive_data(self, data: bytes) -> None:
+        buf = self._buf
+        if self._pos:
+            if self._pos >= len(buf):
+                buf.clear()
+            else:
+                del buf[:self._pos]
+            self._pos = 0
+        buf += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def next_event(self) -> Any:
+        """The next complete event, or ``NEED_DATA``."""
+        buf = self._buf
+        if not self._header_seen:
+            if len(buf) - self._pos < 8:
+                have = bytes(buf[self._pos:self._pos + 4])
+                if have != PROTOCOL_HEADER[:len(have)]:
+                    raise ProtocolHeaderMismatch(have)  # not AMQP at all: no need to wait
+                return NEED_DATA
+            header = bytes(buf[self._pos:self._pos + 8])
+            if header != PROTOCOL_HEADER:
+                raise ProtocolHeaderMismatch(header)
+            self._pos += 8
+            self._header_seen = True
+            return PROTOCOL_HEADER_RECEIVED
+        limit = len(buf)
+        frame_max = self.frame_max
+        unpack_header = _frame_header.unpack_from
+        while True:
+            pos = self._pos
+            if limit - pos < 7:
+                return NEED_DATA
+            ftype, channel, size = unpack_header(buf, pos)
+            end = pos + 7 + size
+            if size + FRAME_OVERHEAD > frame_max:
+                raise FrameError(501, f"FRAME_ERROR - type {ftype}, frame size {size + 8} is "
+                                      f"larger than the negotiated frame_max {frame_max}")
+            if end >= limit:
+                return NEED_DATA
+            if buf[end] != FRAME_END:
+                raise FrameError(501, f"FRAME_ERROR - type {ftype}, invalid frame end octet "
+                                      f"{buf[end]:#04x}, expected 0xce")
+            self._pos = end + 1
+            start = pos + 7
+            if ftype == FRAME_METHOD:
+                event = self._method(buf, channel, start, end)
+            elif ftype == FRAME_HEADER:
+                event = self._content_header(buf, channel, start, end)
+            elif ftype == FRAME_BODY:
+                event = self._body(buf, channel, start, end)
+            elif ftype == FRAME_HEARTBEAT:
+                if channel != 0:
+                    raise FrameError(501, "FRAME_ERROR - heartbeat frame on a non-zero channel")
+                event = Heartbeat(channel)
+            else:
+                raise FrameError(501, f"FRAME_ERROR - unknown frame type {ftype}")
+            if event is not None:
+                return event
+
+    # ------------------------------------------------------------------ frame kinds
+    def _method(self, buf: bytearray, channel: int, start: int, end: int) -> Any:
+        if channel in self._pending:
+            raise FrameError(505, "UNEXPECTED_FRAME - expected content header for class 60, "
+                                  "got non content header frame instead")
+        if end - start < 4:
+            raise FrameError(502, "SYNTAX_ERROR - method frame shorter than its method id")
+        class_id, method_id = _two_u16.unpack_from(buf, start)
+        if class_id == BASIC_CLASS:
+            if method_id == BASIC_PUBLISH:
+                self._publish(buf, channel, start + 4, end)
+                return None
+            if method_id == BASIC_ACK and end - start == 13:
+                tag, bits = _ack.unpack_from(buf, start + 4)
+                return Ack(channel, tag, bool(bits & 1))
+        index = (class_id << 16) | method_id
+        factory = _METHOD_INDEX.get(index)
+        if factory is None:
+            raise FrameError(540, f"NOT_IMPLEMENTED - unknown method class {class_id} "
+                                  f"method {method_id}", class_id, method_id)
+        if index in _SERVER_TO_CLIENT_ONLY:
+            raise FrameError(503, f"COMMAND_INVALID - method {factory.name} is sent only by "
+                                  "the server", class_id, method_id)
+        method = factory()
+        try:
+            method.unmarshal(bytes(buf[start + 4:end]))
+        except (struct.error, ValueError, TypeError, IndexError, UnicodeDecodeError,
+                _pamqp_exceptions.UnmarshalingException) as exc:
+            raise FrameError(502, f"SYNTAX_ERROR - cannot decode {factory.name}: {exc}",
+                             class_id, method_id) from None
+        return Method(channel, method, class_id, method_id)
+
+    def _publish(self, buf: bytearray, channel: int, pos: int, end: int) -> None:
+        payload = bytes(buf[pos:end])
+        last_payload, last = self._last_publish
+        if payload == last_payload:
+            exchange, routing_key, mandatory, immediate, exchange_and_key = last
+        else:
+            try:
+                # reserved-1 (short), exchange (shortstr), routing-key (shortstr), bits
+                p = 2
+                exchange, p = _shortstr(payload, p)
+                routing_key, p = _shortstr(payload, p)
+                bits = payload[p]
+                if p + 1 != len(payload):
+                    raise ValueError("trailing bytes")
+            except (IndexError, ValueError, UnicodeDecodeError) as exc:
+                raise FrameError(502, f"SYNTAX_ERROR - cannot decode basic.publish: {exc}",
+                                 BASIC_CLASS, BASIC_PUBLISH) from None
+            mandatory, immediate = bool(bits & 1), bool(bits & 2)
+            exchange_and_key = payload[2:-1]
+            self._last_publish = (payload, (exchange, routing_key, mandatory, immediate,
+                                            exchange_and_key))
+        self._pending[channel] = _Pending(exchange, routing_key, mandatory, immediate,
+                                          exchange_and_key)
+
+    def _content_header(self, buf: bytearray, channel: int, start: int, end: int) -> Any:
+        pending = self._pending.get(channel)
+        if pending is None or pending.properties is not None:
+            raise FrameError(505, "UNEXPECTED_FRAME - expected method frame, got non method "
+                                  "frame instead")
+        if end - start < 14:
+            raise FrameError(502, "SYNTAX_ERROR - content header too short")
+        class_id, _weight, size = _content_header_head.unpack_from(buf, start)[:3]
+        if class_id != BASIC_CLASS:
+            raise FrameError(505, f"UNEXPECTED_FRAME - content header for class {class_id}, "
+                                  "expected class 60")
+        header = bytes(buf[start:end])
+        props_raw = header[12:]
+        last_raw, last_props = self._last_props
+        if props_raw == last_raw:
+            props = last_props
+        else:
+            try:
+                props = decode_properties(props_raw, 0, len(props_raw))
+            except (struct.error, ValueError, IndexError, UnicodeDecodeError) as exc:
+                raise FrameError(502, f"SYNTAX_ERROR - cannot decode content properties: {exc}",
+                                 BASIC_CLASS, BASIC_PUBLISH) from None
+            self._last_props = (props_raw, props)
+        pending.properties = props
+        pending.header = header
+        pending.size = size
+        if size > self.max_body:
+            pending.discard = True
+        if size == 0:
+            return self._complete(channel, pending, b"")
+        return None
+
+    def _body(self, buf: bytearray, channel: int, start: int, end: int) -> Any:
+        pending = self._pending.get(channel)
+        if pending is None or pending.properties is None:
+            raise FrameError(505, "UNEXPECTED_FRAME - expected method frame, got non method "
+                                  "frame instead" if pending is None else
+                                  "UNEXPECTED_FRAME - expected content header for class 60, "
+                                  "got non content header frame instead")
+        n = end - start
+        received = pending.received + n
+        if received > pending.size:
+            raise FrameError(501, f"FRAME_ERROR - body of {received} bytes is larger than the "
+                                  f"{pending.size} bytes announced in its content header")
+        pending.received = received
+        if received == pending.size and not pending.chunks:
+            return self._complete(channel, pending, None if pending.discard else
+                                  bytes(buf[start:end]))
+        if not pending.discard:
+            pending.chunks.append(bytes(buf[start:end]))
+        if received == pending.size:
+            return self._complete(channel, pending,
+                                  None if pending.discard else b"".join(pending.chunks))
+        return None
+
+    def _complete(self, channel: int, pending: _Pending, body: bytes | None) -> Publish:
+        del self._pending[channel]
+        return Publish(channel, pending.exchange, pending.routing_key, pending.mandatory,
+                       pending.immediate, pending.properties, pending.header,  # type: ignore
+                       body, pending.size, pending.exchange_and_key)
+
+    def reset_channel(self, channel: int) -> None:
+        """Forget a half-received publish on a channel that is being closed."""
+        self._pending.pop(channel, None)
+
+
+# ====================================================================== encoder
+def frame(ftype: int, channel: int, payload: bytes) -> bytes:
+    return _frame_header.pack(ftype, channel, len(payload)) + payload + FRAME_END_BYTE
+
+
+def method_frame(channel: int, class_id: int, method_id: int, payload: bytes = b"") -> bytes:
+    return (_frame_header.pack(FRAME_METHOD, channel, len(payload) + 4) +
+            _two_u16.pack(class_id, method_id) + payload + FRAME_END_BYTE)
+
+
+def longstr(value: bytes | str) -> bytes:
+    raw = value.encode("utf-8") if isinstance(value, str) else value
+    return _u32.pack(len(raw)) + raw
+
+
+def u16(value: int) -> bytes:
+    return _u16.pack(value)
+
+
+def u32(value: int) -> bytes:
+    return _u32.pack(value)
+
+
+def u64(value: int) -> bytes:
+    return _u64.pack(value)
+
+
+def content_frames(channel: int, header_payload: bytes, body: bytes, frame_max: int,
+                   out: list) -> None:
+    """Append the content header frame and the body frame(s) to ``out``; bodies longer than
+    ``frame_max - 8`` are split [AMQP 0-9-1 4.2.6.2]."""
+    pack = _frame_header.pack
+    out.append(pack(FRAME_HEADER, channel, len(header_payload)))
+    out.append(header_payload)
+    n = len(body)
+    chunk = frame_max - FRAME_OVERHEAD
+    if n <= chunk:
+        if n:
+            out.append(b"\xce" + pack(FRAME_BODY, channel, n))
+            out.append(body)
+        out.append(FRAME_END_BYTE)
+        return
+    out.append(FRAME_END_BYTE)
+    view = memoryview(body)
+    for offset in range(0, n, chunk):
+        piece = view[offset:offset + chunk]
+        out.append(pack(FRAME_BODY, channel, len(piece)))
+        out.append(piece)
+        out.append(FRAME_END_BYTE)
+
+
+_deliver_tail = struct.Struct(">QB")
+
+
+def deliver_frames(channel: int, ctag: bytes, delivery_tag: int, redelivered: bool,
+                   exchange_and_key: bytes, header_payload: bytes, body: bytes,
+                   frame_max: int, out: list) -> None:
+    """Basic.Deliver + content, appended to ``out`` as pre-encoded pieces. ``ctag`` and
+    ``exchange_and_key`` are already short strings (cached per consumer / per message)."""
+    size = 13 + len(ctag) + len(exchange_and_key)
+    out.append(_frame_header.pack(FRAME_METHOD, channel, size) + b"\x00\x3c\x00\x3c")
+    out.append(ctag)
+    out.append(_deliver_tail.pack(delivery_tag, redelivered))
+    out.append(exchange_and_key)
+    out.append(FRAME_END_BYTE)
+    content_frames(channel, header_payload, body, frame_max, out)
