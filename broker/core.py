@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 from typing import Any
 
 from config.settings import Settings, User
@@ -14,7 +15,10 @@ from persistence.store import MemoryStore, Store
 
 from .clock import LoopClock
 from .errors import AccessRefused, NotAllowed
+from .message_codec import decode_value, encode_value
 from .vhost import VirtualHost
+
+log = logging.getLogger("manifold")
 
 
 def is_loopback(host: str | None) -> bool:
@@ -37,9 +41,32 @@ class Broker:
             name: VirtualHost(name, store=self.store, clock=self.clock,
                               consumer_timeout_ms=self.settings.queues.consumer_timeout_ms)
             for name in self.settings.server.vhosts}
+        self._restoring = False
 
     async def start(self) -> None:
+        """Open the store, recreate the durable definitions and reload unsettled messages."""
         await self.store.open()
+        saved = self.store.load_definitions()
+        self._restoring = True
+        try:
+            if saved:
+                for name, definitions in decode_value(saved).items():
+                    vhost = self.vhosts.get(name)
+                    if vhost is None:
+                        log.warning("definitions of unknown vhost '%s' ignored", name)
+                        continue
+                    recovered = vhost.restore(definitions)
+                    log.info("vhost '%s': %d durable queues, %d messages recovered", name,
+                             len(definitions.get("queues", [])), recovered)
+        finally:
+            self._restoring = False
+        for vhost in self.vhosts.values():
+            vhost.on_definitions_changed = self.save_definitions
+
+    def save_definitions(self) -> None:
+        if not self._restoring:
+            self.store.save_definitions(encode_value(
+                {name: vhost.definitions() for name, vhost in self.vhosts.items()}))
 
     async def close(self) -> None:
         for vhost in self.vhosts.values():

@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Protocol
 from .consumer import Consumer, Delivery
 from .errors import PreconditionFailed, ResourceLocked
 from .message import Message
+from .message_codec import decode_message, encode_message
 
 READY, DELAYED, UNACKED, GONE = range(4)
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
@@ -37,8 +38,9 @@ class QueueHost(Protocol):
 
 class QueueLog(Protocol):
     """The slice of ``persistence`` a durable queue writes through (see persistence/store.py)."""
-    def append(self, msg_id: int, message: Message) -> Awaitable[None] | None: ...
+    def append(self, msg_id: int, data: bytes) -> Awaitable[None] | None: ...
     def settle(self, msg_id: int) -> None: ...
+    def recover(self) -> list[tuple[int, bytes]]: ...
 
 
 class Entry:
@@ -191,7 +193,7 @@ class Queue:
             ttl = per_message if ttl is None else min(ttl, per_message)
         result: bool | Awaitable[None] = True
         if self.log is not None and message.properties.delivery_mode == 2:
-            result = self.log.append(entry.msg_id, message) or True
+            result = self.log.append(entry.msg_id, encode_message(message)) or True
         delay = self.delay_ms
         headers = props.headers
         if headers and "x-delay" in headers:
@@ -248,6 +250,27 @@ class Queue:
     def _over_limit(self) -> bool:
         return ((self.max_length is not None and self.ready_count > self.max_length) or
                 (self.max_length_bytes is not None and self.ready_bytes > self.max_length_bytes))
+
+    def recover(self) -> int:
+        """Reload the messages the log holds unsettled (after a restart), in their old order."""
+        if self.log is None:
+            return 0
+        now = self.host.now_ms()
+        records = self.log.recover()
+        for msg_id, data in records:
+            message = decode_message(data)
+            priority = min(message.properties.priority or 0, self.max_priority)
+            entry = Entry(msg_id, message, priority)
+            ttl = self.message_ttl
+            per_message = parse_expiration(message.properties.expiration)
+            if per_message is not None:
+                ttl = per_message if ttl is None else min(ttl, per_message)
+            if ttl is not None:
+                entry.expires_at = now + ttl
+            self._fresh[priority].append(entry)
+            self._became_ready(entry, now)
+            self._next_id = max(self._next_id, msg_id + 1)
+        return len(records)
 
     # ---------------------------------------------------------------- dequeue
     def _take_head(self) -> Entry | None:

@@ -13,6 +13,7 @@ import signal
 from typing import Any
 
 from config.settings import Settings
+from persistence.filestore import FileStore
 
 from .core import Broker
 from .transport import Connection, ProtocolServer
@@ -33,7 +34,11 @@ def load_adapter(protocol: str) -> Any | None:
 class Service:
     def __init__(self, settings: Settings, broker: Broker | None = None):
         self.settings = settings
-        self.broker = broker or Broker(settings)
+        persistence = settings.persistence
+        self.broker = broker or Broker(settings, store=FileStore(
+            settings.server.data_dir, fsync=persistence.fsync,
+            fsync_interval_ms=persistence.fsync_interval_ms,
+            segment_bytes=persistence.segment_bytes))
         self.connections: set[Connection] = set()
         self.listeners: dict[str, asyncio.base_events.Server] = {}
         self.servers: dict[str, ProtocolServer] = {}

@@ -66,6 +66,14 @@ class VirtualHost:
             self.exchanges[ex_name] = make_exchange(ex_name, kind, durable=True)
         self._timers: dict[Any, tuple[int, Any]] = {}
         self._exchange_bindings = 0
+        #: called after a durable exchange, queue or binding changed (the broker saves them)
+        self.on_definitions_changed: Any = None
+
+    def _durable_changed(self, *things: Any) -> None:
+        if self.on_definitions_changed is not None and all(
+                getattr(t, "durable", False) and getattr(t, "exclusive_owner", None) is None
+                for t in things):
+            self.on_definitions_changed()
 
     # ================================================================ QueueHost (for queues)
     def now_ms(self) -> int:
@@ -165,6 +173,7 @@ class VirtualHost:
         exchange = make_exchange(name, kind, durable=durable, auto_delete=auto_delete,
                                  internal=internal, arguments=arguments)
         self.exchanges[name] = exchange
+        self._durable_changed(exchange)
         return exchange
 
     def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
@@ -180,6 +189,7 @@ class VirtualHost:
 
     def _remove_exchange(self, exchange: Exchange) -> None:
         self.exchanges.pop(exchange.name, None)
+        self._durable_changed(exchange)
         self._exchange_bindings -= sum(1 for b in exchange.bindings.values()
                                        if getattr(b.destination, "is_exchange", False))
         exchange.bindings.clear()
@@ -198,12 +208,14 @@ class VirtualHost:
             raise AccessRefused("operation not permitted on the default exchange")
         if src.bind(dest, routing_key, arguments):
             self._exchange_bindings += 1
+            self._durable_changed(src, dest)
 
     def unbind_exchange(self, destination: str, source: str, routing_key: str,
                         arguments: dict | None = None) -> None:
         dest, src = self._exchange(destination), self._exchange(source)
         if src.unbind(dest, routing_key, arguments):
             self._exchange_bindings -= 1
+            self._durable_changed(src, dest)
             self._maybe_auto_delete(src)
 
     # ================================================================ queues
@@ -251,6 +263,7 @@ class VirtualHost:
                           log=log)
             queue.kind = kind
         self.queues[name] = queue
+        self._durable_changed(queue)
         return QueueInfo(name, 0, 0)
 
     def _check_equivalent(self, queue: Any, durable: bool, exclusive: bool, auto_delete: bool,
@@ -288,6 +301,7 @@ class VirtualHost:
 
     def _delete_queue(self, queue: Any) -> int:
         self.queues.pop(queue.name, None)
+        self._durable_changed(queue)
         timer = self._timers.pop(queue, None)
         if timer is not None:
             timer[1].cancel()
@@ -311,7 +325,9 @@ class VirtualHost:
         target = self.queue(queue, owner)
         if exchange == "":
             raise AccessRefused(f"operation not permitted on the default exchange")
-        self._exchange(exchange).bind(target, routing_key, arguments)
+        source = self._exchange(exchange)
+        if source.bind(target, routing_key, arguments):
+            self._durable_changed(source, target)
 
     def unbind_queue(self, queue: str, exchange: str, routing_key: str,
                      arguments: dict | None = None, owner: Any = None) -> None:
@@ -320,6 +336,7 @@ class VirtualHost:
             raise AccessRefused(f"operation not permitted on the default exchange")
         source = self._exchange(exchange)
         if source.unbind(target, routing_key, arguments):
+            self._durable_changed(source, target)
             self._maybe_auto_delete(source)
 
     # ================================================================ publish
@@ -404,6 +421,45 @@ class VirtualHost:
         """The connection ``owner`` ended: its exclusive queues go."""
         for queue in [q for q in self.queues.values() if q.exclusive_owner is owner]:
             self._delete_queue(queue)
+
+    # ================================================================ definitions
+    def definitions(self) -> dict:
+        """Durable exchanges, queues and the bindings between them (what survives a restart)."""
+        def durable(thing: Any) -> bool:
+            return thing.durable and getattr(thing, "exclusive_owner", None) is None
+
+        standard = {"", *(name for name, _ in STANDARD_EXCHANGES)}
+        exchanges = [[e.name, e.kind, e.auto_delete, e.internal, e.arguments]
+                     for e in self.exchanges.values() if e.name not in standard and durable(e)]
+        queues = [[q.name, q.auto_delete, q.arguments] for q in self.queues.values() if durable(q)]
+        bindings = []
+        for exchange in self.exchanges.values():
+            if exchange.name == "" or not exchange.durable:
+                continue
+            for b in exchange.bindings.values():
+                if durable(b.destination):
+                    kind = "exchange" if b.destination.is_exchange else "queue"
+                    bindings.append([exchange.name, kind, b.destination.name, b.routing_key,
+                                     b.arguments])
+        return {"exchanges": exchanges, "queues": queues, "bindings": bindings}
+
+    def restore(self, definitions: dict) -> int:
+        """Recreate saved definitions and reload each durable queue's unsettled messages."""
+        recovered = 0
+        for name, kind, auto_delete, internal, arguments in definitions.get("exchanges", []):
+            self.declare_exchange(name, kind, durable=True, auto_delete=auto_delete,
+                                  internal=internal, arguments=arguments)
+        for name, auto_delete, arguments in definitions.get("queues", []):
+            self.declare_queue(name, durable=True, auto_delete=auto_delete, arguments=arguments)
+            queue = self.queues[name]
+            if isinstance(queue, Queue):
+                recovered += queue.recover()
+        for source, kind, dest, routing_key, arguments in definitions.get("bindings", []):
+            if kind == "exchange":
+                self.bind_exchange(dest, source, routing_key, arguments)
+            else:
+                self.bind_queue(dest, source, routing_key, arguments)
+        return recovered
 
     def close(self) -> None:
         for _, handle in self._timers.values():

@@ -1,24 +1,24 @@
 """The storage interface the core sees, and the in-memory implementation.
 
-Kept small on purpose, so that a second engine (append-only segment files; later a replicated
-NATS JetStream store: streams with work-queue retention, acks and a dedup window) can implement it
-without the core changing:
+Kept small, and in bytes, so that a second engine (a replicated NATS JetStream store: streams with
+work-queue retention, acks and a dedup window) can implement it without the core changing:
 
-- ``Store.queue_log(vhost, queue)`` gives the log of one durable queue: ``append`` a persistent
-  message under the queue's message id (returning an awaitable that resolves once it is safe, or
-  ``None`` when it already is), ``settle`` it when acked or dropped, ``recover`` what was appended
-  and never settled, ``drop`` the whole log when the queue is deleted.
-- ``Store.save_definitions`` / ``load_definitions``: durable exchanges, queues and bindings.
+- ``Store.queue_log(vhost, queue)`` gives the log of one durable queue: ``append`` an encoded
+  persistent message under the queue's message id (returning an awaitable that resolves once it
+  is safe under the fsync policy, or ``None`` when it already is), ``settle`` it when acked or
+  dropped, ``recover`` what was appended and never settled (in id order), ``drop`` the whole log
+  when the queue is deleted.
+- ``save_definitions`` / ``load_definitions``: the encoded durable exchanges, queues, bindings.
 """
 from __future__ import annotations
 
-from typing import Any, Awaitable, Iterable, Protocol
+from typing import Awaitable, Protocol
 
 
 class QueueLog(Protocol):
-    def append(self, msg_id: int, message: Any) -> Awaitable[None] | None: ...
+    def append(self, msg_id: int, data: bytes) -> Awaitable[None] | None: ...
     def settle(self, msg_id: int) -> None: ...
-    def recover(self) -> Iterable[tuple[int, Any]]: ...
+    def recover(self) -> list[tuple[int, bytes]]: ...
     def drop(self) -> None: ...
 
 
@@ -26,8 +26,8 @@ class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     def queue_log(self, vhost: str, queue: str) -> QueueLog | None: ...
-    def save_definitions(self, definitions: dict) -> None: ...
-    def load_definitions(self) -> dict: ...
+    def save_definitions(self, data: bytes) -> None: ...
+    def load_definitions(self) -> bytes | None: ...
 
 
 class MemoryStore:
@@ -35,7 +35,7 @@ class MemoryStore:
     so the hot path pays nothing for the interface."""
 
     def __init__(self) -> None:
-        self._definitions: dict = {}
+        self._definitions: bytes | None = None
 
     async def open(self) -> None:
         pass
@@ -46,8 +46,8 @@ class MemoryStore:
     def queue_log(self, vhost: str, queue: str) -> QueueLog | None:
         return None
 
-    def save_definitions(self, definitions: dict) -> None:
-        self._definitions = definitions
+    def save_definitions(self, data: bytes) -> None:
+        self._definitions = data
 
-    def load_definitions(self) -> dict:
+    def load_definitions(self) -> bytes | None:
         return self._definitions

@@ -1,0 +1,64 @@
+"""Message <-> bytes for storage: msgpack of [exchange, routing_key, properties, body].
+
+Header values may hold what AMQP field tables carry: datetimes (``x-death`` times), Decimals,
+nested tables and arrays, bytes; msgpack extension types keep them exact.
+"""
+from __future__ import annotations
+
+import datetime
+import decimal
+from typing import Any
+
+import msgpack
+
+from .message import PROPERTY_NAMES, Message, Properties
+
+_EXT_DATETIME = 1
+_EXT_DECIMAL = 2
+FORMAT_VERSION = 1
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        return msgpack.ExtType(_EXT_DATETIME, str(value.timestamp()).encode())
+    if isinstance(value, decimal.Decimal):
+        return msgpack.ExtType(_EXT_DECIMAL, str(value).encode())
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"cannot store a header value of type {type(value).__name__}")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _EXT_DATETIME:
+        return datetime.datetime.fromtimestamp(float(data.decode()), datetime.timezone.utc)
+    if code == _EXT_DECIMAL:
+        return decimal.Decimal(data.decode())
+    return msgpack.ExtType(code, data)
+
+
+def encode_message(message: Message) -> bytes:
+    props = message.properties
+    values = [getattr(props, name) for name in PROPERTY_NAMES]
+    return msgpack.packb([FORMAT_VERSION, message.exchange, message.routing_key, values,
+                          message.body, message.timestamp_ms], default=_default,
+                         use_bin_type=True)
+
+
+def decode_message(data: bytes) -> Message:
+    version, exchange, routing_key, values, body, timestamp_ms = msgpack.unpackb(
+        data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+    if version != FORMAT_VERSION:
+        raise ValueError(f"unknown stored message format {version}")
+    props = Properties(**dict(zip(PROPERTY_NAMES, values)))
+    return Message(exchange, routing_key, body, props, timestamp_ms=timestamp_ms)
+
+
+def encode_value(value: Any) -> bytes:
+    """Any msgpack-able structure holding field-table values (definitions, arguments)."""
+    return msgpack.packb(value, default=_default, use_bin_type=True)
+
+
+def decode_value(data: bytes) -> Any:
+    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)

@@ -1,0 +1,104 @@
+"""Segment files and records: the byte layout of persistence/FORMAT.md, with no I/O policy.
+
+A segment file is a 16-byte file header followed by records. Each record carries a magic byte, a
+format version, a type, its payload length, a message id and a CRC32C over header and payload.
+Readers trust nothing: :func:`scan` stops at the first short, mislabelled or corrupt record and
+says where, so the caller can truncate there (nats-server ``rebuildStateFromBufLocked``).
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Iterator
+
+import crc32c
+
+FILE_MAGIC = b"MFSEG\x00"
+FILE_VERSION = 1
+# magic(6) version(u16) base_id(u64)
+FILE_HEADER = struct.Struct(">6sHQ")
+FILE_HEADER_SIZE = FILE_HEADER.size  # 16
+
+RECORD_MAGIC = 0xA7
+RECORD_VERSION = 1
+# magic(u8) version(u8) type(u8) flags(u8) length(u32) msg_id(u64) crc32c(u32)
+RECORD_HEADER = struct.Struct(">BBBBIQI")
+RECORD_HEADER_SIZE = RECORD_HEADER.size  # 20
+# The CRC covers the first 16 header bytes (everything but the CRC itself) and the payload.
+_CRC_COVERED = 16
+
+ENQUEUE = 1  # payload: the encoded message
+SETTLE = 2   # payload: empty; msg_id names the enqueue it cancels
+MAX_PAYLOAD = 1 << 30
+
+
+def segment_name(base_id: int) -> str:
+    """Kafka's convention: the base id, zero-padded to 20 digits."""
+    return f"{base_id:020d}.seg"
+
+
+def file_header(base_id: int) -> bytes:
+    return FILE_HEADER.pack(FILE_MAGIC, FILE_VERSION, base_id)
+
+
+def parse_file_header(data: bytes) -> int | None:
+    """The segment's base id, or None if the header is missing or foreign."""
+    if len(data) < FILE_HEADER_SIZE:
+        return None
+    magic, version, base_id = FILE_HEADER.unpack_from(data, 0)
+    if magic != FILE_MAGIC or version != FILE_VERSION:
+        return None
+    return base_id
+
+
+def encode_record(kind: int, msg_id: int, payload: bytes = b"") -> bytes:
+    head = struct.pack(">BBBBIQ", RECORD_MAGIC, RECORD_VERSION, kind, 0, len(payload), msg_id)
+    crc = crc32c.crc32c(payload, crc32c.crc32c(head))
+    return head + struct.pack(">I", crc) + payload
+
+
+@dataclass
+class Record:
+    kind: int
+    msg_id: int
+    payload: bytes
+    position: int  # byte offset of the record in its file
+
+
+@dataclass
+class ScanResult:
+    records: list[Record]
+    good_bytes: int          # the file is valid up to here; anything after is to be truncated
+    problem: str | None      # why the scan stopped early, if it did
+
+
+def scan(data: bytes) -> ScanResult:
+    """Parse a whole segment file's bytes (header included)."""
+    if parse_file_header(data) is None:
+        return ScanResult([], 0, "missing or unknown segment header")
+    records: list[Record] = []
+    pos = FILE_HEADER_SIZE
+    view = memoryview(data)
+    end = len(data)
+    while pos < end:
+        if end - pos < RECORD_HEADER_SIZE:
+            return ScanResult(records, pos, f"torn record header at byte {pos}")
+        magic, version, kind, _flags, length, msg_id, crc = RECORD_HEADER.unpack_from(data, pos)
+        if magic != RECORD_MAGIC or version != RECORD_VERSION or kind not in (ENQUEUE, SETTLE):
+            return ScanResult(records, pos, f"bad record header at byte {pos}")
+        if length > MAX_PAYLOAD:
+            return ScanResult(records, pos, f"implausible record length {length} at byte {pos}")
+        body_at = pos + RECORD_HEADER_SIZE
+        if end - body_at < length:
+            return ScanResult(records, pos, f"torn record at byte {pos}")
+        payload = view[body_at:body_at + length]
+        expected = crc32c.crc32c(payload, crc32c.crc32c(view[pos:pos + _CRC_COVERED]))
+        if expected != crc:
+            return ScanResult(records, pos, f"CRC mismatch in record at byte {pos}")
+        records.append(Record(kind, msg_id, bytes(payload), pos))
+        pos = body_at + length
+    return ScanResult(records, pos, None)
+
+
+def iter_records(data: bytes) -> Iterator[Record]:
+    yield from scan(data).records
