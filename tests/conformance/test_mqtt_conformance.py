@@ -1,0 +1,710 @@
+"""MQTT conformance from byte sequences, each test named by the spec rule it checks.
+
+A raw socket client sends exact bytes to a real broker (``running_broker``) and decodes what comes
+back with the adapter's codec in client role. Every read is time-boxed.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+import pytest
+
+from adapters.mqtt import codec as c
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def string(s: str | bytes) -> bytes:
+    b = s.encode() if isinstance(s, str) else s
+    return struct.pack("!H", len(b)) + b
+
+
+def frame(first: int, body: bytes) -> bytes:
+    return bytes([first]) + c.encode_varint(len(body)) + body
+
+
+def connect_bytes(client_id: str = "raw", *, level: int = 4, clean: bool = True,
+                  keep_alive: int = 60, props: dict | None = None, will: tuple | None = None,
+                  username: str | None = None, password: bytes | None = None) -> bytes:
+    packet = c.Connect(client_id, protocol_level=level, clean_start=clean, keep_alive=keep_alive,
+                       username=username, password=password, properties=props or {},
+                       will=c.Will(*will) if will else None)
+    return c.serialize(packet, level)
+
+
+class RawClient:
+    """A blocking MQTT client speaking exact bytes."""
+
+    def __init__(self, port: int, version: int = 4, timeout: float = 5.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.settimeout(timeout)
+        self.version = version
+        self.decoder = c.MqttDecoder("client", version=version)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send_packet(self, packet: c.Packet) -> None:
+        self.send(c.serialize(packet, self.version))
+
+    def recv(self, timeout: float = 5.0) -> c.Packet | None:
+        """Next packet, or None if the broker closed the connection. Fails after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            packet = self.decoder.next_event()
+            if packet is not c.NEED_DATA:
+                return packet
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no packet from the broker")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                return None
+            if not data:
+                return None
+            self.decoder.receive_data(data)
+
+    def expect(self, cls: type, timeout: float = 5.0) -> c.Packet:
+        packet = self.recv(timeout)
+        assert isinstance(packet, cls), f"expected {cls.__name__}, got {packet!r}"
+        return packet
+
+    def expect_closed(self, timeout: float = 5.0) -> None:
+        """The broker closes the connection (maybe after a DISCONNECT / CONNACK)."""
+        packet = self.recv(timeout)
+        while packet is not None:
+            assert isinstance(packet, (c.Disconnect, c.Connack)), packet
+            packet = self.recv(timeout)
+
+    def connect(self, client_id: str = "raw", **kw) -> c.Connack:
+        self.send(connect_bytes(client_id, level=self.version, **kw))
+        return self.expect(c.Connack)  # type: ignore[return-value]
+
+    def subscribe(self, *filters: tuple[str, int], pid: int = 1, props: dict | None = None,
+                  options: dict | None = None) -> c.Suback:
+        subs = [(f, c.SubscriptionOptions(q, **(options or {}))) for f, q in filters]
+        self.send_packet(c.Subscribe(pid, subs, props))
+        return self.expect(c.Suback)  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def port(running_broker) -> int:
+    return running_broker.ports["mqtt"]
+
+
+def assert_broker_alive(port: int) -> None:
+    """The broker and other clients go on after a bad client."""
+    other = RawClient(port)
+    assert other.connect("survivor").reason_code == 0
+    other.send(b"\xc0\x00")
+    other.expect(c.Pingresp)
+    other.close()
+
+
+# ============================================================================ CONNECT
+def test_MQTT_3_1_0_1_first_packet_must_be_connect(port):
+    cl = RawClient(port)
+    cl.send(b"\xc0\x00")  # PINGREQ before CONNECT
+    assert cl.recv() is None
+    assert_broker_alive(port)
+
+
+def test_MQTT_3_1_0_2_second_connect_is_a_protocol_violation(port):
+    cl = RawClient(port)
+    cl.connect("twice")
+    cl.send(connect_bytes("twice"))
+    assert cl.recv() is None
+
+
+def test_MQTT_3_1_0_2_second_connect_v5_disconnect_0x82(port):
+    cl = RawClient(port, 5)
+    cl.connect("twice5")
+    cl.send(connect_bytes("twice5", level=5))
+    d = cl.expect(c.Disconnect)
+    assert d.reason_code == c.PROTOCOL_ERROR
+    assert cl.recv() is None
+
+
+def test_MQTT_3_1_2_1_protocol_name_not_mqtt_closes(port):
+    cl = RawClient(port)
+    body = string("MQTX") + bytes([4, 2]) + b"\x00\x3c" + string("x")
+    cl.send(frame(0x10, body))
+    assert cl.recv() is None
+
+
+def test_MQTT_3_1_2_2_unsupported_level_connack_0x01(port):
+    cl = RawClient(port)
+    body = string("MQTT") + bytes([6, 2]) + b"\x00\x3c" + string("x")
+    cl.send(frame(0x10, body))
+    ack = cl.expect(c.Connack)
+    assert ack.reason_code == c.CONNACK_UNACCEPTABLE_PROTOCOL
+    assert cl.recv() is None
+
+
+def test_MQTT_3_1_2_3_reserved_connect_flag_closes(port):
+    cl = RawClient(port)
+    body = string("MQTT") + bytes([4, 3]) + b"\x00\x3c" + string("x")
+    cl.send(frame(0x10, body))
+    assert cl.recv() is None
+
+
+def test_MQTT_3_1_2_11_will_qos_without_will_flag_closes(port):
+    cl = RawClient(port)
+    body = string("MQTT") + bytes([4, 0x02 | 0x08]) + b"\x00\x3c" + string("x")
+    cl.send(frame(0x10, body))
+    assert cl.recv() is None
+
+
+def test_MQTT_3_1_2_22_password_without_username_closes(port):
+    cl = RawClient(port)
+    body = string("MQTT") + bytes([4, 0x42]) + b"\x00\x3c" + string("x") + string("pw")
+    cl.send(frame(0x10, body))
+    assert cl.recv() is None
+
+
+def test_MQTT_3_1_3_8_empty_client_id_with_clean_session_0_rejected(port):
+    cl = RawClient(port)
+    ack = cl.connect("", clean=False)
+    assert ack.reason_code == c.CONNACK_IDENTIFIER_REJECTED
+    assert cl.recv() is None
+
+
+def test_MQTT_3_1_3_6_empty_client_id_accepted_with_clean_session(port):
+    cl = RawClient(port)
+    assert cl.connect("").reason_code == 0
+
+
+def test_MQTT_3_2_2_3_v5_empty_client_id_gets_assigned_identifier(port):
+    cl = RawClient(port, 5)
+    ack = cl.connect("")
+    assert ack.reason_code == 0
+    assert ack.properties["assigned_client_identifier"]
+
+
+def test_MQTT_3_2_2_3_bad_password_connack_4(port):
+    cl = RawClient(port)
+    ack = cl.connect("badpw", username="guest", password=b"wrong")
+    assert ack.reason_code == c.CONNACK_BAD_CREDENTIALS
+    assert cl.recv() is None
+
+
+def test_MQTT_3_2_2_2_v5_bad_password_reason_0x86(port):
+    cl = RawClient(port, 5)
+    ack = cl.connect("badpw5", username="nobody", password=b"x")
+    assert ack.reason_code == c.BAD_USER_NAME_OR_PASSWORD
+    assert cl.recv() is None
+
+
+def test_MQTT_3_2_2_1_good_password_accepted(port):
+    cl = RawClient(port)
+    assert cl.connect("goodpw", username="guest", password=b"guest").reason_code == 0
+
+
+def test_MQTT_3_2_2_2_session_present_for_resumed_session(port):
+    cl = RawClient(port)
+    assert cl.connect("persist", clean=False).session_present is False
+    cl.subscribe(("p/q", 1))
+    cl.send(b"\xe0\x00")
+    cl.close()
+    cl = RawClient(port)
+    assert cl.connect("persist", clean=False).session_present is True
+    cl.send(b"\xe0\x00")
+    cl = RawClient(port)
+    assert cl.connect("persist", clean=True).session_present is False
+
+
+def test_MQTT_3_1_4_3_session_takeover_v5_disconnect_0x8E(port):
+    first = RawClient(port, 5)
+    first.connect("same-id")
+    second = RawClient(port, 5)
+    assert second.connect("same-id").reason_code == 0
+    d = first.expect(c.Disconnect)
+    assert d.reason_code == c.SESSION_TAKEN_OVER
+    assert first.recv() is None
+    second.send(b"\xc0\x00")
+    second.expect(c.Pingresp)
+
+
+def test_MQTT_3_1_4_3_session_takeover_v311_closes_first(port):
+    first = RawClient(port)
+    first.connect("same-311")
+    second = RawClient(port)
+    assert second.connect("same-311").reason_code == 0
+    assert first.recv() is None
+
+
+def test_MQTT_3_1_2_24_keep_alive_enforced_at_one_and_a_half(port):
+    cl = RawClient(port)
+    cl.connect("ka", keep_alive=1)
+    start = time.monotonic()
+    assert cl.recv(timeout=5) is None
+    elapsed = time.monotonic() - start
+    assert 1.2 <= elapsed < 4.0
+
+
+def test_MQTT_3_1_2_24_v5_keep_alive_disconnect_0x8D(port):
+    cl = RawClient(port, 5)
+    cl.connect("ka5", keep_alive=1)
+    d = cl.expect(c.Disconnect, timeout=5)
+    assert d.reason_code == c.KEEP_ALIVE_TIMEOUT
+
+
+def test_MQTT_3_12_4_1_pingreq_gets_pingresp(port):
+    cl = RawClient(port)
+    cl.connect("ping")
+    cl.send(b"\xc0\x00")
+    cl.expect(c.Pingresp)
+
+
+# ============================================================================ malformed input
+def test_MQTT_1_5_3_1_invalid_utf8_topic_closes(port):
+    cl = RawClient(port)
+    cl.connect("utf8")
+    cl.send(frame(0x30, string(b"a/\xff\xfe") + b"x"))
+    assert cl.recv() is None
+    assert_broker_alive(port)
+
+
+def test_MQTT_1_5_3_1_v5_invalid_utf8_topic_disconnect_0x81(port):
+    cl = RawClient(port, 5)
+    cl.connect("utf8v5")
+    cl.send(frame(0x30, string(b"a/\xc0\xaf") + b"\x00x"))
+    assert cl.expect(c.Disconnect).reason_code == c.MALFORMED_PACKET
+    assert cl.recv() is None
+    assert_broker_alive(port)
+
+
+def test_MQTT_1_5_3_2_null_character_in_topic_closes(port):
+    cl = RawClient(port)
+    cl.connect("nul")
+    cl.send(frame(0x30, string(b"a\x00b") + b"x"))
+    assert cl.recv() is None
+
+
+def test_MQTT_1_5_3_1_surrogate_in_utf8_string_closes(port):
+    cl = RawClient(port)
+    cl.connect("surrogate")
+    cl.send(frame(0x30, string(b"a\xed\xa0\x80") + b"x"))  # U+D800 encoded
+    assert cl.recv() is None
+
+
+def test_MQTT_1_5_5_1_remaining_length_of_five_bytes_closes(port):
+    cl = RawClient(port)
+    cl.connect("varint")
+    cl.send(b"\x30\xff\xff\xff\xff\x01")
+    assert cl.recv() is None
+    assert_broker_alive(port)
+
+
+def test_MQTT_2_2_2_2_reserved_flags_in_subscribe_close(port):
+    cl = RawClient(port)
+    cl.connect("flags")
+    cl.send(frame(0x80, b"\x00\x01" + string("a") + b"\x00"))  # flags 0000, must be 0010
+    assert cl.recv() is None
+
+
+def test_MQTT_2_2_2_2_v5_reserved_flags_disconnect_0x81(port):
+    cl = RawClient(port, 5)
+    cl.connect("flags5")
+    cl.send(b"\xc1\x00")  # PINGREQ with flag bit set
+    assert cl.expect(c.Disconnect).reason_code == c.MALFORMED_PACKET
+
+
+def test_MQTT_2_3_1_1_packet_identifier_zero_closes(port):
+    cl = RawClient(port)
+    cl.connect("pid0")
+    cl.send(frame(0x32, string("a") + b"\x00\x00x"))
+    assert cl.recv() is None
+
+
+def test_MQTT_3_3_1_4_publish_qos_3_closes(port):
+    cl = RawClient(port)
+    cl.connect("qos3")
+    cl.send(frame(0x36, string("a") + b"\x00\x01x"))
+    assert cl.recv() is None
+
+
+def test_MQTT_3_3_1_2_qos0_with_dup_closes(port):
+    cl = RawClient(port)
+    cl.connect("dup0")
+    cl.send(frame(0x38, string("a") + b"x"))
+    assert cl.recv() is None
+
+
+def test_MQTT_3_3_2_2_wildcard_in_topic_name_closes(port):
+    cl = RawClient(port)
+    cl.connect("wild")
+    cl.send(frame(0x30, string("a/+") + b"x"))
+    assert cl.recv() is None
+
+
+def test_MQTT_3_3_2_2_v5_wildcard_topic_disconnect_0x90(port):
+    cl = RawClient(port, 5)
+    cl.connect("wild5")
+    cl.send(frame(0x30, string("a/#") + b"\x00x"))
+    assert cl.expect(c.Disconnect).reason_code == c.TOPIC_NAME_INVALID
+
+
+def test_MQTT_4_7_3_1_zero_length_topic_closes(port):
+    cl = RawClient(port)
+    cl.connect("empty-topic")
+    cl.send(frame(0x30, string("") + b"x"))
+    assert cl.recv() is None
+
+
+def test_MQTT_3_8_3_3_subscribe_without_filters_closes(port):
+    cl = RawClient(port)
+    cl.connect("nofilter")
+    cl.send(frame(0x82, b"\x00\x01"))
+    assert cl.recv() is None
+
+
+def test_MQTT_3_8_3_4_subscribe_reserved_qos_bits_close(port):
+    cl = RawClient(port)
+    cl.connect("subqos")
+    cl.send(frame(0x82, b"\x00\x01" + string("a") + b"\x03"))
+    assert cl.recv() is None
+
+
+def test_MQTT_3_10_3_2_unsubscribe_without_filters_closes(port):
+    cl = RawClient(port)
+    cl.connect("nounsub")
+    cl.send(frame(0xA2, b"\x00\x01"))
+    assert cl.recv() is None
+
+
+def test_MQTT_3_2_2_v5_maximum_packet_size_exceeded_disconnect_0x95(make_broker):
+    rb = make_broker(mqtt={"max_packet_bytes": 1024})
+    cl = RawClient(rb.ports["mqtt"], 5)
+    ack = cl.connect("big")
+    assert ack.properties["maximum_packet_size"] == 1024
+    cl.send_packet(c.Publish("a", b"x" * 2000))
+    assert cl.expect(c.Disconnect).reason_code == c.PACKET_TOO_LARGE
+    assert cl.recv() is None
+
+
+def test_MQTT_3_1_2_25_server_never_exceeds_client_maximum_packet_size(port):
+    sub = RawClient(port, 5)
+    sub.connect("small", props={"maximum_packet_size": 100})
+    sub.subscribe(("mps/#", 0))
+    pub = RawClient(port, 5)
+    pub.connect("mps-pub")
+    pub.send_packet(c.Publish("mps/big", b"x" * 500))
+    pub.send_packet(c.Publish("mps/small", b"ok"))
+    got = sub.expect(c.Publish)
+    assert got.payload == b"ok"  # the big one was dropped, not sent
+
+
+def test_MQTT_3_3_2_8_v5_topic_alias_zero_disconnect_0x94(port):
+    cl = RawClient(port, 5)
+    cl.connect("alias0")
+    cl.send_packet(c.Publish("a", b"x", properties={"topic_alias": 0}))
+    assert cl.expect(c.Disconnect).reason_code == c.TOPIC_ALIAS_INVALID
+
+
+def test_MQTT_3_3_4_v5_unknown_topic_alias_protocol_error(port):
+    cl = RawClient(port, 5)
+    cl.connect("alias-unknown")
+    cl.send_packet(c.Publish("", b"x", properties={"topic_alias": 3}))
+    assert cl.expect(c.Disconnect).reason_code == c.PROTOCOL_ERROR
+
+
+def test_MQTT_3_3_2_4_v5_payload_format_invalid_puback_0x99(port):
+    cl = RawClient(port, 5)
+    cl.connect("pfi")
+    cl.send_packet(c.Publish("a", b"\xff\xfe", qos=1, packet_id=7,
+                             properties={"payload_format_indicator": 1}))
+    ack = cl.expect(c.Puback)
+    assert (ack.packet_id, ack.reason_code) == (7, c.PAYLOAD_FORMAT_INVALID)
+
+
+# ============================================================================ SUBSCRIBE
+def test_MQTT_3_9_3_suback_grants_requested_qos(port):
+    cl = RawClient(port)
+    cl.connect("granted")
+    ack = cl.subscribe(("g/0", 0), ("g/1", 1), ("g/2", 2), pid=9)
+    assert ack.packet_id == 9 and ack.reason_codes == [0, 1, 2]
+
+
+def test_MQTT_4_7_1_2_invalid_filter_gets_0x80(port):
+    cl = RawClient(port)
+    cl.connect("badfilter")
+    ack = cl.subscribe(("a/#/b", 1), ("a/b+", 1), ("ok/+", 1))
+    assert ack.reason_codes == [0x80, 0x80, 1]
+
+
+def test_MQTT_4_7_1_2_v5_invalid_filter_gets_0x8F(port):
+    cl = RawClient(port, 5)
+    cl.connect("badfilter5")
+    ack = cl.subscribe(("#/a", 1), ("$share/g", 0))
+    assert ack.reason_codes == [c.TOPIC_FILTER_INVALID, c.TOPIC_FILTER_INVALID]
+
+
+def test_MQTT_3_10_4_v5_unsuback_reason_codes(port):
+    cl = RawClient(port, 5)
+    cl.connect("unsub5")
+    cl.subscribe(("u/1", 0))
+    cl.send_packet(c.Unsubscribe(3, ["u/1", "u/2"]))
+    ack = cl.expect(c.Unsuback)
+    assert ack.reason_codes == [c.SUCCESS, c.NO_SUBSCRIPTION_EXISTED]
+
+
+def test_MQTT_4_7_2_1_dollar_topics_not_matched_by_leading_wildcards(port):
+    sub = RawClient(port)
+    sub.connect("dollar")
+    sub.subscribe(("#", 0), ("+/x", 0), ("$SYS/#", 0))
+    pub = RawClient(port)
+    pub.connect("dollar-pub")
+    pub.send_packet(c.Publish("$SYS/x", b"sys"))
+    pub.send_packet(c.Publish("$other/x", b"other"))
+    pub.send_packet(c.Publish("plain/x", b"plain"))
+    first = sub.expect(c.Publish)
+    second = sub.expect(c.Publish)
+    assert (first.topic, first.payload) == ("$SYS/x", b"sys")
+    assert (second.topic, second.payload) == ("plain/x", b"plain")
+
+
+def test_MQTT_4_7_1_2_multi_level_wildcard_matches_parent(port):
+    sub = RawClient(port)
+    sub.connect("parent")
+    sub.subscribe(("sport/tennis/#", 0))
+    pub = RawClient(port)
+    pub.connect("parent-pub")
+    pub.send_packet(c.Publish("sport/tennis", b"1"))
+    pub.send_packet(c.Publish("sport/tennis/player/score", b"2"))
+    pub.send_packet(c.Publish("sport/golf", b"3"))
+    pub.send_packet(c.Publish("sport/tennis/x", b"4"))
+    got = [sub.expect(c.Publish).payload for _ in range(3)]
+    assert got == [b"1", b"2", b"4"]
+
+
+def test_MQTT_4_7_1_3_single_level_wildcard_and_dots_round_trip(port):
+    sub = RawClient(port)
+    sub.connect("dots")
+    sub.subscribe(("a.b/+/c", 0))
+    pub = RawClient(port)
+    pub.connect("dots-pub")
+    pub.send_packet(c.Publish("a.b/x.y/c", b"1"))
+    pub.send_packet(c.Publish("a/b/x/c", b"no"))
+    pub.send_packet(c.Publish("a.b//c", b"2"))
+    got = [(p.topic, p.payload) for p in (sub.expect(c.Publish), sub.expect(c.Publish))]
+    assert got == [("a.b/x.y/c", b"1"), ("a.b//c", b"2")]
+
+
+# ============================================================================ QoS
+def test_MQTT_4_3_2_qos1_puback_and_delivery(port):
+    sub = RawClient(port)
+    sub.connect("q1sub")
+    sub.subscribe(("q1", 1))
+    pub = RawClient(port)
+    pub.connect("q1pub")
+    pub.send_packet(c.Publish("q1", b"m", qos=1, packet_id=5))
+    assert pub.expect(c.Puback).packet_id == 5
+    got = sub.expect(c.Publish)
+    assert (got.qos, got.payload) == (1, b"m") and got.packet_id
+    sub.send_packet(c.Puback(got.packet_id))
+
+
+def test_MQTT_4_3_3_qos2_exactly_once_on_duplicate_publish(port):
+    sub = RawClient(port)
+    sub.connect("q2sub")
+    sub.subscribe(("q2", 2))
+    pub = RawClient(port)
+    pub.connect("q2pub")
+    pub.send_packet(c.Publish("q2", b"once", qos=2, packet_id=11))
+    assert pub.expect(c.Pubrec).packet_id == 11
+    pub.send_packet(c.Publish("q2", b"once", qos=2, packet_id=11, dup=True))
+    assert pub.expect(c.Pubrec).packet_id == 11
+    pub.send_packet(c.Pubrel(11))
+    assert pub.expect(c.Pubcomp).packet_id == 11
+    got = sub.expect(c.Publish)
+    assert (got.qos, got.payload) == (2, b"once")
+    sub.send_packet(c.Pubrec(got.packet_id))
+    assert sub.expect(c.Pubrel).packet_id == got.packet_id
+    sub.send_packet(c.Pubcomp(got.packet_id))
+    # After PUBREL the id is free: the same id is a new message.
+    pub.send_packet(c.Publish("q2", b"again", qos=2, packet_id=11))
+    pub.expect(c.Pubrec)
+    pub.send_packet(c.Pubrel(11))
+    pub.expect(c.Pubcomp)
+    assert sub.expect(c.Publish).payload == b"again"
+    pub.send(b"\xc0\x00")
+    pub.expect(c.Pingresp)
+
+
+def test_MQTT_4_3_3_qos2_state_survives_reconnect_of_persistent_session(port):
+    sub = RawClient(port)
+    sub.connect("q2persist-sub")
+    sub.subscribe(("q2p", 2))
+    pub = RawClient(port)
+    pub.connect("q2persist", clean=False)
+    pub.send_packet(c.Publish("q2p", b"one", qos=2, packet_id=21))
+    pub.expect(c.Pubrec)
+    pub.close()  # gone before PUBREL
+    time.sleep(0.1)
+    pub = RawClient(port)
+    assert pub.connect("q2persist", clean=False).session_present
+    pub.send_packet(c.Publish("q2p", b"one", qos=2, packet_id=21, dup=True))
+    pub.expect(c.Pubrec)
+    pub.send_packet(c.Pubrel(21))
+    pub.expect(c.Pubcomp)
+    assert sub.expect(c.Publish).payload == b"one"
+    with pytest.raises(TimeoutError):
+        sub.recv(timeout=0.5)  # not a second copy
+
+
+def test_MQTT_4_4_0_1_unacknowledged_publish_resent_with_dup_on_reconnect(port):
+    sub = RawClient(port)
+    sub.connect("resend", clean=False)
+    sub.subscribe(("rs", 1))
+    pub = RawClient(port)
+    pub.connect("resend-pub")
+    pub.send_packet(c.Publish("rs", b"a", qos=1, packet_id=1))
+    pub.send_packet(c.Publish("rs", b"b", qos=1, packet_id=2))
+    first = sub.expect(c.Publish)
+    second = sub.expect(c.Publish)
+    assert not first.dup
+    sub.close()  # no PUBACK
+    time.sleep(0.1)
+    pub.send_packet(c.Publish("rs", b"c", qos=1, packet_id=3))
+    sub = RawClient(port)
+    assert sub.connect("resend", clean=False).session_present
+    again = [sub.expect(c.Publish) for _ in range(3)]
+    assert [(p.packet_id, p.dup, p.payload) for p in again[:2]] == [
+        (first.packet_id, True, b"a"), (second.packet_id, True, b"b")]
+    assert again[2].payload == b"c" and not again[2].dup
+
+
+def test_MQTT_4_4_0_1_pubrel_resent_on_reconnect(port):
+    sub = RawClient(port)
+    sub.connect("relsend", clean=False)
+    sub.subscribe(("rl", 2))
+    pub = RawClient(port)
+    pub.connect("relsend-pub")
+    pub.send_packet(c.Publish("rl", b"x", qos=2, packet_id=1))
+    pub.expect(c.Pubrec)
+    pub.send_packet(c.Pubrel(1))
+    got = sub.expect(c.Publish)
+    sub.send_packet(c.Pubrec(got.packet_id))
+    assert sub.expect(c.Pubrel).packet_id == got.packet_id
+    sub.close()  # no PUBCOMP
+    time.sleep(0.1)
+    sub = RawClient(port)
+    sub.connect("relsend", clean=False)
+    assert sub.expect(c.Pubrel).packet_id == got.packet_id
+    sub.send_packet(c.Pubcomp(got.packet_id))
+
+
+def test_MQTT_4_9_0_v5_receive_maximum_bounds_messages_in_flight(port):
+    sub = RawClient(port, 5)
+    sub.connect("recvmax", props={"receive_maximum": 2})
+    sub.subscribe(("rm", 1))
+    pub = RawClient(port, 5)
+    pub.connect("recvmax-pub")
+    for i in range(5):
+        pub.send_packet(c.Publish("rm", b"%d" % i, qos=1, packet_id=i + 1))
+    got = [sub.expect(c.Publish), sub.expect(c.Publish)]
+    with pytest.raises(TimeoutError):
+        sub.recv(timeout=0.5)
+    sub.send_packet(c.Puback(got[0].packet_id))
+    assert sub.expect(c.Publish).payload == b"2"
+
+
+# ============================================================================ retained
+def test_MQTT_3_3_1_10_empty_retained_payload_clears(port):
+    pub = RawClient(port)
+    pub.connect("ret-pub")
+    pub.send_packet(c.Publish("ret/a", b"keep", retain=True))
+    pub.send_packet(c.Publish("ret/b", b"gone", retain=True))
+    pub.send_packet(c.Publish("ret/b", b"", retain=True))
+    pub.send(b"\xc0\x00")
+    pub.expect(c.Pingresp)
+    sub = RawClient(port)
+    sub.connect("ret-sub")
+    sub.subscribe(("ret/+", 0))
+    got = sub.expect(c.Publish)
+    assert (got.topic, got.payload, got.retain) == ("ret/a", b"keep", True)
+    with pytest.raises(TimeoutError):
+        sub.recv(timeout=0.5)
+
+
+def test_MQTT_3_3_1_12_live_message_sent_with_retain_0(port):
+    sub = RawClient(port)
+    sub.connect("live-sub")
+    sub.subscribe(("live/x", 0))
+    pub = RawClient(port)
+    pub.connect("live-pub")
+    pub.send_packet(c.Publish("live/x", b"r", retain=True))
+    got = sub.expect(c.Publish)
+    assert got.retain is False
+
+
+# ============================================================================ wills
+def test_MQTT_3_1_2_8_will_published_on_abnormal_close(port):
+    sub = RawClient(port)
+    sub.connect("will-sub")
+    sub.subscribe(("will/t", 1))
+    cl = RawClient(port)
+    cl.connect("will-client", will=("will/t", b"bye", 1, False))
+    cl.close()
+    got = sub.expect(c.Publish)
+    assert (got.topic, got.payload) == ("will/t", b"bye")
+
+
+def test_MQTT_3_14_4_3_disconnect_discards_will(port):
+    sub = RawClient(port)
+    sub.connect("will-sub2")
+    sub.subscribe(("will/u", 1))
+    cl = RawClient(port)
+    cl.connect("will-client2", will=("will/u", b"bye", 1, False))
+    cl.send(b"\xe0\x00")
+    assert cl.recv() is None
+    with pytest.raises(TimeoutError):
+        sub.recv(timeout=0.5)
+
+
+def test_MQTT_3_1_3_9_v5_will_delay_interval(port):
+    sub = RawClient(port, 5)
+    sub.connect("wd-sub")
+    sub.subscribe(("will/d", 0))
+    cl = RawClient(port, 5)
+    cl.connect("wd-client", props={"session_expiry_interval": 60},
+               will=("will/d", b"late", 0, False, {"will_delay_interval": 1}))
+    cl.close()
+    start = time.monotonic()
+    got = sub.expect(c.Publish, timeout=5)
+    assert got.payload == b"late" and time.monotonic() - start >= 0.8
+
+
+def test_MQTT_3_1_3_9_v5_will_delay_cancelled_by_reconnect(port):
+    sub = RawClient(port, 5)
+    sub.connect("wd-sub2")
+    sub.subscribe(("will/e", 0))
+    cl = RawClient(port, 5)
+    cl.connect("wd-client2", props={"session_expiry_interval": 60},
+               will=("will/e", b"late", 0, False, {"will_delay_interval": 1}))
+    cl.close()
+    time.sleep(0.2)
+    cl = RawClient(port, 5)
+    cl.connect("wd-client2", clean=False, props={"session_expiry_interval": 60})
+    with pytest.raises(TimeoutError):
+        sub.recv(timeout=1.5)
+
+
+# ============================================================================ shutdown
+def test_MQTT_3_14_v5_server_shutdown_disconnect_0x8B(make_broker):
+    rb = make_broker()
+    cl = RawClient(rb.ports["mqtt"], 5)
+    cl.connect("shutdown")
+    rb.stop()
+    try:
+        assert cl.expect(c.Disconnect).reason_code == c.SERVER_SHUTTING_DOWN
+    finally:
+        rb.stop = lambda: None  # already stopped
