@@ -214,6 +214,18 @@ class Queue:
             # RabbitMQ: a zero TTL message is delivered only if a consumer can take it right now.
             self._drop(entry, "expired")
             return result
+        if not self.ready_count and self.consumers and not self._pumping:
+            # Nothing waiting ahead of it: hand it straight to a consumer with credit.
+            consumer = self._pick_consumer()
+            if consumer is not None:
+                self._pumping = True
+                try:
+                    self._checkout(entry, consumer)
+                finally:
+                    self._pumping = False
+                if self.ready_count:  # the consumer returned something while we held the pump
+                    self.pump()
+                return result
         self._fresh[priority].append(entry)
         self._became_ready(entry, now)
         if self.consumers:
@@ -303,22 +315,25 @@ class Queue:
         self.ready_bytes -= entry.size
         return entry
 
+    def _pick_consumer(self) -> Consumer | None:
+        """The next consumer with credit, round robin."""
+        consumers = self.consumers
+        n = len(consumers)
+        for k in range(n):
+            candidate = consumers[(self._rr + k) % n]
+            if candidate.has_credit():
+                self._rr = (self._rr + k + 1) % n
+                return candidate
+        return None
+
     def pump(self) -> None:
         """Hand ready messages to consumers with credit, round robin."""
         if self._pumping or self.deleted:
             return
         self._pumping = True
         try:
-            consumers = self.consumers
-            while self.ready_count and consumers:
-                n = len(consumers)
-                chosen = None
-                for k in range(n):
-                    candidate = consumers[(self._rr + k) % n]
-                    if candidate.has_credit():
-                        chosen = candidate
-                        self._rr = (self._rr + k + 1) % n
-                        break
+            while self.ready_count and self.consumers:
+                chosen = self._pick_consumer()
                 if chosen is None:
                     return
                 entry = self._next_live()
