@@ -1,0 +1,463 @@
+"""Side-by-side throughput: Manifold against RabbitMQ, Mosquitto and amqtt, same run, same machine.
+
+For each benchmark (AMQP, MQTT QoS 0, MQTT QoS 1, STOMP) the protocol's load generator runs
+against Manifold and against every peer that speaks the protocol, --rounds times, the order of
+the targets rotating each round (so no broker always runs first or last on a warm machine). The
+median messages/second of each target and the ratio Manifold / peer go into a Markdown table,
+printed and written to benchmarks/results/latest.md (and latest.json with every run).
+
+Every step is time-boxed: a peer that does not start, a protocol Manifold does not serve yet, a
+generator that fails or exceeds --run-timeout are all reported as "n/a" with the reason.
+
+    .venv/bin/python benchmarks/compare.py                         # everything, 3 rounds
+    .venv/bin/python benchmarks/compare.py --protocols mqtt --rounds 5 --messages 50000
+    .venv/bin/python benchmarks/compare.py --protocols mqtt --baseline mosquitto   # harness check
+
+Generators: benchmarks/<proto>_throughput.py (written with each adapter) when present, else this
+harness's own raw-socket benchmarks/gen_<proto>.py (--generator own|adapter|auto chooses). Each
+takes --host --port (and --messages, --qos when it has them) and prints messages/second as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import peers as peers_mod  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+PEER_LABELS = {"manifold": "Manifold", "rabbitmq": "RabbitMQ", "mosquitto": "Mosquitto",
+               "amqtt": "amqtt"}
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str             # "mqtt-qos1"
+    title: str           # "MQTT 3.1.1 QoS 1"
+    protocol: str        # port key and generator family: "amqp" | "mqtt" | "stomp"
+    extra: tuple = ()    # generator arguments for this case
+    peers: tuple = ()    # peers that speak the protocol
+    needs: tuple = ()    # generator options this case cannot do without (e.g. "--qos")
+
+
+CASES = (
+    Case("amqp", "AMQP 0-9-1", "amqp", peers=("rabbitmq",)),
+    Case("mqtt-qos0", "MQTT 3.1.1 QoS 0", "mqtt", ("--qos", "0"),
+         ("mosquitto", "rabbitmq", "amqtt")),
+    Case("mqtt-qos1", "MQTT 3.1.1 QoS 1", "mqtt", ("--qos", "1"),
+         ("mosquitto", "rabbitmq", "amqtt"), needs=("--qos",)),
+    Case("stomp", "STOMP 1.2", "stomp", peers=("rabbitmq",)),
+)
+
+# Keys a generator's JSON may use for messages/second, most specific first.
+RATE_KEYS = ("msgs_per_s", "messages_per_second", "messages_per_s", "msgs_per_sec",
+             "messages_per_sec", "msg_per_s", "msg_per_sec", "msgs/s", "messages/s", "msg/s",
+             "consume_rate", "consumed_per_s", "received_per_s", "throughput", "rate", "mps")
+
+
+# --------------------------------------------------------------------------- pure helpers
+def extract_rate(stdout: str, key: str | None = None) -> tuple[float | None, str]:
+    """messages/second from a generator's stdout: the last line that parses as JSON.
+
+    Accepts a bare number or an object (searched recursively) holding one of RATE_KEYS, or any
+    key that looks like a per-second rate. Returns (rate, how) or (None, why not).
+    """
+    doc = None
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            doc = json.loads(line)
+            break
+        except ValueError:
+            continue
+    if doc is None:
+        try:
+            doc = json.loads(stdout)
+        except ValueError:
+            return None, "no JSON on stdout"
+    if isinstance(doc, bool):
+        return None, "JSON is a boolean"
+    if isinstance(doc, (int, float)):
+        return float(doc), "number"
+    if not isinstance(doc, dict):
+        return None, f"unexpected JSON {type(doc).__name__}"
+    if doc.get("error"):
+        return None, f"generator error: {doc['error']}"
+    flat = dict(_flatten(doc))
+    if key is not None:
+        value = flat.get(key)
+        if _is_number(value):
+            return float(value), key
+        return None, f"no numeric key {key!r} in {sorted(flat)}"
+    lowered = {k.lower(): k for k in flat}
+    for wanted in RATE_KEYS:
+        for path_lower, path in lowered.items():
+            if path_lower == wanted or path_lower.endswith("." + wanted):
+                if _is_number(flat[path]):
+                    return float(flat[path]), path
+    for path_lower, path in lowered.items():
+        leaf = path_lower.rsplit(".", 1)[-1]
+        if _is_number(flat[path]) and re.search(r"(per_?s(ec(ond)?)?$|/s$|_rate$|^rate)", leaf):
+            return float(flat[path]), path
+    return None, f"no messages/second key in {sorted(flat)}"
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and v >= 0
+
+
+def _flatten(doc: dict, prefix: str = ""):
+    for k, v in doc.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict):
+            yield from _flatten(v, path + ".")
+        else:
+            yield path, v
+
+
+def rotation(targets: list[str], round_index: int) -> list[str]:
+    """The run order for one round: rotate by the round number, so each target leads in turn."""
+    if not targets:
+        return []
+    k = round_index % len(targets)
+    return targets[k:] + targets[:k]
+
+
+def median(values: list[float]) -> float | None:
+    good = [v for v in values if v is not None]
+    return statistics.median(good) if good else None
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
+def fmt_rate(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.0f}"
+
+
+def fmt_ratio(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+@dataclass
+class Outcome:
+    """Every run of one (case, target): rates (None for a failed run) and reasons."""
+    rates: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+    unavailable: str | None = None   # never ran: peer down, protocol not served, no generator
+    generator: str = ""
+
+    @property
+    def median(self) -> float | None:
+        return median(self.rates)
+
+    def reason(self) -> str:
+        if self.unavailable:
+            return self.unavailable
+        if self.median is None and self.errors:
+            return self.errors[0]
+        return ""
+
+
+def render_table(cases, outcomes: dict, baseline: str, labels: dict[str, str]) -> tuple[str, list]:
+    """Markdown table, one row per (case, peer); footnotes for every n/a. Pure function."""
+    base = labels.get(baseline, baseline)
+    lines = [f"| Benchmark | Peer | {base} msg/s | Peer msg/s | {base} / peer |",
+             "| --- | --- | ---: | ---: | ---: |"]
+    notes: list[str] = []
+
+    def cell(outcome: Outcome | None, value: str) -> str:
+        why = outcome.reason() if outcome else "not run"
+        if value != "n/a" or not why:
+            return value
+        short = why.splitlines()[0]
+        if short not in notes:
+            notes.append(short)
+        return f"n/a [{notes.index(short) + 1}]"
+
+    for case in cases:
+        mine = outcomes.get((case.key, baseline))
+        peers = [p for p in case.peers if p != baseline]
+        for peer in peers:
+            theirs = outcomes.get((case.key, peer))
+            m = mine.median if mine else None
+            t = theirs.median if theirs else None
+            lines.append(f"| {case.title} | {labels.get(peer, peer)} | "
+                         f"{cell(mine, fmt_rate(m))} | {cell(theirs, fmt_rate(t))} | "
+                         f"{fmt_ratio(ratio(m, t))} |")
+    return "\n".join(lines), notes
+
+
+# --------------------------------------------------------------------------- generators
+@dataclass
+class Generator:
+    path: Path
+    options: frozenset   # long options its --help mentions
+    own: bool
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def probe_options(python: str, path: Path) -> frozenset:
+    try:
+        out = subprocess.run([python, str(path), "--help"], capture_output=True, text=True,
+                             timeout=60, cwd=HERE.parent)
+        return frozenset(re.findall(r"(--[a-z][a-z0-9-]*)", out.stdout + out.stderr))
+    except (OSError, subprocess.TimeoutExpired):
+        return frozenset()
+
+
+def find_generators(protocol: str, mode: str, python: str) -> list[Generator]:
+    """Candidates in order of preference for a protocol."""
+    adapter = HERE / f"{protocol}_throughput.py"
+    own = HERE / f"gen_{protocol}.py"
+    order = {"auto": (adapter, own), "adapter": (adapter,), "own": (own,)}[mode]
+    found = []
+    for path in order:
+        if path.is_file():
+            found.append(Generator(path, probe_options(python, path), own=path == own))
+    return found
+
+
+def pick_generator(case: Case, candidates: list[Generator]) -> tuple[Generator | None, str]:
+    for gen in candidates:
+        missing = [opt for opt in ("--host", "--port") + case.needs if opt not in gen.options]
+        if not missing:
+            return gen, ""
+    if not candidates:
+        return None, f"no generator for {case.protocol} (benchmarks/{case.protocol}_throughput.py " \
+                     f"or benchmarks/gen_{case.protocol}.py)"
+    return None, f"{candidates[0].name} lacks {', '.join(case.needs) or '--host/--port'}"
+
+
+def generator_command(python: str, gen: Generator, case: Case, host: str, port: int,
+                      messages: int | None) -> list[str]:
+    cmd = [python, str(gen.path), "--host", host, "--port", str(port)]
+    cmd += [a for i, a in enumerate(case.extra)
+            if case.extra[i - (i % 2)] in gen.options]  # pass --qos only if understood
+    if messages and "--messages" in gen.options:
+        cmd += ["--messages", str(messages)]
+    return cmd
+
+
+def run_generator(cmd: list[str], timeout_s: float) -> tuple[float | None, str, str]:
+    """Run one generator to completion (or kill its process group); return (rate, note, raw)."""
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=HERE.parent, start_new_session=True)
+    except OSError as exc:
+        return None, f"cannot run generator: {exc}", ""
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        out, err = proc.communicate()
+        return None, f"generator exceeded {timeout_s:.0f} s", (out or "")[-2000:]
+    except BaseException:
+        _kill_group(proc)
+        proc.communicate()
+        raise
+    rate, how = extract_rate(out or "")
+    if rate is None:
+        detail = (err or "").strip().splitlines()[-1:] or [""]
+        return None, f"{how}; exit {proc.returncode} {detail[0][:200]}".strip(), (out or "")[-2000:]
+    if proc.returncode not in (0, None):
+        how += f" (exit {proc.returncode})"
+    return rate, how, (out or "")[-2000:]
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# --------------------------------------------------------------------------- machine info
+def machine_description() -> str:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+        mem = f", {kb / 1024 / 1024:.0f} GiB"
+    except (OSError, AttributeError):
+        pass
+    return (f"{os.cpu_count()} cores ({cpu or platform.machine()}){mem}, "
+            f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--protocols", default="amqp,mqtt,stomp",
+                   help="comma list of amqp, mqtt, stomp (default all)")
+    p.add_argument("--rounds", type=int, default=3, help="runs per target (median; default 3)")
+    p.add_argument("--messages", type=int, default=20000,
+                   help="messages per run, passed as --messages to generators that take it")
+    p.add_argument("--peers", default="rabbitmq,mosquitto,amqtt",
+                   help="comma list of peers to compare with (default all)")
+    p.add_argument("--baseline", default="manifold",
+                   help="the broker in the numerator of the ratio (default manifold)")
+    p.add_argument("--generator", choices=("auto", "adapter", "own"), default="auto",
+                   help="auto: <proto>_throughput.py if present, else gen_<proto>.py")
+    p.add_argument("--run-timeout", type=float, default=180.0,
+                   help="seconds one generator run may take (default 180)")
+    p.add_argument("--pause", type=float, default=1.0, help="seconds between runs (default 1)")
+    p.add_argument("--output", default=str(RESULTS / "latest.md"))
+    args = p.parse_args(argv)
+
+    python = str(peers_mod.VENV_BIN / "python") if (peers_mod.VENV_BIN / "python").exists() \
+        else sys.executable
+    protocols = [x.strip() for x in args.protocols.split(",") if x.strip()]
+    bad = [x for x in protocols if x not in ("amqp", "mqtt", "stomp")]
+    if bad:
+        p.error(f"unknown protocol(s) {bad}; accepted: amqp, mqtt, stomp")
+    wanted_peers = [x.strip() for x in args.peers.split(",") if x.strip()]
+    cases = [c for c in CASES if c.protocol in protocols]
+    cases = [Case(c.key, c.title, c.protocol, c.extra,
+                  tuple(x for x in c.peers if x in wanted_peers or x == args.baseline), c.needs)
+             for c in cases]
+    targets_needed = [args.baseline] + sorted({x for c in cases for x in c.peers} - {args.baseline},
+                                             key=list(peers_mod.PEER_CLASSES).index)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    started = datetime.now(timezone.utc)
+    log(f"compare: {', '.join(c.key for c in cases)}; targets {', '.join(targets_needed)}; "
+        f"{args.rounds} rounds of {args.messages} messages")
+    generators = {proto: find_generators(proto, args.generator, python) for proto in protocols}
+    outcomes: dict[tuple[str, str], Outcome] = {}
+    commands: dict[str, str] = {}
+    versions: dict[str, str] = {}
+    interrupted = False
+    try:
+        with peers_mod.running(targets_needed, log=log) as running:
+            versions = {n: pr.version for n, pr in running.items()}
+            plan = {}
+            for case in cases:
+                gen, why = pick_generator(case, generators[case.protocol])
+                targets = [args.baseline] + [x for x in case.peers if x != args.baseline]
+                ready = []
+                for name in targets:
+                    out = outcomes[(case.key, name)] = Outcome(generator=gen.name if gen else "")
+                    peer = running.get(name)
+                    if gen is None:
+                        out.unavailable = why
+                    elif peer is None:
+                        out.unavailable = f"{name} not started"
+                    elif not peer.serves(case.protocol):
+                        out.unavailable = peer.why_not(case.protocol).splitlines()[0]
+                    else:
+                        ready.append(name)
+                if gen is not None:
+                    shown = generator_command("python", gen, case, "HOST", 0, args.messages)
+                    shown[1] = os.path.relpath(shown[1], HERE.parent)
+                    commands[case.key] = " ".join(shown).replace("--port 0", "--port PORT")
+                plan[case.key] = (case, gen, ready)
+            for r in range(args.rounds):
+                for case, gen, ready in plan.values():
+                    for name in rotation(ready, r):
+                        port = running[name].ports[case.protocol]
+                        cmd = generator_command(python, gen, case, peers_mod.HOST, port,
+                                                args.messages)
+                        rate, how, _ = run_generator(cmd, args.run_timeout)
+                        out = outcomes[(case.key, name)]
+                        out.rates.append(rate)
+                        if rate is None:
+                            out.errors.append(how)
+                        if running[name].proc is not None and running[name].proc.poll() is not None:
+                            running[name].error = (f"{name} exited during the run (code "
+                                                   f"{running[name].proc.returncode})")
+                            log(f"  {running[name].error}")
+                        log(f"  round {r + 1}/{args.rounds} {case.key:10s} {name:10s} "
+                            f"{fmt_rate(rate):>10s} msg/s  ({how})")
+                        time.sleep(args.pause)
+    except (KeyboardInterrupt, peers_mod._Terminate):
+        interrupted = True
+        log("compare: interrupted; peers stopped; reporting what was measured")
+
+    labels = dict(PEER_LABELS)
+    table, notes = render_table(cases, outcomes, args.baseline, labels)
+    finished = datetime.now(timezone.utc)
+    gen_lines = []
+    for case in cases:
+        o = outcomes.get((case.key, args.baseline))
+        gen_name = o.generator if o and o.generator else "none"
+        gen_lines.append(f"- {case.title}: `{commands.get(case.key, gen_name)}`")
+    per_target = []
+    for (key, name), o in outcomes.items():
+        runs = ", ".join(fmt_rate(v) for v in o.rates) or "-"
+        per_target.append(f"| {key} | {labels.get(name, name)} | {runs} |")
+    md = "\n".join([
+        f"Measured {started:%Y-%m-%d %H:%M} UTC ({(finished - started).total_seconds():.0f} s) "
+        f"on {machine_description()}.",
+        f"{args.rounds} rounds (target order rotating each round), median messages/second, "
+        f"{args.messages} messages per run{' (INTERRUPTED: partial)' if interrupted else ''}. "
+        "Shared, noisy 2-core machine: compare the ratios, not the absolute numbers.",
+        "",
+        table,
+        "",
+        *([f"[{i + 1}] {n}" for i, n in enumerate(notes)] + [""] if notes else []),
+        "Versions: " + "; ".join(v or n for n, v in versions.items()) + ".",
+        "",
+        "Generators (each prints messages/second as JSON):",
+        *gen_lines,
+        "",
+        "<details><summary>every run</summary>",
+        "",
+        "| Benchmark | Target | msg/s per round |",
+        "| --- | --- | --- |",
+        *per_target,
+        "",
+        "</details>",
+        "",
+        f"Command: `{' '.join(['python', 'benchmarks/compare.py'] + (argv if argv is not None else sys.argv[1:]))}`",
+    ])
+    print(md, flush=True)
+    out_path = Path(args.output)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(md + "\n")
+    out_path.with_suffix(".json").write_text(json.dumps({
+        "started": started.isoformat(), "machine": machine_description(),
+        "rounds": args.rounds, "messages": args.messages, "baseline": args.baseline,
+        "versions": versions, "interrupted": interrupted,
+        "results": [{"case": k, "target": n, "rates": o.rates, "median": o.median,
+                     "errors": o.errors, "unavailable": o.unavailable, "generator": o.generator}
+                    for (k, n), o in outcomes.items()],
+    }, indent=2) + "\n")
+    log(f"compare: wrote {out_path} and {out_path.with_suffix('.json')}")
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
