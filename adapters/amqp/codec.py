@@ -454,7 +454,8 @@ _SERVER_TO_CLIENT_ONLY = {
     0x000A000A, 0x000A001E, 0x000A0029,  # connection.start, tune, open-ok
     0x0014000B, 0x0032000B, 0x0028000B,  # channel.open-ok, queue.declare-ok, exchange.declare-ok
     0x003C003C, 0x003C0047, 0x003C0048, 0x003C0032,  # basic.deliver, get-ok, get-empty, return
-    0x003C000B, 0x003C0015, 0x003C001F,  # basic.qos-ok, consume-ok, cancel-ok
+    0x003C000B, 0x003C0015,  # basic.qos-ok, consume-ok
+    # basic.cancel-ok is accepted: clients of RabbitMQ 4.3+ answer a server-sent basic.cancel.
 }
 
 

@@ -772,6 +772,9 @@ class AMQPSession:
         if not m.nowait:
             self.out.append(method_frame(ch.number, 60, 31, shortstr(m.consumer_tag)))
 
+    def _basic_cancel_ok(self, ch: Channel, m: Any) -> None:
+        pass  # a client's answer to our server-sent Basic.Cancel
+
     def _basic_get(self, ch: Channel, m: Any) -> None:
         queue = self._queue_name(ch, m.queue)
         delivery, remaining = self.vhost.get(queue, no_ack=bool(m.no_ack), owner=self)
@@ -850,7 +853,8 @@ class AMQPSession:
         except (BrokerError, AMQPError) as exc:
             self.fail(ch, exc, 60, 40)
             return
-        if not result.routed and ev.mandatory:
+        if not result.routed and ev.mandatory and not result.rejected:
+            # a queue that refused it (overflow) was still a route: RabbitMQ nacks, no return
             self.basic_return(ch, message, 312, "NO_ROUTE")
         if ch.confirm:
             ch.publish_seq = seq = ch.publish_seq + 1
@@ -950,6 +954,7 @@ _CHANNEL_HANDLERS = {
     C.Basic.Qos: AMQPSession._basic_qos,
     C.Basic.Consume: AMQPSession._basic_consume,
     C.Basic.Cancel: AMQPSession._basic_cancel,
+    C.Basic.CancelOk: AMQPSession._basic_cancel_ok,
     C.Basic.Get: AMQPSession._basic_get,
     C.Basic.Ack: AMQPSession._basic_ack,
     C.Basic.Nack: AMQPSession._basic_nack,
