@@ -183,8 +183,10 @@ class FrameCodec:
             if not buf:
                 return NEED_DATA
             # The header block ends at the first empty line (LF LF, possibly with CRs).
+            # Look for LF CR LF only before the first LF LF, so that a large buffer of
+            # pipelined frames is not scanned to its end for every frame.
             end = buf.find(b"\n\n", self._scan)
-            end_crlf = buf.find(b"\n\r\n", self._scan)
+            end_crlf = buf.find(b"\n\r\n", self._scan, len(buf) if end < 0 else end + 1)
             if end_crlf >= 0 and (end < 0 or end_crlf < end):
                 header_end, body_start = end_crlf, end_crlf + 3
             elif end >= 0:

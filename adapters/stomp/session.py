@@ -42,6 +42,8 @@ log = logging.getLogger("manifold.stomp")
 SUPPORTED_VERSIONS = ("1.0", "1.1", "1.2")
 CONNECTING, CONNECTED, CLOSED = "CONNECTING", "CONNECTED", "CLOSED"
 ACK_MODES = ("auto", "client", "client-individual")
+# Output is coalesced up to this many bytes before it is handed to the transport.
+FLUSH_BYTES = 64 * 1024
 # A client that opens a socket and never sends CONNECT is dropped after this long.
 HANDSHAKE_TIMEOUT_S = 10.0
 
@@ -131,6 +133,10 @@ class StompSession:
         # RECEIPTs wait (in order) for the durability of the SENDs before them.
         self._receipts: deque[list] = deque()
         self._frame: Frame | None = None
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._flush_scheduled = False
+        self._in_input = False
         self._prop_cache: tuple[Any, str, str] | None = None
         self._handlers: dict[str, Callable[[Frame], None]] = {
             "SEND": self.on_send, "SUBSCRIBE": self.on_subscribe,
@@ -156,6 +162,7 @@ class StompSession:
         codec = self.codec
         codec.receive_data(data)
         handlers = self._handlers
+        self._in_input = True
         try:
             while self.state != CLOSED:
                 frame = codec.next_event()
@@ -184,6 +191,8 @@ class StompSession:
             self.error("Unknown destination", str(exc), self._receipt_of_current())
         finally:
             self._frame = None
+            self._in_input = False
+            self._flush()
 
     def _receipt_of_current(self) -> str | None:
         return self._frame.headers.get("receipt") if self._frame is not None else None
@@ -214,7 +223,7 @@ class StompSession:
     def going_away(self) -> None:
         if self.state == CLOSED:
             if self.conn is not None:
-                self.conn.close("server shutdown")
+                self._close("server shutdown")
             return
         self.error("Server shutting down", "Server shutting down", reason="server shutdown")
 
@@ -224,8 +233,34 @@ class StompSession:
 
     # ================================================================ output helpers
     def write_frame(self, frame: Frame) -> None:
+        self._write(serialize(frame, self.version))
+
+    def _write(self, data: bytes) -> None:
+        """Queue output; it goes out in one write at the end of the current input chunk (or on
+        the next loop iteration), so a burst of MESSAGE frames costs one send, not one each.
+        Past FLUSH_BYTES it goes at once, which also lets the transport's high-water mark (and
+        so has_credit) see it."""
+        self._out.append(data)
+        self._out_bytes += len(data)
+        if self._out_bytes >= FLUSH_BYTES:
+            self._flush()
+        elif not self._flush_scheduled and not self._in_input:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out:
+            out = self._out
+            self._out = []
+            self._out_bytes = 0
+            if self.conn is not None:
+                self.conn.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _close(self, reason: str) -> None:
+        self._flush()
         if self.conn is not None:
-            self.conn.write(serialize(frame, self.version))
+            self.conn.close(reason)
 
     def error(self, message: str, detail: str, receipt: str | None = None,
               extra: dict | None = None, reason: str | None = None) -> None:
@@ -241,18 +276,16 @@ class StompSession:
         headers["content-length"] = str(len(body))
         self.write_frame(Frame("ERROR", headers, body))
         self.state = CLOSED
-        if self.conn is not None:
-            self.conn.close(reason or f"STOMP error: {message}: {detail.strip()[:200]}")
+        self._close(reason or f"STOMP error: {message}: {detail.strip()[:200]}")
 
     def _receipt(self, receipt_id: str, wait: Any = None, close: bool = False) -> None:
         """RECEIPT in frame order; it waits for ``wait`` (durability of a SEND) and for every
         receipt before it."""
         data = serialize(Frame("RECEIPT", {"receipt-id": receipt_id}), self.version)
         if wait is None and not self._receipts:
-            if self.conn is not None:
-                self.conn.write(data)
-                if close:
-                    self.conn.close("client sent DISCONNECT")
+            self._write(data)
+            if close:
+                self._close("client sent DISCONNECT")
             return
         future = None
         if wait is not None:
@@ -269,10 +302,9 @@ class StompSession:
             if future is not None and not future.cancelled() and future.exception() is not None:
                 self.error("Internal error", f"message could not be stored: {future.exception()}")
                 return
-            if self.conn is not None:
-                self.conn.write(data)
-                if close:
-                    self.conn.close("client sent DISCONNECT")
+            self._write(data)
+            if close:
+                self._close("client sent DISCONNECT")
 
     # ================================================================ CONNECT
     def on_connect(self, frame: Frame) -> None:
@@ -350,7 +382,7 @@ class StompSession:
 
     def _send_heartbeat(self) -> None:
         if self.conn is not None:
-            self.conn.write(b"\n")
+            self._write(b"\n")
 
     # ================================================================ DISCONNECT
     def on_disconnect(self, frame: Frame) -> None:
@@ -358,8 +390,8 @@ class StompSession:
         self.state = CLOSED
         if receipt is not None:
             self._receipt(receipt, close=True)  # [STOMP 1.2 "DISCONNECT"]: receipt, then close
-        elif self.conn is not None:
-            self.conn.close("client sent DISCONNECT")
+        else:
+            self._close("client sent DISCONNECT")
 
     # ================================================================ SEND
     def on_send(self, frame: Frame) -> None:
@@ -545,7 +577,7 @@ class StompSession:
             parts.append(block)
         body = message.body
         parts += ("\ncontent-length:", str(len(body)), "\n\n")
-        self.conn.write(b"".join(("".join(parts).encode(), body, b"\x00")))  # type: ignore
+        self._write(b"".join(("".join(parts).encode(), body, b"\x00")))
 
     # ================================================================ UNSUBSCRIBE
     def on_unsubscribe(self, frame: Frame) -> None:
