@@ -252,10 +252,13 @@ class FrameCodec:
             raise FrameError("Too many headers",
                              f"frame has {len(lines) - 1} headers; the limit is {self.max_headers}")
         headers: dict[str, str] = {}
-        escaped = self.version != "1.0" and command not in UNESCAPED_COMMANDS
+        # Fast path: most header blocks hold neither CRs nor escapes.
+        escaped = (self.version != "1.0" and command not in UNESCAPED_COMMANDS and
+                   "\\" in text)
+        has_cr = "\r" in text
         version = self.version
         for line in lines[1:]:
-            if line.endswith("\r"):
+            if has_cr and line.endswith("\r"):
                 line = line[:-1]
             key, sep, value = line.partition(":")
             if not sep:

@@ -86,8 +86,10 @@ class Subscription(Consumer):
         #: unsettled deliveries by tag, oldest first (``client`` acks are cumulative)
         self.pending: OrderedDict[int, Delivery] = OrderedDict()
         self.active = True
-        # Pre-encoded start of every MESSAGE frame of this subscription.
+        # Pre-encoded start of every MESSAGE frame of this subscription, and the escaped
+        # destination header per (exchange, routing key).
         self.head_by_version: dict[str, str] = {}
+        self.destinations: dict[tuple[str, str], str] = {}
 
     def has_credit(self) -> bool:
         session = self.session
@@ -134,6 +136,8 @@ class StompSession:
         self._receipts: deque[list] = deque()
         self._frame: Frame | None = None
         self._out: list[bytes] = []
+        #: SEND destination -> (exchange, routing key, is a /queue/ to declare when missing)
+        self._send_targets: dict[str, tuple[str, str, bool]] = {}
         self._out_bytes = 0
         self._flush_scheduled = False
         self._in_input = False
@@ -422,18 +426,28 @@ class StompSession:
         return result.wait
 
     def _send_target(self, destination: str, headers: dict) -> tuple[str, str]:
+        cached = self._send_targets.get(destination)
+        if cached is not None:
+            exchange, routing_key, declare = cached
+            if not declare or routing_key in self.vhost.queues:
+                return exchange, routing_key
         kind, name, key = parse_destination(destination)
         if kind == QUEUE:
             if name not in self.vhost.queues:
                 self._declare_queue(name, headers)
-            return "", name
-        if kind == TOPIC:
-            return "amq.topic", name
-        if kind == EXCHANGE:
-            return name, key
-        if kind == AMQ_QUEUE or kind == REPLY_QUEUE:
-            return "", name
-        return "", self._temp_queue(name)  # TEMP_QUEUE
+            target = ("", name, True)
+        elif kind == TOPIC:
+            target = ("amq.topic", name, False)
+        elif kind == EXCHANGE:
+            target = (name, key, False)
+        elif kind == AMQ_QUEUE or kind == REPLY_QUEUE:
+            target = ("", name, False)
+        else:
+            return "", self._temp_queue(name)  # TEMP_QUEUE: checked every time
+        if len(self._send_targets) >= 1024:  # bounded
+            self._send_targets.clear()
+        self._send_targets[destination] = target
+        return target[0], target[1]
 
     def _declare_queue(self, name: str, headers: dict) -> None:
         """/queue/<name>: a durable shared queue (RabbitMQ); ``durable``/``auto-delete``/
@@ -556,11 +570,19 @@ class StompSession:
         if head is None:
             head = "MESSAGE\nsubscription:" + escape(sub.id, version) + "\ndestination:"
             sub.head_by_version[version] = head
-        destination = sub.fixed_destination or destination_of(message.exchange,
-                                                              message.routing_key)
+        destination = sub.fixed_destination
+        if destination is None:
+            key = (message.exchange, message.routing_key)
+            destination = sub.destinations.get(key)
+            if destination is None:
+                destination = escape(destination_of(*key), version)
+                if len(sub.destinations) >= 1024:  # bounded: topic keys can be many
+                    sub.destinations.clear()
+                sub.destinations[key] = destination
+        else:
+            destination = escape(destination, version)
         stag = str(tag)
-        parts = [head, escape(destination, version) if version != "1.0" else destination,
-                 "\nmessage-id:", stag]
+        parts = [head, destination, "\nmessage-id:", stag]
         if version == "1.2":
             parts += ("\nack:", stag)
         parts.append("\nredelivered:true" if delivery.redelivered else "\nredelivered:false")
