@@ -1,0 +1,176 @@
+"""STOMP session state machine against a real core, with a fake connection (no sockets)."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from adapters.stomp import make_server
+from adapters.stomp.codec import NEED_DATA, FrameCodec
+from broker.core import Broker
+from broker.vhost import PublishResult
+from config.settings import Settings
+
+
+class FakeConn:
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.writable = True
+        self.peer_host = "127.0.0.1"
+        self.closed_reason: str | None = None
+        self.keepalive: tuple | None = None
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def close(self, reason: str) -> None:
+        self.closed_reason = reason
+
+    def abort(self, reason: str) -> None:
+        self.closed_reason = reason
+
+    def set_keepalive(self, *args) -> None:
+        self.keepalive = args
+
+
+class Harness:
+    def __init__(self, settings: Settings | None = None, version: str = "1.2") -> None:
+        self.broker = Broker(settings or Settings())
+        self.server = make_server(self.broker, self.broker.settings)
+        self.session = self.server.new_session()
+        self.conn = FakeConn()
+        self.session.connection_made(self.conn)
+        self.codec = FrameCodec(version=version)
+        self.version = version
+
+    def send(self, data: bytes) -> None:
+        self.session.data_received(data)
+
+    def frames(self) -> list:
+        self.codec.receive_data(bytes(self.conn.out))
+        self.conn.out.clear()
+        out = []
+        while (event := self.codec.next_event()) is not NEED_DATA:
+            out.append(event)
+        return out
+
+    def connect(self) -> None:
+        self.send(f"CONNECT\naccept-version:{self.version}\n\n\x00".encode())
+        assert [f.command for f in self.frames()] == ["CONNECTED"]
+
+    @property
+    def vhost(self):
+        return self.broker.vhosts["/"]
+
+
+async def test_receipts_wait_for_durability_in_order():
+    h = Harness()
+    h.connect()
+    pending: asyncio.Future = asyncio.get_running_loop().create_future()
+    real_publish = h.vhost.publish
+
+    def publish(exchange, key, message):
+        result = real_publish(exchange, key, message)
+        return PublishResult(result.routed, result.rejected, pending)
+
+    h.vhost.publish = publish
+    h.send(b"SEND\ndestination:/queue/d\npersistent:true\nreceipt:r1\n\nx\x00"
+           b"SUBSCRIBE\nid:s\ndestination:/queue/other\nreceipt:r2\n\n\x00")
+    await asyncio.sleep(0.01)
+    assert h.frames() == []  # r1 waits for the fsync, r2 waits behind r1
+    pending.set_result(None)
+    await asyncio.sleep(0.01)
+    assert [f.headers["receipt-id"] for f in h.frames()] == ["r1", "r2"]
+
+
+async def test_deliveries_wait_for_writable_connection():
+    h = Harness()
+    h.connect()
+    h.conn.writable = False
+    h.send(b"SUBSCRIBE\nid:s\ndestination:/queue/bp\n\n\x00"
+           b"SEND\ndestination:/queue/bp\n\n1\x00SEND\ndestination:/queue/bp\n\n2\x00")
+    assert h.frames() == []
+    assert h.vhost.queues["bp"].message_count == 2
+    h.conn.writable = True
+    h.session.resume_writing()
+    await asyncio.sleep(0)
+    assert [f.body for f in h.frames()] == [b"1", b"2"]
+
+
+async def test_connection_lost_requeues_and_drops_exclusive_queues():
+    h = Harness()
+    h.connect()
+    h.send(b"SUBSCRIBE\nid:s\ndestination:/queue/w\nack:client\n\n\x00"
+           b"SUBSCRIBE\nid:t\ndestination:/topic/x\n\n\x00"
+           b"SEND\ndestination:/queue/w\n\nkeep\x00")
+    assert [f.command for f in h.frames()] == ["MESSAGE"]
+    queues_before = set(h.vhost.queues)
+    assert h.vhost.queues["w"].unacked_count == 1
+    h.session.connection_lost()
+    assert h.vhost.queues["w"].message_count == 1
+    assert h.vhost.queues["w"].unacked_count == 0
+    assert set(h.vhost.queues) == {"w"}
+    assert len(queues_before) == 2
+
+
+async def test_server_cancelled_subscription_keeps_connection():
+    h = Harness()
+    h.connect()
+    h.send(b"SUBSCRIBE\nid:s\ndestination:/queue/gone\n\n\x00")
+    h.vhost.delete_queue("gone")
+    await asyncio.sleep(0)
+    [frame] = h.frames()
+    assert frame.command == "ERROR"
+    assert frame.headers["message"] == "Server cancelled subscription"
+    assert frame.headers["subscription"] == "s"
+    assert h.conn.closed_reason is None
+    h.send(b"SUBSCRIBE\nid:s\ndestination:/queue/again\nreceipt:ok\n\n\x00")
+    assert [f.command for f in h.frames()] == ["RECEIPT"]
+
+
+async def test_heartbeat_negotiation_sets_keepalive():
+    settings = Settings().replace("stomp", heartbeat_ms=1000)
+    h = Harness(settings)
+    h.send(b"CONNECT\naccept-version:1.2\nheart-beat:4000,500\n\n\x00")
+    [frame] = h.frames()
+    assert frame.headers["heart-beat"] == "1000,1000"
+    read_timeout, on_timeout, send_interval, send = h.conn.keepalive
+    assert read_timeout == 8.0  # 2 x max(4000, 1000) ms
+    assert send_interval == 0.5  # half of max(500, 1000) ms
+    send()
+    await asyncio.sleep(0)
+    assert h.conn.out == b"\n"
+
+
+async def test_consumer_timeout_then_late_ack_is_ignored():
+    h = Harness()
+    h.connect()
+    h.send(b"SUBSCRIBE\nid:s\ndestination:/queue/ct\nack:client-individual\n\n\x00"
+           b"SEND\ndestination:/queue/ct\n\nslow\x00")
+    [msg] = h.frames()
+    sub = h.session.subscriptions["s"]
+    [delivery] = list(sub.pending.values())
+    delivery.queue.settle(delivery, False, True)  # what the core's consumer timeout does
+    sub.delivery_timed_out(delivery)
+    await asyncio.sleep(0)  # output outside an input chunk goes on the next loop turn
+    [again] = h.frames()  # redelivered at once to the same subscription
+    assert again.headers["redelivered"] == "true"
+    h.send(f"ACK\nid:{msg.headers['ack']}\nreceipt:late\n\n\x00".encode())
+    assert [f.command for f in h.frames()] == ["RECEIPT"]
+    assert h.vhost.queues["ct"].unacked_count == 1  # the redelivery is still out
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1", "1.2"])
+async def test_message_headers_escaped_per_version(version):
+    h = Harness(version=version)
+    h.connect()
+    value = "a:b" if version == "1.0" else "a:b\\\\c\\nd"
+    h.send(f"SUBSCRIBE\nid:s\ndestination:/queue/e\n\n\x00"
+           f"SEND\ndestination:/queue/e\nk:{value}\n\n\x00".encode())
+    raw = bytes(h.conn.out)
+    if version == "1.0":
+        assert b"\nk:a:b\n" in raw
+    else:
+        assert b"\nk:a\\cb\\\\c\\nd\n" in raw
+    [frame] = h.frames()
+    assert frame.headers["k"] == ("a:b" if version == "1.0" else "a:b\\c\nd")
