@@ -1,0 +1,142 @@
+"""The amqtt client (unmodified, MQTT 3.1.1) against a real broker; every wait time-boxed."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+
+import pytest
+from amqtt.client import ConnectError, MQTTClient
+from amqtt.mqtt.constants import QOS_0, QOS_1, QOS_2
+
+pytestmark = pytest.mark.timeout(60)
+
+WAIT = 5.0
+
+
+@pytest.fixture
+def uri(running_broker) -> str:
+    return f"mqtt://127.0.0.1:{running_broker.ports['mqtt']}/"
+
+
+@pytest.fixture
+async def clients():
+    made: list[MQTTClient] = []
+    yield made
+    for cl in made:
+        try:
+            await asyncio.wait_for(cl.disconnect(), WAIT)
+        except Exception:
+            pass
+
+
+async def client(clients, uri: str, client_id: str | None = None, *, clean: bool = True,
+                 will: dict | None = None) -> MQTTClient:
+    config = {"auto_reconnect": False, "keep_alive": 30}
+    if will is not None:
+        config["will"] = will
+    cl = MQTTClient(client_id=client_id or f"amqtt-{uuid.uuid4().hex[:8]}", config=config)
+    await asyncio.wait_for(cl.connect(uri, cleansession=clean), WAIT)
+    clients.append(cl)
+    return cl
+
+
+async def test_amqtt_qos_0_1_2(uri, clients):
+    sub = await client(clients, uri)
+    granted = await asyncio.wait_for(sub.subscribe([("am/+", QOS_2)]), WAIT)
+    assert granted == [QOS_2]
+    pub = await client(clients, uri)
+    for qos in (QOS_0, QOS_1, QOS_2):
+        await asyncio.wait_for(pub.publish(f"am/{qos}", b"m%d" % qos, qos=qos), WAIT)
+    got = []
+    for _ in range(3):
+        msg = await asyncio.wait_for(sub.deliver_message(), WAIT)
+        got.append((msg.topic, msg.data, msg.qos))
+    assert sorted(got) == [("am/0", b"m0", 0), ("am/1", b"m1", 1), ("am/2", b"m2", 2)]
+
+
+async def test_amqtt_wildcards_and_dot_topics(uri, clients):
+    sub = await client(clients, uri)
+    await asyncio.wait_for(sub.subscribe([("a.b/#", QOS_1)]), WAIT)
+    pub = await client(clients, uri)
+    await asyncio.wait_for(pub.publish("a.b/c.d/e", b"x", qos=QOS_1), WAIT)
+    await asyncio.wait_for(pub.publish("a/b/c", b"no", qos=QOS_1), WAIT)
+    await asyncio.wait_for(pub.publish("a.b", b"parent", qos=QOS_1), WAIT)
+    first = await asyncio.wait_for(sub.deliver_message(), WAIT)
+    second = await asyncio.wait_for(sub.deliver_message(), WAIT)
+    assert [(first.topic, first.data), (second.topic, second.data)] == [
+        ("a.b/c.d/e", b"x"), ("a.b", b"parent")]
+
+
+async def test_amqtt_retained_wildcard_match_and_clear(uri, clients):
+    pub = await client(clients, uri)
+    await asyncio.wait_for(pub.publish("amr/1/state", b"on", qos=QOS_1, retain=True), WAIT)
+    await asyncio.wait_for(pub.publish("amr/2/state", b"off", qos=QOS_1, retain=True), WAIT)
+    await asyncio.wait_for(pub.publish("amr/2/state", b"", qos=QOS_1, retain=True), WAIT)
+    sub = await client(clients, uri)
+    await asyncio.wait_for(sub.subscribe([("amr/+/state", QOS_1)]), WAIT)
+    msg = await asyncio.wait_for(sub.deliver_message(), WAIT)
+    assert (msg.topic, msg.data, msg.retain) == ("amr/1/state", b"on", True)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(sub.deliver_message(), 0.5)
+
+
+async def test_amqtt_persistent_session(uri, clients):
+    cid = f"amqtt-persist-{uuid.uuid4().hex[:6]}"
+    sub = await client(clients, uri, cid, clean=False)
+    await asyncio.wait_for(sub.subscribe([("amp/t", QOS_1)]), WAIT)
+    await asyncio.wait_for(sub.disconnect(), WAIT)
+    clients.remove(sub)
+    pub = await client(clients, uri)
+    for i in range(3):
+        await asyncio.wait_for(pub.publish("amp/t", b"%d" % i, qos=QOS_1), WAIT)
+    sub = await client(clients, uri, cid, clean=False)
+    got = [(await asyncio.wait_for(sub.deliver_message(), WAIT)).data for _ in range(3)]
+    assert got == [b"0", b"1", b"2"]
+
+
+async def test_amqtt_will_on_abnormal_disconnect(uri, clients):
+    sub = await client(clients, uri)
+    await asyncio.wait_for(sub.subscribe([("amw/t", QOS_1)]), WAIT)
+    dying = await client(clients, uri, will={"topic": "amw/t", "message": "gone", "qos": 1,
+                                             "retain": False})
+    # cut the socket under the client: no DISCONNECT
+    transport = dying._handler.writer._writer.transport  # type: ignore[union-attr]
+    sock = transport.get_extra_info("socket")
+    sock.shutdown(socket.SHUT_RDWR)
+    clients.remove(dying)
+    msg = await asyncio.wait_for(sub.deliver_message(), WAIT)
+    assert (msg.topic, msg.data) == ("amw/t", b"gone")
+
+
+async def test_amqtt_bad_password_refused(running_broker):
+    uri = f"mqtt://guest:wrong@127.0.0.1:{running_broker.ports['mqtt']}/"
+    cl = MQTTClient(config={"auto_reconnect": False})
+    with pytest.raises(ConnectError):
+        await asyncio.wait_for(cl.connect(uri), WAIT)
+
+
+async def test_amqtt_good_password_accepted(running_broker, clients):
+    uri = f"mqtt://guest:guest@127.0.0.1:{running_broker.ports['mqtt']}/"
+    cl = await client(clients, uri)
+    await asyncio.wait_for(cl.ping(), WAIT)
+
+
+async def test_amqtt_takeover(uri, clients):
+    cid = f"amqtt-take-{uuid.uuid4().hex[:6]}"
+    await client(clients, uri, cid)
+    second = await client(clients, uri, cid)
+    await asyncio.wait_for(second.subscribe([("amt/t", QOS_1)]), WAIT)
+    await asyncio.wait_for(second.publish("amt/t", b"ok", qos=QOS_1), WAIT)
+    msg = await asyncio.wait_for(second.deliver_message(), WAIT)
+    assert msg.data == b"ok"
+
+
+async def test_amqtt_unsubscribe(uri, clients):
+    sub = await client(clients, uri)
+    await asyncio.wait_for(sub.subscribe([("amu/t", QOS_1)]), WAIT)
+    await asyncio.wait_for(sub.unsubscribe(["amu/t"]), WAIT)
+    pub = await client(clients, uri)
+    await asyncio.wait_for(pub.publish("amu/t", b"x", qos=QOS_1), WAIT)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(sub.deliver_message(), 0.5)
