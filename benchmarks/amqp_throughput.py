@@ -264,6 +264,16 @@ def start_manifold(port: int, data_dir: str) -> subprocess.Popen:
     raise RuntimeError("manifold did not open its AMQP port within 15 s")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -300,8 +310,15 @@ def main(argv=None) -> int:
         proc = start_manifold(args.port, tmp.name)
         args.broker_name = args.broker_name or "manifold"
     args.broker_name = args.broker_name or f"{args.host}:{args.port}"
+    cpu_before = _cpu_seconds(proc.pid) if proc is not None else None
     try:
         result = asyncio.run(asyncio.wait_for(run(args), args.timeout + 15))
+        if cpu_before is not None:
+            # CPU the broker spent, per message (warm-up included): stable on a busy machine
+            used = _cpu_seconds(proc.pid) - cpu_before
+            result["broker_cpu_s"] = round(used, 3)
+            result["broker_cpu_us_per_msg"] = round(
+                used * 1e6 / (args.messages + args.warmup), 2)
     except (OSError, RuntimeError, asyncio.TimeoutError) as exc:
         result = {"protocol": "amqp", "broker": args.broker_name, "messages": args.messages,
                   "msgs_per_s": None, "complete": False, "error": f"{type(exc).__name__}: {exc}"}

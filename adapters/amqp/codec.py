@@ -37,6 +37,7 @@ HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 
 BASIC_CLASS = 60
 BASIC_PUBLISH, BASIC_ACK = 40, 80
+_PUBLISH_ID = (BASIC_CLASS << 16) | BASIC_PUBLISH
 
 NEED_DATA = None
 
@@ -476,6 +477,7 @@ class Decoder:
         # Publishers repeat themselves: the last method payload and property bytes decode once.
         self._last_publish: tuple = (None, None)
         self._last_props: tuple = (None, None)
+        self._last_header: tuple = (None, None)
 
     def receive_data(self, data: bytes) -> None:
         buf = self._buf
@@ -523,8 +525,13 @@ class Decoder:
             if buf[end] != FRAME_END:
                 raise FrameError(501, f"FRAME_ERROR - type {ftype}, invalid frame end octet "
                                       f"{buf[end]:#04x}, expected 0xce")
-            self._pos = end + 1
             start = pos + 7
+            if ftype == FRAME_METHOD and size >= 4 and _u32.unpack_from(buf, start)[0] == \
+                    _PUBLISH_ID and channel not in self._pending:
+                event = self._publish_whole(buf, channel, start, end, limit)
+                if event is not None:
+                    return event
+            self._pos = end + 1
             if ftype == FRAME_METHOD:
                 event = self._method(buf, channel, start, end)
             elif ftype == FRAME_HEADER:
@@ -571,6 +578,57 @@ class Decoder:
             raise FrameError(502, f"SYNTAX_ERROR - cannot decode {factory.name}: {exc}",
                              class_id, method_id) from None
         return Method(channel, method, class_id, method_id)
+
+    def _publish_whole(self, buf: bytearray, channel: int, start: int, end: int,
+                       limit: int) -> Publish | None:
+        """Basic.Publish, its content header and a single body frame, all in the buffer: one
+        event without the per-frame bookkeeping. Anything unusual (content split across reads
+        or body frames, a bad frame, a wrong channel) returns None and the general path, which
+        reports errors, takes over at the same position."""
+        payload = buf[start + 4:end]
+        last_payload, last = self._last_publish
+        if payload != last_payload:
+            return None  # first of its kind: let the general path decode and cache it
+        unpack_header = _frame_header.unpack_from
+        p = end + 1
+        if limit - p < 7:
+            return None
+        htype, hchannel, hsize = unpack_header(buf, p)
+        hend = p + 7 + hsize
+        if (htype != FRAME_HEADER or hchannel != channel or hsize < 14 or hend >= limit or
+                hsize + FRAME_OVERHEAD > self.frame_max or buf[hend] != FRAME_END):
+            return None
+        class_id, _weight, size = _content_header_head.unpack_from(buf, p + 7)[:3]
+        if class_id != BASIC_CLASS or size > self.max_body:
+            return None
+        header = buf[p + 7:hend]
+        last_header, last_props = self._last_header
+        if header == last_header:
+            header = last_header
+        else:
+            props_raw = bytes(header[12:])
+            if props_raw != self._last_props[0]:
+                return None
+            header = bytes(header)
+            last_props = self._last_props[1]
+            self._last_header = (header, last_props)
+        if size == 0:
+            body = b""
+            self._pos = hend + 1
+        else:
+            q = hend + 1
+            if limit - q < 7:
+                return None
+            btype, bchannel, bsize = unpack_header(buf, q)
+            bend = q + 7 + bsize
+            if (btype != FRAME_BODY or bchannel != channel or bsize != size or bend >= limit or
+                    bsize + FRAME_OVERHEAD > self.frame_max or buf[bend] != FRAME_END):
+                return None
+            body = bytes(buf[q + 7:bend])
+            self._pos = bend + 1
+        exchange, routing_key, mandatory, immediate, exchange_and_key = last
+        return Publish(channel, exchange, routing_key, mandatory, immediate, last_props,
+                       header, body, size, exchange_and_key)
 
     def _publish(self, buf: bytearray, channel: int, pos: int, end: int) -> None:
         payload = bytes(buf[pos:end])
@@ -714,6 +772,27 @@ def content_frames(channel: int, header_payload: bytes, body: bytes, frame_max: 
 
 
 _deliver_tail = struct.Struct(">QB")
+
+
+def deliver_prefix(channel: int, ctag: bytes, exchange_and_key_len: int) -> bytes:
+    """Frame header, method id and consumer tag of a Basic.Deliver (all that precedes the
+    delivery tag); depends only on the consumer and the length of exchange + routing key."""
+    size = 13 + len(ctag) + exchange_and_key_len
+    return _frame_header.pack(FRAME_METHOD, channel, size) + b"\x00\x3c\x00\x3c" + ctag
+
+
+def deliver_tail(channel: int, exchange_and_key: bytes, header_payload: bytes,
+                 body: bytes) -> bytes:
+    """Everything after a Basic.Deliver's delivery tag and redelivered bit: exchange, routing
+    key, frame end, the content header frame and one body frame (body within frame_max)."""
+    pack = _frame_header.pack
+    parts = [exchange_and_key, b"\xce", pack(FRAME_HEADER, channel, len(header_payload)),
+             header_payload]
+    if body:
+        parts.append(b"\xce" + pack(FRAME_BODY, channel, len(body)))
+        parts.append(body)
+    parts.append(b"\xce")
+    return b"".join(parts)
 
 
 def deliver_frames(channel: int, ctag: bytes, delivery_tag: int, redelivered: bool,

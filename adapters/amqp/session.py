@@ -95,6 +95,8 @@ class AMQPConsumer(Consumer):
                          arguments=arguments, owner=owner)
         self.channel = channel
         self.ctag = shortstr(tag)
+        # Basic.Deliver frame start for this consumer, by length of exchange + routing key
+        self.prefixes: dict[int, bytes] = {}
 
     def has_credit(self) -> bool:
         if self.prefetch and self.in_flight >= self.prefetch:
@@ -146,14 +148,27 @@ class Channel:
         session = self.session
         message = delivery.message
         encoded = message.encoded
-        if type(encoded) is not tuple:
-            encoded = message.encoded = _encode_message(message)
-        header = encoded[0]
-        if delivery.offset is not None:
-            header = _stream_header(message, delivery.offset)
+        if type(encoded) is not Encoded:
+            encoded = message.encoded = Encoded(message)
         body = message.body
-        codec.deliver_frames(self.number, consumer.ctag, tag, delivery.redelivered, encoded[1],
-                             header, body, session.frame_max, session.out)
+        exrk = encoded.exchange_and_key
+        if delivery.offset is None and len(body) <= session.body_chunk:
+            # Hot path: a per-consumer prefix, the tag, and the per-message tail (exchange,
+            # routing key, content header and body frames), shared by every consumer of this
+            # message on the same channel number.
+            if encoded.tail_channel != self.number:
+                encoded.build_tail(self.number)
+            prefix = consumer.prefixes.get(len(exrk))
+            if prefix is None:
+                prefix = consumer.prefixes[len(exrk)] = codec.deliver_prefix(
+                    self.number, consumer.ctag, len(exrk))
+            session.out.append(prefix + _pack_tag(tag, delivery.redelivered) + encoded.tail)
+        else:
+            header = encoded.header
+            if delivery.offset is not None:
+                header = _stream_header(message, delivery.offset)
+            codec.deliver_frames(self.number, consumer.ctag, tag, delivery.redelivered, exrk,
+                                 header, body, session.frame_max, session.out)
         session.queued(len(body) + 64)
 
     def server_cancel(self, consumer: AMQPConsumer) -> None:
@@ -260,9 +275,30 @@ class Channel:
         self.session.decoder.reset_channel(self.number)
 
 
-def _encode_message(message: Message) -> tuple[bytes, bytes]:
-    return (codec.content_header_payload(message.properties, len(message.body)),
-            shortstr(message.exchange) + shortstr(message.routing_key))
+_pack_tag = codec.struct.Struct(">QB").pack
+
+
+class Encoded:
+    """The AMQP wire form of a message, cached on ``Message.encoded`` so that fan-out and
+    redelivery do not re-encode: the content header payload, exchange and routing key as short
+    strings, and the frames after a Basic.Deliver's tag for one channel number."""
+    __slots__ = ("header", "exchange_and_key", "tail_channel", "tail", "body")
+
+    def __init__(self, message: Message | None = None, header: bytes = b"",
+                 exchange_and_key: bytes = b"", body: bytes = b""):
+        if message is not None:
+            header = codec.content_header_payload(message.properties, len(message.body))
+            exchange_and_key = shortstr(message.exchange) + shortstr(message.routing_key)
+            body = message.body
+        self.header = header
+        self.exchange_and_key = exchange_and_key
+        self.body = body
+        self.tail_channel = -1
+        self.tail = b""
+
+    def build_tail(self, channel: int) -> None:
+        self.tail = codec.deliver_tail(channel, self.exchange_and_key, self.header, self.body)
+        self.tail_channel = channel
 
 
 def _stream_header(message: Message, offset: int) -> bytes:
@@ -283,6 +319,7 @@ class AMQPSession:
         self.settings = settings.amqp
         self.max_body = settings.server.max_message_bytes
         self.frame_max = self.settings.frame_max_bytes
+        self.body_chunk = self.frame_max - codec.FRAME_OVERHEAD
         self.channel_max = self.settings.channel_max
         self.heartbeat = self.settings.heartbeat_s
         self.decoder = codec.Decoder(frame_max=self.frame_max, max_body=self.max_body)
@@ -523,6 +560,7 @@ class AMQPSession:
                                  f"{codec.FRAME_MIN_SIZE} min size", True)
         self.frame_max = frame_max
         self.decoder.frame_max = frame_max
+        self.body_chunk = frame_max - codec.FRAME_OVERHEAD
         channel_max = m.channel_max or self.channel_max
         self.channel_max = min(channel_max, self.channel_max) if self.channel_max else channel_max
         self.heartbeat = m.heartbeat or 0
@@ -786,12 +824,12 @@ class AMQPSession:
             ch.unacked[tag] = delivery
         message = delivery.message
         encoded = message.encoded
-        if type(encoded) is not tuple:
-            encoded = message.encoded = _encode_message(message)
+        if type(encoded) is not Encoded:
+            encoded = message.encoded = Encoded(message)
         self.out.append(method_frame(ch.number, 60, 71, u64(tag) +
                                      (b"\x01" if delivery.redelivered else b"\x00") +
-                                     encoded[1] + u32(remaining)))
-        codec.content_frames(ch.number, encoded[0], message.body, self.frame_max, self.out)
+                                     encoded.exchange_and_key + u32(remaining)))
+        codec.content_frames(ch.number, encoded.header, message.body, self.frame_max, self.out)
 
     def _basic_reject(self, ch: Channel, m: Any) -> None:
         ch.settle(ch.take(m.delivery_tag, False), False, bool(m.requeue))
@@ -842,8 +880,8 @@ class AMQPSession:
             if props.user_id is not None and props.user_id != self.user.name:
                 raise PreconditionFailed(f"user_id property set to '{props.user_id}' but "
                                          f"authenticated user was '{self.user.name}'")
-            message = Message(ev.exchange, ev.routing_key, body, props,
-                              (ev.header, ev.exchange_and_key))
+            encoded = Encoded(None, ev.header, ev.exchange_and_key, body)
+            message = Message(ev.exchange, ev.routing_key, body, props, encoded)
             if ch.tx is not None:
                 if ev.exchange not in self.vhost.exchanges:
                     raise NotFound(f"no exchange '{ev.exchange}' in vhost '{self.vhost.name}'")
@@ -869,11 +907,11 @@ class AMQPSession:
 
     def basic_return(self, ch: Channel, message: Message, code: int, text: str) -> None:
         encoded = message.encoded
-        if type(encoded) is not tuple:
-            encoded = message.encoded = _encode_message(message)
+        if type(encoded) is not Encoded:
+            encoded = message.encoded = Encoded(message)
         self.out.append(method_frame(ch.number, 60, 50, u16(code) + shortstr(text) +
-                                     encoded[1]))
-        codec.content_frames(ch.number, encoded[0], message.body, self.frame_max, self.out)
+                                     encoded.exchange_and_key))
+        codec.content_frames(ch.number, encoded.header, message.body, self.frame_max, self.out)
 
     # ================================================================ confirm / tx
     def _confirm_select(self, ch: Channel, m: Any) -> None:
