@@ -7,7 +7,9 @@ from .server import MqttServer
 
 
 def make_server(broker: Any, settings: Any) -> MqttServer:
-    return MqttServer(broker, settings)
+    server = MqttServer(broker, settings)
+    server.load()  # retained messages and persistent sessions of an earlier run
+    return server
 
 
 __all__ = ["make_server", "MqttServer"]

@@ -285,13 +285,9 @@ class MqttServer:
         self.will_timers: dict[str, asyncio.TimerHandle] = {}
         self.data_dir = settings.server.data_dir
         self._save_handle: asyncio.TimerHandle | None = None
-        self._loaded = False
 
     def new_session(self) -> "MqttSession":
         from .session import MqttSession
-        if not self._loaded:
-            self._loaded = True
-            self.load()
         return MqttSession(self)
 
     async def close(self) -> None:
