@@ -142,6 +142,8 @@ class FrameCodec:
         #: negotiated protocol version; decides header unescaping. Set by the session.
         self.version = version
         self._buf = bytearray()
+        #: start of the unparsed input in _buf
+        self._pos = 0
         # Where the search for the end of the header block resumes (no rescans when the header
         # block arrives in pieces), and the parsed head of a frame whose body is incomplete.
         self._scan = 0
@@ -154,51 +156,37 @@ class FrameCodec:
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
     def next_event(self) -> Frame | _NeedData:
+        # Positions are absolute in self._buf; consumed bytes are dropped in one go when the
+        # buffer runs dry (_need_data), not frame by frame.
         buf = self._buf
+        pos = self._pos
         head = self._head
         if head is None:
-            # Skip EOLs between frames (heart-beats) [STOMP 1.2 "Heart-beating"].
-            i = 0
             n = len(buf)
-            while i < n:
-                c = buf[i]
-                if c == 10:
-                    self.heartbeats += 1
-                    i += 1
-                elif c == 13:
-                    if i + 1 >= n:
-                        break  # CR at the end: wait for the LF
-                    if buf[i + 1] != 10:
-                        raise FrameError("Bad frame", "carriage return not followed by a line feed")
-                    self.heartbeats += 1
-                    i += 2
-                else:
-                    break
-            if i:
-                del buf[:i]
-                self._scan = 0
-            if not buf:
-                return NEED_DATA
+            if pos < n and (buf[pos] == 10 or buf[pos] == 13):
+                pos = self._pos = self._skip_eols(pos, n)
+            if pos >= n:
+                return self._need_data()
             # The header block ends at the first empty line (LF LF, possibly with CRs).
             # Look for LF CR LF only before the first LF LF, so that a large buffer of
             # pipelined frames is not scanned to its end for every frame.
-            end = buf.find(b"\n\n", self._scan)
-            end_crlf = buf.find(b"\n\r\n", self._scan, len(buf) if end < 0 else end + 1)
+            scan = self._scan if self._scan > pos else pos
+            end = buf.find(b"\n\n", scan)
+            end_crlf = buf.find(b"\n\r\n", scan, n if end < 0 else end + 1)
             if end_crlf >= 0 and (end < 0 or end_crlf < end):
                 header_end, body_start = end_crlf, end_crlf + 3
             elif end >= 0:
                 header_end, body_start = end, end + 2
             else:
-                if len(buf) > self.max_frame_bytes:
+                if n - pos > self.max_frame_bytes:
                     raise FrameError("Frame too large",
                                      f"header block exceeds {self.max_frame_bytes} bytes")
-                self._scan = max(0, len(buf) - 2)
-                return NEED_DATA
-            self._scan = 0
-            command, headers = self._parse_head(bytes(buf[:header_end]))
+                self._scan = n - 2 if n - 2 > pos else pos
+                return self._need_data()
+            command, headers = self._parse_head(buf[pos:header_end])
             length = None
             if "content-length" in headers:
                 raw = headers["content-length"]
@@ -206,38 +194,70 @@ class FrameCodec:
                     raise FrameError("Bad content-length", f"invalid content-length {raw!r}",
                                      headers)
                 length = int(raw)
-                if body_start + length > self.max_frame_bytes:
+                if body_start - pos + length > self.max_frame_bytes:
                     raise FrameError("Frame too large",
-                                     f"frame of {body_start + length} bytes exceeds the limit of "
-                                     f"{self.max_frame_bytes} bytes", headers)
+                                     f"frame of {body_start - pos + length} bytes exceeds the "
+                                     f"limit of {self.max_frame_bytes} bytes", headers)
             head = (command, headers, body_start, length)
             self._head = head
+            self._scan = body_start
         command, headers, body_start, length = head
         if length is not None:
             end = body_start + length
             if len(buf) <= end:
-                return NEED_DATA
+                return self._need_data()
             if buf[end] != 0:
                 self._head = None
                 raise FrameError("Bad frame", "frame body not terminated by NUL after "
                                  "content-length octets", headers)
         else:
-            end = buf.find(b"\x00", self._scan or body_start)
+            end = buf.find(b"\x00", self._scan)
             if end < 0:
-                if len(buf) > self.max_frame_bytes:
+                if len(buf) - pos > self.max_frame_bytes:
                     self._head = None
                     raise FrameError("Frame too large",
                                      f"frame exceeds the limit of {self.max_frame_bytes} bytes",
                                      headers)
                 self._scan = len(buf)
-                return NEED_DATA
-            self._scan = 0
+                return self._need_data()
         body = bytes(buf[body_start:end])
-        del buf[:end + 1]
+        self._pos = end + 1
+        self._scan = 0
         self._head = None
         return Frame(command, headers, body)
 
-    def _parse_head(self, block: bytes) -> tuple[str, dict[str, str]]:
+    def _skip_eols(self, pos: int, n: int) -> int:
+        """Skip EOLs between frames (heart-beats) [STOMP 1.2 "Heart-beating"]."""
+        buf = self._buf
+        while pos < n:
+            c = buf[pos]
+            if c == 10:
+                self.heartbeats += 1
+                pos += 1
+            elif c == 13:
+                if pos + 1 >= n:
+                    break  # CR at the end: wait for the LF
+                if buf[pos + 1] != 10:
+                    raise FrameError("Bad frame", "carriage return not followed by a line feed")
+                self.heartbeats += 1
+                pos += 2
+            else:
+                break
+        return pos
+
+    def _need_data(self) -> _NeedData:
+        """Drop the consumed prefix of the buffer (shifting the saved positions), then wait."""
+        pos = self._pos
+        if pos:
+            del self._buf[:pos]
+            self._pos = 0
+            self._scan = self._scan - pos if self._scan > pos else 0
+            head = self._head
+            if head is not None:
+                self._head = (head[0], head[1], head[2] - pos, head[3])
+        return NEED_DATA
+
+    def _parse_head(self, block: bytes | bytearray) -> tuple[str, dict[str, str]]:
         try:
             text = block.decode("utf-8")
         except UnicodeDecodeError:
