@@ -49,19 +49,25 @@ class Case:
     key: str             # "mqtt-qos1"
     title: str           # "MQTT 3.1.1 QoS 1"
     protocol: str        # port key and generator family: "amqp" | "mqtt" | "stomp"
-    extra: tuple = ()    # generator arguments for this case
+    extra: tuple = ()    # generator arguments for this case: ((option, value or None), ...)
     peers: tuple = ()    # peers that speak the protocol
     needs: tuple = ()    # generator options this case cannot do without (e.g. "--qos")
 
 
 CASES = (
     Case("amqp", "AMQP 0-9-1", "amqp", peers=("rabbitmq",)),
-    Case("mqtt-qos0", "MQTT 3.1.1 QoS 0", "mqtt", ("--qos", "0"),
+    Case("mqtt-qos0", "MQTT 3.1.1 QoS 0", "mqtt", (("--qos", "0"),),
          ("mosquitto", "rabbitmq", "amqtt")),
-    Case("mqtt-qos1", "MQTT 3.1.1 QoS 1", "mqtt", ("--qos", "1"),
+    Case("mqtt-qos1", "MQTT 3.1.1 QoS 1", "mqtt", (("--qos", "1"),),
          ("mosquitto", "rabbitmq", "amqtt"), needs=("--qos",)),
     Case("stomp", "STOMP 1.2", "stomp", peers=("rabbitmq",)),
+    # Not run by default (--cases): acknowledged and confirmed variants.
+    Case("amqp-ack", "AMQP 0-9-1 manual ack + confirms", "amqp", (("--ack", None),
+         ("--confirm", None)), ("rabbitmq",), needs=("--ack", "--confirm")),
+    Case("stomp-ack", "STOMP 1.2 client-individual ack", "stomp",
+         (("--ack", "client-individual"),), ("rabbitmq",), needs=("--ack",)),
 )
+DEFAULT_CASES = ("amqp", "mqtt-qos0", "mqtt-qos1", "stomp")
 
 # Keys a generator's JSON may use for messages/second, most specific first.
 RATE_KEYS = ("msgs_per_s", "messages_per_second", "messages_per_s", "msgs_per_sec",
@@ -254,8 +260,9 @@ def pick_generator(case: Case, candidates: list[Generator]) -> tuple[Generator |
 def generator_command(python: str, gen: Generator, case: Case, host: str, port: int,
                       messages: int | None) -> list[str]:
     cmd = [python, str(gen.path), "--host", host, "--port", str(port)]
-    cmd += [a for i, a in enumerate(case.extra)
-            if case.extra[i - (i % 2)] in gen.options]  # pass --qos only if understood
+    for option, value in case.extra:
+        if option in gen.options:  # e.g. --qos only to a generator that has it
+            cmd += [option] if value is None else [option, value]
     if messages and "--messages" in gen.options:
         cmd += ["--messages", str(messages)]
     return cmd
@@ -323,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="runs per target (median; default 3)")
     p.add_argument("--messages", type=int, default=20000,
                    help="messages per run, passed as --messages to generators that take it")
+    p.add_argument("--cases", default=",".join(DEFAULT_CASES),
+                   help=f"comma list of {', '.join(c.key for c in CASES)} "
+                        f"(default {','.join(DEFAULT_CASES)}), filtered by --protocols")
     p.add_argument("--peers", default="rabbitmq,mosquitto,amqtt",
                    help="comma list of peers to compare with (default all)")
     p.add_argument("--baseline", default="manifold",
@@ -331,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="auto: <proto>_throughput.py if present, else gen_<proto>.py")
     p.add_argument("--run-timeout", type=float, default=180.0,
                    help="seconds one generator run may take (default 180)")
+    p.add_argument("--start-timeout", type=float, default=None,
+                   help="seconds each broker may take to listen (default: 90 for RabbitMQ, "
+                        "20 for the others)")
     p.add_argument("--pause", type=float, default=1.0, help="seconds between runs (default 1)")
     p.add_argument("--output", default=str(RESULTS / "latest.md"))
     args = p.parse_args(argv)
@@ -342,7 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         p.error(f"unknown protocol(s) {bad}; accepted: amqp, mqtt, stomp")
     wanted_peers = [x.strip() for x in args.peers.split(",") if x.strip()]
-    cases = [c for c in CASES if c.protocol in protocols]
+    wanted_cases = [x.strip() for x in args.cases.split(",") if x.strip()]
+    unknown = [x for x in wanted_cases if x not in {c.key for c in CASES}]
+    if unknown:
+        p.error(f"unknown case(s) {unknown}; accepted: {', '.join(c.key for c in CASES)}")
+    cases = [c for c in CASES if c.protocol in protocols and c.key in wanted_cases]
     cases = [Case(c.key, c.title, c.protocol, c.extra,
                   tuple(x for x in c.peers if x in wanted_peers or x == args.baseline), c.needs)
              for c in cases]
@@ -359,10 +376,14 @@ def main(argv: list[str] | None = None) -> int:
     outcomes: dict[tuple[str, str], Outcome] = {}
     commands: dict[str, str] = {}
     versions: dict[str, str] = {}
+    peer_info: dict[str, dict] = {}
     interrupted = False
     try:
-        with peers_mod.running(targets_needed, log=log) as running:
+        with peers_mod.running(targets_needed, log=log,
+                                 start_timeout_s=args.start_timeout) as running:
             versions = {n: pr.version for n, pr in running.items()}
+            peer_info = {n: {"ports": pr.ports, "error": pr.error, "unavailable": pr.unavailable,
+                             "version": pr.version} for n, pr in running.items()}
             plan = {}
             for case in cases:
                 gen, why = pick_generator(case, generators[case.protocol])
@@ -450,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     out_path.with_suffix(".json").write_text(json.dumps({
         "started": started.isoformat(), "machine": machine_description(),
         "rounds": args.rounds, "messages": args.messages, "baseline": args.baseline,
-        "versions": versions, "interrupted": interrupted,
+        "versions": versions, "interrupted": interrupted, "peers": peer_info,
         "results": [{"case": k, "target": n, "rates": o.rates, "median": o.median,
                      "errors": o.errors, "unavailable": o.unavailable, "generator": o.generator}
                     for (k, n), o in outcomes.items()],

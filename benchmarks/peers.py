@@ -161,16 +161,15 @@ class Peer:
         waiting = dict(self.required_ports())
         while waiting:
             if self.proc.poll() is not None:
-                self.error = (f"exited with code {self.proc.returncode} before listening; "
-                              f"log tail:\n{tail(self.log_path)}")
+                self.fail(f"exited with code {self.proc.returncode} before listening")
                 self.stop()
                 return False
             for proto, port in list(waiting.items()):
                 if port_open(port):
                     del waiting[proto]
             if waiting and time.monotonic() > deadline:
-                self.error = (f"not listening on {sorted(waiting.items())} after "
-                              f"{self.start_timeout_s:.0f} s; log tail:\n{tail(self.log_path)}")
+                self.fail(f"not listening on {', '.join(f'{p} {n}' for p, n in waiting.items())}"
+                          f" after {self.start_timeout_s:.0f} s")
                 self.stop()
                 return False
             if waiting:
@@ -182,6 +181,15 @@ class Peer:
             self.stop()
             return False
         return True
+
+    def fail(self, summary: str) -> None:
+        """Record why the peer is unusable: one summary line (with the log's last line), then
+        the log tail for whoever reads the details."""
+        log_tail = tail(self.log_path) if self.log_path else ""
+        last = log_tail.splitlines()[-1].strip()[:160] if log_tail else ""
+        self.error = summary + (f" (last log line: {last})" if last else " (empty log)")
+        if log_tail:
+            self.error += "\nlog tail:\n" + log_tail
 
     def stop(self) -> None:
         proc = self.proc
@@ -252,14 +260,12 @@ class ManifoldPeer(Peer):
                 line = m.group(1)
                 break
             if self.proc.poll() is not None:
-                self.error = (f"exited with code {self.proc.returncode}; log tail:\n"
-                              f"{tail(self.log_path)}")
+                self.fail(f"exited with code {self.proc.returncode}")
                 self.stop()
                 return False
             time.sleep(0.1)
         if line is None:
-            self.error = (f"no 'manifold listening' line after {self.start_timeout_s:.0f} s; "
-                          f"log tail:\n{tail(self.log_path)}")
+            self.fail(f"no 'manifold listening' line after {self.start_timeout_s:.0f} s")
             self.stop()
             return False
         listening = {m.group(1) for m in re.finditer(r"(\w+) [\d.]+:\d+", line)}
@@ -458,7 +464,7 @@ def _raise_terminate(signum, frame):
 
 
 @contextlib.contextmanager
-def running(names: list[str], log=print):
+def running(names: list[str], log=print, start_timeout_s: float | None = None):
     """Start the named peers (in order, each time-boxed), yield {name: Peer}, always stop them.
 
     SIGTERM is turned into an exception like Ctrl-C so the ``finally`` stops every peer.
@@ -469,6 +475,8 @@ def running(names: list[str], log=print):
     try:
         for name in names:
             peer = make_peer(name)
+            if start_timeout_s:
+                peer.start_timeout_s = start_timeout_s
             peers[name] = peer
             t0 = time.monotonic()
             ok = peer.start()

@@ -59,7 +59,7 @@ def test_median_ratio_and_formatting():
 
 
 def test_render_table_rows_ratios_and_footnotes():
-    case = compare.Case("mqtt-qos0", "MQTT QoS 0", "mqtt", ("--qos", "0"),
+    case = compare.Case("mqtt-qos0", "MQTT QoS 0", "mqtt", (("--qos", "0"),),
                         ("mosquitto", "amqtt"))
     outcomes = {
         ("mqtt-qos0", "manifold"): compare.Outcome(rates=[200.0, 100.0, 300.0]),
@@ -93,6 +93,11 @@ def test_generator_command_passes_only_understood_options():
     bare = compare.Generator(Path("g.py"), frozenset({"--host", "--port"}), own=False)
     assert compare.generator_command("py", bare, compare.CASES[0], "h", 1, 500) == \
         ["py", "g.py", "--host", "h", "--port", "1"]
+    flags = compare.Generator(Path("g.py"), frozenset({"--host", "--port", "--ack",
+                                                       "--confirm"}), own=False)
+    amqp_ack = next(c for c in compare.CASES if c.key == "amqp-ack")
+    assert compare.generator_command("py", flags, amqp_ack, "h", 1, None) == \
+        ["py", "g.py", "--host", "h", "--port", "1", "--ack", "--confirm"]
 
 
 def test_pick_generator_falls_back_when_an_option_is_missing():
@@ -109,7 +114,8 @@ def test_pick_generator_falls_back_when_an_option_is_missing():
 
 
 def test_cases_cover_every_protocol_and_peer():
-    assert {c.key for c in compare.CASES} == {"amqp", "mqtt-qos0", "mqtt-qos1", "stomp"}
+    assert set(compare.DEFAULT_CASES) == {"amqp", "mqtt-qos0", "mqtt-qos1", "stomp"}
+    assert set(compare.DEFAULT_CASES) <= {c.key for c in compare.CASES}
     for case in compare.CASES:
         for peer in case.peers:
             assert peer in peers.PEER_CLASSES
