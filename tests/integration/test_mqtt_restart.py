@@ -1,0 +1,74 @@
+"""Retained messages and persistent sessions survive a broker restart (amqtt keeps them only in
+memory). Two brokers run one after the other on the same data directory."""
+from __future__ import annotations
+
+import queue
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+pytestmark = pytest.mark.timeout(60)
+
+WAIT = 5.0
+
+
+def connect(port: int, client_id: str, *, clean: bool = True, expiry: int = 0):
+    cl = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
+                     protocol=mqtt.MQTTv5)
+    messages: queue.Queue = queue.Queue()
+    acks: queue.Queue = queue.Queue()
+    subacks: queue.Queue = queue.Queue()
+    cl.on_message = lambda c, u, m: messages.put(m)
+    cl.on_connect = lambda c, u, flags, rc, props: acks.put(flags)
+    cl.on_subscribe = lambda c, u, mid, rcs, props: subacks.put(rcs)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = expiry
+    cl.connect("127.0.0.1", port, clean_start=clean, properties=props)
+    cl.loop_start()
+    flags = acks.get(timeout=WAIT)
+    return cl, flags, messages, subacks
+
+
+def stop(rb) -> None:
+    rb.stop()
+    rb.stop = lambda: None  # the fixture's teardown must not stop it twice
+
+
+@pytest.mark.parametrize("protocol", ["v5"])
+def test_retained_and_persistent_session_survive_restart(make_broker, protocol):
+    rb = make_broker()
+    port = rb.ports["mqtt"]
+    sub, flags, _, subacks = connect(port, "survivor", clean=True, expiry=3600)
+    sub.subscribe("restart/#", 1)
+    subacks.get(timeout=WAIT)
+    sub.disconnect()
+    sub.loop_stop()
+    pub, _, _, _ = connect(port, "restart-pub")
+    pub.publish("restart/state", b"on", 1, retain=True).wait_for_publish(WAIT)
+    pub.disconnect()
+    pub.loop_stop()
+    time.sleep(0.2)
+    stop(rb)
+
+    rb2 = make_broker()
+    port2 = rb2.ports["mqtt"]
+    sub, flags, messages, _ = connect(port2, "survivor", clean=False, expiry=3600)
+    assert flags.session_present  # the session came back from disk
+    # The QoS 1 message published while the session was away waited in its durable queue.
+    m = messages.get(timeout=WAIT)
+    assert (m.topic, m.payload, m.retain) == ("restart/state", b"on", False)
+    pub, _, _, _ = connect(port2, "restart-pub2")
+    pub.publish("restart/live", b"after", 1).wait_for_publish(WAIT)
+    m = messages.get(timeout=WAIT)
+    assert (m.topic, m.payload) == ("restart/live", b"after")  # subscription restored
+    fresh, _, fresh_msgs, subacks = connect(port2, "fresh")
+    fresh.subscribe("restart/+", 1)
+    m = fresh_msgs.get(timeout=WAIT)
+    assert (m.topic, m.payload, m.retain) == ("restart/state", b"on", True)
+    for cl in (sub, pub, fresh):
+        cl.disconnect()
+        cl.loop_stop()
