@@ -397,13 +397,16 @@ class AMQPSession:
             self.vhost.close_owner(self)
 
     def going_away(self) -> None:
-        if self.state in (CLOSING, CLOSED) or self.conn is None:
-            self.conn.close("server shutdown") if self.conn is not None else None
+        if self.conn is None:
             return
-        self.out.append(method_frame(0, 10, 50, _close_payload(
-            320, "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'",
-            0, 0)))
-        self.state = CLOSING
+        if self.state in (AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN):
+            for channel in self.channels.values():
+                if not channel.closing:
+                    channel.flush_confirms()
+            self.out.append(method_frame(0, 10, 50, _close_payload(
+                320, "CONNECTION_FORCED - broker forced connection closure with reason "
+                     "'shutdown'", 0, 0)))
+        self.state = CLOSED
         self.flush()
         self.conn.close("server shutdown")
 
