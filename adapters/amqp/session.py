@@ -357,7 +357,11 @@ class AMQPSession:
                     event = decoder.next_event()
                 except FrameError as exc:
                     self.connection_error(exc.code, exc.text, exc.class_id, exc.method_id)
-                    self.state = CLOSED  # nothing after a framing error can be trusted
+                    # Nothing after a framing error can be parsed reliably (not even the
+                    # CloseOk): send Connection.Close and hang up.
+                    self.state = CLOSED
+                    self.flush()
+                    self.conn.close(f"AMQP framing error {exc.code}: {exc.text}")
                     break
                 except ProtocolHeaderMismatch:
                     # [AMQP 0-9-1 4.2.2] answer with the protocol header we support, then close

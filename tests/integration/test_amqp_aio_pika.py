@@ -496,3 +496,50 @@ async def test_exclusive_queues_go_with_their_connection(running_broker):
             break
         await asyncio.sleep(0.02)
     assert "excl" not in running_broker.call(lambda: list(running_broker.broker.vhosts["/"].queues))
+
+
+class SlowLog:
+    """A queue log whose appends stay unsafe until the test says so (a slow disk)."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.pending: list = []
+
+    def append(self, msg_id, message):
+        future = self.loop.create_future()
+        self.pending.append(future)
+        return future
+
+    def settle(self, msg_id):
+        pass
+
+    def drop(self):
+        pass
+
+
+async def test_confirms_wait_for_disk_and_nack_when_it_fails(running_broker):
+    rb = running_broker
+    conn = await aiormq.connect(url(rb))
+    try:
+        ch = await conn.channel()  # aiormq channels confirm by default
+        await ch.queue_declare("disk", durable=True)
+        vhost = rb.broker.vhosts["/"]
+        log = SlowLog(rb.loop)
+        rb.call(lambda: setattr(vhost.queues["disk"], "log", log))
+        persistent = aiormq.spec.Basic.Properties(delivery_mode=2)
+        first = asyncio.ensure_future(ch.basic_publish(b"1", routing_key="disk"))
+        second = asyncio.ensure_future(ch.basic_publish(b"2", routing_key="disk",
+                                                        properties=persistent))
+        third = asyncio.ensure_future(ch.basic_publish(b"3", routing_key="disk"))
+        fourth = asyncio.ensure_future(ch.basic_publish(b"4", routing_key="disk",
+                                                        properties=persistent))
+        await asyncio.wait_for(asyncio.gather(first, third), T)
+        await asyncio.sleep(0.05)
+        assert not second.done() and not fourth.done()  # no multiple ack swept them up
+        rb.call(lambda: log.pending[0].set_result(None))
+        assert (await asyncio.wait_for(second, T)).name == "Basic.Ack"
+        rb.call(lambda: log.pending[1].set_exception(OSError("disk full")))
+        with pytest.raises(aiormq.exceptions.DeliveryError):
+            await asyncio.wait_for(fourth, T)
+    finally:
+        await conn.close()

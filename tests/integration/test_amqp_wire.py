@@ -321,3 +321,34 @@ def test_shutdown_sends_connection_forced(tmp_path):
                                     "with reason 'shutdown'")
     finally:
         r.close()
+
+
+def test_connection_loss_requeues_unacked_and_drops_exclusive_queues(running_broker, raw):
+    r = raw()
+    r.handshake()
+    r.open_channel()
+    r.method(1, C.Queue.Declare(queue="kept", durable=True))
+    r.expect(C.Queue.DeclareOk)
+    r.method(1, C.Queue.Declare(queue="mine-only", exclusive=True))
+    r.expect(C.Queue.DeclareOk)
+    for i in range(3):
+        r.method(1, C.Basic.Publish(exchange="", routing_key="kept"))
+        r.send(pframe.marshal(pheader.ContentHeader(0, 1), 1))
+        r.send(struct.pack(">BHI", 3, 1, 1) + b"%d" % i + b"\xce")
+    r.method(1, C.Basic.Consume(queue="kept", consumer_tag="c"))
+    r.expect(C.Basic.ConsumeOk)
+    for _ in range(3):
+        r.expect(C.Basic.Deliver)
+        r.expect(pheader.ContentHeader)
+        r.read_frame()
+    vhost = running_broker.broker.vhosts["/"]
+    assert running_broker.call(lambda: vhost.queues["kept"].message_count) == 0
+    r.sock.close()  # no Connection.Close: the connection is simply lost
+    deadline = time.monotonic() + T
+    while time.monotonic() < deadline:
+        state = running_broker.call(lambda: (vhost.queues["kept"].message_count,
+                                             "mine-only" in vhost.queues))
+        if state == (3, False):
+            break
+        time.sleep(0.02)
+    assert state == (3, False)
