@@ -671,3 +671,37 @@ def test_error_on_one_connection_leaves_others_alone(running_broker, clients):
     assert bad.listener.get("DISCONNECTED") is None
     good.conn.send("/queue/alone", b"still here")
     assert good.listener.get("MESSAGE").body == b"still here"
+
+
+# ======================================================================== restart
+def test_persistent_messages_and_durable_subscription_survive_restart(tmp_path):
+    from tests.conftest import RunningBroker, broker_settings
+    settings = broker_settings(tmp_path)
+    rb = RunningBroker(settings).start()
+    try:
+        c = Client(rb, "1.2")
+        c.subscribe("/topic/alerts", id="keep", persistent="true", **{"auto-delete": "false"})
+        c.conn.unsubscribe("keep", headers={"receipt": "u"})  # no persistent: the queue stays
+        c.receipt("u")
+        c.conn.send("/queue/durable-q", b"kept", headers={"persistent": "true", "receipt": "a"})
+        c.receipt("a")  # only after the message is on disk
+        c.conn.send("/queue/durable-q", b"transient", headers={"receipt": "b"})
+        c.receipt("b")
+        c.conn.send("/topic/alerts", b"for later", headers={"persistent": "true", "receipt": "c"})
+        c.receipt("c")
+        c.close()
+    finally:
+        rb.stop()
+    rb = RunningBroker(settings).start()
+    try:
+        c = Client(rb, "1.2")
+        c.subscribe("/queue/durable-q")
+        assert c.listener.get("MESSAGE").body == b"kept"
+        c.listener.nothing(0.2)  # the transient one is gone
+        c.subscribe("/topic/alerts", id="keep", persistent="true", **{"auto-delete": "false"})
+        frame = c.listener.get("MESSAGE")
+        assert frame.body == b"for later"
+        assert frame.headers["persistent"] == "true"
+        c.close()
+    finally:
+        rb.stop()
