@@ -705,3 +705,49 @@ def test_persistent_messages_and_durable_subscription_survive_restart(tmp_path):
         c.close()
     finally:
         rb.stop()
+
+
+# ======================================================================== other protocols
+def test_stomp_and_mqtt_topics_meet_on_amq_topic(running_broker, clients):
+    """STOMP /topic/<key> and MQTT topics share amq.topic (MQTT swaps '/' and '.')."""
+    if "mqtt" not in running_broker.ports:
+        pytest.skip("no MQTT adapter")
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.properties import Properties as MqttProperties
+    from paho.mqtt.packettypes import PacketTypes
+
+    got: queue.Queue = queue.Queue()
+    subscribed: queue.Queue = queue.Queue()
+    m = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="stomp-interop",
+                    protocol=mqtt.MQTTv5)
+    m.on_message = lambda client, userdata, msg: got.put(msg)
+    m.on_subscribe = lambda *args: subscribed.put(True)
+    m.connect(running_broker.host, running_broker.ports["mqtt"])
+    m.loop_start()
+    try:
+        m.subscribe("sensors/+", qos=1)
+        subscribed.get(timeout=WAIT)
+        c = clients("1.2")
+        c.subscribe("/topic/sensors.*")
+        c.conn.send("/topic/sensors.t1", b"21.5", headers={"content-type": "text/plain",
+                                                             "unit": "C", "persistent": "true"})
+        msg = got.get(timeout=WAIT)
+        assert (msg.topic, msg.payload) == ("sensors/t1", b"21.5")
+        assert msg.properties.ContentType == "text/plain"
+        assert ("unit", "C") in msg.properties.UserProperty
+        assert c.listener.get("MESSAGE").body == b"21.5"  # the STOMP subscriber too
+        props = MqttProperties(PacketTypes.PUBLISH)
+        props.ContentType = "application/json"
+        props.CorrelationData = b"corr-1"
+        props.UserProperty = [("k", "v")]
+        m.publish("sensors/t2", b"{}", qos=1, properties=props)
+        frame = c.listener.get("MESSAGE")
+        assert frame.body == b"{}"
+        assert frame.headers["destination"] == "/topic/sensors.t2"
+        assert frame.headers["content-type"] == "application/json"
+        assert frame.headers["correlation-id"] == "corr-1"
+        assert frame.headers["k"] == "v"
+    finally:
+        m.loop_stop()
+        m.disconnect()
