@@ -193,6 +193,10 @@ class StompSession:
             self.error(exc.name.lower(), exc.reply_text(), self._receipt_of_current())
         except DestinationError as exc:
             self.error("Unknown destination", str(exc), self._receipt_of_current())
+        except Exception as exc:  # a bug must cost this connection only, never the server
+            log.exception("STOMP session %d: internal error", self.session_id)
+            self.error("Internal error", f"internal error: {exc.__class__.__name__}",
+                       self._receipt_of_current())
         finally:
             self._frame = None
             self._in_input = False
