@@ -184,6 +184,19 @@ class Outcome:
         return ""
 
 
+BEGIN_MARK = "<!-- latest-results: written by compare.py --update-readme -->"
+END_MARK = "<!-- /latest-results -->"
+
+
+def replace_marked(text: str, content: str) -> str:
+    """text with what lies between BEGIN_MARK and END_MARK replaced by content."""
+    start = text.find(BEGIN_MARK)
+    end = text.find(END_MARK)
+    if start < 0 or end < start:
+        raise ValueError("latest-results markers not found")
+    return text[:start + len(BEGIN_MARK)] + "\n" + content.strip() + "\n" + text[end:]
+
+
 def render_table(cases, outcomes: dict, baseline: str, labels: dict[str, str]) -> tuple[str, list]:
     """Markdown table, one row per (case, peer); footnotes for every n/a. Pure function."""
     base = labels.get(baseline, baseline)
@@ -346,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
                         "20 for the others)")
     p.add_argument("--pause", type=float, default=1.0, help="seconds between runs (default 1)")
     p.add_argument("--output", default=str(RESULTS / "latest.md"))
+    p.add_argument("--update-readme", action="store_true",
+                   help="also put the table into benchmarks/README.md between its "
+                        "latest-results markers")
     args = p.parse_args(argv)
 
     python = str(peers_mod.VENV_BIN / "python") if (peers_mod.VENV_BIN / "python").exists() \
@@ -477,6 +493,13 @@ def main(argv: list[str] | None = None) -> int:
                     for (k, n), o in outcomes.items()],
     }, indent=2) + "\n")
     log(f"compare: wrote {out_path} and {out_path.with_suffix('.json')}")
+    if args.update_readme and not interrupted:
+        readme = HERE / "README.md"
+        try:
+            readme.write_text(replace_marked(readme.read_text(), md))
+            log(f"compare: updated {readme}")
+        except (OSError, ValueError) as exc:
+            log(f"compare: README not updated: {exc}")
     return 130 if interrupted else 0
 
 

@@ -163,3 +163,12 @@ def test_mqtt_reader_counts_and_acks_split_packets():
     assert reader.publishes == 2 and reader.pubacks == 1
     assert b"".join(reader.transport.written) == b"\x40\x02\x00\x07"
     assert reader.control.get_nowait() == b"\x90\x03\x00\x01\x01"
+
+
+def test_replace_marked_keeps_what_is_around_the_markers():
+    text = f"intro\n{compare.BEGIN_MARK}\nold table\n{compare.END_MARK}\nafter\n"
+    out = compare.replace_marked(text, "new table\n")
+    assert out == f"intro\n{compare.BEGIN_MARK}\nnew table\n{compare.END_MARK}\nafter\n"
+    assert compare.replace_marked(out, "new table") == out
+    with pytest.raises(ValueError):
+        compare.replace_marked("no markers", "x")
