@@ -65,12 +65,15 @@ STR_QUEUE_ARGS = frozenset(("x-overflow", "x-dead-letter-exchange", "x-dead-lett
                             "x-queue-master-locator", "x-queue-leader-locator"))
 
 
-def queue_arguments(headers: dict[str, str]) -> dict[str, Any]:
+def queue_arguments(headers: dict[str, str], on_send: bool = False) -> dict[str, Any]:
     """Queue arguments named by ``x-`` headers; integer arguments become ints (a bad number is
-    kept as text so that the core reports it with RabbitMQ's PRECONDITION_FAILED wording)."""
+    kept as text so that the core reports it with RabbitMQ's PRECONDITION_FAILED wording).
+    On SEND, ``x-delay`` is the message's own delay, never a queue argument."""
     args: dict[str, Any] = {}
     for key, value in headers.items():
         if key in INT_QUEUE_ARGS:
+            if on_send and key == "x-delay":
+                continue
             try:
                 args[key] = int(value)
             except ValueError:

@@ -438,7 +438,7 @@ class StompSession:
         kind, name, key = parse_destination(destination)
         if kind == QUEUE:
             if name not in self.vhost.queues:
-                self._declare_queue(name, headers)
+                self._declare_queue(name, headers, on_send=True)
             target = ("", name, True)
         elif kind == TOPIC:
             target = ("amq.topic", name, False)
@@ -453,14 +453,14 @@ class StompSession:
         self._send_targets[destination] = target
         return target[0], target[1]
 
-    def _declare_queue(self, name: str, headers: dict) -> None:
+    def _declare_queue(self, name: str, headers: dict, on_send: bool = False) -> None:
         """/queue/<name>: a durable shared queue (RabbitMQ); ``durable``/``auto-delete``/
         ``exclusive`` headers and ``x-`` queue arguments as RabbitMQ reads them."""
         self.vhost.declare_queue(
             name, durable=headers.get("durable", "true").lower() != "false",
             auto_delete=headers.get("auto-delete") == "true",
             exclusive=headers.get("exclusive") == "true",
-            arguments=queue_arguments(headers), owner=self)
+            arguments=queue_arguments(headers, on_send), owner=self)
 
     def _temp_queue(self, label: str) -> str:
         name = self.temp_queues.get(label)
@@ -710,8 +710,16 @@ class StompSession:
         tx = _required(frame, "transaction")
         actions = self._transaction(tx)
         del self.transactions[tx]
+        waits = []
         for action in actions:
-            action()
+            wait = action()  # a SEND returns its durability awaitable (or None)
+            if wait is not None:
+                waits.append(wait)
+        receipt = frame.headers.get("receipt")
+        if receipt is not None and waits:
+            # The COMMIT's RECEIPT says every committed persistent SEND is on disk.
+            del frame.headers["receipt"]
+            self._receipt(receipt, asyncio.gather(*waits))
 
     def on_abort(self, frame: Frame) -> None:
         tx = _required(frame, "transaction")

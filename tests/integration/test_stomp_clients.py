@@ -748,3 +748,27 @@ def test_stomp_and_mqtt_topics_meet_on_amq_topic(running_broker, clients):
     finally:
         m.loop_stop()
         m.disconnect()
+
+
+def test_x_delay_on_send_delays_the_message_not_the_queue(running_broker, clients):
+    c = clients("1.2")
+    # the first SEND declares the queue: its x-delay must not become a queue argument
+    c.conn.send("/queue/later", b"late", headers={"x-delay": "300", "receipt": "r"})
+    c.receipt("r")
+    c.subscribe("/queue/later")
+    c.conn.send("/queue/later", b"now")
+    assert c.listener.get("MESSAGE").body == b"now"
+    assert c.listener.get("MESSAGE").body == b"late"
+    args = running_broker.call(lambda: dict(running_broker.broker.vhosts["/"].queues["later"].arguments))
+    assert args == {}
+
+
+def test_commit_receipt_after_persistent_sends(running_broker, clients):
+    c = clients("1.2")
+    c.conn.begin("t")
+    for i in range(3):
+        c.conn.send("/queue/txp", str(i).encode(), headers={"transaction": "t",
+                                                            "persistent": "true"})
+    c.conn.commit("t", headers={"receipt": "done"})
+    c.receipt("done")
+    assert queue_state(running_broker, "txp") == (3, 0)
