@@ -110,14 +110,16 @@ class Publish:
     for ``Message.encoded``. ``body`` is None when the body was larger than the message size limit
     (it was discarded while reading; ``body_size`` says how large it was)."""
     __slots__ = ("channel", "exchange", "routing_key", "mandatory", "immediate", "properties",
-                 "header", "body", "body_size", "exchange_and_key")
+                 "header", "body", "body_size", "exchange_and_key", "encoded")
 
     def __init__(self, channel: int, exchange: str, routing_key: str, mandatory: bool,
                  immediate: bool, properties: Properties, header: bytes, body: bytes | None,
-                 body_size: int, exchange_and_key: bytes = b""):
+                 body_size: int, exchange_and_key: bytes = b"", encoded: Any = None):
         self.channel = channel
         # exchange and routing key as two short strings, as Basic.Deliver/Return carry them
         self.exchange_and_key = exchange_and_key
+        # an Encoded shared by every publish with the same header bytes (for Message.encoded)
+        self.encoded = encoded if encoded is not None else Encoded(header, exchange_and_key)
         self.exchange = exchange
         self.routing_key = routing_key
         self.mandatory = mandatory
@@ -448,6 +450,38 @@ def content_header_payload(properties: Properties, body_size: int) -> bytes:
         encode_properties(properties)
 
 
+# ====================================================================== cached wire form
+class Encoded:
+    """The AMQP wire form of a message's envelope, cached on ``Message.encoded`` so that fan-out
+    and redelivery do not re-encode: the content header payload (properties and body size),
+    exchange and routing key as two short strings, and, for one channel number, every byte of a
+    Basic.Deliver that follows the delivery tag and precedes the body. Nothing in it depends on
+    the body bytes, so consecutive publishes with equal headers share one instance."""
+    __slots__ = ("header", "exchange_and_key", "tail_channel", "tail")
+
+    def __init__(self, header: bytes, exchange_and_key: bytes):
+        self.header = header
+        self.exchange_and_key = exchange_and_key
+        self.tail_channel = -1
+        self.tail = b""
+
+    @classmethod
+    def of(cls, message: Any) -> "Encoded":
+        return cls(content_header_payload(message.properties, len(message.body)),
+                   shortstr(message.exchange) + shortstr(message.routing_key))
+
+    def tail_for(self, channel: int, body_size: int) -> bytes:
+        if self.tail_channel != channel:
+            pack = _frame_header.pack
+            tail = (self.exchange_and_key + b"\xce" +
+                    pack(FRAME_HEADER, channel, len(self.header)) + self.header)
+            if body_size:
+                tail += b"\xce" + pack(FRAME_BODY, channel, body_size)
+            self.tail = tail
+            self.tail_channel = channel
+        return self.tail
+
+
 # ====================================================================== decoder
 _METHOD_INDEX = _pamqp_commands.INDEX_MAPPING
 # Methods a server never receives [AMQP 0-9-1 1.x "client" chassis only].
@@ -478,6 +512,11 @@ class Decoder:
         self._last_publish: tuple = (None, None)
         self._last_props: tuple = (None, None)
         self._last_header: tuple = (None, None)
+        # The exact bytes of the last publish's method frame, content header frame and body
+        # frame header: a publisher repeating itself is recognised with one startswith().
+        self._repeat: bytes | None = None
+        self._repeat_event: Publish | None = None
+        self._repeat_size = 0
 
     def receive_data(self, data: bytes) -> None:
         buf = self._buf
@@ -513,6 +552,21 @@ class Decoder:
         unpack_header = _frame_header.unpack_from
         while True:
             pos = self._pos
+            repeat = self._repeat
+            if repeat is not None and buf.startswith(repeat, pos) and not self._pending:
+                # Same method, properties and body size as the last publish: only the body
+                # differs. Checks were done when the pattern was recorded.
+                start = pos + len(repeat)
+                end = start + self._repeat_size
+                if end < limit:
+                    if buf[end] != FRAME_END:
+                        raise FrameError(501, "FRAME_ERROR - type 3, invalid frame end octet "
+                                              f"{buf[end]:#04x}, expected 0xce")
+                    self._pos = end + 1
+                    e = self._repeat_event
+                    return Publish(e.channel, e.exchange, e.routing_key, e.mandatory,
+                                   e.immediate, e.properties, e.header, bytes(buf[start:end]),
+                                   e.body_size, e.exchange_and_key, e.encoded)
             if limit - pos < 7:
                 return NEED_DATA
             ftype, channel, size = unpack_header(buf, pos)
@@ -627,8 +681,13 @@ class Decoder:
             body = bytes(buf[q + 7:bend])
             self._pos = bend + 1
         exchange, routing_key, mandatory, immediate, exchange_and_key = last
-        return Publish(channel, exchange, routing_key, mandatory, immediate, last_props,
-                       header, body, size, exchange_and_key)
+        event = Publish(channel, exchange, routing_key, mandatory, immediate, last_props,
+                        header, body, size, exchange_and_key)
+        if size:
+            self._repeat = bytes(buf[start - 7:hend + 8])  # up to the body frame's payload
+            self._repeat_size = size
+            self._repeat_event = event
+        return event
 
     def _publish(self, buf: bytearray, channel: int, pos: int, end: int) -> None:
         payload = bytes(buf[pos:end])

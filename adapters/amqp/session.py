@@ -149,27 +149,33 @@ class Channel:
         message = delivery.message
         encoded = message.encoded
         if type(encoded) is not Encoded:
-            encoded = message.encoded = Encoded(message)
+            encoded = message.encoded = Encoded.of(message)
         body = message.body
-        exrk = encoded.exchange_and_key
-        if delivery.offset is None and len(body) <= session.body_chunk:
-            # Hot path: a per-consumer prefix, the tag, and the per-message tail (exchange,
-            # routing key, content header and body frames), shared by every consumer of this
-            # message on the same channel number.
-            if encoded.tail_channel != self.number:
-                encoded.build_tail(self.number)
-            prefix = consumer.prefixes.get(len(exrk))
+        size = len(body)
+        if delivery.offset is None and size <= session.body_chunk:
+            # Hot path: per-consumer prefix, the tag, and the per-header tail (exchange,
+            # routing key, content header frame, body frame header), shared by every delivery
+            # of equal-headed messages on the same channel number; then the body.
+            exrk_len = len(encoded.exchange_and_key)
+            prefix = consumer.prefixes.get(exrk_len)
             if prefix is None:
-                prefix = consumer.prefixes[len(exrk)] = codec.deliver_prefix(
-                    self.number, consumer.ctag, len(exrk))
-            session.out.append(prefix + _pack_tag(tag, delivery.redelivered) + encoded.tail)
+                prefix = consumer.prefixes[exrk_len] = codec.deliver_prefix(
+                    self.number, consumer.ctag, exrk_len)
+            session.out.append(b"".join((prefix, _pack_tag(tag, delivery.redelivered),
+                                         encoded.tail_for(self.number, size), body, b"\xce")))
         else:
             header = encoded.header
             if delivery.offset is not None:
                 header = _stream_header(message, delivery.offset)
-            codec.deliver_frames(self.number, consumer.ctag, tag, delivery.redelivered, exrk,
-                                 header, body, session.frame_max, session.out)
-        session.queued(len(body) + 64)
+            codec.deliver_frames(self.number, consumer.ctag, tag, delivery.redelivered,
+                                 encoded.exchange_and_key, header, body, session.frame_max,
+                                 session.out)
+        session.out_bytes += size + 64
+        if session.out_bytes >= FLUSH_BYTES:
+            session.flush()  # may pause us via conn.writable: that is the backpressure
+        elif not session._in_receive and not session._flush_scheduled:
+            session._flush_scheduled = True
+            session.loop.call_soon(session.flush)
 
     def server_cancel(self, consumer: AMQPConsumer) -> None:
         """The queue went away under a consumer: Basic.Cancel to clients that support it."""
@@ -276,29 +282,7 @@ class Channel:
 
 
 _pack_tag = codec.struct.Struct(">QB").pack
-
-
-class Encoded:
-    """The AMQP wire form of a message, cached on ``Message.encoded`` so that fan-out and
-    redelivery do not re-encode: the content header payload, exchange and routing key as short
-    strings, and the frames after a Basic.Deliver's tag for one channel number."""
-    __slots__ = ("header", "exchange_and_key", "tail_channel", "tail", "body")
-
-    def __init__(self, message: Message | None = None, header: bytes = b"",
-                 exchange_and_key: bytes = b"", body: bytes = b""):
-        if message is not None:
-            header = codec.content_header_payload(message.properties, len(message.body))
-            exchange_and_key = shortstr(message.exchange) + shortstr(message.routing_key)
-            body = message.body
-        self.header = header
-        self.exchange_and_key = exchange_and_key
-        self.body = body
-        self.tail_channel = -1
-        self.tail = b""
-
-    def build_tail(self, channel: int) -> None:
-        self.tail = codec.deliver_tail(channel, self.exchange_and_key, self.header, self.body)
-        self.tail_channel = channel
+Encoded = codec.Encoded
 
 
 def _stream_header(message: Message, offset: int) -> bytes:
@@ -832,7 +816,7 @@ class AMQPSession:
         message = delivery.message
         encoded = message.encoded
         if type(encoded) is not Encoded:
-            encoded = message.encoded = Encoded(message)
+            encoded = message.encoded = Encoded.of(message)
         self.out.append(method_frame(ch.number, 60, 71, u64(tag) +
                                      (b"\x01" if delivery.redelivered else b"\x00") +
                                      encoded.exchange_and_key + u32(remaining)))
@@ -873,9 +857,11 @@ class AMQPSession:
 
     # ---------------------------------------------------------------- publish (hot path)
     def on_publish(self, ev: Publish) -> None:
-        ch = self._channel_for(ev.channel, 60, 40)
-        if ch is None:
-            return
+        ch = self.channels.get(ev.channel)
+        if ch is None or ch.closing or self.state != OPEN:
+            ch = self._channel_for(ev.channel, 60, 40)
+            if ch is None:
+                return
         try:
             body = ev.body
             if body is None:
@@ -887,8 +873,7 @@ class AMQPSession:
             if props.user_id is not None and props.user_id != self.user.name:
                 raise PreconditionFailed(f"user_id property set to '{props.user_id}' but "
                                          f"authenticated user was '{self.user.name}'")
-            encoded = Encoded(None, ev.header, ev.exchange_and_key, body)
-            message = Message(ev.exchange, ev.routing_key, body, props, encoded)
+            message = Message(ev.exchange, ev.routing_key, body, props, ev.encoded)
             if ch.tx is not None:
                 if ev.exchange not in self.vhost.exchanges:
                     raise NotFound(f"no exchange '{ev.exchange}' in vhost '{self.vhost.name}'")
@@ -915,7 +900,7 @@ class AMQPSession:
     def basic_return(self, ch: Channel, message: Message, code: int, text: str) -> None:
         encoded = message.encoded
         if type(encoded) is not Encoded:
-            encoded = message.encoded = Encoded(message)
+            encoded = message.encoded = Encoded.of(message)
         self.out.append(method_frame(ch.number, 60, 50, u16(code) + shortstr(text) +
                                      encoded.exchange_and_key))
         codec.content_frames(ch.number, encoded.header, message.body, self.frame_max, self.out)
