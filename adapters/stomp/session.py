@@ -527,7 +527,9 @@ class StompSession:
                     raise StompError("Missing Header",
                                      "Header 'id' is required for durable subscriptions")
                 if not queue_name:
-                    digest = hashlib.md5(sub_id.encode()).digest()
+                    # RabbitMQ derives it from (destination, id) the same way: stable across
+                    # reconnects, bounded in length.
+                    digest = hashlib.md5(f"{destination}\x00{sub_id}".encode()).digest()
                     queue_name = "stomp-subscription-" + base64.urlsafe_b64encode(
                         digest).decode().rstrip("=")
                 queue = vhost.declare_queue(queue_name, durable=True, arguments=args).name
