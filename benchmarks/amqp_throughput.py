@@ -311,8 +311,11 @@ def main(argv=None) -> int:
         args.broker_name = args.broker_name or "manifold"
     args.broker_name = args.broker_name or f"{args.host}:{args.port}"
     cpu_before = _cpu_seconds(proc.pid) if proc is not None else None
+    client_cpu = time.process_time()
     try:
         result = asyncio.run(asyncio.wait_for(run(args), args.timeout + 15))
+        # the load generator's own CPU: near one full core would make it the bottleneck
+        result["client_cpu_s"] = round(time.process_time() - client_cpu, 3)
         if cpu_before is not None:
             # CPU the broker spent, per message (warm-up included): stable on a busy machine
             used = _cpu_seconds(proc.pid) - cpu_before

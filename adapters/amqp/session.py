@@ -371,6 +371,8 @@ class AMQPSession:
             log.exception("AMQP session error")
             self.connection_error(541, "INTERNAL_ERROR - internal error in the broker")
             self.state = CLOSED
+            self.flush()
+            self.conn.close("internal error in the AMQP session")
         finally:
             self._in_receive = False
             self.flush()
@@ -587,7 +589,11 @@ class AMQPSession:
                 self.flush()
                 self.conn.close(getattr(self, "_close_reason", "connection closed"))
             elif kind is C.Connection.Close:
+                # both sides closed at once: answer, and we are done [AMQP 0-9-1 connection.close]
                 self.out.append(method_frame(0, 10, 51))
+                self.state = CLOSED
+                self.flush()
+                self.conn.close(getattr(self, "_close_reason", "connection closed"))
             return
         try:
             if number == 0:
