@@ -141,6 +141,7 @@ class StompSession:
         self._out_bytes = 0
         self._flush_scheduled = False
         self._in_input = False
+        self._failed = False
         self._prop_cache: tuple[Any, str, str] | None = None
         self._handlers: dict[str, Callable[[Frame], None]] = {
             "SEND": self.on_send, "SUBSCRIBE": self.on_subscribe,
@@ -208,10 +209,10 @@ class StompSession:
     def connection_lost(self) -> None:
         self.state = CLOSED
         self.transactions.clear()
-        for entry in self._receipts:
-            if entry[1] is not None:
-                entry[1].cancel()
+        # Pending receipts are dropped, their awaitables NOT cancelled: a store's group-commit
+        # future is shared with other connections' publishes.
         self._receipts.clear()
+        self._out.clear()
         vhost = self.vhost
         if vhost is None:
             return
@@ -284,6 +285,7 @@ class StompSession:
         headers["content-length"] = str(len(body))
         self.write_frame(Frame("ERROR", headers, body))
         self.state = CLOSED
+        self._failed = True
         self._close(reason or f"STOMP error: {message}: {detail.strip()[:200]}")
 
     def _receipt(self, receipt_id: str, wait: Any = None, close: bool = False) -> None:
@@ -305,8 +307,8 @@ class StompSession:
         queue = self._receipts
         while queue and (queue[0][1] is None or queue[0][1].done()):
             data, future, close = queue.popleft()
-            if self.state == CLOSED and not close:
-                continue
+            if self._failed:
+                continue  # an ERROR ended the session: no RECEIPT may follow it
             if future is not None and not future.cancelled() and future.exception() is not None:
                 self.error("Internal error", f"message could not be stored: {future.exception()}")
                 return

@@ -174,3 +174,41 @@ async def test_message_headers_escaped_per_version(version):
         assert b"\nk:a\\cb\\\\c\\nd\n" in raw
     [frame] = h.frames()
     assert frame.headers["k"] == ("a:b" if version == "1.0" else "a:b\\c\nd")
+
+
+async def test_disconnect_receipt_waits_for_earlier_durable_receipts():
+    h = Harness()
+    h.connect()
+    pending: asyncio.Future = asyncio.get_running_loop().create_future()
+    real_publish = h.vhost.publish
+
+    def publish(exchange, key, message):
+        result = real_publish(exchange, key, message)
+        return PublishResult(result.routed, result.rejected, pending)
+
+    h.vhost.publish = publish
+    h.send(b"SEND\ndestination:/queue/d\npersistent:true\nreceipt:r1\n\nx\x00"
+           b"DISCONNECT\nreceipt:bye\n\n\x00")
+    assert h.frames() == [] and h.conn.closed_reason is None
+    pending.set_result(None)
+    await asyncio.sleep(0.01)
+    assert [f.headers["receipt-id"] for f in h.frames()] == ["r1", "bye"]
+    assert h.conn.closed_reason == "client sent DISCONNECT"
+
+
+async def test_error_while_receipt_pending_sends_no_receipt_after_it():
+    h = Harness()
+    h.connect()
+    pending: asyncio.Future = asyncio.get_running_loop().create_future()
+    real_publish = h.vhost.publish
+
+    def publish(exchange, key, message):
+        result = real_publish(exchange, key, message)
+        return PublishResult(result.routed, result.rejected, pending)
+
+    h.vhost.publish = publish
+    h.send(b"SEND\ndestination:/queue/d\npersistent:true\nreceipt:r1\n\nx\x00FROB\n\n\x00")
+    pending.set_result(None)
+    await asyncio.sleep(0.01)
+    assert [f.command for f in h.frames()] == ["ERROR"]
+    assert not pending.cancelled()
