@@ -281,7 +281,8 @@ class Queue:
                 entry.expires_at = now + ttl
             self._fresh[priority].append(entry)
             self._became_ready(entry, now)
-            self._next_id = max(self._next_id, msg_id + 1)
+        self._next_id = max(self._next_id, getattr(self.log, "max_id_seen", 0) + 1,
+                            records[-1][0] + 1 if records else 1)
         return len(records)
 
     # ---------------------------------------------------------------- dequeue

@@ -18,6 +18,7 @@ from typing import Any
 from .consumer import Consumer, Delivery
 from .errors import PreconditionFailed
 from .message import Message
+from .message_codec import decode_message, encode_message
 
 _INTERVAL = re.compile(r"^(\d+)(Y|M|D|h|m|s)$")
 _UNIT_S = {"Y": 365 * 86400, "M": 30 * 86400, "D": 86400, "h": 3600, "m": 60, "s": 1}
@@ -53,8 +54,11 @@ class Stream:
     auto_delete = False
 
     def __init__(self, host: Any, vhost: str, name: str, *, arguments: dict | None = None,
-                 durable: bool = True):
+                 durable: bool = True, log: Any = None):
         self.host = host
+        #: the store's log (record id = offset); every record is written, whatever its
+        #: delivery mode, as RabbitMQ streams do; retention settles the records it trims
+        self.log = log
         self.vhost = vhost
         self.name = name
         self.durable = durable
@@ -102,16 +106,40 @@ class Stream:
         pass
 
     # ---------------------------------------------------------------- append
-    def enqueue(self, message: Message) -> bool:
+    def enqueue(self, message: Message) -> Any:
+        """Append; returns True, or an awaitable that resolves once the record is on disk."""
         now = self.host.now_ms()
         record = _Record(self._next_offset, now, message)
+        result: Any = True
+        if self.log is not None:
+            stamped = Message(message.exchange, message.routing_key, message.body,
+                              message.properties, timestamp_ms=now)
+            result = self.log.append(record.offset, encode_message(stamped)) or True
         self._next_offset += 1
         self._records.append(record)
         self._bytes += len(message.body)
         self._apply_retention(now)
         if self.consumers:
             self.pump()
-        return True
+        return result
+
+    def recover(self) -> int:
+        """Reload the records kept on disk (offsets and timestamps as they were)."""
+        if self.log is None:
+            return 0
+        records = self.log.recover()
+        for offset, data in records:
+            message = decode_message(data)
+            self._records.append(_Record(offset, message.timestamp_ms, message))
+            self._bytes += len(message.body)
+        if records:
+            self._first_offset = records[0][0]
+        # Offsets never go back, even when retention emptied the stream.
+        self._next_offset = max(getattr(self.log, "max_id_seen", -1) + 1,
+                                records[-1][0] + 1 if records else 0)
+        self._first_offset = self._first_offset if records else self._next_offset
+        self._apply_retention(self.host.now_ms())
+        return len(records)
 
     def _apply_retention(self, now: int) -> None:
         records = self._records
@@ -121,6 +149,8 @@ class Stream:
             gone = records.popleft()
             self._bytes -= len(gone.message.body)
             self._first_offset = gone.offset + 1
+            if self.log is not None:
+                self.log.settle(gone.offset)
         if self.max_age_ms is not None and records:
             self.host.schedule(self, records[0].timestamp_ms + self.max_age_ms + 1)
 

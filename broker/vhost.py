@@ -254,7 +254,8 @@ class VirtualHost:
                         f"{kind} queues must be durable, not exclusive and not auto-delete")
         queue: Queue | Stream
         if kind == "stream":
-            queue = Stream(self, self.name, name, arguments=arguments, durable=durable)
+            log = self.store.queue_log(self.name, name) if self.store else None
+            queue = Stream(self, self.name, name, arguments=arguments, durable=durable, log=log)
         else:
             log = self.store.queue_log(self.name, name) if (durable and self.store) else None
             queue = Queue(self, self.name, name, durable=durable,
@@ -451,9 +452,7 @@ class VirtualHost:
                                   internal=internal, arguments=arguments)
         for name, auto_delete, arguments in definitions.get("queues", []):
             self.declare_queue(name, durable=True, auto_delete=auto_delete, arguments=arguments)
-            queue = self.queues[name]
-            if isinstance(queue, Queue):
-                recovered += queue.recover()
+            recovered += self.queues[name].recover()
         for source, kind, dest, routing_key, arguments in definitions.get("bindings", []):
             if kind == "exchange":
                 self.bind_exchange(dest, source, routing_key, arguments)

@@ -55,6 +55,8 @@ class FileQueueLog:
         self.waiters: list[asyncio.Future] = []
         self.dropped = False
         self.recovery_problems: list[str] = []
+        #: the highest record id ever written (settled or not), so ids are never reused
+        self.max_id_seen = -1
         os.makedirs(directory, exist_ok=True)
 
     # ------------------------------------------------------------------ recovery
@@ -83,6 +85,7 @@ class FileQueueLog:
             segment = _Segment(base_id, path, result.good_bytes)
             self.segments.append(segment)
             for record in result.records:
+                self.max_id_seen = max(self.max_id_seen, record.msg_id)
                 if record.kind == ENQUEUE:
                     live[record.msg_id] = record.payload
                     self._where[record.msg_id] = segment

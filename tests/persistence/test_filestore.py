@@ -171,3 +171,30 @@ async def test_confirmed_messages_survive_kill_9(tmp_path):
     bodies = [int(m.body) for m in vhost.queues["q"].ready_messages()]
     assert bodies == sorted(bodies)  # order kept
     await broker.close()
+
+
+async def test_stream_records_offsets_and_stored_retention_survive_restart(tmp_path):
+    broker, vhost = await open_broker(tmp_path, segment_bytes=2048)
+    vhost.declare_queue("events", durable=True,
+                        arguments={"x-queue-type": "stream", "x-max-length-bytes": 3000})
+    for i in range(100):
+        result = vhost.publish("", "events", Message("", "", f"event {i:03d}".encode() * 5))
+        if result.wait is not None:
+            await asyncio.wait_for(result.wait, 5)
+    stream = vhost.queues["events"]
+    first, nxt = stream.first_offset, stream.next_offset
+    assert first > 0 and nxt == 100  # retention trimmed the head
+    await broker.close()
+    files = os.listdir(tmp_path / "queues" / "%2F" / "events")
+    assert "00000000000000000000.seg" not in files and len(files) < 6, files  # trimmed: deleted
+
+    broker, vhost = await open_broker(tmp_path, segment_bytes=2048)
+    stream = vhost.queues["events"]
+    assert (stream.first_offset, stream.next_offset) == (first, nxt)
+    reader = Recorder(arguments={"x-stream-offset": "first"})
+    vhost.consume("events", reader)
+    assert [d.offset for d in reader.deliveries] == list(range(first, nxt))
+    assert reader.deliveries[-1].message.body == b"event 099" * 5
+    vhost.publish("", "events", Message("", "", b"after restart"))
+    assert reader.deliveries[-1].offset == 100
+    await broker.close()
