@@ -338,6 +338,8 @@ class Auth(Packet):
 
 
 _ACKS = {PUBACK: Puback, PUBREC: Pubrec, PUBREL: Pubrel, PUBCOMP: Pubcomp}
+# first byte -> class for the 2-byte acknowledgements (PUBREL carries flags 0010) [MQTT-2.2.2-1]
+_SHORT_ACKS = {0x40: Puback, 0x50: Pubrec, 0x62: Pubrel, 0x70: Pubcomp}
 
 
 # ============================================================================ primitives
@@ -585,13 +587,26 @@ class MqttDecoder:
         if n - i < length:
             return NEED_DATA
         ptype = first >> 4
-        flags = first & 0x0F
-        body = bytes(buf[i:i + length])
-        self._pos = i + length
-        if self._pos == n:
-            buf.clear()
+        end = i + length
+        if length == 2 and first in _SHORT_ACKS and self.version is not None:
+            # hot path: a PUBACK/PUBREC/PUBREL/PUBCOMP with no reason code
+            pid = (buf[i] << 8) | buf[i + 1]
+            self._consumed(end, n)
+            if pid == 0:
+                raise ProtocolError("packet identifier 0")  # [MQTT-2.3.1-1]
+            return _SHORT_ACKS[first](pid)
+        body = bytes(buf[i:end])
+        self._consumed(end, n)
+        if ptype == PUBLISH and self.version is not None:
+            return self._publish(first & 0x0F, body)
+        return self.decode(ptype, first & 0x0F, body)
+
+    def _consumed(self, end: int, n: int) -> None:
+        if end == n:
+            self._buf.clear()
             self._pos = 0
-        return self.decode(ptype, flags, body)
+        else:
+            self._pos = end
 
     def decode(self, ptype: int, flags: int, body: bytes) -> Packet:
         if ptype not in self.accepted:

@@ -35,12 +35,14 @@ class MqttMessage(Message):
     RETAIN flag (for Retain As Published), the publish QoS and the original MQTT 5 properties
     (user property order and duplicates, payload format indicator) for MQTT subscribers."""
 
-    __slots__ = ("origin", "retain", "qos", "mqtt_properties", "retained_copy")
+    __slots__ = ("origin", "retain", "qos", "mqtt_properties", "retained_copy", "topic")
 
     def __init__(self, exchange: str, routing_key: str, body: bytes, properties: Properties,
                  *, origin: Any, retain: bool, qos: int, mqtt_properties: dict | None,
-                 timestamp_ms: int, retained_copy: bool = False):
+                 timestamp_ms: int, retained_copy: bool = False, topic: str | None = None):
         super().__init__(exchange, routing_key, body, properties, None, timestamp_ms)
+        #: the MQTT topic (saves converting the routing key back per delivery)
+        self.topic = topic if topic is not None else topics.key_to_topic(routing_key)
         self.origin = origin
         self.retain = retain
         self.qos = qos

@@ -110,6 +110,12 @@ def mqtt_from_properties(p: Properties) -> dict:
     return out
 
 
+def _topic_of(message: Message) -> str:
+    if type(message) is MqttMessage:
+        return message.topic  # type: ignore[attr-defined]
+    return topics.key_to_topic(message.routing_key)
+
+
 class MqttSession:
     """The transport's Session for one MQTT connection."""
 
@@ -420,7 +426,8 @@ class MqttSession:
             if out.released:
                 self._send(c.serialize(c.Pubrel(pid), self.version))
             else:
-                self._send_publish(out.message, out.qos, out.retain, out.sub_ids, pid, True)
+                self._send_publish(out.message, _topic_of(out.message), out.qos, out.retain,
+                                   out.sub_ids, pid, True)
         state.attach(self)
         self._resume_consumers()
 
@@ -472,7 +479,7 @@ class MqttSession:
         message = MqttMessage(TOPIC_EXCHANGE, topics.topic_to_key(topic), payload,
                               properties_from_mqtt(props, qos), origin=origin, retain=retain,
                               qos=qos, mqtt_properties=props or None,
-                              timestamp_ms=self.server.now_ms())
+                              timestamp_ms=self.server.now_ms(), topic=topic)
         if retain:
             self.server.retain(topic, message, props.get("message_expiry_interval")
                                if props else None)
@@ -537,7 +544,10 @@ class MqttSession:
         elif result.routed == 0 and self.v5:
             code = c.NO_MATCHING_SUBSCRIBERS
         if qos == 1:
-            packet = c.serialize(c.Puback(p.packet_id, code), self.version)  # type: ignore[arg-type]
+            if code:
+                packet = c.serialize(c.Puback(p.packet_id, code), self.version)  # type: ignore[arg-type]
+            else:
+                packet = b"\x40\x02" + p.packet_id.to_bytes(2, "big")  # type: ignore[union-attr]
         else:
             if code < 0x80:
                 self.state.inbound_qos2.add(p.packet_id)  # type: ignore[union-attr,arg-type]
@@ -653,7 +663,8 @@ class MqttSession:
     def deliver(self, delivery: Delivery, share: Subscription | None) -> None:
         message = delivery.message
         is_mqtt = type(message) is MqttMessage
-        topic = topics.key_to_topic(message.routing_key)
+        topic = message.topic if is_mqtt else topics.key_to_topic(  # type: ignore[attr-defined]
+            message.routing_key)
         state = self.state
         retained_copy = is_mqtt and message.retained_copy  # type: ignore[attr-defined]
         if share is not None:
@@ -685,12 +696,12 @@ class MqttSession:
             if ids:
                 sub_ids = ids
         if qos == 0:
-            ok = self._send_publish(message, 0, retain, sub_ids, None, False)
+            self._send_publish(message, topic, 0, retain, sub_ids, None, False)
             if not delivery.settled:
                 delivery.ack()
             return
         pid = state.alloc_pid()  # type: ignore[union-attr]
-        if not self._send_publish(message, qos, retain, sub_ids, pid, False):
+        if not self._send_publish(message, topic, qos, retain, sub_ids, pid, False):
             # too large for this client, or expired: dropped [MQTT-3.1.2-25]
             if not delivery.settled:
                 delivery.ack()
@@ -699,9 +710,8 @@ class MqttSession:
             delivery = None  # type: ignore[assignment]
         state.outbound[pid] = Outbound(delivery, message, qos, retain, sub_ids)  # type: ignore[union-attr]
 
-    def _send_publish(self, message: Message, qos: int, retain: bool, sub_ids: list | None,
-                      pid: int | None, dup: bool) -> bool:
-        topic = topics.key_to_topic(message.routing_key)
+    def _send_publish(self, message: Message, topic: str, qos: int, retain: bool,
+                      sub_ids: list | None, pid: int | None, dup: bool) -> bool:
         is_mqtt = type(message) is MqttMessage
         props_bytes = None
         if self.v5:
@@ -804,7 +814,7 @@ class MqttSession:
                 mprops["message_expiry_interval"] = left_s
             copy = MqttMessage(TOPIC_EXCHANGE, m.routing_key, m.body, props, origin=m.origin,
                                retain=True, qos=m.qos, mqtt_properties=mprops, timestamp_ms=now,
-                               retained_copy=True)
+                               retained_copy=True, topic=topic)
             self.vhost.publish("", state.queue_name, copy)  # type: ignore[union-attr]
 
     def on_unsubscribe(self, p: c.Unsubscribe) -> None:

@@ -7,20 +7,25 @@ topic containing ``.`` round-trips (``a/b.c`` <-> ``a.b/c``); in filters ``+`` b
 from __future__ import annotations
 
 _SWAP = str.maketrans({"/": ".", ".": "/"})
-_FILTER = str.maketrans({"/": ".", ".": "/", "+": "*"})
-_FILTER_BACK = str.maketrans({"/": ".", ".": "/", "*": "+"})
 
 
 def topic_to_key(topic: str) -> str:
-    return topic.translate(_SWAP)
+    """Swap ``/`` and ``.``. str.replace is several times faster than str.translate with a table,
+    so the usual cases (only one of the two characters present) take one replace."""
+    if "." not in topic:
+        return topic.replace("/", ".")
+    if "/" not in topic:
+        return topic.replace(".", "/")
+    if "\x00" in topic:  # only possible in a key from another protocol
+        return topic.translate(_SWAP)
+    return topic.replace(".", "\x00").replace("/", ".").replace("\x00", "/")
 
 
-def key_to_topic(key: str) -> str:
-    return key.translate(_SWAP)
+key_to_topic = topic_to_key  # the swap is its own inverse
 
 
 def filter_to_key(topic_filter: str) -> str:
-    return topic_filter.translate(_FILTER)
+    return topic_to_key(topic_filter).replace("+", "*")
 
 
 def valid_topic_name(topic: str) -> bool:
