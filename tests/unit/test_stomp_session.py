@@ -212,3 +212,36 @@ async def test_error_while_receipt_pending_sends_no_receipt_after_it():
     await asyncio.sleep(0.01)
     assert [f.command for f in h.frames()] == ["ERROR"]
     assert not pending.cancelled()
+
+
+async def test_client_mode_nack_is_cumulative():
+    h = Harness()
+    h.connect()
+    h.send(b"SUBSCRIBE\nid:s\ndestination:/queue/cn\nack:client\n\n\x00"
+           + b"".join(b"SEND\ndestination:/queue/cn\n\n%d\x00" % i for i in range(3)))
+    frames = h.frames()
+    assert [f.body for f in frames] == [b"0", b"1", b"2"]
+    h.send(f"NACK\nid:{frames[1].headers['ack']}\nrequeue:false\n\n\x00".encode())
+    queue = h.vhost.queues["cn"]
+    assert (queue.message_count, queue.unacked_count) == (0, 1)  # 0 and 1 dropped, 2 out
+
+
+async def test_x_queue_name_and_temp_queue_subscription():
+    h = Harness()
+    h.connect()
+    h.send(b"SUBSCRIBE\nid:a\ndestination:/topic/k\nx-queue-name:my-topic-q\n\n\x00"
+           b"SUBSCRIBE\nid:b\ndestination:/temp-queue/inbox\n\n\x00"
+           b"SEND\ndestination:/topic/k\n\nt\x00"
+           b"SEND\ndestination:/queue/rpc\nreply-to:/temp-queue/inbox\n\nq\x00")
+    [topic_msg] = h.frames()
+    assert topic_msg.headers["subscription"] == "a"
+    assert h.vhost.queues["my-topic-q"].exclusive_owner is h.session
+    request = h.vhost.queues["rpc"].ready_messages()[0]
+    reply_queue = request.properties.reply_to[len("/reply-queue/"):]
+    # replies reach the explicit subscription, not a second, automatic one
+    assert [s.id for s in h.session.subscriptions.values()
+            if s.queue_name == reply_queue] == ["b"]
+    h.send(f"SEND\ndestination:/reply-queue/{reply_queue}\n\nanswer\x00".encode())
+    [reply] = h.frames()
+    assert (reply.body, reply.headers["subscription"]) == (b"answer", "b")
+    assert reply.headers["destination"] == "/temp-queue/inbox"
