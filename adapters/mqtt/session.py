@@ -173,6 +173,10 @@ class MqttSession:
             self._close(f"unsupported protocol level {exc.level}")
         except c.MqttError as exc:
             self._protocol_failure(exc)
+        except Exception as exc:  # a bug must cost this connection only, never the broker
+            log.exception("MQTT connection %s: internal error", self.client_id)
+            self._protocol_failure(c.MqttError(f"internal error: {exc}",
+                                               c.IMPLEMENTATION_SPECIFIC_ERROR))
         self._flush()
 
     def _protocol_failure(self, exc: c.MqttError) -> None:
@@ -656,7 +660,7 @@ class MqttSession:
 
     # ================================================================ deliveries
     def can_deliver(self) -> bool:
-        return (self.state_name == CONNECTED and self.conn.writable and
+        return (self.state_name == CONNECTED and not self._closing and self.conn.writable and
                 self._out_bytes < _FLUSH_BYTES and
                 len(self.state.outbound) < self.client_receive_max)  # type: ignore[union-attr]
 

@@ -576,3 +576,12 @@ def test_paho_many_messages_in_order(port, clients, proto):
         info.wait_for_publish(WAIT)
     got = [sub.get().payload for _ in range(300)]
     assert got == [b"%d" % i for i in range(300)]
+
+
+def test_paho_mqtt_3_1_protocol_level_3(port, clients):
+    sub = make(clients, port, proto=mqtt.MQTTv31)
+    sub.subscribe("v31/t", 2)
+    pub = make(clients, port, proto=mqtt.MQTTv31)
+    pub.publish("v31/t", b"old", 2)
+    m = sub.get()
+    assert (m.topic, m.payload, m.qos) == ("v31/t", b"old", 2)
