@@ -370,18 +370,22 @@ class MqttSession:
         else:
             expiry = 0 if p.clean_start else NEVER_EXPIRES
         granted_expiry = expiry
-        if max_expiry and expiry > max_expiry and not (expiry == NEVER_EXPIRES and not v5):
+        if max_expiry and expiry > max_expiry:
+            # also for 3.1.1 persistent sessions: an abandoned client id must not keep its
+            # queue forever (RabbitMQ's mqtt.max_session_expiry_interval_seconds)
             granted_expiry = max_expiry
         # Takeover [MQTT-3.1.4-3]: the existing connection with this client id is closed.
-        server.cancel_will(client_id)
         state = server.sessions.get(client_id)
         if state is not None and state.conn is not None:
             old = state.conn
             old._taken_over = True
             old._disconnect(c.SESSION_TAKEN_OVER, "session taken over by a new connection")
-            # Run its end now, so the session is free for this connection.
+            # Run its end now, so the session is free for this connection (its will follows the
+            # normal rules: sent now without a delay, else cancelled just below).
             old.connection_lost_early()
             state = server.sessions.get(client_id)
+        # [MQTT-3.1.3-9] a delayed will is not sent if the client id connects again in time.
+        server.cancel_will(client_id)
         session_present = False
         if state is not None and (p.clean_start or state.vhost is not self.vhost):
             server.end_session(state)
@@ -422,7 +426,7 @@ class MqttSession:
             if server_keep_alive is not None:
                 ack_props["server_keep_alive"] = server_keep_alive
             if granted_expiry != expiry:
-                ack_props["session_expiry_interval"] = granted_expiry
+                ack_props["session_expiry_interval"] = granted_expiry  # [MQTT-3.2.2.3.2]
         self._send(c.serialize(c.Connack(session_present, 0, ack_props), self.version))
         # [MQTT-4.4.0-1] resend unacknowledged PUBLISH (DUP=1) and PUBREL with their original
         # packet identifiers, in order, before anything new.
