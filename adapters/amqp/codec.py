@@ -267,7 +267,7 @@ def _encode_value(value: Any, out: list) -> None:
         elif -0x8000000000000000 <= value <= 0x7FFFFFFFFFFFFFFF:
             out.append(b"l" + _i64.pack(value))
         else:
-            raise ValueError(f"integer {value} does not fit a field table")
+            _encode_value(str(value), out)  # no AMQP integer type holds it
     elif isinstance(value, dict):
         out.append(b"F")
         out.append(encode_table(value))
@@ -306,17 +306,16 @@ def _encode_value(value: Any, out: list) -> None:
     elif value is None:
         out.append(b"V")
     else:
-        raise ValueError(f"cannot encode {type(value).__name__} in a field table")
+        # A value from another protocol's adapter that AMQP has no type for: send its text
+        # rather than fail the delivery.
+        _encode_value(str(value), out)
 
 
 def encode_table(table: dict | None) -> bytes:
     parts: list = []
     if table:
         for key, value in table.items():
-            raw = key.encode("utf-8")
-            if len(raw) > 255:
-                raise ValueError(f"field name longer than 255 bytes: {key[:32]!r}...")
-            parts.append(bytes((len(raw),)) + raw)
+            parts.append(shortstr_lossy(key))
             _encode_value(value, parts)
     body = b"".join(parts)
     return _u32.pack(len(body)) + body
@@ -392,6 +391,15 @@ def shortstr(value: str) -> bytes:
     return bytes((len(raw),)) + raw
 
 
+def shortstr_lossy(value: Any) -> bytes:
+    """A short string for values that may come from other protocols (an MQTT topic or content
+    type can exceed AMQP's 255 bytes): cut at 255 bytes on a UTF-8 character boundary."""
+    raw = value if isinstance(value, (bytes, bytearray)) else str(value).encode("utf-8")
+    if len(raw) > 255:
+        raw = raw[:255].decode("utf-8", "ignore").encode("utf-8")
+    return bytes((len(raw),)) + bytes(raw)
+
+
 def encode_properties(p: Properties) -> bytes:
     """Property flags and list for a content header."""
     if p is EMPTY_PROPERTIES:
@@ -400,48 +408,58 @@ def encode_properties(p: Properties) -> bytes:
     parts = [b""]
     if p.content_type is not None:
         flags |= _F_CONTENT_TYPE
-        parts.append(shortstr(p.content_type))
+        parts.append(shortstr_lossy(p.content_type))
     if p.content_encoding is not None:
         flags |= _F_CONTENT_ENCODING
-        parts.append(shortstr(p.content_encoding))
+        parts.append(shortstr_lossy(p.content_encoding))
     if p.headers is not None:
         flags |= _F_HEADERS
         parts.append(encode_table(p.headers))
     if p.delivery_mode is not None:
         flags |= _F_DELIVERY_MODE
-        parts.append(bytes((p.delivery_mode & 0xFF,)))
+        parts.append(bytes((_octet(p.delivery_mode),)))
     if p.priority is not None:
         flags |= _F_PRIORITY
-        parts.append(bytes((p.priority & 0xFF,)))
+        parts.append(bytes((_octet(p.priority),)))
     if p.correlation_id is not None:
         flags |= _F_CORRELATION_ID
-        parts.append(shortstr(p.correlation_id))
+        parts.append(shortstr_lossy(p.correlation_id))
     if p.reply_to is not None:
         flags |= _F_REPLY_TO
-        parts.append(shortstr(p.reply_to))
+        parts.append(shortstr_lossy(p.reply_to))
     if p.expiration is not None:
         flags |= _F_EXPIRATION
-        parts.append(shortstr(str(p.expiration)))
+        parts.append(shortstr_lossy(str(p.expiration)))
     if p.message_id is not None:
         flags |= _F_MESSAGE_ID
-        parts.append(shortstr(p.message_id))
+        parts.append(shortstr_lossy(p.message_id))
     if p.timestamp is not None:
         flags |= _F_TIMESTAMP
         ts = p.timestamp
         if isinstance(ts, datetime.datetime):
             ts = int(ts.timestamp())
-        parts.append(_u64.pack(int(ts)))
+        try:
+            parts.append(_u64.pack(min(max(int(ts), 0), 2 ** 64 - 1)))
+        except (TypeError, ValueError):
+            parts.append(_u64.pack(0))
     if p.type is not None:
         flags |= _F_TYPE
-        parts.append(shortstr(p.type))
+        parts.append(shortstr_lossy(p.type))
     if p.user_id is not None:
         flags |= _F_USER_ID
-        parts.append(shortstr(p.user_id))
+        parts.append(shortstr_lossy(p.user_id))
     if p.app_id is not None:
         flags |= _F_APP_ID
-        parts.append(shortstr(p.app_id))
+        parts.append(shortstr_lossy(p.app_id))
     parts[0] = _u16.pack(flags)
     return b"".join(parts)
+
+
+def _octet(value: Any) -> int:
+    try:
+        return min(255, max(0, int(value)))
+    except (TypeError, ValueError):
+        return 0
 
 
 def content_header_payload(properties: Properties, body_size: int) -> bytes:
@@ -468,7 +486,7 @@ class Encoded:
     @classmethod
     def of(cls, message: Any) -> "Encoded":
         return cls(content_header_payload(message.properties, len(message.body)),
-                   shortstr(message.exchange) + shortstr(message.routing_key))
+                   shortstr_lossy(message.exchange) + shortstr_lossy(message.routing_key))
 
     def tail_for(self, channel: int, body_size: int) -> bytes:
         if self.tail_channel != channel:

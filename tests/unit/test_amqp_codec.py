@@ -307,3 +307,17 @@ def test_field_table_errors():
                 b"\x00\x00\x00\x02\x01k"):                 # entry without a value
         with pytest.raises((ValueError, struct.error, IndexError)):
             codec.decode_table(bad)
+
+
+def test_messages_from_other_protocols_always_encode():
+    from broker.message import Message
+    long_topic = "a/" * 200  # an MQTT topic longer than an AMQP short string
+    props = Properties(content_type="x" * 300, headers={"set": {1}, "huge": 2 ** 70,
+                                                        "k" * 300: "v"},
+                       priority="5", timestamp=-3)
+    encoded = codec.Encoded.of(Message("amq.topic", long_topic, b"body", props))
+    decoded = codec.decode_properties(encoded.header, 12, len(encoded.header))
+    assert decoded.content_type == "x" * 255
+    assert decoded.headers["set"] == "{1}" and decoded.headers["huge"] == str(2 ** 70)
+    assert decoded.priority == 5 and decoded.timestamp == 0
+    assert encoded.exchange_and_key.startswith(b"\x09amq.topic\xff")
