@@ -198,6 +198,15 @@ class FrameCodec:
                     raise FrameError("Frame too large",
                                      f"frame of {body_start - pos + length} bytes exceeds the "
                                      f"limit of {self.max_frame_bytes} bytes", headers)
+                # Fast path: the whole frame is already here (the usual case).
+                end = body_start + length
+                if end < n:
+                    if buf[end] != 0:
+                        raise FrameError("Bad frame", "frame body not terminated by NUL after "
+                                         "content-length octets", headers)
+                    self._pos = end + 1
+                    self._scan = 0
+                    return Frame(command, headers, bytes(buf[body_start:end]))
             head = (command, headers, body_start, length)
             self._head = head
             self._scan = body_start

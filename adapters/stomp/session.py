@@ -86,10 +86,14 @@ class Subscription(Consumer):
         #: unsettled deliveries by tag, oldest first (``client`` acks are cumulative)
         self.pending: OrderedDict[int, Delivery] = OrderedDict()
         self.active = True
-        # Pre-encoded start of every MESSAGE frame of this subscription, and the escaped
-        # destination header per (exchange, routing key).
-        self.head_by_version: dict[str, str] = {}
-        self.destinations: dict[tuple[str, str], str] = {}
+        # Pre-encoded start of every MESSAGE frame of this subscription (the version is fixed
+        # once CONNECTED), and the escaped destination header per (exchange, routing key).
+        version = session.version
+        self.head = ("MESSAGE\nsubscription:" + escape(sub_id, version) +
+                     "\ndestination:").encode()
+        self.fixed_destination_bytes = (None if fixed_destination is None else
+                                        escape(fixed_destination, version).encode())
+        self.destinations: dict[tuple[str, str], bytes] = {}
 
     def has_credit(self) -> bool:
         session = self.session
@@ -142,7 +146,7 @@ class StompSession:
         self._flush_scheduled = False
         self._in_input = False
         self._failed = False
-        self._prop_cache: tuple[Any, str, str] | None = None
+        self._prop_cache: tuple[Any, bytes] | None = None
         self._handlers: dict[str, Callable[[Frame], None]] = {
             "SEND": self.on_send, "SUBSCRIBE": self.on_subscribe,
             "UNSUBSCRIBE": self.on_unsubscribe, "ACK": self.on_ack, "NACK": self.on_nack,
@@ -264,7 +268,7 @@ class StompSession:
             self._out = []
             self._out_bytes = 0
             if self.conn is not None:
-                self.conn.write(out[0] if len(out) == 1 else b"".join(out))
+                self.conn.write(b"".join(out))
 
     def _close(self, reason: str) -> None:
         self._flush()
@@ -567,47 +571,48 @@ class StompSession:
 
     # ================================================================ MESSAGE (hot path)
     def deliver(self, sub: Subscription, delivery: Delivery) -> None:
+        """One MESSAGE frame, assembled from pre-encoded pieces (the subscription's head, the
+        escaped destination per routing key, the property headers per message)."""
         tag = self._next_tag
         self._next_tag = tag + 1
         if not sub.no_ack:
             sub.pending[tag] = delivery
             self.unacked[tag] = sub
         message = delivery.message
-        version = self.version
-        head = sub.head_by_version.get(version)
-        if head is None:
-            head = "MESSAGE\nsubscription:" + escape(sub.id, version) + "\ndestination:"
-            sub.head_by_version[version] = head
-        destination = sub.fixed_destination
+        destination = sub.fixed_destination_bytes
         if destination is None:
             key = (message.exchange, message.routing_key)
             destination = sub.destinations.get(key)
             if destination is None:
-                destination = escape(destination_of(*key), version)
+                destination = escape(destination_of(*key), self.version).encode()
                 if len(sub.destinations) >= 1024:  # bounded: topic keys can be many
                     sub.destinations.clear()
                 sub.destinations[key] = destination
-        else:
-            destination = escape(destination, version)
-        stag = str(tag)
-        parts = [head, destination, "\nmessage-id:", stag]
-        if version == "1.2":
-            parts += ("\nack:", stag)
-        parts.append("\nredelivered:true" if delivery.redelivered else "\nredelivered:false")
-        if delivery.offset is not None:
-            parts += ("\nx-stream-offset:", str(delivery.offset))
         props = message.properties
         cache = self._prop_cache
-        if cache is not None and cache[0] is props and cache[1] == version:
-            parts.append(cache[2])
+        if cache is not None and cache[0] is props:
+            block = cache[1]
         else:
+            version = self.version
             block = "".join(["\n" + escape(k, version) + ":" + escape(v, version)
-                             for k, v in properties_to_headers(props)])
-            self._prop_cache = (props, version, block)
-            parts.append(block)
+                             for k, v in properties_to_headers(props)]).encode()
+            self._prop_cache = (props, block)
         body = message.body
-        parts += ("\ncontent-length:", str(len(body)), "\n\n")
-        self._write(b"".join(("".join(parts).encode(), body, b"\x00")))
+        # [STOMP 1.2 "MESSAGE"]: ack header (= message-id here) in 1.2 only.
+        ids = (b"\nmessage-id:%d\nack:%d" % (tag, tag) if self.version == "1.2"
+               else b"\nmessage-id:%d" % tag)
+        out = self._out
+        out += (sub.head, destination, ids,
+                b"\nredelivered:true" if delivery.redelivered else b"\nredelivered:false")
+        if delivery.offset is not None:
+            out.append(b"\nx-stream-offset:%d" % delivery.offset)
+        out += (block, b"\ncontent-length:%d\n\n" % len(body), body, b"\x00")
+        self._out_bytes += len(body) + len(block) + 128
+        if self._out_bytes >= FLUSH_BYTES:
+            self._flush()
+        elif not self._flush_scheduled and not self._in_input:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     # ================================================================ UNSUBSCRIBE
     def on_unsubscribe(self, frame: Frame) -> None:
