@@ -1,0 +1,120 @@
+"""What the broker confirmed survives `kill -9`: a real daemon, real clients, a real SIGKILL."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pika
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def start_daemon(data_dir):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker.cli", "serve", "--data-dir", str(data_dir),
+         "--amqp-port", "0", "--mqtt-port", "0", "--stomp-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if "manifold listening" in line:
+            ports = dict(re.findall(r"(amqp|mqtt|stomp) [\d.]+:(\d+)", line))
+            # keep draining the log so the daemon never blocks on a full pipe
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            return proc, {k: int(v) for k, v in ports.items()}
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError("daemon did not start")
+
+
+def test_amqp_confirmed_messages_survive_sigkill(tmp_path):
+    proc, ports = start_daemon(tmp_path)
+    confirmed = []
+    try:
+        params = pika.ConnectionParameters("127.0.0.1", ports["amqp"], blocked_connection_timeout=10)
+        connection = pika.BlockingConnection(params)
+        channel = connection.channel()
+        channel.queue_declare("orders", durable=True)
+        channel.confirm_delivery()
+        persistent = pika.BasicProperties(delivery_mode=2, headers={"kind": "order"})
+        for i in range(300):
+            # publish returns once the broker's Basic.Ack arrived: the message is confirmed
+            channel.basic_publish("", "orders", f"order-{i}".encode(), persistent)
+            confirmed.append(f"order-{i}".encode())
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    proc, ports = start_daemon(tmp_path)
+    try:
+        connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", ports["amqp"]))
+        channel = connection.channel()
+        received = []
+        while True:
+            method, props, body = channel.basic_get("orders", auto_ack=True)
+            if method is None:
+                break
+            received.append(body)
+            assert props.headers == {"kind": "order"} and props.delivery_mode == 2
+        assert received == confirmed  # every confirmed message, in order, nothing else
+        connection.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+
+
+def test_mqtt_qos1_pubacked_messages_survive_sigkill(tmp_path):
+    proc, ports = start_daemon(tmp_path)
+    acked = []
+    try:
+        # A persistent session subscribed at QoS 1 holds what it has not received yet.
+        sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="keeper",
+                          clean_session=False)
+        sub.connect("127.0.0.1", ports["mqtt"])
+        sub.loop_start()
+        result, _ = sub.subscribe("plant/+/temp", qos=1)
+        time.sleep(0.3)
+        sub.disconnect()
+        sub.loop_stop()
+        pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="sensor")
+        pub.connect("127.0.0.1", ports["mqtt"])
+        pub.loop_start()
+        for i in range(50):
+            info = pub.publish("plant/7/temp", f"{i}".encode(), qos=1)
+            info.wait_for_publish(5)  # returns once the PUBACK arrived
+            assert info.is_published()
+            acked.append(f"{i}".encode())
+        pub.loop_stop()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    proc, ports = start_daemon(tmp_path)
+    try:
+        got = []
+        done = threading.Event()
+
+        def on_message(client, userdata, message):
+            got.append(message.payload)
+            if len(got) >= len(acked):
+                done.set()
+
+        sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="keeper",
+                          clean_session=False)
+        sub.on_message = on_message
+        sub.connect("127.0.0.1", ports["mqtt"])
+        sub.loop_start()
+        assert done.wait(10), got
+        sub.disconnect()
+        sub.loop_stop()
+        assert got == acked
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
