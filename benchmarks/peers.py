@@ -332,6 +332,8 @@ class RabbitPeer(Peer):
             "RABBITMQ_LOG_BASE": str(d / "log"),
             "RABBITMQ_PID_FILE": str(d / "rabbitmq.pid"),
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
+            # Erlang distribution listens on loopback only (default: every interface).
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
         })
         return env
 
