@@ -410,8 +410,14 @@ class StompSession:
     # ================================================================ SEND
     def on_send(self, frame: Frame) -> None:
         headers = frame.headers
-        destination = _required(frame, "destination")
-        exchange, routing_key = self._send_target(destination, headers)
+        destination = headers.get("destination")
+        if destination is None:
+            destination = _required(frame, "destination")  # raises the ERROR
+        cached = self._send_targets.get(destination)
+        if cached is not None and (not cached[2] or cached[1] in self.vhost.queues):
+            exchange, routing_key = cached[0], cached[1]
+        else:
+            exchange, routing_key = self._send_target(destination, headers)
         props = headers_to_properties(headers)
         reply_to = props.reply_to
         if reply_to is not None and reply_to.startswith("/temp-queue/"):
@@ -423,7 +429,7 @@ class StompSession:
         if tx is not None:
             self._transaction(tx).append(lambda: self._publish(message))
             return
-        wait = self._publish(message)
+        wait = self.vhost.publish(exchange, routing_key, message).wait
         receipt = headers.get("receipt")
         if receipt is not None and wait is not None:
             # The RECEIPT of a persistent SEND waits for its fsync; the generic receipt code in
