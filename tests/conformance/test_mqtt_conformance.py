@@ -708,3 +708,90 @@ def test_MQTT_3_14_v5_server_shutdown_disconnect_0x8B(make_broker):
         assert cl.expect(c.Disconnect).reason_code == c.SERVER_SHUTTING_DOWN
     finally:
         rb.stop = lambda: None  # already stopped
+
+
+def test_MQTT_3_1_2_8_will_published_on_keep_alive_timeout(port):
+    sub = RawClient(port)
+    sub.connect("ka-will-sub")
+    sub.subscribe(("will/ka", 0))
+    cl = RawClient(port)
+    cl.connect("ka-will", keep_alive=1, will=("will/ka", b"timeout", 0, False))
+    got = sub.expect(c.Publish, timeout=5)
+    assert got.payload == b"timeout"
+
+
+def test_MQTT_3_14_2_1_v5_disconnect_with_will_message_0x04(port):
+    sub = RawClient(port, 5)
+    sub.connect("dw-sub")
+    sub.subscribe(("will/dw", 0))
+    cl = RawClient(port, 5)
+    cl.connect("dw", will=("will/dw", b"asked", 0, False))
+    cl.send_packet(c.Disconnect(c.DISCONNECT_WITH_WILL))
+    assert cl.recv() is None
+    assert sub.expect(c.Publish).payload == b"asked"
+
+
+def test_MQTT_3_1_3_9_v5_delayed_will_cancelled_by_takeover(port):
+    sub = RawClient(port, 5)
+    sub.connect("tw-sub")
+    sub.subscribe(("will/tw", 0))
+    first = RawClient(port, 5)
+    first.connect("tw", props={"session_expiry_interval": 60},
+                  will=("will/tw", b"late", 0, False, {"will_delay_interval": 1}))
+    second = RawClient(port, 5)
+    assert second.connect("tw", clean=False,
+                          props={"session_expiry_interval": 60}).session_present
+    assert first.expect(c.Disconnect).reason_code == c.SESSION_TAKEN_OVER
+    with pytest.raises(TimeoutError):
+        sub.recv(timeout=1.5)
+
+
+def test_MQTT_3_14_2_2_v5_session_expiry_set_on_disconnect_after_zero_is_protocol_error(port):
+    cl = RawClient(port, 5)
+    cl.connect("exp-zero")
+    cl.send_packet(c.Disconnect(0, {"session_expiry_interval": 30}))
+    assert cl.expect(c.Disconnect).reason_code == c.PROTOCOL_ERROR
+
+
+def test_MQTT_3_14_2_v5_session_expiry_changed_on_disconnect(port):
+    cl = RawClient(port, 5)
+    cl.connect("exp-change", props={"session_expiry_interval": 60})
+    cl.subscribe(("ec/t", 1))
+    cl.send_packet(c.Disconnect(0, {"session_expiry_interval": 0}))  # end the session now
+    assert cl.recv() is None
+    cl = RawClient(port, 5)
+    assert cl.connect("exp-change", clean=False,
+                      props={"session_expiry_interval": 60}).session_present is False
+
+
+def test_MQTT_3_3_1_9_retained_sent_after_suback(port):
+    pub = RawClient(port)
+    pub.connect("order-pub")
+    pub.send_packet(c.Publish("ord/r", b"r", qos=1, packet_id=1, retain=True))
+    pub.expect(c.Puback)
+    sub = RawClient(port)
+    sub.connect("order-sub")
+    sub.send_packet(c.Subscribe(4, [("ord/#", c.SubscriptionOptions(1))]))
+    assert isinstance(sub.recv(), c.Suback)
+    got = sub.expect(c.Publish)
+    assert (got.retain, got.qos) == (True, 1)
+
+
+def test_MQTT_3_8_4_v5_subscription_identifier_zero_is_protocol_error(port):
+    cl = RawClient(port, 5)
+    cl.connect("sid0")
+    cl.send(frame(0x82, b"\x00\x01\x02\x0b\x00" + string("a") + b"\x00"))
+    assert cl.expect(c.Disconnect).reason_code == c.PROTOCOL_ERROR
+
+
+def test_MQTT_3_8_3_4_v5_no_local_on_shared_subscription_is_protocol_error(port):
+    cl = RawClient(port, 5)
+    cl.connect("nlshare")
+    cl.send_packet(c.Subscribe(1, [("$share/g/a", c.SubscriptionOptions(0, no_local=True))]))
+    assert cl.expect(c.Disconnect).reason_code == c.PROTOCOL_ERROR
+
+
+def test_MQTT_3_1_2_v5_authentication_method_refused_0x8C(port):
+    cl = RawClient(port, 5)
+    ack = cl.connect("auth", props={"authentication_method": "SCRAM-SHA-1"})
+    assert ack.reason_code == c.BAD_AUTHENTICATION_METHOD
