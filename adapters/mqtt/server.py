@@ -400,14 +400,14 @@ class MqttServer:
         return os.path.join(self.data_dir, "mqtt-state.msgpack")
 
     def save(self) -> None:
-        """Coalesce saves: at most one write per 100 ms."""
+        """Coalesce saves: at most one snapshot write per second (the retained store can be large)."""
         if self._save_handle is not None:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        self._save_handle = loop.call_later(0.1, self._save_timer)
+        self._save_handle = loop.call_later(1.0, self._save_timer)
 
     def _save_timer(self) -> None:
         self._save_handle = None

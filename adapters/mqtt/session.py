@@ -302,7 +302,10 @@ class MqttSession:
         server = self.server
         settings = self.settings
         if v5:
-            self.client_receive_max = props.get("receive_maximum", 65535)
+            # The in-flight window: the client's Receive Maximum, bounded by ours so that one
+            # session never holds more than [mqtt] receive_maximum unacknowledged messages.
+            self.client_receive_max = min(props.get("receive_maximum", 65535),
+                                          settings.receive_maximum)
             self.client_max_packet = props.get("maximum_packet_size", 268_435_460)
             self.client_alias_max = props.get("topic_alias_maximum", 0)
             self.request_problem_info = bool(props.get("request_problem_information", 1))
