@@ -1,0 +1,166 @@
+"""MQTT session state machine driven without sockets: a fake connection, the real core."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from adapters.mqtt import codec as c
+from adapters.mqtt.server import MqttServer
+from broker.core import Broker
+from config.settings import Settings
+
+
+class FakeConn:
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.writes = 0
+        self.writable = True
+        self.closed = False
+        self.close_reason: str | None = None
+        self.peer_host = "127.0.0.1"
+        self.keepalive: tuple = ()
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.out += data
+
+    def writelines(self, chunks: list) -> None:
+        self.writes += 1
+        for chunk in chunks:
+            self.out += chunk
+
+    def close(self, reason: str) -> None:
+        self.closed = True
+        self.close_reason = reason
+
+    abort = close
+
+    def set_keepalive(self, read_timeout_s=None, on_read_timeout=None, send_interval_s=None,
+                      send_heartbeat=None) -> None:
+        self.keepalive = (read_timeout_s, on_read_timeout)
+
+
+class Client:
+    """A session plus its fake connection, speaking packets."""
+
+    def __init__(self, server: MqttServer, version: int = 4):
+        self.session = server.new_session()
+        self.conn = FakeConn()
+        self.session.connection_made(self.conn)  # type: ignore[arg-type]
+        self.version = version
+        self.decoder = c.MqttDecoder("client", version=version)
+
+    def send(self, packet: c.Packet) -> None:
+        self.session.data_received(c.serialize(packet, self.version))
+
+    def packets(self) -> list:
+        self.decoder.receive_data(bytes(self.conn.out))
+        self.conn.out.clear()
+        out = []
+        while (p := self.decoder.next_event()) is not c.NEED_DATA:
+            out.append(p)
+        return out
+
+
+@pytest.fixture
+def server(tmp_path):
+    settings = Settings().replace("server", data_dir=str(tmp_path))
+    return MqttServer(Broker(settings), settings)
+
+
+async def settle() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+async def test_keep_alive_set_to_one_and_a_half_times(server):
+    cl = Client(server)
+    cl.send(c.Connect("ka", keep_alive=20))
+    assert cl.conn.keepalive[0] == 30.0
+
+
+async def test_deliveries_stop_while_not_writable_and_resume(server):
+    sub = Client(server)
+    sub.send(c.Connect("sub"))
+    sub.send(c.Subscribe(1, [("t", c.SubscriptionOptions(1))]))
+    await settle()
+    assert [type(p) for p in sub.packets()] == [c.Connack, c.Suback]
+    sub.conn.writable = False
+    pub = Client(server)
+    pub.send(c.Connect("pub"))
+    for i in range(5):
+        pub.send(c.Publish("t", b"%d" % i, 1, packet_id=i + 1))
+    await settle()
+    assert sub.packets() == []  # held in the queue, not buffered in memory
+    sub.conn.writable = True
+    sub.session.resume_writing()
+    await settle()
+    assert [p.payload for p in sub.packets()] == [b"0", b"1", b"2", b"3", b"4"]
+
+
+async def test_output_of_one_input_chunk_is_one_write(server):
+    pub = Client(server)
+    pub.send(c.Connect("batch"))
+    await settle()
+    pub.packets()
+    writes = pub.conn.writes
+    data = b"".join(c.serialize(c.Publish("x", b"m", 1, packet_id=i), 4) for i in range(1, 50))
+    pub.session.data_received(data)
+    await settle()
+    assert pub.conn.writes == writes + 1
+    assert [p.packet_id for p in pub.packets()] == list(range(1, 50))
+
+
+async def test_qos2_inbound_exactly_once(server):
+    sub = Client(server)
+    sub.send(c.Connect("s2"))
+    sub.send(c.Subscribe(1, [("q", c.SubscriptionOptions(2))]))
+    pub = Client(server)
+    pub.send(c.Connect("p2"))
+    for _ in range(3):
+        pub.send(c.Publish("q", b"x", 2, dup=True, packet_id=9))
+    pub.send(c.Pubrel(9))
+    await settle()
+    assert [type(p) for p in pub.packets()] == [c.Connack, c.Pubrec, c.Pubrec, c.Pubrec,
+                                                 c.Pubcomp]
+    assert [p.payload for p in sub.packets() if isinstance(p, c.Publish)] == [b"x"]
+
+
+async def test_unsubscribed_messages_still_queued_are_dropped(server):
+    sub = Client(server)
+    sub.send(c.Connect("u"))
+    sub.send(c.Subscribe(1, [("a", c.SubscriptionOptions(1))]))
+    await settle()
+    sub.packets()
+    sub.conn.writable = False
+    pub = Client(server)
+    pub.send(c.Connect("upub"))
+    pub.send(c.Publish("a", b"late", 1, packet_id=1))
+    sub.send(c.Unsubscribe(2, ["a"]))
+    sub.conn.writable = True
+    sub.session.resume_writing()
+    await settle()
+    assert [type(p) for p in sub.packets()] == [c.Unsuback]
+
+
+async def test_connection_lost_ends_clean_session(server):
+    cl = Client(server)
+    cl.send(c.Connect("gone"))
+    cl.send(c.Subscribe(1, [("a", c.SubscriptionOptions(1))]))
+    vhost = server.broker.vhosts["/"]
+    assert "mqtt-subscription-gone" in vhost.queues
+    cl.session.connection_lost()
+    assert "gone" not in server.sessions
+    assert "mqtt-subscription-gone" not in vhost.queues
+
+
+async def test_internal_error_closes_only_that_connection(server, monkeypatch):
+    cl = Client(server, 5)
+    cl.send(c.Connect("boom", protocol_level=5))
+    monkeypatch.setattr(cl.session, "on_subscribe", lambda p: 1 / 0)
+    cl.send(c.Subscribe(1, [("a", c.SubscriptionOptions(0))]))
+    packets = cl.packets()
+    assert isinstance(packets[-1], c.Disconnect)
+    assert packets[-1].reason_code == c.IMPLEMENTATION_SPECIFIC_ERROR
+    assert cl.conn.closed
