@@ -400,6 +400,11 @@ class Queue:
         consumer = delivery.consumer
         if consumer is not None:
             consumer.in_flight -= 1
+        # Settled deliveries stay in the timeout heap until their deadline (30 min by default),
+        # keeping their messages alive; drop them once they are the majority (amortised O(1)).
+        if len(self._timeouts) > 2 * self.unacked_count + 64:
+            self._timeouts = [t for t in self._timeouts if not t[2].settled]
+            heapq.heapify(self._timeouts)
         if ack:
             entry.state = GONE
             self._forget(entry)
