@@ -621,11 +621,12 @@ def test_host_header_names_vhost(make_broker):
 
 # ======================================================================== heart-beats
 def test_heartbeats_both_directions(make_broker):
-    rb = make_broker(stomp={"heartbeat_ms": 100})
-    c = Client(rb, "1.2", heartbeats=(100, 100))
+    # Intervals leave room for a loaded machine: stomp.py gives up after 1.5 intervals.
+    rb = make_broker(stomp={"heartbeat_ms": 250})
+    c = Client(rb, "1.2", heartbeats=(250, 250))
     try:
-        time.sleep(1.0)
-        assert c.listener.heartbeats >= 3  # the server sent heart-beats while idle
+        time.sleep(1.2)
+        assert c.listener.heartbeats >= 2  # the server sent heart-beats while idle
         assert c.conn.is_connected()  # and took ours: it did not drop us
         c.subscribe("/queue/hb")
         c.conn.send("/queue/hb", b"alive")
