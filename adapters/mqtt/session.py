@@ -844,7 +844,8 @@ class MqttSession:
             if expiry is not None:
                 if state.expiry_s == 0 and expiry != 0:  # type: ignore[union-attr]
                     raise c.ProtocolError("session expiry set on DISCONNECT after 0 on CONNECT")
-                state.expiry_s = expiry  # type: ignore[union-attr]
+                cap = self.settings.max_session_expiry_s
+                state.expiry_s = min(expiry, cap) if cap else expiry  # type: ignore[union-attr]
             if p.reason_code == c.DISCONNECT_WITH_WILL:
                 self._close("client disconnected with will message")
                 return
