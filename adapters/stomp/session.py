@@ -24,7 +24,7 @@ from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from broker.consumer import Consumer, Delivery
-from broker.errors import BrokerError, NotFound
+from broker.errors import BrokerError
 from broker.message import Message
 
 from .codec import NEED_DATA, Frame, FrameCodec, FrameError, escape, serialize
