@@ -181,6 +181,8 @@ class Outcome:
             return self.unavailable
         if self.median is None and self.errors:
             return self.errors[0]
+        if not self.rates:
+            return "not run (interrupted)"
         return ""
 
 
@@ -315,6 +317,13 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 # --------------------------------------------------------------------------- machine info
+def _loadavg() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "?"
+
+
 def machine_description() -> str:
     cpu = ""
     try:
@@ -386,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     started = datetime.now(timezone.utc)
+    load_before = _loadavg()
     log(f"compare: {', '.join(c.key for c in cases)}; targets {', '.join(targets_needed)}; "
         f"{args.rounds} rounds of {args.messages} messages")
     generators = {proto: find_generators(proto, args.generator, python) for proto in protocols}
@@ -460,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         f"on {machine_description()}.",
         f"{args.rounds} rounds (target order rotating each round), median messages/second, "
         f"{args.messages} messages per run{' (INTERRUPTED: partial)' if interrupted else ''}. "
-        "Shared, noisy 2-core machine: compare the ratios, not the absolute numbers.",
+        "Shared, noisy 2-core machine: compare the ratios, not the absolute numbers "
+        f"(1-minute load average {load_before} before, {_loadavg()} after).",
         "",
         table,
         "",
