@@ -61,7 +61,12 @@ CASES = (
     Case("mqtt-qos1", "MQTT 3.1.1 QoS 1", "mqtt", (("--qos", "1"),),
          ("mosquitto", "rabbitmq", "amqtt"), needs=("--qos",)),
     Case("stomp", "STOMP 1.2", "stomp", peers=("rabbitmq",)),
-    # Not run by default (--cases): acknowledged and confirmed variants.
+    # Not run by default (--cases): MQTT 5 (RabbitMQ 3.10 and amqtt speak 3.1.1 only),
+    # acknowledged and confirmed variants.
+    Case("mqtt5-qos0", "MQTT 5.0 QoS 0", "mqtt", (("--qos", "0"), ("--mqtt-version", "5")),
+         ("mosquitto",), needs=("--qos", "--mqtt-version")),
+    Case("mqtt5-qos1", "MQTT 5.0 QoS 1", "mqtt", (("--qos", "1"), ("--mqtt-version", "5")),
+         ("mosquitto",), needs=("--qos", "--mqtt-version")),
     Case("amqp-ack", "AMQP 0-9-1 manual ack + confirms", "amqp", (("--ack", None),
          ("--confirm", None)), ("rabbitmq",), needs=("--ack", "--confirm")),
     Case("stomp-ack", "STOMP 1.2 client-individual ack", "stomp",

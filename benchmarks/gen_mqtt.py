@@ -1,4 +1,5 @@
-"""Minimal raw-socket MQTT 3.1.1 load generator: publish -> consume messages per second.
+"""Minimal raw-socket MQTT load generator (3.1.1, or 5.0 with --mqtt-version 5): publish ->
+consume messages per second.
 
 One subscriber connection (SUBSCRIBE at --qos) and one publisher connection (PUBLISH at --qos)
 on a fresh topic. Frames are encoded once up front (QoS 1: one frame per packet identifier), the
@@ -6,7 +7,8 @@ subscriber only walks packet boundaries (and answers PUBACK at QoS 1), so the ge
 as little CPU as possible and the broker is what is measured. At most --window messages are
 published and not yet consumed (end-to-end flow control: no broker is pushed into dropping or
 unbounded queueing). The clock runs from the first timed PUBLISH to the last message received;
-a warm-up of --warmup messages runs first and is not timed.
+a warm-up of --warmup messages runs first and is not timed. With MQTT 5 the publisher also keeps
+to the server's Receive Maximum (CONNACK property) [MQTT-3.3.4-7].
 
 Prints one JSON object on stdout, e.g.
     {"protocol": "mqtt", "qos": 0, "messages": 20000, "received": 20000, "seconds": 0.8,
@@ -43,20 +45,68 @@ def packet(first: int, body: bytes) -> bytes:
     return bytes([first]) + _varint(len(body)) + body
 
 
-def connect_frame(client_id: str, keepalive_s: int = 60) -> bytes:
-    # [MQTT-3.1.2-2] protocol level 4 = 3.1.1; flags 0x02 = clean session, no credentials.
-    return packet(0x10, _str(b"MQTT") + bytes([4, 0x02]) + struct.pack("!H", keepalive_s)
-                  + _str(client_id.encode()))
+def connect_frame(client_id: str, keepalive_s: int = 60, version: int = 4) -> bytes:
+    # [MQTT-3.1.2-2] protocol level 4 = 3.1.1, 5 = 5.0; flags 0x02 = clean session/start, no
+    # credentials; MQTT 5 adds an (empty) property length after the keep alive.
+    props = b"\x00" if version == 5 else b""
+    return packet(0x10, _str(b"MQTT") + bytes([version, 0x02]) + struct.pack("!H", keepalive_s)
+                  + props + _str(client_id.encode()))
 
 
-def subscribe_frame(packet_id: int, topic: bytes, qos: int) -> bytes:
-    return packet(0x82, struct.pack("!H", packet_id) + _str(topic) + bytes([qos]))
+def subscribe_frame(packet_id: int, topic: bytes, qos: int, version: int = 4) -> bytes:
+    props = b"\x00" if version == 5 else b""
+    return packet(0x82, struct.pack("!H", packet_id) + props + _str(topic) + bytes([qos]))
 
 
-def publish_frame(topic: bytes, payload: bytes, qos: int, packet_id: int = 0) -> bytes:
+def publish_frame(topic: bytes, payload: bytes, qos: int, packet_id: int = 0,
+                  version: int = 4) -> bytes:
+    props = b"\x00" if version == 5 else b""
     if qos == 0:
-        return packet(0x30, _str(topic) + payload)
-    return packet(0x30 | (qos << 1), _str(topic) + struct.pack("!H", packet_id) + payload)
+        return packet(0x30, _str(topic) + props + payload)
+    return packet(0x30 | (qos << 1), _str(topic) + struct.pack("!H", packet_id) + props
+                  + payload)
+
+
+# MQTT 5 property identifier -> value kind, for the properties a CONNACK may carry.
+_PROP_KINDS = {0x11: 4, 0x21: 2, 0x24: 1, 0x25: 1, 0x27: 4, 0x12: "s", 0x22: 2, 0x1F: "s",
+               0x26: "ss", 0x28: 1, 0x29: 1, 0x2A: 1, 0x13: 2, 0x1A: "s", 0x1C: "s",
+               0x15: "s", 0x16: "s"}
+
+
+def _read_varint(data: bytes, i: int) -> tuple[int, int]:
+    value, mult = 0, 1
+    while True:
+        b = data[i]
+        value += (b & 0x7F) * mult
+        mult *= 128
+        i += 1
+        if not b & 0x80:
+            return value, i
+
+
+def parse_connack(raw: bytes, version: int = 4) -> tuple[int, dict[int, object]]:
+    """(return/reason code, {property id: value}) of a whole CONNACK packet."""
+    _, i = _read_varint(raw, 1)
+    code = raw[i + 1]
+    props: dict[int, object] = {}
+    if version == 5 and len(raw) > i + 2:
+        length, j = _read_varint(raw, i + 2)
+        end = j + length
+        while j < end:
+            pid = raw[j]
+            j += 1
+            kind = _PROP_KINDS.get(pid)
+            if kind is None:
+                break  # unknown property: stop reading, keep what we have
+            if isinstance(kind, int):
+                props[pid] = int.from_bytes(raw[j:j + kind], "big")
+                j += kind
+            else:
+                for _ in kind:
+                    n = int.from_bytes(raw[j:j + 2], "big")
+                    props[pid] = raw[j + 2:j + 2 + n]
+                    j += 2 + n
+    return code, props
 
 
 DISCONNECT = b"\xe0\x00"
@@ -136,16 +186,19 @@ class MqttReader(asyncio.Protocol):
 
 
 async def open_client(host: str, port: int, client_id: str, progress: asyncio.Event,
-                      timeout: float) -> MqttReader:
+                      timeout: float, version: int = 4) -> MqttReader:
     loop = asyncio.get_running_loop()
     _, proto = await asyncio.wait_for(
         loop.create_connection(lambda: MqttReader(progress), host, port), timeout)
-    proto.transport.write(connect_frame(client_id))
+    proto.transport.write(connect_frame(client_id, version=version))
     reply = await asyncio.wait_for(proto.control.get(), timeout)
     if not reply or reply[0] >> 4 != 2:
         raise RuntimeError(f"no CONNACK from {host}:{port}: {reply!r}")
-    if reply[-1] != 0:
-        raise RuntimeError(f"CONNACK refused the connection, return code {reply[-1]}")
+    code, props = parse_connack(reply, version)
+    if code != 0:
+        raise RuntimeError(f"CONNACK refused the connection, code {code:#x}")
+    # [MQTT-3.2.2.3.3] absent Receive Maximum means 65535
+    proto.receive_maximum = props.get(0x21, 65535)
     return proto
 
 
@@ -154,25 +207,30 @@ async def run(args) -> dict:
     topic = f"manifold-bench/{tag}".encode()
     progress = asyncio.Event()
     qos = args.qos
-    result = {"protocol": "mqtt", "qos": qos, "messages": args.messages, "received": 0,
+    version = getattr(args, "mqtt_version", 4)
+    result = {"protocol": "mqtt", "mqtt_version": "5.0" if version == 5 else "3.1.1", "qos": qos, "messages": args.messages, "received": 0,
               "payload_bytes": args.size, "window": args.window, "seconds": None,
               "msgs_per_s": None, "complete": False}
 
-    sub = await open_client(args.host, args.port, f"bench-sub-{tag}", progress, args.timeout)
-    sub.transport.write(subscribe_frame(1, topic, qos))
+    sub = await open_client(args.host, args.port, f"bench-sub-{tag}", progress, args.timeout,
+                            version)
+    sub.transport.write(subscribe_frame(1, topic, qos, version))
     reply = await asyncio.wait_for(sub.control.get(), args.timeout)
-    if not reply or reply[0] >> 4 != 9 or reply[-1] == 0x80:
+    if not reply or reply[0] >> 4 != 9 or reply[-1] >= 0x80:
         raise RuntimeError(f"SUBSCRIBE refused: {reply!r}")
-    pub = await open_client(args.host, args.port, f"bench-pub-{tag}", progress, args.timeout)
+    pub = await open_client(args.host, args.port, f"bench-pub-{tag}", progress, args.timeout,
+                            version)
 
     payload = os.urandom(args.size // 2 + 1).hex()[:args.size].encode()
     if qos == 0:
-        frame = publish_frame(topic, payload, 0)
+        frame = publish_frame(topic, payload, 0, version=version)
         frames = None
     else:
         # One pre-encoded frame per packet identifier 1..65535 [MQTT-2.3.1-1: non-zero].
-        frames = [publish_frame(topic, payload, qos, pid) for pid in range(1, 65536)]
+        frames = [publish_frame(topic, payload, qos, pid, version) for pid in range(1, 65536)]
     window = max(1, min(args.window, 60000))
+    # QoS 1 PUBLISH not yet acknowledged: within the server's Receive Maximum (MQTT 5).
+    inflight_max = max(1, min(window, pub.receive_maximum)) if version == 5 else window
     batch = max(1, args.batch)
 
     async def phase(count: int, deadline: float) -> tuple[int, float, float]:
@@ -196,7 +254,7 @@ async def run(args) -> dict:
                 break
             allowed = min(count - sent, window - (sent - received), batch)
             if qos:
-                allowed = min(allowed, window - (phase.sent_total + sent - pub.pubacks))
+                allowed = min(allowed, inflight_max - (phase.sent_total + sent - pub.pubacks))
             if allowed > 0 and pub.can_write.is_set():
                 if qos == 0:
                     pub.transport.write(frame * allowed)
@@ -249,6 +307,8 @@ def main(argv=None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=1883)
     p.add_argument("--qos", type=int, choices=(0, 1), default=0)
+    p.add_argument("--mqtt-version", type=int, choices=(4, 5), default=4,
+                   help="protocol level: 4 = MQTT 3.1.1 (default), 5 = MQTT 5.0")
     p.add_argument("--messages", type=int, default=20000)
     p.add_argument("--size", type=int, default=64, help="payload bytes (default 64)")
     p.add_argument("--window", type=int, default=1000,

@@ -172,3 +172,15 @@ def test_replace_marked_keeps_what_is_around_the_markers():
     assert compare.replace_marked(out, "new table") == out
     with pytest.raises(ValueError):
         compare.replace_marked("no markers", "x")
+
+
+def test_mqtt5_frames_and_connack_receive_maximum():
+    assert gen_mqtt.publish_frame(b"t", b"xy", 0, version=5) == b"\x30\x06\x00\x01t\x00xy"
+    assert gen_mqtt.publish_frame(b"t", b"xy", 1, 258, 5) == b"\x32\x08\x00\x01t\x01\x02\x00xy"
+    assert gen_mqtt.subscribe_frame(1, b"a", 1, 5) == b"\x82\x07\x00\x01\x00\x00\x01a\x01"
+    assert gen_mqtt.connect_frame("c", version=5)[8:10] == b"\x05\x02"
+    # CONNACK 5.0: flags 0, reason 0, properties: receive maximum 20, assigned client id "ab"
+    connack = b"\x20\x0a\x00\x00\x07\x21\x00\x14\x12\x00\x02ab"
+    assert gen_mqtt.parse_connack(connack, 5) == (0, {0x21: 20, 0x12: b"ab"})
+    assert gen_mqtt.parse_connack(b"\x20\x02\x00\x05", 4) == (5, {})
+    assert gen_mqtt.parse_connack(b"\x20\x03\x00\x87\x00", 5) == (0x87, {})
