@@ -39,7 +39,8 @@ class Broker:
         self.users: dict[str, User] = self.settings.users()
         self.vhosts: dict[str, VirtualHost] = {
             name: VirtualHost(name, store=self.store, clock=self.clock,
-                              consumer_timeout_ms=self.settings.queues.consumer_timeout_ms)
+                              consumer_timeout_ms=self.settings.queues.consumer_timeout_ms,
+                              resident_bytes=self.settings.queues.resident_bytes_per_queue)
             for name in self.settings.server.vhosts}
         self._restoring = False
 

@@ -40,18 +40,22 @@ class QueueLog(Protocol):
     """The slice of ``persistence`` a durable queue writes through (see persistence/store.py)."""
     def append(self, msg_id: int, data: bytes) -> Awaitable[None] | None: ...
     def settle(self, msg_id: int) -> None: ...
-    def recover(self) -> list[tuple[int, bytes]]: ...
+    def recover(self, resident_bytes: int | None = None) -> list[tuple[int, bytes | None]]: ...
+    def read(self, msg_id: int) -> bytes: ...
 
 
 class Entry:
+    """One message in one queue. ``message`` is None while the body lives only on disk (paged
+    out); ``on_disk`` says the queue's log holds it (a persistent message in a durable queue)."""
     __slots__ = ("msg_id", "message", "priority", "size", "state", "delivery_count",
-                 "expires_at", "ready_at", "returns")
+                 "expires_at", "ready_at", "returns", "on_disk")
 
-    def __init__(self, msg_id: int, message: Message, priority: int):
+    def __init__(self, msg_id: int, message: Message | None, priority: int, size: int = -1):
         self.msg_id = msg_id
         self.message = message
         self.priority = priority
-        self.size = len(message.body)
+        self.size = len(message.body) if message is not None else size
+        self.on_disk = False
         self.state = READY
         self.delivery_count = 0
         self.expires_at = 0
@@ -107,7 +111,7 @@ class Queue:
     def __init__(self, host: QueueHost, vhost: str, name: str, *, durable: bool = False,
                  exclusive_owner: Any = None, auto_delete: bool = False,
                  arguments: dict | None = None, consumer_timeout_ms: int = 0,
-                 log: QueueLog | None = None):
+                 log: QueueLog | None = None, resident_bytes: int | None = None):
         self.host = host
         self.vhost = vhost
         self.name = name
@@ -130,6 +134,10 @@ class Queue:
         self.delay_ms: int = args.get("x-delay") or 0
         timeout = args.get("x-consumer-timeout")
         self.consumer_timeout_ms: int = consumer_timeout_ms if timeout is None else timeout
+        # Past this many bytes of ready bodies in memory, bodies that are safely on disk leave
+        # memory (RabbitMQ's lazy mode is the limit 0); None keeps everything resident.
+        self.resident_limit: int | None = 0 if args.get("x-queue-mode") == "lazy" else resident_bytes
+        self.resident_bytes = 0
 
         self._next_id = 1
         self._fresh: list[deque[Entry]] = [deque() for _ in range(self.max_priority + 1)]
@@ -193,6 +201,7 @@ class Queue:
             ttl = per_message if ttl is None else min(ttl, per_message)
         result: bool | Awaitable[None] = True
         if self.log is not None and message.properties.delivery_mode == 2:
+            entry.on_disk = True
             result = self.log.append(entry.msg_id, encode_message(message)) or True
         delay = self.delay_ms
         headers = props.headers
@@ -231,7 +240,26 @@ class Queue:
         if self.consumers:
             self.pump()
         self._trim()
+        if (entry.on_disk and self.resident_limit is not None and entry.state == READY and
+                self.resident_bytes > self.resident_limit and result is not True):
+            # Once its write completed, the body can be read back from disk: let it go.
+            result.add_done_callback(lambda future, e=entry: self._page_out(e, future))
         return result
+
+    def _page_out(self, entry: Entry, written: Any) -> None:
+        if (entry.state == READY and entry.message is not None and not written.cancelled()
+                and written.exception() is None):
+            entry.message = None
+            self.resident_bytes -= entry.size
+
+    def _load(self, entry: Entry) -> Message:
+        """The entry's message, read back from disk if it was paged out."""
+        message = entry.message
+        if message is None:
+            message = entry.message = decode_message(self.log.read(entry.msg_id))
+            if entry.state == READY:
+                self.resident_bytes += entry.size
+        return message
 
     def _can_deliver_now(self) -> bool:
         return any(c.has_credit() for c in self.consumers)
@@ -245,6 +273,8 @@ class Queue:
         entry.state = READY
         self.ready_count += 1
         self.ready_bytes += entry.size
+        if entry.message is not None:
+            self.resident_bytes += entry.size
         if entry.expires_at:
             heapq.heappush(self._expiries, (entry.expires_at, entry.msg_id, entry))
             self.host.schedule(self, entry.expires_at)
@@ -264,22 +294,29 @@ class Queue:
                 (self.max_length_bytes is not None and self.ready_bytes > self.max_length_bytes))
 
     def recover(self) -> int:
-        """Reload the messages the log holds unsettled (after a restart), in their old order."""
+        """Reload the messages the log holds unsettled (after a restart), in their old order.
+        Past the resident limit, bodies stay on disk and are read when delivered (a priority
+        queue reads them all: the priority is inside the message)."""
         if self.log is None:
             return 0
         now = self.host.now_ms()
-        records = self.log.recover()
+        records = self.log.recover(None if self.max_priority else self.resident_limit)
         for msg_id, data in records:
-            message = decode_message(data)
-            priority = min(message.properties.priority or 0, self.max_priority)
-            entry = Entry(msg_id, message, priority)
-            ttl = self.message_ttl
-            per_message = parse_expiration(message.properties.expiration)
-            if per_message is not None:
-                ttl = per_message if ttl is None else min(ttl, per_message)
+            if data is None:
+                entry = Entry(msg_id, None, 0, self.log.size_of(msg_id))
+                ttl = self.message_ttl
+            else:
+                message = decode_message(data)
+                priority = min(message.properties.priority or 0, self.max_priority)
+                entry = Entry(msg_id, message, priority)
+                ttl = self.message_ttl
+                per_message = parse_expiration(message.properties.expiration)
+                if per_message is not None:
+                    ttl = per_message if ttl is None else min(ttl, per_message)
+            entry.on_disk = True
             if ttl is not None:
                 entry.expires_at = now + ttl
-            self._fresh[priority].append(entry)
+            self._fresh[entry.priority].append(entry)
             self._became_ready(entry, now)
         self._next_id = max(self._next_id, getattr(self.log, "max_id_seen", 0) + 1,
                             records[-1][0] + 1 if records else 1)
@@ -314,6 +351,8 @@ class Queue:
         entry.state = GONE
         self.ready_count -= 1
         self.ready_bytes -= entry.size
+        if entry.message is not None:
+            self.resident_bytes -= entry.size
         return entry
 
     def _pick_consumer(self) -> Consumer | None:
@@ -357,6 +396,7 @@ class Queue:
             return entry
 
     def _checkout(self, entry: Entry, consumer: Consumer | None) -> Delivery:
+        self._load(entry)
         entry.delivery_count += 1
         redelivered = entry.delivery_count > 1
         if consumer is None or not consumer.no_ack:
@@ -431,10 +471,10 @@ class Queue:
         entry.state = GONE
         self._forget(entry)
         if self.dlx is not None:
-            self.host.dead_letter(self, entry.message, reason)
+            self.host.dead_letter(self, self._load(entry), reason)
 
     def _forget(self, entry: Entry) -> None:
-        if self.log is not None and entry.message.properties.delivery_mode == 2:
+        if entry.on_disk:
             self.log.settle(entry.msg_id)
 
     # ---------------------------------------------------------------- consumers
@@ -526,4 +566,4 @@ class Queue:
         entries = [e for q in self._fresh for e in q if e.state == READY]
         entries += [e for _, _, e in self._returned if e.state == READY]
         entries.sort(key=lambda e: (-e.priority, e.msg_id))
-        return [e.message for e in entries]
+        return [self._load(e) for e in entries]

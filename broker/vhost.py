@@ -55,8 +55,9 @@ def _gen_name(prefix: str = "amq.gen-") -> str:
 
 class VirtualHost:
     def __init__(self, name: str, *, store: Any = None, clock: Any = None,
-                 consumer_timeout_ms: int = 0):
+                 consumer_timeout_ms: int = 0, resident_bytes: int | None = None):
         self.name = name
+        self.resident_bytes = resident_bytes
         self.store = store
         self.clock = clock or LoopClock()
         self.consumer_timeout_ms = consumer_timeout_ms
@@ -261,7 +262,7 @@ class VirtualHost:
             queue = Queue(self, self.name, name, durable=durable,
                           exclusive_owner=owner if exclusive else None, auto_delete=auto_delete,
                           arguments=arguments, consumer_timeout_ms=self.consumer_timeout_ms,
-                          log=log)
+                          log=log, resident_bytes=self.resident_bytes)
             queue.kind = kind
         self.queues[name] = queue
         self._durable_changed(queue)

@@ -78,6 +78,10 @@ class StompSettings:
 class QueueSettings:
     # Default consumer (visibility) timeout: 30 min as in RabbitMQ; 0 disables.
     consumer_timeout_ms: int = 30 * 60 * 1000
+    # Bytes of ready message bodies a durable queue keeps in memory; persistent messages past
+    # this live only on disk until delivered, so a backlog can be larger than memory.
+    # (x-queue-mode: lazy on a queue sets its limit to 0.)
+    resident_bytes_per_queue: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)

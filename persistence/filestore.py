@@ -21,7 +21,7 @@ import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .records import (ENQUEUE, FILE_HEADER_SIZE, SETTLE, encode_record, file_header,
+from .records import (ENQUEUE, RECORD_HEADER_SIZE, SETTLE, encode_record, file_header,
                       parse_file_header, scan, segment_name)
 
 log = logging.getLogger("manifold.persistence")
@@ -35,13 +35,28 @@ def _fs_name(name: str) -> str:
 
 
 class _Segment:
-    __slots__ = ("base_id", "path", "live", "size")
+    __slots__ = ("base_id", "path", "live", "size", "read_fd")
 
     def __init__(self, base_id: int, path: str, size: int):
         self.base_id = base_id
         self.path = path
         self.live = 0
+        #: bytes of this file handed to the writer (or found on disk at recovery)
         self.size = size
+        self.read_fd: int | None = None
+
+    def pread(self, length: int, position: int) -> bytes:
+        if self.read_fd is None:
+            self.read_fd = os.open(self.path, os.O_RDONLY)
+        data = os.pread(self.read_fd, length, position)
+        if len(data) != length:
+            raise OSError(f"{self.path}: short read at byte {position}")
+        return data
+
+    def close(self) -> None:
+        if self.read_fd is not None:
+            os.close(self.read_fd)
+            self.read_fd = None
 
 
 class FileQueueLog:
@@ -49,7 +64,8 @@ class FileQueueLog:
         self.store = store
         self.directory = directory
         self.segments: list[_Segment] = []
-        self._where: dict[int, _Segment] = {}
+        # msg_id -> (segment, byte position of its ENQUEUE record, payload length)
+        self._where: dict[int, tuple[_Segment, int, int]] = {}
         self._fd: int | None = None
         self.pending = bytearray()
         self.waiters: list[asyncio.Future] = []
@@ -60,14 +76,18 @@ class FileQueueLog:
         os.makedirs(directory, exist_ok=True)
 
     # ------------------------------------------------------------------ recovery
-    def recover(self) -> list[tuple[int, bytes]]:
-        """Rebuild the unsettled set from the segments; truncate each at its first bad record."""
-        live: dict[int, bytes] = {}
+    def recover(self, resident_bytes: int | None = None) -> list[tuple[int, bytes | None]]:
+        """Rebuild the unsettled set from the segments; truncate each at its first bad record.
+
+        Returns ``(msg_id, payload)`` in id order. Payloads past the first ``resident_bytes``
+        (None: no limit) are left on disk and returned as None: fetch them with :meth:`read`, so a
+        backlog larger than memory can be recovered."""
+        live: dict[int, tuple[_Segment, int, int]] = {}
         names = sorted(n for n in os.listdir(self.directory) if n.endswith(".seg"))
         for name in names:
             path = os.path.join(self.directory, name)
             with open(path, "rb") as fh:
-                data = fh.read()
+                data = fh.read()  # one segment at a time (segment_bytes bounds it)
             base_id = parse_file_header(data)
             result = scan(data)
             if base_id is None:
@@ -87,36 +107,55 @@ class FileQueueLog:
             for record in result.records:
                 self.max_id_seen = max(self.max_id_seen, record.msg_id)
                 if record.kind == ENQUEUE:
-                    live[record.msg_id] = record.payload
-                    self._where[record.msg_id] = segment
+                    live[record.msg_id] = (segment, record.position, len(record.payload))
                     segment.live += 1
                 elif record.kind == SETTLE and record.msg_id in live:
-                    del live[record.msg_id]
-                    owner = self._where.pop(record.msg_id, None)
-                    if owner is not None:
-                        owner.live -= 1
+                    owner = live.pop(record.msg_id)[0]
+                    owner.live -= 1
         for problem in self.recovery_problems:
             log.warning("recovery: %s", problem)
+        self._where = live
         self._compact()
         if self.segments:
             # Go on appending (settle tombstones, new messages) to the newest segment.
             self.store._reopen(self, self.segments[-1].path)
-        return sorted(live.items())
+        out: list[tuple[int, bytes | None]] = []
+        budget = resident_bytes
+        for msg_id in sorted(live):
+            length = live[msg_id][2]
+            if budget is None or length <= budget:
+                out.append((msg_id, self.read(msg_id)))
+                if budget is not None:
+                    budget -= length
+            else:
+                budget = 0  # keep the resident part a prefix of the queue
+                out.append((msg_id, None))
+        return out
+
+    def size_of(self, msg_id: int) -> int:
+        return self._where[msg_id][2]
+
+    def read(self, msg_id: int) -> bytes:
+        """The payload of a live message, from its segment. Only for messages whose append has
+        completed (its future resolved), or that were recovered."""
+        segment, position, length = self._where[msg_id]
+        return segment.pread(length, position + RECORD_HEADER_SIZE)
 
     # ------------------------------------------------------------------ writing (event loop side)
     def append(self, msg_id: int, data: bytes) -> asyncio.Future | None:
         self._ensure_segment(msg_id)
         segment = self.segments[-1]
-        self._where[msg_id] = segment
+        # Bytes go out in order, so the record lands after what was handed out and pending.
+        self._where[msg_id] = (segment, segment.size + len(self.pending), len(data))
         segment.live += 1
         self.pending += encode_record(ENQUEUE, msg_id, data)
         return self.store._dirty(self, wait=True)
 
     def settle(self, msg_id: int) -> None:
-        segment = self._where.pop(msg_id, None)
-        if segment is None or self.dropped:
+        where = self._where.pop(msg_id, None)
+        if where is None or self.dropped:
             return
-        segment.live -= 1
+        where[0].live -= 1
         self.pending += encode_record(SETTLE, msg_id)
         self.store._dirty(self, wait=False)
 
@@ -132,7 +171,9 @@ class FileQueueLog:
         """Delete the oldest segments whose messages are all settled (never the current one)."""
         gone = []
         while len(self.segments) > 1 and self.segments[0].live == 0:
-            gone.append(self.segments.pop(0).path)
+            segment = self.segments.pop(0)
+            segment.close()
+            gone.append(segment.path)
         for path in gone:
             try:
                 os.unlink(path)
@@ -147,6 +188,8 @@ class FileQueueLog:
             if not waiter.done():
                 waiter.set_result(None)
         self.waiters.clear()
+        for segment in self.segments:
+            segment.close()
         self.store._forget(self)
         shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -184,6 +227,9 @@ class FileStore:
                 self._kick()
         for fd in list(self._fds.values()) + self._closing:
             os.close(fd)
+        for queue_log in self._logs.values():
+            for segment in queue_log.segments:
+                segment.close()
         self._fds.clear()
         self._closing.clear()
         if self._executor is not None:
@@ -247,7 +293,8 @@ class FileStore:
             self._pre_rotation.append((old, bytes(queue_log.pending)))
             queue_log.pending.clear()
         queue_log.pending[:0] = file_header(base_id)
-        queue_log.segments.append(_Segment(base_id, path, FILE_HEADER_SIZE))
+        # size counts bytes handed to the writer; the header is still pending
+        queue_log.segments.append(_Segment(base_id, path, 0))
 
     def _dirty(self, queue_log: FileQueueLog, wait: bool) -> asyncio.Future | None:
         self._dirty_logs[queue_log] = None

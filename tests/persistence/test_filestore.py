@@ -198,3 +198,42 @@ async def test_stream_records_offsets_and_stored_retention_survive_restart(tmp_p
     vhost.publish("", "events", Message("", "", b"after restart"))
     assert reader.deliveries[-1].offset == 100
     await broker.close()
+
+
+async def test_backlog_past_the_resident_limit_lives_on_disk(tmp_path):
+    settings = Settings().replace("queues", resident_bytes_per_queue=10_000)
+    broker = Broker(settings, store=FileStore(str(tmp_path)))
+    await broker.start()
+    vhost = broker.vhosts["/"]
+    vhost.declare_queue("big", durable=True)
+    body = b"z" * 1000
+    for i in range(200):
+        await vhost.publish("", "big", persistent(body + str(i).encode())).wait
+    queue = vhost.queues["big"]
+    assert queue.ready_count == 200 and queue.ready_bytes > 200_000
+    assert queue.resident_bytes <= 11_000  # the rest was paged out to the segments
+    consumer = Recorder(prefetch=10)
+    vhost.consume("big", consumer)
+    for i in range(200):
+        delivery = consumer.deliveries[i]
+        assert delivery.message.body == body + str(i).encode()  # read back, in order
+        delivery.ack()
+    assert queue.ready_count == 0
+    await broker.close()
+
+
+async def test_lazy_queue_restart_recovers_without_loading_every_body(tmp_path):
+    broker, vhost = await open_broker(tmp_path)
+    vhost.declare_queue("lazy", durable=True, arguments={"x-queue-mode": "lazy"})
+    for i in range(50):
+        await vhost.publish("", "lazy", persistent(f"m{i}".encode(), headers={"i": i})).wait
+    assert vhost.queues["lazy"].resident_bytes == 0
+    await broker.close()
+    broker, vhost = await open_broker(tmp_path)
+    queue = vhost.queues["lazy"]
+    assert queue.ready_count == 50 and queue.resident_bytes == 0  # nothing read yet
+    consumer = Recorder()
+    vhost.consume("lazy", consumer)
+    assert [d.message.body for d in consumer.deliveries] == [f"m{i}".encode() for i in range(50)]
+    assert consumer.deliveries[7].message.headers == {"i": 7}
+    await broker.close()
