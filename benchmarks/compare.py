@@ -439,11 +439,15 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(args.rounds):
                 for case, gen, ready in plan.values():
                     for name in rotation(ready, r):
+                        out = outcomes[(case.key, name)]
+                        if running[name].error:  # it died earlier in this run: do not wait on it
+                            out.rates.append(None)
+                            out.errors.append(running[name].error)
+                            continue
                         port = running[name].ports[case.protocol]
                         cmd = generator_command(python, gen, case, peers_mod.HOST, port,
                                                 args.messages)
                         rate, how, _ = run_generator(cmd, args.run_timeout)
-                        out = outcomes[(case.key, name)]
                         out.rates.append(rate)
                         if rate is None:
                             out.errors.append(how)
