@@ -16,6 +16,8 @@ class AMQPServer:
     def __init__(self, broker: Any, settings: Any):
         self.broker = broker
         self.settings = settings
+        #: direct reply-to tokens -> the consumer (on some channel) that replies go to
+        self.reply_to: dict = {}
 
     def new_session(self) -> AMQPSession:
         return AMQPSession(self)

@@ -28,6 +28,7 @@ from pamqp import commands as C
 from broker.consumer import Consumer, Delivery
 from broker.errors import BrokerError, NotFound, PreconditionFailed
 from broker.message import Message
+from broker.vhost import PublishResult
 
 from . import codec
 from .codec import (Ack, FrameError, Heartbeat, Method, ProtocolHeaderMismatch,
@@ -51,8 +52,23 @@ SERVER_CAPABILITIES = {
     "consumer_priorities": False,
     "authentication_failure_close": True,
     "per_consumer_qos": True,
-    "direct_reply_to": False,
+    "direct_reply_to": True,
 }
+
+# RabbitMQ direct reply-to: a pseudo-queue consumed in no-ack mode; replies skip the core.
+REPLY_TO = "amq.rabbitmq.reply-to"
+REPLY_PREFIX = REPLY_TO + "."
+
+
+class _DirectDelivery:
+    """A reply delivered straight to a direct reply-to consumer (no queue, nothing to settle)."""
+    __slots__ = ("message",)
+    redelivered = False
+    offset = None
+    settled = True
+
+    def __init__(self, message: Message):
+        self.message = message
 
 
 class AMQPError(Exception):
@@ -139,6 +155,8 @@ class Channel:
         # transactions: None, or held publishes and settlements
         self.tx: list | None = None
         self.tx_settles: list = []
+        # direct reply-to: this channel's token in the server's registry, if consuming it
+        self.reply_token: str | None = None
 
     # ------------------------------------------------------------------ deliveries out
     def deliver(self, consumer: AMQPConsumer, delivery: Delivery) -> None:
@@ -274,6 +292,9 @@ class Channel:
             deliveries.extend(d for _, d in held)
         self.tx_settles = []
         self.tx = [] if self.tx is not None else None
+        if self.reply_token is not None:
+            self.session.server.reply_to.pop(self.reply_token, None)
+            self.reply_token = None
         if vhost is not None:
             for consumer in consumers:
                 vhost.cancel(consumer)
@@ -780,6 +801,8 @@ class AMQPSession:
             ch.resume_consumers()
 
     def _basic_consume(self, ch: Channel, m: Any) -> None:
+        if m.queue == REPLY_TO:
+            return self._consume_reply_to(ch, m)
         queue = self._queue_name(ch, m.queue)
         tag = m.consumer_tag or _gen_ctag()
         if tag in ch.consumers:
@@ -800,9 +823,31 @@ class AMQPSession:
             del self.out[mark:]
             raise
 
+    def _consume_reply_to(self, ch: Channel, m: Any) -> None:
+        """RabbitMQ direct reply-to: replies to ``reply_to = amq.rabbitmq.reply-to`` come back
+        to this consumer without a queue."""
+        if not m.no_ack:
+            raise PreconditionFailed("reply consumer cannot acknowledge")
+        if ch.reply_token is not None:
+            raise PreconditionFailed("reply consumer already set")
+        tag = m.consumer_tag or _gen_ctag()
+        if tag in ch.consumers:
+            raise AMQPError(530, f"NOT_ALLOWED - attempt to reuse consumer tag '{tag}'", True)
+        consumer = AMQPConsumer(ch, tag, no_ack=True, prefetch=0, exclusive=True,
+                                arguments={}, owner=self)
+        ch.consumers[tag] = consumer
+        ch.reply_token = base64.urlsafe_b64encode(os.urandom(18)).decode()
+        self.server.reply_to[ch.reply_token] = consumer
+        if not m.nowait:
+            self.out.append(method_frame(ch.number, 60, 21, shortstr(tag)))
+
     def _basic_cancel(self, ch: Channel, m: Any) -> None:
         consumer = ch.consumers.pop(m.consumer_tag, None)
-        if consumer is not None:
+        if consumer is not None and consumer.queue is None and ch.reply_token is not None and \
+                self.server.reply_to.get(ch.reply_token) is consumer:
+            del self.server.reply_to[ch.reply_token]
+            ch.reply_token = None
+        elif consumer is not None:
             self.vhost.cancel(consumer)
         if not m.nowait:
             self.out.append(method_frame(ch.number, 60, 31, shortstr(m.consumer_tag)))
@@ -880,12 +925,17 @@ class AMQPSession:
                 raise PreconditionFailed(f"user_id property set to '{props.user_id}' but "
                                          f"authenticated user was '{self.user.name}'")
             message = Message(ev.exchange, ev.routing_key, body, props, ev.encoded)
+            if props.reply_to == REPLY_TO:
+                message = self._reply_to(ch, message)
             if ch.tx is not None:
                 if ev.exchange not in self.vhost.exchanges:
                     raise NotFound(f"no exchange '{ev.exchange}' in vhost '{self.vhost.name}'")
                 ch.tx.append((message, ev.mandatory))
                 return
-            result = self.vhost.publish(ev.exchange, ev.routing_key, message)
+            if ev.exchange or not ev.routing_key.startswith(REPLY_PREFIX):
+                result = self.vhost.publish(ev.exchange, ev.routing_key, message)
+            else:
+                result = self._reply(message)
         except (BrokerError, AMQPError) as exc:
             self.fail(ch, exc, 60, 40)
             return
@@ -902,6 +952,22 @@ class AMQPSession:
                 ch.outstanding.add(seq)
                 future = asyncio.ensure_future(result.wait)
                 future.add_done_callback(lambda f, seq=seq, ch=ch: ch.wait_done(seq, f))
+
+    def _reply_to(self, ch: Channel, message: Message) -> Message:
+        """A request asking for a direct reply: name this channel's reply consumer in it."""
+        if ch.reply_token is None:
+            raise PreconditionFailed("fast reply consumer does not exist")
+        props = message.properties.copy()
+        props.reply_to = REPLY_PREFIX + ch.reply_token
+        return Message(message.exchange, message.routing_key, message.body, props)
+
+    def _reply(self, message: Message) -> Any:
+        """A reply to ``amq.rabbitmq.reply-to.<token>``: straight to that consumer, if any."""
+        consumer = self.server.reply_to.get(message.routing_key[len(REPLY_PREFIX):])
+        if consumer is None or consumer.channel.closing or consumer.channel.closed:
+            return PublishResult(0, False, None)
+        consumer.deliver(_DirectDelivery(message))  # type: ignore[arg-type]
+        return PublishResult(1, False, None)
 
     def basic_return(self, ch: Channel, message: Message, code: int, text: str) -> None:
         encoded = message.encoded
@@ -932,7 +998,10 @@ class AMQPSession:
         publishes, settles = ch.tx, ch.tx_settles
         ch.tx, ch.tx_settles = [], []
         for message, mandatory in publishes:
-            result = self.vhost.publish(message.exchange, message.routing_key, message)
+            if message.exchange or not message.routing_key.startswith(REPLY_PREFIX):
+                result = self.vhost.publish(message.exchange, message.routing_key, message)
+            else:
+                result = self._reply(message)
             if not result.routed and mandatory:
                 self.basic_return(ch, message, 312, "NO_ROUTE")
         held = ch.tx

@@ -543,3 +543,44 @@ async def test_confirms_wait_for_disk_and_nack_when_it_fails(running_broker):
             await asyncio.wait_for(fourth, T)
     finally:
         await conn.close()
+
+
+async def test_direct_reply_to_round_trip(running_broker):
+    client = await connect(running_broker)
+    server = await connect(running_broker)
+    async with client, server:
+        sch = await server.channel()
+        requests = await sch.declare_queue("rpc-requests", exclusive=True)
+
+        async def respond(message):
+            async with message.process():
+                assert message.reply_to.startswith("amq.rabbitmq.reply-to.")
+                await sch.default_exchange.publish(
+                    Message(b"re: " + message.body, correlation_id=message.correlation_id),
+                    routing_key=message.reply_to)
+
+        await requests.consume(respond)
+        cch = await client.channel()
+        replies: asyncio.Queue = asyncio.Queue()
+        reply_queue = await cch.get_queue("amq.rabbitmq.reply-to", ensure=False)
+        await reply_queue.consume(replies.put, no_ack=True)
+        for i in range(3):
+            await cch.default_exchange.publish(
+                Message(b"ping%d" % i, reply_to="amq.rabbitmq.reply-to", correlation_id=str(i)),
+                routing_key="rpc-requests")
+        got = [await asyncio.wait_for(replies.get(), T) for _ in range(3)]
+        assert sorted((m.correlation_id, m.body) for m in got) == [
+            (str(i), b"re: ping%d" % i) for i in range(3)]
+
+
+async def test_direct_reply_to_needs_the_reply_consumer(running_broker):
+    conn = await aiormq.connect(url(running_broker))
+    try:
+        ch = await conn.channel()
+        with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed) as err:
+            await asyncio.wait_for(ch.basic_publish(
+                b"x", routing_key="q", properties=aiormq.spec.Basic.Properties(
+                    reply_to="amq.rabbitmq.reply-to")), T)
+        assert "fast reply consumer does not exist" in str(err.value)
+    finally:
+        await conn.close()
