@@ -562,31 +562,19 @@ class MqttDecoder:
             return NEED_DATA
         first = buf[pos]
         # Remaining Length [MQTT 2.2.3]: a variable byte integer of at most 4 bytes.
-        length = 0
-        shift = 0
-        i = pos + 1
-        while True:
-            if i >= n:
-                if i - pos - 1 >= 4:
-                    raise MalformedPacket("remaining length longer than 4 bytes")
+        length = buf[pos + 1]
+        if length < 0x80:  # one byte: the common case for small packets
+            i = pos + 2
+        else:
+            length, i = self._remaining_length(buf, pos, n)
+            if i < 0:
                 return NEED_DATA
-            b = buf[i]
-            i += 1
-            length |= (b & 0x7F) << shift
-            if not b & 0x80:
-                if i - pos - 1 > 1 and b == 0:
-                    raise MalformedPacket("remaining length not in its shortest form")
-                break
-            shift += 7
-            if i - pos - 1 >= 4:
-                raise MalformedPacket("remaining length longer than 4 bytes")
         total = i - pos + length
         if total > self.max_packet_size:
             raise PacketTooLarge(f"packet of {total} bytes exceeds the maximum packet size "
                                  f"{self.max_packet_size}")
         if n - i < length:
             return NEED_DATA
-        ptype = first >> 4
         end = i + length
         if length == 2 and first in _SHORT_ACKS and self.version is not None:
             # hot path: a PUBACK/PUBREC/PUBREL/PUBCOMP with no reason code
@@ -597,9 +585,33 @@ class MqttDecoder:
             return _SHORT_ACKS[first](pid)
         body = bytes(buf[i:end])
         self._consumed(end, n)
+        ptype = first >> 4
         if ptype == PUBLISH and self.version is not None:
             return self._publish(first & 0x0F, body)
         return self.decode(ptype, first & 0x0F, body)
+
+    @staticmethod
+    def _remaining_length(buf: bytearray, pos: int, n: int) -> tuple[int, int]:
+        """Multi-byte remaining length: (value, index after it), or (0, -1) if incomplete."""
+        length = 0
+        shift = 0
+        i = pos + 1
+        while True:
+            if i >= n:
+                if i - pos - 1 >= 4:
+                    raise MalformedPacket("remaining length longer than 4 bytes")
+                return 0, -1
+            b = buf[i]
+            i += 1
+            length |= (b & 0x7F) << shift
+            if not b & 0x80:
+                if i - pos - 1 > 1 and b == 0:
+                    # [MQTT-1.5.5-1] the minimum number of bytes
+                    raise MalformedPacket("remaining length not in its shortest form")
+                return length, i
+            shift += 7
+            if i - pos - 1 >= 4:
+                raise MalformedPacket("remaining length longer than 4 bytes")
 
     def _consumed(self, end: int, n: int) -> None:
         if end == n:

@@ -723,6 +723,10 @@ class MqttSession:
 
     def _send_publish(self, message: Message, topic: str, qos: int, retain: bool,
                       sub_ids: list | None, pid: int | None, dup: bool) -> bool:
+        if not self.v5:  # 3.1.1 / 3.1: no properties, no client packet size limit
+            self._send(c.encode_publish(topic.encode("utf-8"), message.body, qos, retain, dup,
+                                        pid, None))
+            return True
         is_mqtt = type(message) is MqttMessage
         props_bytes = None
         if self.v5:
