@@ -7,7 +7,7 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-VENV="${MANIFOLD_VENV:-$(cd "$HERE/.." && pwd)/.venv}"
+VENV="${BENCH_VENV:-$(cd "$HERE/.." && pwd)/.venv}"
 export DEBIAN_FRONTEND=noninteractive
 
 SUDO=""

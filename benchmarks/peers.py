@@ -36,7 +36,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-VENV_BIN = Path(os.environ.get("MANIFOLD_VENV", ROOT / ".venv")) / "bin"
+VENV_BIN = Path(os.environ.get("BENCH_VENV", ROOT / ".venv")) / "bin"
 HOST = "127.0.0.1"
 
 #: protocol ports of Manifold's defaults, never handed out to a peer
@@ -213,7 +213,7 @@ class Peer:
         self.proc = None
 
     def cleanup(self) -> None:
-        if self.workdir and not os.environ.get("MANIFOLD_BENCH_KEEP"):
+        if self.workdir and not os.environ.get("BENCH_KEEP_TMP"):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def describe(self) -> str:
@@ -241,7 +241,7 @@ class ManifoldPeer(Peer):
         return [exe, "serve", "--data-dir", str(self.workdir / "data"),
                 "--bind", HOST, "--amqp-port", str(self.ports["amqp"]),
                 "--mqtt-port", str(self.ports["mqtt"]), "--stomp-port", str(self.ports["stomp"]),
-                "--log-level", "warning" if os.environ.get("MANIFOLD_BENCH_QUIET") else "info"]
+                "--log-level", "info"]  # info: its "listening" line says it is ready
 
     def required_ports(self) -> dict[str, int]:
         # Manifold opens only the protocols whose adapter exists, so readiness is its log line
