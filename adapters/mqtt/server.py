@@ -328,7 +328,9 @@ class MqttServer:
         key = (state.vhost.name, sub.group, sub.filter)
         entry = self.share_groups.get(key)
         if entry is None:
-            name = f"mqtt-shared-{sub.group}-{sub.key}"
+            # A share name cannot contain "/" [MQTT-4.8.2-2], so the first "/" separates it
+            # from the binding key unambiguously.
+            name = f"mqtt-shared-{sub.group}/{sub.key}"
             state.vhost.declare_queue(name, arguments=dict(QUEUE_ARGUMENTS))
             state.vhost.bind_queue(name, TOPIC_EXCHANGE, sub.key, None)
             entry = self.share_groups[key] = [name, 0]
