@@ -419,6 +419,10 @@ async def test_stream_replay_from_first_and_from_offset(running_broker):
         assert [o for _, o in everything] == list(range(10))
         tail = await read(7, 3)
         assert tail == [(b"e7", 7), (b"e8", 8), (b"e9", 9)]
+        since = await read(datetime.datetime.now(datetime.timezone.utc) -
+                           datetime.timedelta(minutes=5), 10)
+        assert [o for _, o in since] == list(range(10))
+        assert [o for _, o in await read("1h", 10)] == list(range(10))
 
 
 async def test_server_cancels_consumer_when_queue_is_deleted(running_broker):
