@@ -585,3 +585,25 @@ def test_paho_mqtt_3_1_protocol_level_3(port, clients):
     pub.publish("v31/t", b"old", 2)
     m = sub.get()
     assert (m.topic, m.payload, m.qos) == ("v31/t", b"old", 2)
+
+
+def test_paho_v5_shared_group_members_leave_and_queue_goes(running_broker, clients):
+    port = running_broker.ports["mqtt"]
+    a = make(clients, port, proto=V5)
+    b = make(clients, port, proto=V5)
+    a.subscribe("$share/grp/sg/#", 1)
+    b.subscribe("$share/grp/sg/#", 1)
+
+    def shared_queues():
+        return sorted(n for n in running_broker.broker.vhosts["/"].queues
+                      if n.startswith("mqtt-shared-grp/"))
+
+    assert running_broker.call(shared_queues) == ["mqtt-shared-grp/sg.#"]
+    a.disconnect()  # a clean session ends: b gets everything now
+    pub = make(clients, port, proto=V5)
+    for i in range(4):
+        pub.publish("sg/x", b"%d" % i, 1)
+    assert sorted(b.get().payload for _ in range(4)) == [b"0", b"1", b"2", b"3"]
+    b.client.unsubscribe("$share/grp/sg/#")
+    b.unsubacks.get(timeout=WAIT)
+    assert running_broker.call(shared_queues) == []
