@@ -13,6 +13,8 @@ import compare  # noqa: E402
 import gen_mqtt  # noqa: E402
 import peers  # noqa: E402
 
+CASE = {c.key: c for c in compare.CASES}
+
 
 @pytest.mark.parametrize("stdout, expected", [
     ('{"msgs_per_s": 1234.5, "complete": true}\n', 1234.5),
@@ -84,14 +86,14 @@ def test_render_table_failed_runs_give_first_error():
 
 
 def test_generator_command_passes_only_understood_options():
-    case = compare.CASES[2]  # MQTT QoS 1
+    case = CASE["mqtt-qos1"]
     full = compare.Generator(Path("g.py"), frozenset({"--host", "--port", "--qos",
                                                       "--messages"}), own=True)
     cmd = compare.generator_command("py", full, case, "127.0.0.1", 1234, 500)
     assert cmd == ["py", "g.py", "--host", "127.0.0.1", "--port", "1234", "--qos", "1",
                    "--messages", "500"]
     bare = compare.Generator(Path("g.py"), frozenset({"--host", "--port"}), own=False)
-    assert compare.generator_command("py", bare, compare.CASES[0], "h", 1, 500) == \
+    assert compare.generator_command("py", bare, CASE["amqp"], "h", 1, 500) == \
         ["py", "g.py", "--host", "h", "--port", "1"]
     flags = compare.Generator(Path("g.py"), frozenset({"--host", "--port", "--ack",
                                                        "--confirm"}), own=False)
@@ -101,7 +103,7 @@ def test_generator_command_passes_only_understood_options():
 
 
 def test_pick_generator_falls_back_when_an_option_is_missing():
-    case = compare.CASES[2]  # needs --qos
+    case = CASE["mqtt-qos1"]  # needs --qos
     adapter = compare.Generator(Path("mqtt_throughput.py"), frozenset({"--host", "--port"}),
                                 own=False)
     own = compare.Generator(Path("gen_mqtt.py"), frozenset({"--host", "--port", "--qos"}),
