@@ -107,6 +107,18 @@ class SessionConsumer(Consumer):
         conn = self.state.conn
         return conn is not None and conn.can_deliver()
 
+    def cancelled(self, reason: str) -> None:
+        """The queue was deleted under the session (e.g. by an AMQP client): the session cannot
+        go on without it, so it ends and its client is disconnected (5.0: reason 0x80)."""
+        self.queue = None
+        state = self.state
+        if self.share is None:
+            state.consumer = None
+        conn = state.conn
+        state.server.end_session(state)
+        if conn is not None:
+            conn.server_ended(reason)
+
     def deliver(self, delivery: Delivery) -> None:
         conn = self.state.conn
         if conn is None:  # pragma: no cover - has_credit guards this
@@ -188,8 +200,6 @@ class SessionState:
             if old is None and not any(s.key == sub.key and s is not sub and s.group is None
                                        for s in self.subscriptions.values()):
                 self.vhost.bind_queue(self.queue_name, TOPIC_EXCHANGE, sub.key, None)
-            elif old is None:
-                pass
             self.update_no_ack()
         elif old is None:
             self.shared[sub.topic_filter] = self.server.join_share(self, sub)

@@ -449,6 +449,11 @@ class MqttSession:
             return
         self.connection_lost()
 
+    def server_ended(self, reason: str) -> None:
+        """The session was ended by the server (its queue deleted): DISCONNECT 0x80 and close."""
+        self._disconnect(c.UNSPECIFIED_ERROR, f"session ended: {reason}", reason)
+        self._flush()
+
     def _keepalive_timeout(self) -> None:
         self._disconnect(c.KEEP_ALIVE_TIMEOUT, "keep-alive timeout: nothing received for 1.5 "
                          "times the keep alive", "keep alive timeout")

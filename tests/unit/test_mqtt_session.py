@@ -164,3 +164,18 @@ async def test_internal_error_closes_only_that_connection(server, monkeypatch):
     assert isinstance(packets[-1], c.Disconnect)
     assert packets[-1].reason_code == c.IMPLEMENTATION_SPECIFIC_ERROR
     assert cl.conn.closed
+
+
+async def test_session_queue_deleted_under_the_session(server):
+    cl = Client(server, 5)
+    cl.send(c.Connect("victim", protocol_level=5))
+    cl.send(c.Subscribe(1, [("a", c.SubscriptionOptions(1))]))
+    await settle()
+    cl.packets()
+    server.broker.vhosts["/"].delete_queue("mqtt-subscription-victim")
+    await settle()
+    packets = cl.packets()
+    assert isinstance(packets[-1], c.Disconnect) and packets[-1].reason_code == 0x80
+    assert cl.conn.closed
+    assert "victim" not in server.sessions
+    cl.session.connection_lost()  # the transport's callback later: nothing left to do
