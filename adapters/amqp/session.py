@@ -283,21 +283,30 @@ class Channel:
     # ------------------------------------------------------------------ teardown
     def cleanup(self) -> None:
         """Channel closed or connection gone: cancel consumers, return unacked deliveries."""
+        self.cancel_consumers()
+        self.release()
+
+    def cancel_consumers(self) -> None:
         vhost = self.session.vhost
         consumers = list(self.consumers.values())
         self.consumers.clear()
+        if vhost is not None:
+            for consumer in consumers:
+                vhost.cancel(consumer)
+        if self.reply_token is not None:
+            self.session.server.reply_to.pop(self.reply_token, None)
+            self.reply_token = None
+
+    def release(self) -> None:
+        """Return unacked (and tx-held) deliveries to their queues."""
+        vhost = self.session.vhost
         deliveries = list(self.unacked.values())
         self.unacked.clear()
         for held, _ack, _requeue in self.tx_settles:
             deliveries.extend(d for _, d in held)
         self.tx_settles = []
         self.tx = [] if self.tx is not None else None
-        if self.reply_token is not None:
-            self.session.server.reply_to.pop(self.reply_token, None)
-            self.reply_token = None
         if vhost is not None:
-            for consumer in consumers:
-                vhost.cancel(consumer)
             vhost.requeue(deliveries)
         self.session.decoder.reset_channel(self.number)
 
@@ -433,15 +442,6 @@ class AMQPSession:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)  # type: ignore[union-attr]
 
-    def queued(self, nbytes: int) -> None:
-        """A delivery was appended to ``out``."""
-        self.out_bytes += nbytes
-        if self.out_bytes >= FLUSH_BYTES:
-            self.flush()  # may pause us via conn.writable: that is the backpressure
-        elif not self._in_receive and not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self.flush)  # type: ignore[union-attr]
-
     def flush(self) -> None:
         self._flush_scheduled = False
         if self.confirm_dirty:
@@ -467,8 +467,9 @@ class AMQPSession:
         self.out.append(method_frame(channel.number, 20, 40,
                                      _close_payload(code, text, class_id, method_id)))
         channel.cleanup()
-        if not self._in_receive:
-            self.send(b"")
+        if not self._in_receive and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)  # type: ignore[union-attr]
 
     def connection_error(self, code: int, text: str, class_id: int = 0,
                          method_id: int = 0) -> None:
@@ -498,11 +499,15 @@ class AMQPSession:
             self.channel_error(channel, code, text, class_id, method_id)
 
     def cleanup_all(self) -> None:
-        channels = list(self.channels.values())
+        channels = [c for c in self.channels.values() if not c.closed]
         for channel in channels:
-            if not channel.closed:
-                channel.closed = True
-                channel.cleanup()
+            channel.closed = True
+        # Every consumer of this connection goes before any message is requeued, so that a
+        # message given back by one channel is not handed to another channel that is closing.
+        for channel in channels:
+            channel.cancel_consumers()
+        for channel in channels:
+            channel.release()
         self.channels.clear()
         self.confirm_dirty.clear()
 

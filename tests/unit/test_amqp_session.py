@@ -214,3 +214,20 @@ async def test_frames_after_connection_close_are_discarded(client):
     assert client.methods() == []
     client.send(0, C.Connection.CloseOk())
     assert client.conn.closed
+
+
+async def test_connection_loss_cancels_every_consumer_before_requeueing(server):
+    c = Client(server)
+    c.handshake()
+    c.send(2, C.Channel.Open())
+    c.send(1, C.Queue.Declare(queue="limited", arguments={"x-delivery-limit": 1}),
+           C.Basic.Qos(prefetch_count=1), C.Basic.Consume(queue="limited", consumer_tag="a"))
+    c.send(2, C.Basic.Qos(prefetch_count=2), C.Basic.Consume(queue="limited", consumer_tag="b"))
+    c.publish(1, b"m1", routing_key="limited")
+    c.publish(1, b"m2", routing_key="limited")
+    delivered = [m for m in c.methods() if isinstance(m, C.Basic.Deliver)]
+    assert len(delivered) == 2
+    c.session.connection_lost()
+    queue = server.broker.vhosts["/"].queues["limited"]
+    # each message went back once: none was bounced to the other dying channel and dropped
+    assert queue.message_count == 2
