@@ -140,3 +140,41 @@ async def test_amqtt_unsubscribe(uri, clients):
     await asyncio.wait_for(pub.publish("amu/t", b"x", qos=QOS_1), WAIT)
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(sub.deliver_message(), 0.5)
+
+
+async def test_amqtt_dollar_topics_not_matched_by_wildcard(uri, clients):
+    sub = await client(clients, uri)
+    await asyncio.wait_for(sub.subscribe([("#", QOS_1)]), WAIT)
+    pub = await client(clients, uri)
+    await asyncio.wait_for(pub.publish("$internal/x", b"hidden", qos=QOS_1), WAIT)
+    await asyncio.wait_for(pub.publish("visible/x", b"shown", qos=QOS_1), WAIT)
+    msg = await asyncio.wait_for(sub.deliver_message(), WAIT)
+    assert (msg.topic, msg.data) == ("visible/x", b"shown")
+
+
+async def test_amqtt_unaffected_by_malformed_neighbour(uri, running_broker, clients):
+    sub = await client(clients, uri)
+    await asyncio.wait_for(sub.subscribe([("amn/t", QOS_1)]), WAIT)
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection("127.0.0.1", running_broker.ports["mqtt"]), WAIT)
+    writer.write(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00")
+    assert (await asyncio.wait_for(reader.readexactly(4), WAIT))[:2] == b"\x20\x02"
+    writer.write(b"\x3f\x00")  # PUBLISH QoS 3: malformed
+    assert await asyncio.wait_for(reader.read(10), WAIT) == b""  # closed
+    writer.close()
+    pub = await client(clients, uri)
+    await asyncio.wait_for(pub.publish("amn/t", b"fine", qos=QOS_1), WAIT)
+    msg = await asyncio.wait_for(sub.deliver_message(), WAIT)
+    assert msg.data == b"fine"
+
+
+async def test_amqtt_keep_alive_kept_by_pings(running_broker, clients):
+    uri = f"mqtt://127.0.0.1:{running_broker.ports['mqtt']}/"
+    cl = MQTTClient(config={"auto_reconnect": False, "keep_alive": 1, "ping_delay": 0})
+    await asyncio.wait_for(cl.connect(uri), WAIT)
+    clients.append(cl)
+    await asyncio.sleep(2.5)  # longer than 1.5 x keep alive: pings keep the connection
+    await asyncio.wait_for(cl.subscribe([("ka/t", QOS_1)]), WAIT)
+    await asyncio.wait_for(cl.publish("ka/t", b"alive", qos=QOS_1), WAIT)
+    msg = await asyncio.wait_for(cl.deliver_message(), WAIT)
+    assert msg.data == b"alive"
