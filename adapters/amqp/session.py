@@ -628,7 +628,8 @@ class AMQPSession:
                 if handler is None:
                     raise AMQPError(503, f"COMMAND_INVALID - method {method.name} is not "
                                          "allowed on channel 0", True)
-                if expected is not None and kind is not expected:
+                if expected is not None and kind is not expected and \
+                        kind is not C.Connection.Close:
                     raise AMQPError(503, f"COMMAND_INVALID - expected "
                                          f"'{_NAMES[expected]}', got '{method.name}'", True)
                 if expected is None and kind in _HANDSHAKE_METHODS:
