@@ -773,3 +773,41 @@ def test_commit_receipt_after_persistent_sends(running_broker, clients):
     c.conn.commit("t", headers={"receipt": "done"})
     c.receipt("done")
     assert queue_state(running_broker, "txp") == (3, 0)
+
+
+def test_stomp_and_amqp_properties_both_ways(running_broker, clients):
+    """A STOMP SEND as seen by pika, and a pika publish as seen by a STOMP subscriber."""
+    if "amqp" not in running_broker.ports:
+        pytest.skip("no AMQP adapter")
+    import pika
+
+    c = clients("1.2")
+    c.conn.send("/queue/to-amqp", b"from stomp", headers={
+        "content-type": "text/plain", "correlation-id": "c-9", "persistent": "true",
+        "amqp-message-id": "m-9", "priority": "3", "reply-to": "/queue/back", "custom": "yes",
+        "receipt": "r"})
+    c.receipt("r")
+    params = pika.ConnectionParameters(running_broker.host, running_broker.ports["amqp"],
+                                       socket_timeout=WAIT, blocked_connection_timeout=WAIT)
+    amqp = pika.BlockingConnection(params)
+    try:
+        channel = amqp.channel()
+        method, props, body = channel.basic_get("to-amqp", auto_ack=True)
+        assert body == b"from stomp"
+        assert (props.content_type, props.correlation_id, props.delivery_mode,
+                props.message_id, props.priority, props.reply_to) == (
+            "text/plain", "c-9", 2, "m-9", 3, "/queue/back")
+        assert props.headers == {"custom": "yes"}
+        c.conn.subscribe("/queue/from-amqp", id="s", headers={"receipt": "s"})
+        c.receipt("s")
+        channel.basic_publish("", "from-amqp", b"from amqp", pika.BasicProperties(
+            content_type="application/json", correlation_id="x-1", message_id="am-1",
+            app_id="pika", headers={"n": 5, "s": "str"}))
+        frame = c.listener.get("MESSAGE")
+        assert frame.body == b"from amqp"
+        for key, value in {"content-type": "application/json", "correlation-id": "x-1",
+                           "amqp-message-id": "am-1", "app-id": "pika", "n": "5",
+                           "s": "str", "destination": "/queue/from-amqp"}.items():
+            assert frame.headers[key] == value, key
+    finally:
+        amqp.close()
