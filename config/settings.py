@@ -72,6 +72,8 @@ class StompSettings:
     max_headers: int = 1000
     # Smallest heart-beat interval the server offers or accepts, in milliseconds.
     heartbeat_ms: int = 10000
+    # A connection that has not sent CONNECT this long after opening is dropped.
+    handshake_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)

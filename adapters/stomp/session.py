@@ -44,8 +44,6 @@ CONNECTING, CONNECTED, CLOSED = "CONNECTING", "CONNECTED", "CLOSED"
 ACK_MODES = ("auto", "client", "client-individual")
 # Output is coalesced up to this many bytes before it is handed to the transport.
 FLUSH_BYTES = 64 * 1024
-# A client that opens a socket and never sends CONNECT is dropped after this long.
-HANDSHAKE_TIMEOUT_S = 10.0
 
 
 class StompError(Exception):
@@ -146,6 +144,7 @@ class StompSession:
         self._flush_scheduled = False
         self._in_input = False
         self._failed = False
+        self._handshake_timer: asyncio.TimerHandle | None = None
         self._prop_cache: tuple[Any, bytes] | None = None
         self._handlers: dict[str, Callable[[Frame], None]] = {
             "SEND": self.on_send, "SUBSCRIBE": self.on_subscribe,
@@ -158,9 +157,13 @@ class StompSession:
     # ================================================================ transport callbacks
     def connection_made(self, conn: "Connection") -> None:
         self.conn = conn
-        conn.set_keepalive(HANDSHAKE_TIMEOUT_S, self._handshake_timeout)
+        # A client must log in within handshake_timeout_s of opening the socket (heart-beat
+        # EOLs do not count): one timer handle, cancelled by CONNECT.
+        self._handshake_timer = asyncio.get_running_loop().call_later(
+            self.settings.handshake_timeout_s, self._handshake_timeout)
 
     def _handshake_timeout(self) -> None:
+        self._handshake_timer = None
         if self.state == CONNECTING and self.conn is not None:
             self.state = CLOSED
             self.conn.abort("handshake timeout: no CONNECT frame")
@@ -212,6 +215,9 @@ class StompSession:
 
     def connection_lost(self) -> None:
         self.state = CLOSED
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
         self.transactions.clear()
         # Pending receipts are dropped, their awaitables NOT cancelled: a store's group-commit
         # future is shared with other connections' publishes.
@@ -344,6 +350,9 @@ class StompSession:
         except BrokerError as exc:
             raise StompError("Bad CONNECT", exc.text) from None
         vhost = self.broker.open_vhost(self._vhost_name(headers.get("host")), user)
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
         self.version = version
         self.codec.version = version
         self.user = user

@@ -369,3 +369,27 @@ def test_heartbeats_off_in_1_0_and_with_zero(make_broker):
         assert r.frame().command == "RECEIPT"
     finally:
         r.close()
+
+
+def test_no_connect_within_handshake_timeout(make_broker):
+    rb = make_broker(stomp={"handshake_timeout_s": 0.3})
+    r = Raw(rb)
+    try:
+        for _ in range(4):  # heart-beat EOLs do not keep a connection that never logs in
+            r.send(b"\n")
+            time.sleep(0.1)
+        r.wait_closed(timeout=3.0)
+    finally:
+        r.close()
+
+
+def test_connect_in_time_cancels_handshake_timeout(make_broker):
+    rb = make_broker(stomp={"handshake_timeout_s": 0.3})
+    r = Raw(rb)
+    try:
+        r.connect()
+        time.sleep(0.5)
+        r.send(b"SUBSCRIBE\nid:s\ndestination:/queue/h\nreceipt:x\n\n\x00")
+        assert r.frame().command == "RECEIPT"
+    finally:
+        r.close()
