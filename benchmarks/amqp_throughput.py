@@ -150,8 +150,9 @@ async def open_client(args, progress: asyncio.Event, manual_ack: bool = False) -
     return client
 
 
-def publish_frames(routing_key: str, payload: bytes) -> bytes:
-    props = commands.Basic.Properties(content_type="application/octet-stream", delivery_mode=1)
+def publish_frames(routing_key: str, payload: bytes, persistent: bool = False) -> bytes:
+    props = commands.Basic.Properties(content_type="application/octet-stream",
+                                      delivery_mode=2 if persistent else 1)
     return (pframe.marshal(commands.Basic.Publish(exchange="", routing_key=routing_key), 1)
             + pframe.marshal(pheader.ContentHeader(0, len(payload), props), 1)
             + pframe.marshal(pbody.ContentBody(payload), 1))
@@ -162,10 +163,12 @@ async def run(args) -> dict:
     progress = asyncio.Event()
     result = {"protocol": "amqp", "broker": args.broker_name,
               "ack": "manual" if args.ack else "no-ack", "confirm": args.confirm,
+              "persistent": args.persistent,
               "messages": args.messages, "payload_bytes": args.size, "window": args.window,
               "received": 0, "seconds": None, "msgs_per_s": None, "complete": False}
     sub = await open_client(args, progress, manual_ack=args.ack)
-    sub.transport.write(pframe.marshal(commands.Queue.Declare(queue=queue, auto_delete=True), 1))
+    sub.transport.write(pframe.marshal(commands.Queue.Declare(
+        queue=queue, auto_delete=True, durable=args.persistent), 1))
     await expect(sub, commands.Queue.DeclareOk, args.timeout)
     if args.ack:
         sub.transport.write(pframe.marshal(commands.Basic.Qos(prefetch_count=args.prefetch), 1))
@@ -179,7 +182,7 @@ async def run(args) -> dict:
         await expect(pub, commands.Confirm.SelectOk, args.timeout)
 
     payload = os.urandom(args.size // 2 + 1).hex()[:args.size].encode()
-    one = publish_frames(queue, payload)
+    one = publish_frames(queue, payload, args.persistent)
     window, batch = max(1, args.window), max(1, args.batch)
 
     async def phase(count: int, deadline: float):
@@ -287,6 +290,8 @@ def main(argv=None) -> int:
                    help="manual acks (basic.qos --prefetch, one multiple ack per read)")
     p.add_argument("--prefetch", type=int, default=1000)
     p.add_argument("--confirm", action="store_true", help="publisher confirms on")
+    p.add_argument("--persistent", action="store_true",
+                   help="durable queue and persistent messages (default: transient)")
     p.add_argument("--window", type=int, default=5000,
                    help="most messages published and not yet delivered (default 5000)")
     p.add_argument("--batch", type=int, default=500, help="messages per write (default 500)")

@@ -21,6 +21,7 @@ import asyncio
 import base64
 import logging
 import os
+from collections import deque
 from typing import Any
 
 from pamqp import commands as C
@@ -152,6 +153,7 @@ class Channel:
         self.ack_upto = 0      # highest seq confirmed but not yet sent (sent as multiple=True)
         self.ack_sent = 0
         self.outstanding: set[int] = set()  # seqs waiting for disk
+        self.outstanding_order: deque[int] = deque()  # the same, oldest first (lazy deletion)
         # transactions: None, or held publishes and settlements
         self.tx: list | None = None
         self.tx_settles: list = []
@@ -272,13 +274,27 @@ class Channel:
             self.ack_sent = self.ack_upto
 
     def wait_done(self, seq: int, future: asyncio.Future) -> None:
-        self.outstanding.discard(seq)
+        outstanding = self.outstanding
+        outstanding.discard(seq)
+        order = self.outstanding_order
+        while order and order[0] not in outstanding:
+            order.popleft()
         if self.closed or self.closing:
             return
+        session = self.session
         if future.cancelled() or future.exception() is not None:
-            self.session.send(method_frame(self.number, 60, 120, u64(seq) + b"\x00"))
+            session.send(method_frame(self.number, 60, 120, u64(seq) + b"\x00"))
+        elif order and order[0] < seq:
+            # an older publish is still on its way to disk: a multiple ack would cover it
+            session.send(method_frame(self.number, 60, 80, u64(seq) + b"\x00"))
         else:
-            self.session.send(method_frame(self.number, 60, 80, u64(seq) + b"\x00"))
+            # everything up to seq is settled: fold into one multiple ack per batch
+            if seq > self.ack_upto:
+                self.ack_upto = seq
+            session.confirm_dirty.add(self)
+            if not session._flush_scheduled and not session._in_receive:
+                session._flush_scheduled = True
+                session.loop.call_soon(session.flush)
 
     # ------------------------------------------------------------------ teardown
     def cleanup(self) -> None:
@@ -956,6 +972,7 @@ class AMQPSession:
                 ch.confirmed(seq)
             else:
                 ch.outstanding.add(seq)
+                ch.outstanding_order.append(seq)
                 future = asyncio.ensure_future(result.wait)
                 future.add_done_callback(lambda f, seq=seq, ch=ch: ch.wait_done(seq, f))
 
