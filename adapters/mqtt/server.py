@@ -40,7 +40,13 @@ class MqttMessage(Message):
     def __init__(self, exchange: str, routing_key: str, body: bytes, properties: Properties,
                  *, origin: Any, retain: bool, qos: int, mqtt_properties: dict | None,
                  timestamp_ms: int, retained_copy: bool = False, topic: str | None = None):
-        super().__init__(exchange, routing_key, body, properties, None, timestamp_ms)
+        # Message.__init__ inlined: this runs once per published message.
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.body = body
+        self.properties = properties
+        self.encoded = None
+        self.timestamp_ms = timestamp_ms
         #: the MQTT topic (saves converting the routing key back per delivery)
         self.topic = topic if topic is not None else topics.key_to_topic(routing_key)
         self.origin = origin

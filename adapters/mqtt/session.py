@@ -147,6 +147,8 @@ class MqttSession:
         self._clean_disconnect = False
         self._taken_over = False
         self._closing = False
+        #: topic -> routing key, for the topics this client publishes to (bounded)
+        self._keys: dict[str, str] = {}
 
     # ================================================================ transport callbacks
     def connection_made(self, conn: Any) -> None:
@@ -492,7 +494,13 @@ class MqttSession:
         if props:
             props = {k: v for k, v in props.items()
                      if k not in ("topic_alias", "subscription_identifier", "will_delay_interval")}
-        message = MqttMessage(TOPIC_EXCHANGE, topics.topic_to_key(topic), payload,
+        key = self._keys.get(topic)
+        if key is None:
+            key = topics.topic_to_key(topic)
+            if len(self._keys) >= 256:
+                self._keys.clear()
+            self._keys[topic] = key
+        message = MqttMessage(TOPIC_EXCHANGE, key, payload,
                               properties_from_mqtt(props, qos), origin=origin, retain=retain,
                               qos=qos, mqtt_properties=props or None,
                               timestamp_ms=self.server.now_ms(), topic=topic)
