@@ -27,7 +27,7 @@ from typing import Any
 from pamqp import commands as C
 
 from broker.consumer import Consumer, Delivery
-from broker.errors import BrokerError, NotFound, PreconditionFailed
+from broker.errors import AccessRefused, BrokerError, NotFound, PreconditionFailed
 from broker.message import Message
 from broker.vhost import PublishResult
 
@@ -829,6 +829,10 @@ class AMQPSession:
         tag = m.consumer_tag or _gen_ctag()
         if tag in ch.consumers:
             raise AMQPError(530, f"NOT_ALLOWED - attempt to reuse consumer tag '{tag}'", True)
+        target = self.vhost.queue(queue, owner=self)  # 404, or 405 for another's exclusive
+        if target.consumers and (m.exclusive or any(c.exclusive for c in target.consumers)):
+            # RabbitMQ reports an exclusive-consumer conflict as ACCESS_REFUSED, not 405
+            raise AccessRefused(f"queue '{queue}' in vhost '{self.vhost.name}' in exclusive use")
         consumer = AMQPConsumer(ch, tag, no_ack=bool(m.no_ack),
                                 prefetch=0 if m.no_ack else ch.prefetch,
                                 exclusive=bool(m.exclusive), arguments=m.arguments or {},

@@ -171,3 +171,14 @@ def test_close_from_client_gives_close_ok(conn):
     assert ch.is_closed
     conn.close()
     assert conn.is_closed
+
+
+def test_exclusive_consumer_conflict_is_403(conn):
+    ch = conn.channel()
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.basic_consume(q, lambda *a: None, exclusive=True)
+    other = conn.channel()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+        other.basic_consume(q, lambda *a: None)
+    assert err.value.reply_code == 403
+    assert err.value.reply_text == f"ACCESS_REFUSED - queue '{q}' in vhost '/' in exclusive use"
