@@ -741,46 +741,48 @@ class MqttSession:
                                         pid, None))
             return True
         is_mqtt = type(message) is MqttMessage
-        props_bytes = None
-        if self.v5:
-            if is_mqtt:
-                props = message.mqtt_properties  # type: ignore[attr-defined]
-                props = dict(props) if props else {}
-            else:
-                props = mqtt_from_properties(message.properties)
-            # Message expiry: forward what is left of it [MQTT-3.3.2-6]; drop if expired.
-            expiration = message.properties.expiration
-            if expiration is not None:
-                try:
-                    ttl_ms = int(expiration)
-                except ValueError:
-                    ttl_ms = None
-                if ttl_ms is not None:
-                    if message.timestamp_ms:
-                        left_ms = message.timestamp_ms + ttl_ms - self.server.now_ms()
-                        if left_ms <= 0 and not dup:
-                            return False
-                        props["message_expiry_interval"] = max(1, -(-left_ms // 1000))
-                    else:
-                        props["message_expiry_interval"] = max(0, ttl_ms // 1000)
-            if sub_ids:
-                props["subscription_identifier"] = sub_ids
-            topic_bytes = topic.encode("utf-8")
-            if self.client_alias_max and not dup:
-                alias = self.out_aliases.get(topic)
-                if alias is not None:
-                    props["topic_alias"] = alias
-                    topic_bytes = b""
-                elif len(self.out_aliases) < self.client_alias_max:
-                    alias = len(self.out_aliases) + 1
-                    self.out_aliases[topic] = alias
-                    props["topic_alias"] = alias
-            props_bytes = c.encode_properties(props) if props else b"\x00"
+        if is_mqtt:
+            props = message.mqtt_properties  # type: ignore[attr-defined]
+            props = dict(props) if props else {}
         else:
-            topic_bytes = topic.encode("utf-8")
-        packet = c.encode_publish(topic_bytes, message.body, qos, retain, dup, pid, props_bytes)
+            props = mqtt_from_properties(message.properties)
+        # Message expiry: forward what is left of it [MQTT-3.3.2-6]; drop if expired.
+        expiration = message.properties.expiration
+        if expiration is not None:
+            try:
+                ttl_ms = int(expiration)
+            except ValueError:
+                ttl_ms = None
+            if ttl_ms is not None:
+                if message.timestamp_ms:
+                    left_ms = message.timestamp_ms + ttl_ms - self.server.now_ms()
+                    if left_ms <= 0 and not dup:
+                        return False
+                    props["message_expiry_interval"] = max(1, -(-left_ms // 1000))
+                else:
+                    props["message_expiry_interval"] = max(1, -(-ttl_ms // 1000))
+        if sub_ids:
+            props["subscription_identifier"] = sub_ids
+        topic_bytes = topic.encode("utf-8")
+        new_alias = None
+        if self.client_alias_max and not dup:
+            # Outbound topic aliases [MQTT 3.3.2.3.4]: the first message on a topic carries
+            # topic + alias, later ones only the alias. Resends (DUP) carry the full topic,
+            # since aliases do not outlive a connection.
+            alias = self.out_aliases.get(topic)
+            if alias is not None:
+                props["topic_alias"] = alias
+                topic_bytes = b""
+            elif len(self.out_aliases) < self.client_alias_max:
+                new_alias = len(self.out_aliases) + 1
+                props["topic_alias"] = new_alias
+        props_bytes = c.encode_properties(props) if props else b"\x00"
+        packet = c.encode_publish(topic_bytes, message.body, qos, retain, dup, pid,
+                                  props_bytes)
         if len(packet) > self.client_max_packet:
-            return False
+            return False  # [MQTT-3.1.2-25] (and the alias is not taken)
+        if new_alias is not None:
+            self.out_aliases[topic] = new_alias
         self._send(packet)
         return True
 
