@@ -526,6 +526,9 @@ class Decoder:
         self._pos = 0
         self._header_seen = False
         self._pending: dict[int, _Pending] = {}
+        # bytes of multi-frame bodies held until their last frame, over all channels
+        self._held = 0
+        self.max_held = max(2 * max_body, 1024 * 1024)
         # Publishers repeat themselves: the last method payload and property bytes decode once.
         self._last_publish: tuple = (None, None)
         self._last_props: tuple = (None, None)
@@ -781,6 +784,11 @@ class Decoder:
                                   bytes(buf[start:end]))
         if not pending.discard:
             pending.chunks.append(bytes(buf[start:end]))
+            self._held += n
+            if self._held > self.max_held:
+                # Half-sent messages on many channels at once: bound what one connection holds.
+                raise FrameError(506, f"RESOURCE_ERROR - more than {self.max_held} bytes of "
+                                      "unfinished message content on this connection")
         if received == pending.size:
             return self._complete(channel, pending,
                                   None if pending.discard else b"".join(pending.chunks))
@@ -788,13 +796,17 @@ class Decoder:
 
     def _complete(self, channel: int, pending: _Pending, body: bytes | None) -> Publish:
         del self._pending[channel]
+        if pending.chunks:
+            self._held -= sum(len(c) for c in pending.chunks)
         return Publish(channel, pending.exchange, pending.routing_key, pending.mandatory,
                        pending.immediate, pending.properties, pending.header,  # type: ignore
                        body, pending.size, pending.exchange_and_key)
 
     def reset_channel(self, channel: int) -> None:
         """Forget a half-received publish on a channel that is being closed."""
-        self._pending.pop(channel, None)
+        pending = self._pending.pop(channel, None)
+        if pending is not None and pending.chunks:
+            self._held -= sum(len(c) for c in pending.chunks)
 
 
 # ====================================================================== encoder

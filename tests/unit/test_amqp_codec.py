@@ -321,3 +321,19 @@ def test_messages_from_other_protocols_always_encode():
     assert decoded.headers["set"] == "{1}" and decoded.headers["huge"] == str(2 ** 70)
     assert decoded.priority == 5 and decoded.timestamp == 0
     assert encoded.exchange_and_key.startswith(b"\x09amq.topic\xff")
+
+
+def test_unfinished_content_over_many_channels_is_bounded():
+    d = Decoder(frame_max=4096, max_body=5000)
+    assert d.max_held == 1024 * 1024
+    data = PROTOCOL_HEADER
+    for ch in range(1, 400):
+        chb = struct.pack(">H", ch)
+        data += PUBLISH[:1] + chb + PUBLISH[3:]
+        data += (b"\x02" + chb + b"\x00\x00\x00\x0e\x00\x3c\x00\x00" + struct.pack(">Q", 5000) +
+                 b"\x00\x00\xce")
+        data += b"\x03" + chb + struct.pack(">I", 4000) + b"z" * 4000 + b"\xce"
+    d.receive_data(data)
+    with pytest.raises(FrameError) as err:
+        events_of(d)
+    assert err.value.code == 506
