@@ -8,7 +8,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pamqp import body as pbody
 from pamqp import commands as C
-from pamqp import frame as pframe
 from pamqp import header as pheader
 
 from adapters.amqp import make_server
