@@ -501,6 +501,20 @@ class Encoded:
 
 
 # ====================================================================== decoder
+def _decode_publish(payload: bytes) -> tuple | None:
+    """Basic.Publish arguments: (exchange, routing key, mandatory, immediate, the two names as
+    short strings), or None if malformed (the general path then reports it)."""
+    try:
+        exchange, p = _shortstr(payload, 2)  # after reserved-1 (short)
+        routing_key, p = _shortstr(payload, p)
+        bits = payload[p]
+    except (IndexError, ValueError, UnicodeDecodeError):
+        return None
+    if p + 1 != len(payload):
+        return None
+    return exchange, routing_key, bool(bits & 1), bool(bits & 2), payload[2:-1]
+
+
 _METHOD_INDEX = _pamqp_commands.INDEX_MAPPING
 # Methods a server never receives [AMQP 0-9-1 1.x "client" chassis only].
 _SERVER_TO_CLIENT_ONLY = {
@@ -533,6 +547,7 @@ class Decoder:
         self._last_publish: tuple = (None, None)
         self._last_props: tuple = (None, None)
         self._last_header: tuple = (None, None)
+        self._last_encoded: Encoded | None = None
         # The exact bytes of the last publish's method frame, content header frame and body
         # frame header: a publisher repeating itself is recognised with one startswith().
         self._repeat: bytes | None = None
@@ -658,12 +673,16 @@ class Decoder:
                        limit: int) -> Publish | None:
         """Basic.Publish, its content header and a single body frame, all in the buffer: one
         event without the per-frame bookkeeping. Anything unusual (content split across reads
-        or body frames, a bad frame, a wrong channel) returns None and the general path, which
-        reports errors, takes over at the same position."""
+        or body frames, a bad frame, a wrong channel, undecodable fields) returns None and the
+        general path, which reports errors, takes over at the same position."""
         payload = buf[start + 4:end]
         last_payload, last = self._last_publish
         if payload != last_payload:
-            return None  # first of its kind: let the general path decode and cache it
+            payload = bytes(payload)
+            last = _decode_publish(payload)
+            if last is None:
+                return None
+            self._last_publish = (payload, last)
         unpack_header = _frame_header.unpack_from
         p = end + 1
         if limit - p < 7:
@@ -677,16 +696,21 @@ class Decoder:
         if class_id != BASIC_CLASS or size > self.max_body:
             return None
         header = buf[p + 7:hend]
-        last_header, last_props = self._last_header
+        last_header, props = self._last_header
         if header == last_header:
             header = last_header
         else:
-            props_raw = bytes(header[12:])
-            if props_raw != self._last_props[0]:
-                return None
             header = bytes(header)
-            last_props = self._last_props[1]
-            self._last_header = (header, last_props)
+            props_raw = header[12:]
+            if props_raw == self._last_props[0]:
+                props = self._last_props[1]
+            else:
+                try:
+                    props = decode_properties(props_raw, 0, len(props_raw))
+                except (struct.error, ValueError, IndexError, UnicodeDecodeError):
+                    return None
+                self._last_props = (props_raw, props)
+            self._last_header = (header, props)
         if size == 0:
             body = b""
             self._pos = hend + 1
@@ -702,8 +726,13 @@ class Decoder:
             body = bytes(buf[q + 7:bend])
             self._pos = bend + 1
         exchange, routing_key, mandatory, immediate, exchange_and_key = last
-        event = Publish(channel, exchange, routing_key, mandatory, immediate, last_props,
-                        header, body, size, exchange_and_key)
+        # Publishes with the same envelope share one Encoded (and its deliver tails).
+        encoded = self._last_encoded
+        if encoded is None or encoded.header is not header or \
+                encoded.exchange_and_key is not exchange_and_key:
+            encoded = self._last_encoded = Encoded(header, exchange_and_key)
+        event = Publish(channel, exchange, routing_key, mandatory, immediate, props,
+                        header, body, size, exchange_and_key, encoded)
         if size:
             self._repeat = bytes(buf[start - 7:hend + 8])  # up to the body frame's payload
             self._repeat_size = size

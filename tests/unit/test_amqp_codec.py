@@ -337,3 +337,17 @@ def test_unfinished_content_over_many_channels_is_bounded():
     with pytest.raises(FrameError) as err:
         events_of(d)
     assert err.value.code == 506
+
+
+def test_publishes_with_varying_routing_keys_decode_in_one_pass():
+    d = Decoder()
+    data = PROTOCOL_HEADER
+    for key in (b"a.b", b"c", b"a.b", b"dd.e"):
+        method = b"\x00\x3c\x00\x28\x00\x00\x00" + bytes((len(key),)) + key + b"\x00"
+        data += codec.frame(1, 1, method) + HEADER + BODY
+    d.receive_data(data)
+    events = events_of(d)[1:]
+    assert [e.routing_key for e in events] == ["a.b", "c", "a.b", "dd.e"]
+    assert all(e.body == b"hello" for e in events)
+    assert events[0].encoded is not events[1].encoded
+    assert events[0].encoded.header is events[1].encoded.header  # same header bytes, kept once
