@@ -262,9 +262,9 @@ def _encode_value(value: Any, out: list) -> None:
     elif isinstance(value, bool):
         out.append(b"t\x01" if value else b"t\x00")
     elif isinstance(value, int):
-        if -0x80000000 <= value <= 0x7FFFFFFF:
-            out.append(b"I" + _i32.pack(value))
-        elif -0x8000000000000000 <= value <= 0x7FFFFFFFFFFFFFFF:
+        # Always a signed 64-bit 'l', as pika does and as RabbitMQ writes the integers it adds
+        # (x-death count, x-stream-offset): Java clients read those as Long.
+        if -0x8000000000000000 <= value <= 0x7FFFFFFFFFFFFFFF:
             out.append(b"l" + _i64.pack(value))
         else:
             _encode_value(str(value), out)  # no AMQP integer type holds it

@@ -351,3 +351,8 @@ def test_publishes_with_varying_routing_keys_decode_in_one_pass():
     assert all(e.body == b"hello" for e in events)
     assert events[0].encoded is not events[1].encoded
     assert events[0].encoded.header is events[1].encoded.header  # same header bytes, kept once
+
+
+def test_integers_we_write_are_longs():
+    # x-death count and x-stream-offset must be 'l' (Java clients read them as Long)
+    assert codec.encode_table({"n": 1}) == b"\x00\x00\x00\x0b\x01nl" + b"\x00" * 7 + b"\x01"
