@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import re
+import resource
 import signal
 import statistics
 import subprocess
@@ -175,10 +176,19 @@ class Outcome:
     errors: list = field(default_factory=list)
     unavailable: str | None = None   # never ran: peer down, protocol not served, no generator
     generator: str = ""
+    #: per successful run: broker CPU microseconds per timed message (warm-up and connection
+    #: setup included: the same overhead for every broker measured by the same generator)
+    cpu_us: list = field(default_factory=list)
+    #: per run, for the details table: (broker CPU %, generator CPU %) of the run's wall time
+    busy: list = field(default_factory=list)
 
     @property
     def median(self) -> float | None:
         return median(self.rates)
+
+    @property
+    def cpu_median(self) -> float | None:
+        return median(self.cpu_us)
 
     def reason(self) -> str:
         if self.unavailable:
@@ -203,12 +213,21 @@ def replace_marked(text: str, content: str) -> str:
     return text[:start + len(BEGIN_MARK)] + "\n" + content.strip() + "\n" + text[end:]
 
 
-def render_table(cases, outcomes: dict, baseline: str, labels: dict[str, str]) -> tuple[str, list]:
-    """Markdown table, one row per (case, peer); footnotes for every n/a. Pure function."""
+def render_table(cases, outcomes: dict, baseline: str, labels: dict[str, str],
+                 metric: str = "rate", notes: list | None = None) -> tuple[str, list]:
+    """Markdown table, one row per (case, peer); footnotes for every n/a. Pure function.
+
+    metric "rate": median messages/second; "cpu": median broker CPU microseconds per message.
+    """
     base = labels.get(baseline, baseline)
-    lines = [f"| Benchmark | Peer | {base} msg/s | Peer msg/s | {base} / peer |",
+    unit, value_of, fmt = {
+        "rate": ("msg/s", lambda o: o.median, fmt_rate),
+        "cpu": ("µs CPU/msg", lambda o: o.cpu_median,
+                lambda v: "n/a" if v is None else f"{v:.1f}"),
+    }[metric]
+    lines = [f"| Benchmark | Peer | {base} {unit} | Peer {unit} | {base} / peer |",
              "| --- | --- | ---: | ---: | ---: |"]
-    notes: list[str] = []
+    notes = [] if notes is None else notes
 
     def cell(outcome: Outcome | None, value: str) -> str:
         why = outcome.reason() if outcome else "not run"
@@ -224,10 +243,10 @@ def render_table(cases, outcomes: dict, baseline: str, labels: dict[str, str]) -
         peers = [p for p in case.peers if p != baseline]
         for peer in peers:
             theirs = outcomes.get((case.key, peer))
-            m = mine.median if mine else None
-            t = theirs.median if theirs else None
+            m = value_of(mine) if mine else None
+            t = value_of(theirs) if theirs else None
             lines.append(f"| {case.title} | {labels.get(peer, peer)} | "
-                         f"{cell(mine, fmt_rate(m))} | {cell(theirs, fmt_rate(t))} | "
+                         f"{cell(mine, fmt(m))} | {cell(theirs, fmt(t))} | "
                          f"{fmt_ratio(ratio(m, t))} |")
     return "\n".join(lines), notes
 
@@ -287,8 +306,28 @@ def generator_command(python: str, gen: Generator, case: Case, host: str, port: 
     return cmd
 
 
-def run_generator(cmd: list[str], timeout_s: float) -> tuple[float | None, str, str]:
-    """Run one generator to completion (or kill its process group); return (rate, note, raw)."""
+@dataclass
+class Run:
+    rate: float | None
+    how: str
+    raw: str = ""
+    wall_s: float = 0.0
+    gen_cpu_s: float | None = None
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_generator(cmd: list[str], timeout_s: float) -> Run:
+    """Run one generator to completion (or kill its process group), with its CPU time."""
+    cpu0, t0 = _children_cpu(), time.monotonic()
+    rate, how, raw = _run_generator(cmd, timeout_s)
+    return Run(rate, how, raw, time.monotonic() - t0, _children_cpu() - cpu0)
+
+
+def _run_generator(cmd: list[str], timeout_s: float) -> tuple[float | None, str, str]:
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 cwd=HERE.parent, start_new_session=True)
@@ -311,6 +350,10 @@ def run_generator(cmd: list[str], timeout_s: float) -> tuple[float | None, str, 
     if proc.returncode not in (0, None):
         how += f" (exit {proc.returncode})"
     return rate, how, (out or "")[-2000:]
+
+
+def _pct(v: float | None) -> str:
+    return "?" if v is None else f"{v:.0f}%"
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -446,16 +489,28 @@ def main(argv: list[str] | None = None) -> int:
                         port = running[name].ports[case.protocol]
                         cmd = generator_command(python, gen, case, peers_mod.HOST, port,
                                                 args.messages)
-                        rate, how, _ = run_generator(cmd, args.run_timeout)
+                        cpu_before = running[name].cpu_seconds()
+                        run = run_generator(cmd, args.run_timeout)
+                        cpu_after = running[name].cpu_seconds()
+                        rate, how = run.rate, run.how
                         out.rates.append(rate)
+                        broker_cpu = (cpu_after - cpu_before if None not in (cpu_before, cpu_after)
+                                      else None)
                         if rate is None:
                             out.errors.append(how)
+                        elif broker_cpu is not None and args.messages:
+                            out.cpu_us.append(broker_cpu / args.messages * 1e6)
+                        out.busy.append((
+                            None if broker_cpu is None else 100 * broker_cpu / run.wall_s,
+                            None if run.gen_cpu_s is None else 100 * run.gen_cpu_s / run.wall_s))
                         if running[name].proc is not None and running[name].proc.poll() is not None:
                             running[name].error = (f"{name} exited during the run (code "
                                                    f"{running[name].proc.returncode})")
                             log(f"  {running[name].error}")
+                        b, g = out.busy[-1]
                         log(f"  round {r + 1}/{args.rounds} {case.key:10s} {name:10s} "
-                            f"{fmt_rate(rate):>10s} msg/s  ({how})")
+                            f"{fmt_rate(rate):>10s} msg/s  (broker CPU {_pct(b)}, "
+                            f"generator CPU {_pct(g)}; {how})")
                         time.sleep(args.pause)
     except (KeyboardInterrupt, peers_mod._Terminate):
         interrupted = True
@@ -463,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
 
     labels = dict(PEER_LABELS)
     table, notes = render_table(cases, outcomes, args.baseline, labels)
+    cpu_table, notes = render_table(cases, outcomes, args.baseline, labels, "cpu", notes)
     finished = datetime.now(timezone.utc)
     gen_lines = []
     for case in cases:
@@ -471,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         gen_lines.append(f"- {case.title}: `{commands.get(case.key, gen_name)}`")
     per_target = []
     for (key, name), o in outcomes.items():
-        runs = ", ".join(fmt_rate(v) for v in o.rates) or "-"
+        runs = ", ".join(f"{fmt_rate(v)} ({_pct(b)}/{_pct(g)})"
+                         for v, (b, g) in zip(o.rates, o.busy)) or "-"
         per_target.append(f"| {key} | {labels.get(name, name)} | {runs} |")
     md = "\n".join([
         f"Measured {started:%Y-%m-%d %H:%M} UTC ({(finished - started).total_seconds():.0f} s) "
@@ -483,6 +540,13 @@ def main(argv: list[str] | None = None) -> int:
         "",
         table,
         "",
+        "Broker CPU time per message (median microseconds of user + system CPU of the broker's "
+        "processes during a run, divided by the messages timed; lower is better). Less sensitive "
+        "to the other jobs on the machine than messages/second; RabbitMQ may use both cores, "
+        "Manifold, Mosquitto and amqtt use one:",
+        "",
+        cpu_table,
+        "",
         *([f"[{i + 1}] {n}" for i, n in enumerate(notes)] + [""] if notes else []),
         "Versions: " + "; ".join(v or n for n, v in versions.items()) + ".",
         "",
@@ -491,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "<details><summary>every run</summary>",
         "",
-        "| Benchmark | Target | msg/s per round |",
+        "| Benchmark | Target | msg/s per round (broker CPU % / generator CPU % of the run) |",
         "| --- | --- | --- |",
         *per_target,
         "",
@@ -508,7 +572,9 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds, "messages": args.messages, "baseline": args.baseline,
         "versions": versions, "interrupted": interrupted, "peers": peer_info,
         "results": [{"case": k, "target": n, "rates": o.rates, "median": o.median,
-                     "errors": o.errors, "unavailable": o.unavailable, "generator": o.generator}
+                     "errors": o.errors, "unavailable": o.unavailable, "generator": o.generator,
+                     "cpu_us_per_msg": o.cpu_us, "cpu_us_median": o.cpu_median,
+                     "busy_pct_broker_generator": o.busy}
                     for (k, n), o in outcomes.items()],
     }, indent=2) + "\n")
     log(f"compare: wrote {out_path} and {out_path.with_suffix('.json')}")

@@ -57,6 +57,33 @@ def free_port() -> int:
     raise RuntimeError("no free loopback port found")
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def group_cpu_seconds(pgid: int) -> float | None:
+    """User + system CPU seconds of the live processes in process group pgid (Linux /proc)."""
+    total = 0
+    found = False
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        # fields after "pid (comm) ": state ppid pgrp ... utime(14) stime(15), 1-based
+        fields = data[data.rindex(b")") + 2:].split()
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+            found = True
+    return total / CLK_TCK if found else None
+
+
 def port_open(port: int, host: str = HOST, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -211,6 +238,13 @@ class Peer:
         with contextlib.suppress(Exception):
             self.after_stop()
         self.proc = None
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time used so far by the broker (its whole process group: RabbitMQ's shell
+        wrapper and beam.smp, ...)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        return group_cpu_seconds(self.proc.pid)
 
     def cleanup(self) -> None:
         if self.workdir and not os.environ.get("BENCH_KEEP_TMP"):

@@ -186,3 +186,22 @@ def test_mqtt5_frames_and_connack_receive_maximum():
     assert gen_mqtt.parse_connack(connack, 5) == (0, {0x21: 20, 0x12: b"ab"})
     assert gen_mqtt.parse_connack(b"\x20\x02\x00\x05", 4) == (5, {})
     assert gen_mqtt.parse_connack(b"\x20\x03\x00\x87\x00", 5) == (0x87, {})
+
+
+def test_render_cpu_table_shares_footnotes():
+    case = CASE["stomp"]
+    outcomes = {("stomp", "manifold"): compare.Outcome(rates=[10.0, 20.0], cpu_us=[12.0, 14.0]),
+                ("stomp", "rabbitmq"): compare.Outcome(unavailable="rabbitmq: not listening")}
+    _, notes = compare.render_table([case], outcomes, "manifold", compare.PEER_LABELS)
+    table, notes = compare.render_table([case], outcomes, "manifold", compare.PEER_LABELS,
+                                        "cpu", notes)
+    assert "| Benchmark | Peer | Manifold µs CPU/msg | Peer µs CPU/msg | Manifold / peer |" in table
+    assert "| STOMP 1.2 | RabbitMQ | 13.0 | n/a [1] | n/a |" in table
+    assert notes == ["rabbitmq: not listening"]
+
+
+def test_group_cpu_seconds_of_our_own_group():
+    import os
+    cpu = peers.group_cpu_seconds(os.getpgrp())
+    assert cpu is None or cpu >= 0
+    assert peers.group_cpu_seconds(2 ** 22 + 12345) is None  # no such group
