@@ -18,6 +18,10 @@ class AMQPServer:
         self.settings = settings
         #: direct reply-to tokens -> the consumer (on some channel) that replies go to
         self.reply_to: dict = {}
+        #: sessions with output waiting, flushed when the current read is done (see
+        #: AMQPSession.schedule_flush); ``receiving`` counts reads in progress
+        self.dirty: list = []
+        self.receiving = 0
 
     def new_session(self) -> AMQPSession:
         return AMQPSession(self)

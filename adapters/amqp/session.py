@@ -194,8 +194,7 @@ class Channel:
         if session.out_bytes >= FLUSH_BYTES:
             session.flush()  # may pause us via conn.writable: that is the backpressure
         elif not session._in_receive and not session._flush_scheduled:
-            session._flush_scheduled = True
-            session.loop.call_soon(session.flush)
+            session.schedule_flush()
 
     def server_cancel(self, consumer: AMQPConsumer) -> None:
         """The queue went away under a consumer: Basic.Cancel to clients that support it."""
@@ -293,8 +292,7 @@ class Channel:
                 self.ack_upto = seq
             session.confirm_dirty.add(self)
             if not session._flush_scheduled and not session._in_receive:
-                session._flush_scheduled = True
-                session.loop.call_soon(session.flush)
+                session.schedule_flush()
 
     # ------------------------------------------------------------------ teardown
     def cleanup(self) -> None:
@@ -381,6 +379,8 @@ class AMQPSession:
         decoder = self.decoder
         decoder.receive_data(data)
         self._in_receive = True
+        server = self.server
+        server.receiving += 1
         try:
             while self.state != CLOSED:
                 try:
@@ -422,6 +422,12 @@ class AMQPSession:
         finally:
             self._in_receive = False
             self.flush()
+            server.receiving -= 1
+            if not server.receiving and server.dirty:
+                dirty, server.dirty = server.dirty, []
+                for session in dirty:
+                    if session._flush_scheduled:
+                        session.flush()
 
     def connection_lost(self) -> None:
         self.state = CLOSED
@@ -455,7 +461,17 @@ class AMQPSession:
     def send(self, frame: bytes) -> None:
         self.out.append(frame)
         if not self._in_receive and not self._flush_scheduled:
-            self._flush_scheduled = True
+            self.schedule_flush()
+
+    def schedule_flush(self) -> None:
+        """Write ``out`` soon: at the end of the read being processed on any AMQP connection
+        (a publish fanning out to consumers on other connections flushes them right after its
+        batch, without an extra loop turn), else from one ``call_soon``."""
+        self._flush_scheduled = True
+        server = self.server
+        if server.receiving:
+            server.dirty.append(self)
+        else:
             self.loop.call_soon(self.flush)  # type: ignore[union-attr]
 
     def flush(self) -> None:
@@ -484,8 +500,7 @@ class AMQPSession:
                                      _close_payload(code, text, class_id, method_id)))
         channel.cleanup()
         if not self._in_receive and not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self.flush)  # type: ignore[union-attr]
+            self.schedule_flush()
 
     def connection_error(self, code: int, text: str, class_id: int = 0,
                          method_id: int = 0) -> None:

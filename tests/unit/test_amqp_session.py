@@ -174,19 +174,22 @@ async def test_confirms_are_coalesced_into_one_multiple_ack_per_read(client):
     assert isinstance(ack, C.Basic.Ack) and ack.delivery_tag == 5 and ack.multiple
 
 
-async def test_delivery_to_another_connection_is_flushed_once_per_loop_turn(server):
+async def test_deliveries_to_another_connection_are_written_once_per_read(server):
     pub, sub = Client(server), Client(server)
     pub.handshake()
     sub.handshake()
     sub.send(1, C.Queue.Declare(queue="q"), C.Basic.Consume(queue="q", consumer_tag="c",
                                                            no_ack=True))
     sub.methods()
-    for i in range(10):
-        pub.publish(1, b"%d" % i)
-    assert sub.conn.data == b""  # nothing written yet: one write per batch
-    await asyncio.sleep(0)
-    frames = sub.frames()
-    bodies = [v.value for _, v in frames if isinstance(v, pbody.ContentBody)]
+    writes = []
+    sub.conn.write = lambda data: writes.append(bytes(data))
+    batch = b"".join(pframe.marshal(f, 1) for i in range(10) for f in (
+        C.Basic.Publish(exchange="", routing_key="q"),
+        pheader.ContentHeader(0, 1, C.Basic.Properties()), pbody.ContentBody(b"%d" % i)))
+    pub.session.data_received(batch)
+    assert len(writes) == 1  # one write for the whole read, at its end, no extra loop turn
+    sub.conn.data = writes[0]
+    bodies = [v.value for _, v in sub.frames() if isinstance(v, pbody.ContentBody)]
     assert bodies == [b"%d" % i for i in range(10)]
 
 
