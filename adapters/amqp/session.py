@@ -12,8 +12,9 @@ open --channel exception--> (send Channel.Close) closing --Channel.CloseOk--> ab
 While closing, every frame on that channel is discarded [AMQP 0-9-1 4.2.2, channel.close].
 
 Output goes into one list per session and is written with one ``conn.write`` per batch: at the
-end of each ``data_received`` pass, or from one ``call_soon`` when a delivery comes from another
-connection's publish. No task or future per message on the transient no-confirm path.
+end of each ``data_received`` pass, for deliveries caused by another AMQP connection's read at
+the end of that read, otherwise (timers, disk confirms, other protocols) from one ``call_soon``.
+No task or future per message on the transient no-confirm path.
 """
 from __future__ import annotations
 
