@@ -213,6 +213,9 @@ class FileStore:
         self._closing: list[int] = []
         # (fd, bytes) still owed to a segment that a rotation just retired
         self._pre_rotation: list[tuple[int, bytes]] = []
+        self._definitions: bytes = b""
+        self._definitions_job: asyncio.Future | None = None
+        self._definitions_again = False
 
     async def open(self) -> None:
         os.makedirs(os.path.join(self.data_dir, "queues"), exist_ok=True)
@@ -220,6 +223,8 @@ class FileStore:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="manifold-fsync")
 
     async def close(self) -> None:
+        while self._definitions_job is not None:
+            await asyncio.wait([self._definitions_job])
         while self._dirty_logs or self._in_flight is not None:
             if self._in_flight is not None:
                 await self._in_flight
@@ -240,16 +245,30 @@ class FileStore:
         return os.path.join(self.data_dir, "definitions.bin")
 
     def save_definitions(self, data: bytes) -> None:
-        """Atomic replace: write a temporary file, fsync it, rename it over the old one."""
-        path = self._definitions_path()
-        tmp = path + ".tmp"
-        os.makedirs(self.data_dir, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            if self.fsync != "never":
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        """Replace the definitions file, on the writer thread. Jobs on that thread run in order,
+        so definitions saved before a message's append are on disk before its confirm."""
+        self._definitions = data
+        if self._executor is None:
+            _write_definitions(self._definitions_path(), data, self.fsync != "never")
+        elif self._definitions_job is None:
+            self._submit_definitions()
+        else:
+            self._definitions_again = True  # a burst of declares is written once more, at the end
+
+    def _submit_definitions(self) -> None:
+        self._definitions_again = False
+        job = self._loop.run_in_executor(  # type: ignore[union-attr]
+            self._executor, _write_definitions, self._definitions_path(), self._definitions,
+            self.fsync != "never")
+        self._definitions_job = job
+        job.add_done_callback(self._definitions_written)
+
+    def _definitions_written(self, job: asyncio.Future) -> None:
+        self._definitions_job = None
+        if job.exception() is not None:
+            log.error("writing the definitions failed: %s", job.exception())
+        if self._definitions_again:
+            self._submit_definitions()
 
     def load_definitions(self) -> bytes | None:
         try:
@@ -359,6 +378,18 @@ class FileStore:
                 self._loop.call_later(self.fsync_interval_ms / 1000, self._kick)  # type: ignore
             else:
                 self._loop.call_soon(self._kick)  # type: ignore[union-attr]
+
+
+def _write_definitions(path: str, data: bytes, sync: bool) -> None:
+    """Atomic replace: write a temporary file, fsync it, rename it over the old one."""
+    tmp = path + ".tmp"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        if sync:
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _write_batch(batch: list[tuple[int, bytes]], closing: list[int], sync: bool) -> None:

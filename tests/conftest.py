@@ -54,11 +54,13 @@ class RunningBroker:
 
     def stop(self) -> None:
         try:
-            asyncio.run_coroutine_threadsafe(self.service.stop(), self.loop).result(10)
+            # Generous: a loaded machine can stall the final fsync for seconds.
+            asyncio.run_coroutine_threadsafe(self.service.stop(), self.loop).result(30)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
-            self.loop.close()
+            if not self.thread.is_alive():
+                self.loop.close()
 
 
 def broker_settings(tmp_path, **sections: dict) -> Settings:
