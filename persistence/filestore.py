@@ -214,8 +214,8 @@ class FileStore:
         # (fd, bytes) still owed to a segment that a rotation just retired
         self._pre_rotation: list[tuple[int, bytes]] = []
         self._definitions: bytes = b""
-        self._definitions_job: asyncio.Future | None = None
-        self._definitions_again = False
+        self._definitions_queued = False
+        self._definitions_jobs: set[asyncio.Future] = set()
 
     async def open(self) -> None:
         os.makedirs(os.path.join(self.data_dir, "queues"), exist_ok=True)
@@ -223,8 +223,8 @@ class FileStore:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="manifold-fsync")
 
     async def close(self) -> None:
-        while self._definitions_job is not None:
-            await asyncio.wait([self._definitions_job])
+        if self._definitions_jobs:
+            await asyncio.wait(list(self._definitions_jobs))
         while self._dirty_logs or self._in_flight is not None:
             if self._in_flight is not None:
                 await self._in_flight
@@ -250,25 +250,25 @@ class FileStore:
         self._definitions = data
         if self._executor is None:
             _write_definitions(self._definitions_path(), data, self.fsync != "never")
-        elif self._definitions_job is None:
-            self._submit_definitions()
-        else:
-            self._definitions_again = True  # a burst of declares is written once more, at the end
-
-    def _submit_definitions(self) -> None:
-        self._definitions_again = False
+            return
+        if self._definitions_queued:
+            return  # the job waiting in line will write the latest state when it runs
+        self._definitions_queued = True
         job = self._loop.run_in_executor(  # type: ignore[union-attr]
-            self._executor, _write_definitions, self._definitions_path(), self._definitions,
-            self.fsync != "never")
-        self._definitions_job = job
+            self._executor, self._write_latest_definitions)
+        self._definitions_jobs.add(job)
         job.add_done_callback(self._definitions_written)
 
+    def _write_latest_definitions(self) -> None:
+        # On the writer thread: take the flag down first, then read the state, so a save that
+        # comes in meanwhile either is in this write or queues a job of its own.
+        self._definitions_queued = False
+        _write_definitions(self._definitions_path(), self._definitions, self.fsync != "never")
+
     def _definitions_written(self, job: asyncio.Future) -> None:
-        self._definitions_job = None
-        if job.exception() is not None:
+        self._definitions_jobs.discard(job)
+        if not job.cancelled() and job.exception() is not None:
             log.error("writing the definitions failed: %s", job.exception())
-        if self._definitions_again:
-            self._submit_definitions()
 
     def load_definitions(self) -> bytes | None:
         try:
