@@ -865,10 +865,12 @@ class MqttSession:
                     raise c.ProtocolError("session expiry set on DISCONNECT after 0 on CONNECT")
                 cap = self.settings.max_session_expiry_s
                 state.expiry_s = min(expiry, cap) if cap else expiry  # type: ignore[union-attr]
-            if p.reason_code == c.DISCONNECT_WITH_WILL:
-                self._close("client disconnected with will message")
+            if p.reason_code != c.SUCCESS:
+                # [MQTT-3.14.4-3] only reason 0x00 discards the will: 0x04 (Disconnect with
+                # Will Message) and error codes leave it to be published.
+                self._close(f"client disconnected with reason 0x{p.reason_code:02X}")
                 return
-        # [MQTT-3.14.4-3] a DISCONNECT discards the will.
+        # [MQTT-3.14.4-3] a DISCONNECT (3.1.1, or 5.0 with reason 0x00) discards the will.
         self._clean_disconnect = True
         self.will = None
         self._close("client sent DISCONNECT")

@@ -795,3 +795,14 @@ def test_MQTT_3_1_2_v5_authentication_method_refused_0x8C(port):
     cl = RawClient(port, 5)
     ack = cl.connect("auth", props={"authentication_method": "SCRAM-SHA-1"})
     assert ack.reason_code == c.BAD_AUTHENTICATION_METHOD
+
+
+def test_MQTT_3_14_4_3_v5_disconnect_with_error_reason_keeps_will(port):
+    sub = RawClient(port, 5)
+    sub.connect("de-sub")
+    sub.subscribe(("will/de", 0))
+    cl = RawClient(port, 5)
+    cl.connect("de", will=("will/de", b"error", 0, False))
+    cl.send_packet(c.Disconnect(c.UNSPECIFIED_ERROR))
+    assert cl.recv() is None
+    assert sub.expect(c.Publish).payload == b"error"
