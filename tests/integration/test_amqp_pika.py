@@ -182,3 +182,14 @@ def test_exclusive_consumer_conflict_is_403(conn):
         other.basic_consume(q, lambda *a: None)
     assert err.value.reply_code == 403
     assert err.value.reply_text == f"ACCESS_REFUSED - queue '{q}' in vhost '/' in exclusive use"
+
+
+def test_pika_heartbeats_keep_an_idle_connection(make_broker):
+    rb = make_broker(amqp={"heartbeat_s": 1})
+    connection = pika.BlockingConnection(params(rb, heartbeat=1))
+    try:
+        connection.process_data_events(time_limit=2.5)  # idle: only heartbeats flow
+        ch = connection.channel()
+        assert ch.queue_declare("", exclusive=True).method.queue
+    finally:
+        connection.close()
