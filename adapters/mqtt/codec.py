@@ -11,7 +11,6 @@ both directions (``encode_publish``) because it is the hot path.
 """
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 NEED_DATA = object()
@@ -932,6 +931,3 @@ def serialize(packet: Packet, version: int = MQTT_3_1_1) -> bytes:
             body += encode_binary(p.password)
         return _frame(0x10, bytes(body))
     raise ValueError(f"cannot serialize {packet!r}")
-
-
-_U32 = struct.Struct(">I")
