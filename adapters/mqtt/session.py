@@ -8,7 +8,7 @@ States (h11 style):
     AWAIT_CONN   anything else                 CLOSED, no reply             [MQTT-3.1.0-1]
     CONNECTED    PUBLISH/PUB*/SUB*/UNSUB*/PING CONNECTED
     CONNECTED    CONNECT                       CLOSED (protocol error)      [MQTT-3.1.0-2]
-    CONNECTED    DISCONNECT                    CLOSED, will discarded unless 5.0 reason 0x04
+    CONNECTED    DISCONNECT                    CLOSED, will discarded (5.0: only with reason 0x00)
     any          malformed / protocol error    CLOSED (5.0: DISCONNECT 0x81/0x82 first), will sent
     any          connection lost               CLOSED, will sent (after its delay)
 
