@@ -153,7 +153,7 @@ class MqttSession:
     # ================================================================ transport callbacks
     def connection_made(self, conn: Any) -> None:
         self.conn = conn
-        # [MQTT-3.1.4-?] a client that does not send CONNECT in reasonable time is dropped.
+        # MQTT §3.1.4: a client that does not send CONNECT in reasonable time is dropped.
         conn.set_keepalive(read_timeout_s=10.0, on_read_timeout=lambda: self._close(
             "no CONNECT within 10 s"))
 
@@ -282,7 +282,7 @@ class MqttSession:
         elif t == c.DISCONNECT:
             self.on_disconnect(p)  # type: ignore[arg-type]
         elif t == c.AUTH:
-            # Enhanced authentication is not offered, so AUTH is unexpected [MQTT-3.15.0-?]
+            # Enhanced authentication is not offered, so AUTH is unexpected (MQTT 5 §4.12)
             raise c.ProtocolError("AUTH without an authentication method")
         else:  # pragma: no cover
             raise c.ProtocolError(f"unexpected {c.PACKET_NAMES.get(t)}")
@@ -317,7 +317,7 @@ class MqttSession:
                 return
         else:
             self.client_receive_max = settings.receive_maximum
-        # Will topic must be a valid topic name [MQTT-3.1.3-?]
+        # The will topic must be a valid topic name (MQTT §3.1.3.3)
         if p.will is not None:
             if not topics.valid_topic_name(p.will.topic):
                 if v5:
@@ -548,7 +548,7 @@ class MqttSession:
             state = self.state
             pid = p.packet_id
             if pid in state.inbound_qos2:  # type: ignore[union-attr]
-                # [MQTT-4.3.3-?] a resend before PUBREL: acknowledge, do not deliver twice.
+                # MQTT §4.3.3: a resend before PUBREL is acknowledged, not delivered twice.
                 self._send(c.serialize(c.Pubrec(pid), self.version))  # type: ignore[arg-type]
                 return
             if len(state.inbound_qos2) >= self.settings.receive_maximum:  # type: ignore[union-attr]
@@ -616,7 +616,7 @@ class MqttSession:
         self._flush()
 
     def on_pubrel(self, p: c.Pubrel) -> None:
-        # [MQTT-4.3.3-?] discard the packet id state, then PUBCOMP; an unknown id gets 0x92 (5.0).
+        # MQTT §4.3.3: discard the packet id state, then PUBCOMP; an unknown id gets 0x92 (5.0).
         state = self.state
         if p.packet_id in state.inbound_qos2:  # type: ignore[union-attr]
             state.inbound_qos2.discard(p.packet_id)  # type: ignore[union-attr]
@@ -629,7 +629,7 @@ class MqttSession:
     def on_puback(self, p: c.Puback) -> None:
         out = self.state.outbound.get(p.packet_id)  # type: ignore[union-attr]
         if out is None or out.qos != 1:
-            return  # [MQTT-4.3.2-?] an unknown id is ignored
+            return  # MQTT §4.3.2: an unknown packet id is ignored
         del self.state.outbound[p.packet_id]  # type: ignore[union-attr]
         self._settle(out)
 
@@ -816,7 +816,7 @@ class MqttSession:
                 log.warning("subscribe %s failed: %s", topic_filter, exc.text)
                 codes.append(c.UNSPECIFIED_ERROR if self.v5 else 0x80)
                 continue
-            codes.append(opts.qos)  # [MQTT-3.9.3-?] granted QoS = requested (we support 2)
+            codes.append(opts.qos)  # MQTT §3.9.3: granted QoS = requested (QoS 2 is supported)
             new_subs.append((sub, is_new))
         self._send(c.serialize(c.Suback(p.packet_id, codes), self.version))
         # Retained messages after the SUBACK [MQTT-3.3.1-9], not for shared subscriptions.
