@@ -353,6 +353,11 @@ class Queue:
         self.ready_bytes -= entry.size
         if entry.message is not None:
             self.resident_bytes -= entry.size
+        # Entries that left the queue stay in the expiry heap until their deadline, keeping their
+        # messages alive; drop them once they are the majority (amortised O(1)).
+        if len(self._expiries) > 2 * self.ready_count + 64:
+            self._expiries = [t for t in self._expiries if t[2].state == READY]
+            heapq.heapify(self._expiries)
         return entry
 
     def _pick_consumer(self) -> Consumer | None:
@@ -519,6 +524,7 @@ class Queue:
             if entry.state == READY and entry.expires_at <= now:
                 self._unready(entry)
                 self._drop(entry, "expired")
+                entry.message = None  # it may wait in a deque until the head reaches it
         timeouts = self._timeouts
         while timeouts and timeouts[0][0] <= now:
             _, _, delivery = heapq.heappop(timeouts)

@@ -346,3 +346,15 @@ def test_declare_equivalence_and_argument_validation():
         vhost.declare_queue("bad", arguments={"x-overflow": "explode"})
     name, count, consumers = vhost.declare_queue("")
     assert name.startswith("amq.gen-") and (count, consumers) == (0, 0)
+
+
+def test_settled_and_delivered_entries_do_not_pile_up_in_timer_heaps():
+    vhost, _ = setup({"x-message-ttl": 3_600_000, "x-consumer-timeout": 3_600_000})
+    c = Recorder(prefetch=1)
+    vhost.consume("q", c)
+    queue = vhost.queues["q"]
+    send(vhost, "", "q", "first")  # handed straight over: never waits in the queue
+    for i in range(1000):
+        send(vhost, "", "q", f"m{i}")
+        c.deliveries[-1].ack()
+    assert len(queue._timeouts) < 200 and len(queue._expiries) < 200
