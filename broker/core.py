@@ -15,6 +15,7 @@ from persistence.store import MemoryStore, Store
 
 from .clock import LoopClock
 from .errors import AccessRefused, NotAllowed
+from .memory import MemoryBudget
 from .message_codec import decode_value, encode_value
 from .vhost import VirtualHost
 
@@ -37,10 +38,12 @@ class Broker:
         self.store: Store = store or MemoryStore()
         self.clock = clock or LoopClock()
         self.users: dict[str, User] = self.settings.users()
+        self.memory = MemoryBudget(self.settings.server.memory_high_water_bytes)
         self.vhosts: dict[str, VirtualHost] = {
             name: VirtualHost(name, store=self.store, clock=self.clock,
                               consumer_timeout_ms=self.settings.queues.consumer_timeout_ms,
-                              resident_bytes=self.settings.queues.resident_bytes_per_queue)
+                              resident_bytes=self.settings.queues.resident_bytes_per_queue,
+                              memory=self.memory)
             for name in self.settings.server.vhosts}
         self._restoring = False
 

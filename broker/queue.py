@@ -111,7 +111,8 @@ class Queue:
     def __init__(self, host: QueueHost, vhost: str, name: str, *, durable: bool = False,
                  exclusive_owner: Any = None, auto_delete: bool = False,
                  arguments: dict | None = None, consumer_timeout_ms: int = 0,
-                 log: QueueLog | None = None, resident_bytes: int | None = None):
+                 log: QueueLog | None = None, resident_bytes: int | None = None,
+                 memory: Any = None):
         self.host = host
         self.vhost = vhost
         self.name = name
@@ -138,6 +139,8 @@ class Queue:
         # memory (RabbitMQ's lazy mode is the limit 0); None keeps everything resident.
         self.resident_limit: int | None = 0 if args.get("x-queue-mode") == "lazy" else resident_bytes
         self.resident_bytes = 0
+        #: the broker's MemoryBudget (or None): told about every resident body byte
+        self.memory = memory
 
         self._next_id = 1
         self._fresh: list[deque[Entry]] = [deque() for _ in range(self.max_priority + 1)]
@@ -250,7 +253,12 @@ class Queue:
         if (entry.state == READY and entry.message is not None and not written.cancelled()
                 and written.exception() is None):
             entry.message = None
-            self.resident_bytes -= entry.size
+            self._resident(-entry.size)
+
+    def _resident(self, delta: int) -> None:
+        self.resident_bytes += delta
+        if self.memory is not None:
+            self.memory.add(delta)
 
     def _load(self, entry: Entry) -> Message:
         """The entry's message, read back from disk if it was paged out."""
@@ -258,7 +266,7 @@ class Queue:
         if message is None:
             message = entry.message = decode_message(self.log.read(entry.msg_id))
             if entry.state == READY:
-                self.resident_bytes += entry.size
+                self._resident(entry.size)
         return message
 
     def _can_deliver_now(self) -> bool:
@@ -274,7 +282,7 @@ class Queue:
         self.ready_count += 1
         self.ready_bytes += entry.size
         if entry.message is not None:
-            self.resident_bytes += entry.size
+            self._resident(entry.size)
         if entry.expires_at:
             heapq.heappush(self._expiries, (entry.expires_at, entry.msg_id, entry))
             self.host.schedule(self, entry.expires_at)
@@ -352,7 +360,7 @@ class Queue:
         self.ready_count -= 1
         self.ready_bytes -= entry.size
         if entry.message is not None:
-            self.resident_bytes -= entry.size
+            self._resident(-entry.size)
         # Entries that left the queue stay in the expiry heap until their deadline, keeping their
         # messages alive; drop them once they are the majority (amortised O(1)).
         if len(self._expiries) > 2 * self.ready_count + 64:

@@ -49,6 +49,7 @@ class Service:
     async def start(self) -> None:
         os.makedirs(self.settings.server.data_dir, exist_ok=True)
         await self.broker.start()
+        self.broker.memory.subscribe(self._memory_alarm)
         loop = asyncio.get_running_loop()
         server_settings = self.settings.server
         for protocol in PROTOCOLS:
@@ -62,7 +63,8 @@ class Service:
             def factory(protocol: str = protocol, server: ProtocolServer = server) -> Connection:
                 return Connection(protocol, server.new_session(), self.connections,
                                   high_water_bytes=server_settings.output_high_water_bytes,
-                                  low_water_bytes=server_settings.output_low_water_bytes)
+                                  low_water_bytes=server_settings.output_low_water_bytes,
+                                  memory=self.broker.memory)
 
             listener = await loop.create_server(factory, server_settings.bind, section.port,
                                                 reuse_address=True, backlog=1024)
@@ -71,6 +73,14 @@ class Service:
         listening = ", ".join(f"{p} {server_settings.bind}:{port}" for p, port in self.ports.items())
         log.info("manifold listening: %s; data dir %s", listening or "no protocols",
                  os.path.abspath(server_settings.data_dir))
+
+    def _memory_alarm(self, alarm: bool) -> None:
+        log.warning("memory alarm %s: %d bytes of message bodies in memory (high water %d)",
+                    "set" if alarm else "cleared", self.broker.memory.used_bytes,
+                    self.broker.memory.high_water_bytes)
+        for conn in list(self.connections):
+            if conn.publishing:
+                conn.set_blocked(alarm)
 
     async def stop(self) -> None:
         """Stop accepting, say goodbye in each protocol's words, flush, close."""

@@ -54,8 +54,9 @@ class Stream:
     auto_delete = False
 
     def __init__(self, host: Any, vhost: str, name: str, *, arguments: dict | None = None,
-                 durable: bool = True, log: Any = None):
+                 durable: bool = True, log: Any = None, memory: Any = None):
         self.host = host
+        self.memory = memory
         #: the store's log (record id = offset); every record is written, whatever its
         #: delivery mode, as RabbitMQ streams do; retention settles the records it trims
         self.log = log
@@ -117,7 +118,7 @@ class Stream:
             result = self.log.append(record.offset, encode_message(stamped)) or True
         self._next_offset += 1
         self._records.append(record)
-        self._bytes += len(message.body)
+        self._account(len(message.body))
         self._apply_retention(now)
         if self.consumers:
             self.pump()
@@ -131,7 +132,7 @@ class Stream:
         for offset, data in records:
             message = decode_message(data)
             self._records.append(_Record(offset, message.timestamp_ms, message))
-            self._bytes += len(message.body)
+            self._account(len(message.body))
         if records:
             self._first_offset = records[0][0]
         # Offsets never go back, even when retention emptied the stream.
@@ -141,13 +142,18 @@ class Stream:
         self._apply_retention(self.host.now_ms())
         return len(records)
 
+    def _account(self, delta: int) -> None:
+        self._bytes += delta
+        if self.memory is not None:
+            self.memory.add(delta)
+
     def _apply_retention(self, now: int) -> None:
         records = self._records
         while len(records) > 1 and (
                 (self.max_bytes is not None and self._bytes > self.max_bytes) or
                 (self.max_age_ms is not None and records[0].timestamp_ms < now - self.max_age_ms)):
             gone = records.popleft()
-            self._bytes -= len(gone.message.body)
+            self._account(-len(gone.message.body))
             self._first_offset = gone.offset + 1
             if self.log is not None:
                 self.log.settle(gone.offset)
@@ -265,6 +271,7 @@ class Stream:
         self.deleted = True
         count = len(self._records)
         self._records.clear()
+        self._account(-self._bytes)
         return count
 
     def ready_messages(self) -> list[Message]:

@@ -28,6 +28,8 @@ class Session(Protocol):
         """The server is shutting down: tell the client in the protocol's words, then close."""
     def resume_writing(self) -> None:
         """The output buffer drained below the low-water mark: deliveries may resume."""
+    # Optional: ``blocked(on: bool)``, told when the memory alarm stops or resumes reading this
+    # publishing connection (AMQP sends Connection.Blocked / Unblocked).
 
 
 class ProtocolServer(Protocol):
@@ -40,7 +42,7 @@ class ProtocolServer(Protocol):
 
 class Connection(asyncio.Protocol):
     def __init__(self, protocol: str, session: Session, registry: set, *,
-                 high_water_bytes: int, low_water_bytes: int):
+                 high_water_bytes: int, low_water_bytes: int, memory: Any = None):
         self.id = next(_ids)
         self.protocol = protocol
         self.session = session
@@ -63,6 +65,11 @@ class Connection(asyncio.Protocol):
         self._send_interval_s: float | None = None
         self._send_heartbeat: Callable[[], None] | None = None
         self._reading_paused = False
+        self._output_backlog = False
+        #: the broker's MemoryBudget; its alarm stops reading connections that publish
+        self.memory = memory
+        self.publishing = False
+        self.blocked = False
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: Any) -> None:
@@ -101,17 +108,45 @@ class Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         # The client is not reading fast enough: stop reading its input and stop delivering to it.
         self.writable = False
-        if self.transport is not None and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pause_reading()
+        self._output_backlog = True
+        self._update_reading()
 
     def resume_writing(self) -> None:
         self.writable = True
-        if self.transport is not None and self._reading_paused and not self.closed:
-            self._reading_paused = False
-            self.transport.resume_reading()
+        self._output_backlog = False
+        self._update_reading()
         if not self.closed:
             self.session.resume_writing()
+
+    def _update_reading(self) -> None:
+        """Read from the client unless its output is backed up or the memory alarm blocks it."""
+        if self.transport is None or self.closed:
+            return
+        paused = self._output_backlog or self.blocked
+        if paused and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        elif not paused and self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def mark_publishing(self) -> None:
+        """Sessions call this when their client publishes: the memory alarm applies to it."""
+        if not self.publishing:
+            self.publishing = True
+            if self.memory is not None and self.memory.alarm:
+                self.set_blocked(True)
+
+    def set_blocked(self, blocked: bool) -> None:
+        if blocked == self.blocked or self.closed:
+            return
+        self.blocked = blocked
+        log.warning("%s %s#%d from %s:%d: memory alarm", "blocking" if blocked else "unblocking",
+                    self.protocol, self.id, *self.peer)
+        notify = getattr(self.session, "blocked", None)
+        if notify is not None:
+            notify(blocked)
+        self._update_reading()
 
     # ------------------------------------------------------------------ for sessions
     @property

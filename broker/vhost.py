@@ -55,8 +55,10 @@ def _gen_name(prefix: str = "amq.gen-") -> str:
 
 class VirtualHost:
     def __init__(self, name: str, *, store: Any = None, clock: Any = None,
-                 consumer_timeout_ms: int = 0, resident_bytes: int | None = None):
+                 consumer_timeout_ms: int = 0, resident_bytes: int | None = None,
+                 memory: Any = None):
         self.name = name
+        self.memory = memory
         self.resident_bytes = resident_bytes
         self.store = store
         self.clock = clock or LoopClock()
@@ -256,13 +258,14 @@ class VirtualHost:
         queue: Queue | Stream
         if kind == "stream":
             log = self.store.queue_log(self.name, name) if self.store else None
-            queue = Stream(self, self.name, name, arguments=arguments, durable=durable, log=log)
+            queue = Stream(self, self.name, name, arguments=arguments, durable=durable, log=log,
+                           memory=self.memory)
         else:
             log = self.store.queue_log(self.name, name) if (durable and self.store) else None
             queue = Queue(self, self.name, name, durable=durable,
                           exclusive_owner=owner if exclusive else None, auto_delete=auto_delete,
                           arguments=arguments, consumer_timeout_ms=self.consumer_timeout_ms,
-                          log=log, resident_bytes=self.resident_bytes)
+                          log=log, resident_bytes=self.resident_bytes, memory=self.memory)
             queue.kind = kind
         self.queues[name] = queue
         self._durable_changed(queue)

@@ -35,6 +35,9 @@ class ServerSettings:
     output_low_water_bytes: int = 1024 * 1024
     # Largest message body any protocol accepts (SQS: 1 MiB; we allow more, like RabbitMQ).
     max_message_bytes: int = 16 * 1024 * 1024
+    # Memory alarm: above this many bytes of message bodies in memory, connections that publish
+    # are no longer read until consumers drain below 80% of it (0 disables).
+    memory_high_water_bytes: int = 1024 * 1024 * 1024
     shutdown_grace_s: float = 3.0
     # Users, as "name:password" entries; guest/guest is always loopback-only.
     users: tuple[str, ...] = ("guest:guest",)

@@ -360,6 +360,7 @@ class AMQPSession:
         self.channels: dict[int, Channel] = {}
         self.client_properties: dict = {}
         self.cancel_notify = False
+        self.blocked_notify = False
         self.out: list = []
         self.out_bytes = 0
         self.confirm_dirty: set[Channel] = set()
@@ -452,6 +453,17 @@ class AMQPSession:
         self.state = CLOSED
         self.flush()
         self.conn.close("server shutdown")
+
+    def blocked(self, on: bool) -> None:
+        """The memory alarm stopped (or resumed) reading this publishing connection: tell a
+        client that asked for it, with RabbitMQ's Connection.Blocked / Unblocked."""
+        if not self.blocked_notify or self.state != OPEN:
+            return
+        if on:
+            self.out.append(method_frame(0, 10, 60, shortstr("low on memory")))
+        else:
+            self.out.append(method_frame(0, 10, 61, b""))
+        self.flush()
 
     def resume_writing(self) -> None:
         for channel in list(self.channels.values()):
@@ -565,6 +577,7 @@ class AMQPSession:
         if not isinstance(caps, dict):
             caps = {}
         self.cancel_notify = bool(caps.get("consumer_cancel_notify"))
+        self.blocked_notify = bool(caps.get("connection.blocked"))
         mechanism = m.mechanism or ""
         self._mechanism = mechanism
         response = _as_bytes(m.response)
@@ -974,6 +987,7 @@ class AMQPSession:
                     raise NotFound(f"no exchange '{ev.exchange}' in vhost '{self.vhost.name}'")
                 ch.tx.append((message, ev.mandatory))
                 return
+            self.conn.mark_publishing()
             if ev.exchange or not ev.routing_key.startswith(REPLY_PREFIX):
                 result = self.vhost.publish(ev.exchange, ev.routing_key, message)
             else:

@@ -507,6 +507,8 @@ class MqttSession:
         if retain:
             self.server.retain(topic, message, props.get("message_expiry_interval")
                                if props else None)
+        if self.conn is not None:
+            self.conn.mark_publishing()
         return vhost.publish(TOPIC_EXCHANGE, message.routing_key, message)
 
     def on_publish(self, p: c.Publish) -> None:

@@ -434,6 +434,7 @@ class StompSession:
             # connection; the header is rewritten so that replies route back to it.
             props.reply_to = "/reply-queue/" + self._temp_queue(reply_to[12:])
         message = Message(exchange, routing_key, frame.body, props)
+        self.conn.mark_publishing()
         tx = headers.get("transaction")
         if tx is not None:
             self._transaction(tx).append(lambda: self._publish(message))

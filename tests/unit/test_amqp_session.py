@@ -13,41 +13,13 @@ from pamqp import header as pheader
 from adapters.amqp import make_server
 from broker.core import Broker
 from config.settings import Settings
-
-
-class FakeConn:
-    id = 1
-    peer_host = "127.0.0.1"
-
-    def __init__(self):
-        self.data = b""
-        self.writable = True
-        self.closed = False
-        self.close_reason = None
-        self.keepalive = None
-
-    def write(self, data):
-        self.data += bytes(data)
-
-    def writelines(self, chunks):
-        for chunk in chunks:
-            self.write(chunk)
-
-    def close(self, reason):
-        self.closed = True
-        self.close_reason = reason
-
-    def abort(self, reason):
-        self.close(reason)
-
-    def set_keepalive(self, *args):
-        self.keepalive = args
+from tests.fakes import FakeConnection
 
 
 class Client:
     def __init__(self, server):
         self.session = server.new_session()
-        self.conn = FakeConn()
+        self.conn = FakeConnection()
         self.session.connection_made(self.conn)
 
     def send(self, channel, *frames):
@@ -60,7 +32,7 @@ class Client:
 
     def frames(self):
         out = []
-        data, self.conn.data = self.conn.data, b""
+        data = self.conn.take()
         while data:
             used, channel, value = pframe.unmarshal(data)
             out.append((channel, value))
@@ -188,7 +160,7 @@ async def test_deliveries_to_another_connection_are_written_once_per_read(server
         pheader.ContentHeader(0, 1, C.Basic.Properties()), pbody.ContentBody(b"%d" % i)))
     pub.session.data_received(batch)
     assert len(writes) == 1  # one write for the whole read, at its end, no extra loop turn
-    sub.conn.data = writes[0]
+    sub.conn.out[:] = writes[0]
     bodies = [v.value for _, v in sub.frames() if isinstance(v, pbody.ContentBody)]
     assert bodies == [b"%d" % i for i in range(10)]
 

@@ -9,36 +9,7 @@ from adapters.mqtt import codec as c
 from adapters.mqtt.server import MqttServer
 from broker.core import Broker
 from config.settings import Settings
-
-
-class FakeConn:
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.writes = 0
-        self.writable = True
-        self.closed = False
-        self.close_reason: str | None = None
-        self.peer_host = "127.0.0.1"
-        self.keepalive: tuple = ()
-
-    def write(self, data: bytes) -> None:
-        self.writes += 1
-        self.out += data
-
-    def writelines(self, chunks: list) -> None:
-        self.writes += 1
-        for chunk in chunks:
-            self.out += chunk
-
-    def close(self, reason: str) -> None:
-        self.closed = True
-        self.close_reason = reason
-
-    abort = close
-
-    def set_keepalive(self, read_timeout_s=None, on_read_timeout=None, send_interval_s=None,
-                      send_heartbeat=None) -> None:
-        self.keepalive = (read_timeout_s, on_read_timeout)
+from tests.fakes import FakeConnection
 
 
 class Client:
@@ -46,7 +17,7 @@ class Client:
 
     def __init__(self, server: MqttServer, version: int = 4):
         self.session = server.new_session()
-        self.conn = FakeConn()
+        self.conn = FakeConnection()
         self.session.connection_made(self.conn)  # type: ignore[arg-type]
         self.version = version
         self.decoder = c.MqttDecoder("client", version=version)

@@ -10,27 +10,7 @@ from adapters.stomp.codec import NEED_DATA, FrameCodec
 from broker.core import Broker
 from broker.vhost import PublishResult
 from config.settings import Settings
-
-
-class FakeConn:
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.writable = True
-        self.peer_host = "127.0.0.1"
-        self.closed_reason: str | None = None
-        self.keepalive: tuple | None = None
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def close(self, reason: str) -> None:
-        self.closed_reason = reason
-
-    def abort(self, reason: str) -> None:
-        self.closed_reason = reason
-
-    def set_keepalive(self, *args) -> None:
-        self.keepalive = args
+from tests.fakes import FakeConnection
 
 
 class Harness:
@@ -38,7 +18,7 @@ class Harness:
         self.broker = Broker(settings or Settings())
         self.server = make_server(self.broker, self.broker.settings)
         self.session = self.server.new_session()
-        self.conn = FakeConn()
+        self.conn = FakeConnection()
         self.session.connection_made(self.conn)
         self.codec = FrameCodec(version=version)
         self.version = version
@@ -123,7 +103,7 @@ async def test_server_cancelled_subscription_keeps_connection():
     assert frame.command == "ERROR"
     assert frame.headers["message"] == "Server cancelled subscription"
     assert frame.headers["subscription"] == "s"
-    assert h.conn.closed_reason is None
+    assert h.conn.close_reason is None
     h.send(b"SUBSCRIBE\nid:s\ndestination:/queue/again\nreceipt:ok\n\n\x00")
     assert [f.command for f in h.frames()] == ["RECEIPT"]
 
@@ -189,11 +169,11 @@ async def test_disconnect_receipt_waits_for_earlier_durable_receipts():
     h.vhost.publish = publish
     h.send(b"SEND\ndestination:/queue/d\npersistent:true\nreceipt:r1\n\nx\x00"
            b"DISCONNECT\nreceipt:bye\n\n\x00")
-    assert h.frames() == [] and h.conn.closed_reason is None
+    assert h.frames() == [] and h.conn.close_reason is None
     pending.set_result(None)
     await asyncio.sleep(0.01)
     assert [f.headers["receipt-id"] for f in h.frames()] == ["r1", "bye"]
-    assert h.conn.closed_reason == "client sent DISCONNECT"
+    assert h.conn.close_reason == "client sent DISCONNECT"
 
 
 async def test_error_while_receipt_pending_sends_no_receipt_after_it():

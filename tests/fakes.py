@@ -1,0 +1,49 @@
+"""Test doubles shared by the session tests."""
+from __future__ import annotations
+
+from typing import Any
+
+
+class FakeConnection:
+    """Stands in for ``broker.transport.Connection`` when a session is driven without sockets:
+    it records what the session wrote, how often, and how it closed."""
+
+    id = 1
+    peer_host = "127.0.0.1"
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.writes = 0
+        self.writable = True
+        self.closed = False
+        self.close_reason: str | None = None
+        self.keepalive: tuple = ()
+        self.publishing = False
+
+    def write(self, data: Any) -> None:
+        self.writes += 1
+        self.out += data
+
+    def writelines(self, chunks: list) -> None:
+        self.writes += 1
+        for chunk in chunks:
+            self.out += chunk
+
+    def close(self, reason: str) -> None:
+        self.closed = True
+        self.close_reason = reason
+
+    abort = close
+
+    def set_keepalive(self, read_timeout_s=None, on_read_timeout=None, send_interval_s=None,
+                      send_heartbeat=None) -> None:
+        self.keepalive = (read_timeout_s, on_read_timeout, send_interval_s, send_heartbeat)
+
+    def mark_publishing(self) -> None:
+        self.publishing = True
+
+    def take(self) -> bytes:
+        """Everything written since the last take."""
+        data = bytes(self.out)
+        self.out.clear()
+        return data
