@@ -158,15 +158,16 @@ class Connection(asyncio.Protocol):
         if self.closed or transport is None:
             return
         transport.write(data)
-        self.last_write = self._loop.time()  # type: ignore[union-attr]
-        if transport.get_write_buffer_size() > self.hard_limit_bytes:
-            self.abort("slow consumer: output buffer over its limit")
+        self._wrote(transport)
 
     def writelines(self, chunks: list) -> None:
         transport = self.transport
         if self.closed or transport is None:
             return
         transport.writelines(chunks)
+        self._wrote(transport)
+
+    def _wrote(self, transport: asyncio.Transport) -> None:
         self.last_write = self._loop.time()  # type: ignore[union-attr]
         if transport.get_write_buffer_size() > self.hard_limit_bytes:
             self.abort("slow consumer: output buffer over its limit")

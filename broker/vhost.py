@@ -325,21 +325,21 @@ class VirtualHost:
     def purge_queue(self, name: str, owner: Any = None) -> int:
         return self.queue(name, owner).purge()
 
-    def bind_queue(self, queue: str, exchange: str, routing_key: str,
-                   arguments: dict | None = None, owner: Any = None) -> None:
+    def _queue_binding(self, queue: str, exchange: str, owner: Any) -> tuple[Exchange, Any]:
         target = self.queue(queue, owner)
         if exchange == "":
-            raise AccessRefused(f"operation not permitted on the default exchange")
-        source = self._exchange(exchange)
+            raise AccessRefused("operation not permitted on the default exchange")
+        return self._exchange(exchange), target
+
+    def bind_queue(self, queue: str, exchange: str, routing_key: str,
+                   arguments: dict | None = None, owner: Any = None) -> None:
+        source, target = self._queue_binding(queue, exchange, owner)
         if source.bind(target, routing_key, arguments):
             self._durable_changed(source, target)
 
     def unbind_queue(self, queue: str, exchange: str, routing_key: str,
                      arguments: dict | None = None, owner: Any = None) -> None:
-        target = self.queue(queue, owner)
-        if exchange == "":
-            raise AccessRefused(f"operation not permitted on the default exchange")
-        source = self._exchange(exchange)
+        source, target = self._queue_binding(queue, exchange, owner)
         if source.unbind(target, routing_key, arguments):
             self._durable_changed(source, target)
             self._maybe_auto_delete(source)
