@@ -427,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         p.error(f"unknown protocol(s) {bad}; accepted: amqp, mqtt, stomp")
     wanted_peers = [x.strip() for x in args.peers.split(",") if x.strip()]
+    unknown = [x for x in wanted_peers + [args.baseline] if x not in peers_mod.PEER_CLASSES]
+    if unknown:
+        p.error(f"unknown broker(s) {unknown}; accepted: {', '.join(peers_mod.PEER_CLASSES)}")
     wanted_cases = [x.strip() for x in args.cases.split(",") if x.strip()]
     unknown = [x for x in wanted_cases if x not in {c.key for c in CASES}]
     if unknown:
