@@ -227,7 +227,10 @@ class FileStore:
             await asyncio.wait(list(self._definitions_jobs))
         while self._dirty_logs or self._in_flight is not None:
             if self._in_flight is not None:
-                await self._in_flight
+                await asyncio.wait([self._in_flight])
+                # A batch that had already finished is awaited without a yield, while its done
+                # callback (which clears _in_flight) is still queued: give it its turn.
+                await asyncio.sleep(0)
             else:
                 self._kick()
         for fd in list(self._fds.values()) + self._closing:

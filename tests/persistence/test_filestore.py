@@ -237,3 +237,19 @@ async def test_lazy_queue_restart_recovers_without_loading_every_body(tmp_path):
     assert [d.message.body for d in consumer.deliveries] == [f"m{i}".encode() for i in range(50)]
     assert consumer.deliveries[7].message.headers == {"i": 7}
     await broker.close()
+
+
+@pytest.mark.timeout(10)
+async def test_close_right_after_a_batch_finished_does_not_spin(tmp_path):
+    """Regression: a batch whose future was already done (its done callback still queued) made
+    close() await it again and again without ever yielding."""
+    store = FileStore(str(tmp_path))
+    await store.open()
+    log = store.queue_log("/", "q")
+    log.append(1, b"payload")
+    store._kick()
+    batch = store._in_flight
+    while not batch.done():
+        await asyncio.sleep(0)  # wake as soon as it is done: its callback has not run yet
+    await store.close()
+    assert store._in_flight is None
