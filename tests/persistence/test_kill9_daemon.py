@@ -34,6 +34,17 @@ def start_daemon(data_dir):
     raise AssertionError("daemon did not start")
 
 
+def stop_daemon(proc):
+    """SIGTERM must end it cleanly; a daemon that does not exit is killed, never left behind."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
 def test_amqp_confirmed_messages_survive_sigkill(tmp_path):
     proc, ports = start_daemon(tmp_path)
     confirmed = []
@@ -66,8 +77,7 @@ def test_amqp_confirmed_messages_survive_sigkill(tmp_path):
         assert received == confirmed  # every confirmed message, in order, nothing else
         connection.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
+        stop_daemon(proc)
 
 
 def test_mqtt_qos1_pubacked_messages_survive_sigkill(tmp_path):
@@ -116,5 +126,4 @@ def test_mqtt_qos1_pubacked_messages_survive_sigkill(tmp_path):
         sub.loop_stop()
         assert got == acked
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
+        stop_daemon(proc)
