@@ -27,48 +27,27 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from pamqp import body as pbody
 from pamqp import commands
 from pamqp import frame as pframe
 from pamqp import header as pheader
+from benchkit import GeneratorProtocol, cpu_seconds, free_port, start_manifold  # noqa: E402  (benchmarks/ is the script's folder)
 
 DELIVER = (60 << 16) | 60
 ACK = (60 << 16) | 80
 NACK = (60 << 16) | 120
 
 
-class Client(asyncio.Protocol):
+class Client(GeneratorProtocol):
     """One AMQP connection: counts deliveries (and confirms), queues every other frame."""
 
     def __init__(self, progress: asyncio.Event, manual_ack: bool = False):
-        self.buffer = bytearray()
-        self.transport: asyncio.Transport | None = None
+        super().__init__(progress)
         self.deliveries = 0
         self.confirmed = 0
         self.last_confirm_tag = 0
-        self.control: asyncio.Queue = asyncio.Queue()
-        self.progress = progress
         self.manual_ack = manual_ack
-        self.closed = asyncio.get_running_loop().create_future()
-        self.can_write = asyncio.Event()
-        self.can_write.set()
-
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def connection_lost(self, exc):
-        if not self.closed.done():
-            self.closed.set_result(exc)
-        self.progress.set()
-        self.control.put_nowait(None)
-
-    def pause_writing(self):
-        self.can_write.clear()
-
-    def resume_writing(self):
-        self.can_write.set()
 
     def data_received(self, data: bytes) -> None:
         buf = self.buffer
@@ -242,41 +221,6 @@ async def run(args) -> dict:
     return result
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_manifold(port: int, data_dir: str) -> subprocess.Popen:
-    exe = Path(sys.executable).parent / "manifold"
-    cmd = [str(exe), "serve", "--bind", "127.0.0.1", "--amqp-port", str(port),
-           "--mqtt-port", str(_free_port()), "--stomp-port", str(_free_port()),
-           "--data-dir", data_dir, "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"manifold exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("manifold did not open its AMQP port within 15 s")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), in seconds."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -311,11 +255,11 @@ def main(argv=None) -> int:
     tmp = None
     if args.port is None:
         tmp = tempfile.TemporaryDirectory(prefix="manifold-amqp-bench-")
-        args.port = _free_port()
-        proc = start_manifold(args.port, tmp.name)
+        args.port = free_port()
+        proc = start_manifold("amqp", args.port, tmp.name)
         args.broker_name = args.broker_name or "manifold"
     args.broker_name = args.broker_name or f"{args.host}:{args.port}"
-    cpu_before = _cpu_seconds(proc.pid) if proc is not None else None
+    cpu_before = cpu_seconds(proc.pid) if proc is not None else None
     client_cpu = time.process_time()
     try:
         result = asyncio.run(asyncio.wait_for(run(args), args.timeout + 15))
@@ -323,7 +267,7 @@ def main(argv=None) -> int:
         result["client_cpu_s"] = round(time.process_time() - client_cpu, 3)
         if cpu_before is not None:
             # CPU the broker spent, per message (warm-up included): stable on a busy machine
-            used = _cpu_seconds(proc.pid) - cpu_before
+            used = cpu_seconds(proc.pid) - cpu_before
             result["broker_cpu_s"] = round(used, 3)
             result["broker_cpu_us_per_msg"] = round(
                 used * 1e6 / (args.messages + args.warmup), 2)

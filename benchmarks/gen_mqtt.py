@@ -26,6 +26,7 @@ import os
 import struct
 import sys
 import time
+from benchkit import GeneratorProtocol  # noqa: E402  (benchmarks/ is the script's folder)
 
 
 def _varint(n: int) -> bytes:
@@ -112,34 +113,13 @@ def parse_connack(raw: bytes, version: int = 4) -> tuple[int, dict[int, object]]
 DISCONNECT = b"\xe0\x00"
 
 
-class MqttReader(asyncio.Protocol):
+class MqttReader(GeneratorProtocol):
     """Walks MQTT packet boundaries; counts PUBLISH (answering PUBACK) and PUBACK packets."""
 
     def __init__(self, progress: asyncio.Event):
-        self.buffer = bytearray()
-        self.transport: asyncio.Transport | None = None
+        super().__init__(progress)
         self.publishes = 0
         self.pubacks = 0
-        self.control: asyncio.Queue = asyncio.Queue()
-        self.progress = progress
-        self.closed = asyncio.get_running_loop().create_future()
-        self.can_write = asyncio.Event()
-        self.can_write.set()
-
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def connection_lost(self, exc):
-        if not self.closed.done():
-            self.closed.set_result(exc)
-        self.progress.set()
-        self.control.put_nowait(None)
-
-    def pause_writing(self):
-        self.can_write.clear()
-
-    def resume_writing(self):
-        self.can_write.set()
 
     def data_received(self, data: bytes) -> None:
         buf = self.buffer

@@ -17,42 +17,16 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import gen_mqtt  # noqa: E402  (the shared raw-socket generator)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_manifold(port: int, data_dir: str) -> subprocess.Popen:
-    exe = Path(sys.executable).parent / "manifold"
-    cmd = [str(exe), "serve", "--bind", "127.0.0.1", "--mqtt-port", str(port),
-           "--amqp-port", str(_free_port()), "--stomp-port", str(_free_port()),
-           "--data-dir", data_dir, "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"manifold exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("manifold did not open its MQTT port within 15 s")
+from benchkit import free_port, start_manifold  # noqa: E402  (benchmarks/ is the script's folder)
 
 
 def measure(host: str, port: int, qos: int, messages: int, window: int) -> dict:
@@ -84,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     name = args.broker or ("manifold" if port is None else f"{args.host}:{port}")
     tmp = tempfile.TemporaryDirectory()
     if port is None:
-        port = _free_port()
-        proc = _start_manifold(port, os.path.join(tmp.name, "data"))
+        port = free_port()
+        proc = start_manifold("mqtt", port, os.path.join(tmp.name, "data"))
     status = 0
     try:
         for qos in args.qos or [0, 1]:

@@ -30,32 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_manifold(port: int, data_dir: str) -> subprocess.Popen:
-    exe = Path(sys.executable).parent / "manifold"
-    cmd = [str(exe), "serve", "--bind", "127.0.0.1", "--stomp-port", str(port),
-           "--amqp-port", str(_free_port()), "--mqtt-port", str(_free_port()),
-           "--data-dir", data_dir, "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"manifold exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("manifold did not open its STOMP port within 15 s")
+from benchkit import free_port, start_manifold  # noqa: E402  (benchmarks/ is the script's folder)
 
 
 def connect_frame(login: str, passcode: str, vhost: str) -> bytes:
@@ -207,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     name = args.broker or ("manifold" if args.port is None else f"{args.host}:{args.port}")
     tmp = tempfile.TemporaryDirectory()
     if args.port is None:
-        args.port = _free_port()
-        proc = _start_manifold(args.port, os.path.join(tmp.name, "data"))
+        args.port = free_port()
+        proc = start_manifold("stomp", args.port, os.path.join(tmp.name, "data"))
     try:
         try:
             result = asyncio.run(asyncio.wait_for(run(args), 300))

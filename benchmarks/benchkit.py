@@ -1,0 +1,81 @@
+"""Pieces every load generator shares: free ports, a Manifold started on the spot, CPU time of a
+process, and the asyncio.Protocol base the raw-socket generators read with."""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROTOCOLS = ("amqp", "mqtt", "stomp")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_manifold(protocol: str, port: int, data_dir: str) -> subprocess.Popen:
+    """``manifold serve`` from this venv with ``protocol`` on ``port`` (the others on free ports);
+    returns once that port accepts connections (15 s at most)."""
+    exe = Path(sys.executable).parent / "manifold"
+    cmd = [str(exe), "serve", "--bind", "127.0.0.1", "--data-dir", data_dir,
+           "--log-level", "warning"]
+    for name in PROTOCOLS:
+        cmd += [f"--{name}-port", str(port if name == protocol else free_port())]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"manifold exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"manifold did not open its {protocol.upper()} port within 15 s")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+class GeneratorProtocol(asyncio.Protocol):
+    """A generator's connection: ``control`` gets the frames the handshake waits for (None when
+    the connection is lost), ``progress`` is set whenever something arrived, ``can_write``
+    follows the transport's flow control. Subclasses implement ``data_received``."""
+
+    def __init__(self, progress: asyncio.Event):
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.control: asyncio.Queue = asyncio.Queue()
+        self.progress = progress
+        self.closed = asyncio.get_running_loop().create_future()
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def connection_lost(self, exc):
+        if not self.closed.done():
+            self.closed.set_result(exc)
+        self.progress.set()
+        self.control.put_nowait(None)
+
+    def pause_writing(self):
+        self.can_write.clear()
+
+    def resume_writing(self):
+        self.can_write.set()
