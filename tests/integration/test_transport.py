@@ -30,6 +30,14 @@ class Flood:
         self.resumed += 1
 
 
+async def wait_connected(session):
+    for _ in range(100):  # at most 1 s
+        if session.conn is not None:
+            return session.conn
+        await asyncio.sleep(0.01)
+    raise AssertionError("the server never saw the connection")
+
+
 async def serve(session, registry, **kw):
     loop = asyncio.get_running_loop()
     opts = {"high_water_bytes": 64 * 1024, "low_water_bytes": 16 * 1024, **kw}
@@ -81,10 +89,7 @@ async def test_read_timeout_closes_a_silent_client_with_a_reason():
     server, port = await serve(session, registry)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        for _ in range(100):
-            if session.conn is not None:
-                break
-            await asyncio.sleep(0.01)
+        await wait_connected(session)
         session.conn.set_keepalive(read_timeout_s=0.2)
         data = await asyncio.wait_for(reader.read(), 3)  # EOF: the server closed it
         assert data == b""
@@ -100,10 +105,7 @@ async def test_heartbeat_sent_when_idle():
     server, port = await serve(session, registry)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        for _ in range(100):
-            if session.conn is not None:
-                break
-            await asyncio.sleep(0.01)
+        await wait_connected(session)
         session.conn.set_keepalive(send_interval_s=0.1,
                                    send_heartbeat=lambda: session.conn.write(b"\n"))
         assert await asyncio.wait_for(reader.readexactly(2), 3) == b"\n\n"

@@ -42,18 +42,23 @@ class Harness:
     def vhost(self):
         return self.broker.vhosts["/"]
 
+    def hold_durability(self) -> asyncio.Future:
+        """Make every publish wait for the returned future, as if its fsync had not happened."""
+        pending: asyncio.Future = asyncio.get_running_loop().create_future()
+        real_publish = self.vhost.publish
+
+        def publish(exchange, key, message):
+            result = real_publish(exchange, key, message)
+            return PublishResult(result.routed, result.rejected, pending)
+
+        self.vhost.publish = publish
+        return pending
+
 
 async def test_receipts_wait_for_durability_in_order():
     h = Harness()
     h.connect()
-    pending: asyncio.Future = asyncio.get_running_loop().create_future()
-    real_publish = h.vhost.publish
-
-    def publish(exchange, key, message):
-        result = real_publish(exchange, key, message)
-        return PublishResult(result.routed, result.rejected, pending)
-
-    h.vhost.publish = publish
+    pending = h.hold_durability()
     h.send(b"SEND\ndestination:/queue/d\npersistent:true\nreceipt:r1\n\nx\x00"
            b"SUBSCRIBE\nid:s\ndestination:/queue/other\nreceipt:r2\n\n\x00")
     await asyncio.sleep(0.01)
@@ -159,14 +164,7 @@ async def test_message_headers_escaped_per_version(version):
 async def test_disconnect_receipt_waits_for_earlier_durable_receipts():
     h = Harness()
     h.connect()
-    pending: asyncio.Future = asyncio.get_running_loop().create_future()
-    real_publish = h.vhost.publish
-
-    def publish(exchange, key, message):
-        result = real_publish(exchange, key, message)
-        return PublishResult(result.routed, result.rejected, pending)
-
-    h.vhost.publish = publish
+    pending = h.hold_durability()
     h.send(b"SEND\ndestination:/queue/d\npersistent:true\nreceipt:r1\n\nx\x00"
            b"DISCONNECT\nreceipt:bye\n\n\x00")
     assert h.frames() == [] and h.conn.close_reason is None
@@ -179,14 +177,7 @@ async def test_disconnect_receipt_waits_for_earlier_durable_receipts():
 async def test_error_while_receipt_pending_sends_no_receipt_after_it():
     h = Harness()
     h.connect()
-    pending: asyncio.Future = asyncio.get_running_loop().create_future()
-    real_publish = h.vhost.publish
-
-    def publish(exchange, key, message):
-        result = real_publish(exchange, key, message)
-        return PublishResult(result.routed, result.rejected, pending)
-
-    h.vhost.publish = publish
+    pending = h.hold_durability()
     h.send(b"SEND\ndestination:/queue/d\npersistent:true\nreceipt:r1\n\nx\x00FROB\n\n\x00")
     pending.set_result(None)
     await asyncio.sleep(0.01)
