@@ -32,7 +32,8 @@ from pamqp import body as pbody
 from pamqp import commands
 from pamqp import frame as pframe
 from pamqp import header as pheader
-from benchkit import GeneratorProtocol, cpu_seconds, free_port, start_manifold  # noqa: E402  (benchmarks/ is the script's folder)
+from benchkit import (GeneratorProtocol, cpu_seconds, free_port, install_uvloop, start_manifold,
+                      warm_then_measure)  # noqa: E402
 
 DELIVER = (60 << 16) | 60
 ACK = (60 << 16) | 80
@@ -199,16 +200,7 @@ async def run(args) -> dict:
                 pass
         return sub.deliveries - base, t_first, time.perf_counter()
 
-    deadline = time.monotonic() + args.timeout
-    if args.warmup:
-        got, _, _ = await phase(args.warmup, deadline)
-        if got < args.warmup:
-            raise RuntimeError(f"warm-up: only {got} of {args.warmup} messages arrived")
-    received, t0, t1 = await phase(args.messages, deadline)
-    seconds = t1 - t0
-    result.update(received=received, seconds=round(seconds, 4),
-                  msgs_per_s=round(received / seconds, 1) if seconds > 0 else None,
-                  complete=received >= args.messages)
+    received = await warm_then_measure(phase, args, result)
     if args.confirm:
         result["confirmed"] = pub.confirmed
     if not result["complete"]:
@@ -246,11 +238,7 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=120.0, help="whole run limit, s")
     p.add_argument("--idle-timeout", type=float, default=10.0)
     args = p.parse_args(argv)
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
+    install_uvloop()
     proc = None
     tmp = None
     if args.port is None:

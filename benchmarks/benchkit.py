@@ -79,3 +79,28 @@ class GeneratorProtocol(asyncio.Protocol):
 
     def resume_writing(self):
         self.can_write.set()
+
+
+def install_uvloop() -> None:
+    """Generators run on uvloop when it is there, like the broker."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    uvloop.install()
+
+
+async def warm_then_measure(phase, args, result: dict) -> int:
+    """Run ``phase(n, deadline) -> (received, t_first, t_last)`` untimed for ``args.warmup``
+    messages, then timed for ``args.messages``; fill ``result`` with the figures."""
+    deadline = time.monotonic() + args.timeout
+    if args.warmup:
+        got, _, _ = await phase(args.warmup, deadline)
+        if got < args.warmup:
+            raise RuntimeError(f"warm-up: only {got} of {args.warmup} messages arrived")
+    received, t0, t1 = await phase(args.messages, deadline)
+    seconds = t1 - t0
+    result.update(received=received, seconds=round(seconds, 4),
+                  msgs_per_s=round(received / seconds, 1) if seconds > 0 else None,
+                  complete=received >= args.messages)
+    return received

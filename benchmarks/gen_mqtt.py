@@ -26,7 +26,7 @@ import os
 import struct
 import sys
 import time
-from benchkit import GeneratorProtocol  # noqa: E402  (benchmarks/ is the script's folder)
+from benchkit import GeneratorProtocol, install_uvloop, warm_then_measure  # noqa: E402
 
 
 def _varint(n: int) -> bytes:
@@ -261,16 +261,7 @@ async def run(args) -> dict:
 
     phase.seq = 0
     phase.sent_total = 0
-    deadline = time.monotonic() + args.timeout
-    if args.warmup:
-        got, _, _ = await phase(args.warmup, deadline)
-        if got < args.warmup:
-            raise RuntimeError(f"warm-up: only {got} of {args.warmup} messages arrived")
-    received, t0, t1 = await phase(args.messages, deadline)
-    seconds = t1 - t0
-    result.update(received=received, seconds=round(seconds, 4),
-                  msgs_per_s=round(received / seconds, 1) if seconds > 0 else None,
-                  complete=received >= args.messages)
+    received = await warm_then_measure(phase, args, result)
     if not result["complete"]:
         result["error"] = (f"only {received} of {args.messages} messages arrived "
                            f"(idle {args.idle_timeout} s or total {args.timeout} s limit)")
@@ -299,11 +290,7 @@ def main(argv=None) -> int:
     p.add_argument("--idle-timeout", type=float, default=10.0,
                    help="give up when nothing arrives for this long, s")
     args = p.parse_args(argv)
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
+    install_uvloop()
     try:
         result = asyncio.run(asyncio.wait_for(run(args), args.timeout + 15))
     except (OSError, RuntimeError, asyncio.TimeoutError) as exc:

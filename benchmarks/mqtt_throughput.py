@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import gen_mqtt  # noqa: E402  (the shared raw-socket generator)
-from benchkit import free_port, start_manifold  # noqa: E402  (benchmarks/ is the script's folder)
+from benchkit import free_port, install_uvloop, start_manifold  # noqa: E402
 
 
 def measure(host: str, port: int, qos: int, messages: int, window: int) -> dict:
@@ -48,11 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=1000)
     p.add_argument("--broker", default=None, help="name printed in the JSON")
     args = p.parse_args(argv)
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
+    install_uvloop()
     proc = None
     port = args.port
     name = args.broker or ("manifold" if port is None else f"{args.host}:{port}")

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from benchkit import free_port, start_manifold  # noqa: E402  (benchmarks/ is the script's folder)
+from benchkit import free_port, install_uvloop, start_manifold  # noqa: E402
 
 
 def connect_frame(login: str, passcode: str, vhost: str) -> bytes:
@@ -173,11 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="give up when nothing arrives for this long")
     p.add_argument("--broker", default=None, help="name printed in the JSON")
     args = p.parse_args(argv)
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
+    install_uvloop()
     proc = None
     name = args.broker or ("manifold" if args.port is None else f"{args.host}:{args.port}")
     tmp = tempfile.TemporaryDirectory()
