@@ -87,10 +87,20 @@ def validate_arguments(name: str, vhost: str, args: dict) -> None:
     if overflow is not None and overflow not in OVERFLOW_MODES:
         raise PreconditionFailed(f"invalid arg 'x-overflow' for queue '{name}' in vhost "
                                  f"'{vhost}': {overflow!r}; accepted: {', '.join(OVERFLOW_MODES)}")
+    sac = args.get("x-single-active-consumer")
+    if sac is not None and not isinstance(sac, bool):
+        raise PreconditionFailed(f"invalid arg 'x-single-active-consumer' for queue '{name}' in "
+                                 f"vhost '{vhost}': {sac!r}; accepted: true or false")
     kind = args.get("x-queue-type")
     if kind is not None and kind not in QUEUE_TYPES:
         raise PreconditionFailed(f"invalid arg 'x-queue-type' for queue '{name}' in vhost "
                                  f"'{vhost}': {kind!r}; accepted: {', '.join(QUEUE_TYPES)}")
+
+
+def consumer_priority(consumer: Consumer) -> int:
+    """The ``x-priority`` consumer argument (0 when absent)."""
+    priority = consumer.arguments.get("x-priority", 0) if consumer.arguments else 0
+    return priority if isinstance(priority, int) and not isinstance(priority, bool) else 0
 
 
 def parse_expiration(value: Any) -> int | None:
@@ -133,6 +143,11 @@ class Queue:
         self.max_priority: int = args.get("x-max-priority") or 0
         self.delivery_limit: int | None = args.get("x-delivery-limit")
         self.delay_ms: int = args.get("x-delay") or 0
+        # x-single-active-consumer: only the oldest consumer gets messages; the next takes over
+        # when it goes (ordered processing with failover, RabbitMQ's SAC).
+        self.single_active: bool = bool(args.get("x-single-active-consumer", False))
+        #: round-robin position per consumer priority (x-priority consumer argument)
+        self._rr_by_priority: dict[int, int] = {}
         timeout = args.get("x-consumer-timeout")
         self.consumer_timeout_ms: int = consumer_timeout_ms if timeout is None else timeout
         # Past this many bytes of ready bodies in memory, bodies that are safely on disk leave
@@ -369,14 +384,34 @@ class Queue:
         return entry
 
     def _pick_consumer(self) -> Consumer | None:
-        """The next consumer with credit, round robin."""
+        """The next consumer with credit: the single active one; else among the highest
+        ``x-priority`` consumers that have credit, round robin (RabbitMQ consumer priorities)."""
         consumers = self.consumers
+        if self.single_active:
+            active = consumers[0]
+            return active if active.has_credit() else None
         n = len(consumers)
-        for k in range(n):
-            candidate = consumers[(self._rr + k) % n]
-            if candidate.has_credit():
-                self._rr = (self._rr + k + 1) % n
-                return candidate
+        if consumer_priority(consumers[0]) == consumer_priority(consumers[-1]):
+            for k in range(n):  # one priority level: plain round robin
+                candidate = consumers[(self._rr + k) % n]
+                if candidate.has_credit():
+                    self._rr = (self._rr + k + 1) % n
+                    return candidate
+            return None
+        start = 0
+        while start < n:  # consumers are kept sorted by priority, highest first
+            level = consumer_priority(consumers[start])
+            end = start
+            while end < n and consumer_priority(consumers[end]) == level:
+                end += 1
+            size = end - start
+            rr = self._rr_by_priority.get(level, 0)
+            for k in range(size):
+                candidate = consumers[start + (rr + k) % size]
+                if candidate.has_credit():
+                    self._rr_by_priority[level] = (rr + k + 1) % size
+                    return candidate
+            start = end
         return None
 
     def pump(self) -> None:
@@ -444,7 +479,9 @@ class Queue:
         return delivery
 
     # ---------------------------------------------------------------- settle
-    def settle(self, delivery: Delivery, ack: bool, requeue: bool) -> bool:
+    def settle(self, delivery: Delivery, ack: bool, requeue: bool, pump: bool = True) -> bool:
+        """Ack, requeue or drop one delivery. ``pump=False`` when returning several at once:
+        the caller pumps after the last, so they are redelivered in their old order."""
         if delivery.settled:
             return False
         delivery.settled = True
@@ -465,7 +502,7 @@ class Queue:
             self._return(entry)
         else:
             self._drop(entry, "rejected")
-        if self.consumers and not self.deleted:
+        if pump and self.consumers and not self.deleted:
             self.pump()
         return True
 
@@ -496,8 +533,14 @@ class Queue:
             raise ResourceLocked(f"queue '{self.name}' in vhost '{self.vhost}' in exclusive use")
         if any(c.exclusive for c in self.consumers):
             raise ResourceLocked(f"queue '{self.name}' in vhost '{self.vhost}' in exclusive use")
+        priority = consumer_priority(consumer)
         consumer.queue = self
-        self.consumers.append(consumer)
+        # Sorted by priority, highest first; arrival order within a priority (and for SAC).
+        index = len(self.consumers)
+        if not self.single_active:
+            while index and consumer_priority(self.consumers[index - 1]) < priority:
+                index -= 1
+        self.consumers.insert(index, consumer)
         self._had_consumers = True
         self.touch()
         self.pump()
@@ -508,6 +551,10 @@ class Queue:
         if consumer in self.consumers:
             self.consumers.remove(consumer)
             self._rr = 0
+            if self.consumers:
+                # A single-active consumer's successor takes over, on the next turn of the loop:
+                # the adapter first returns what the old one held, so order is kept.
+                self.host.schedule(self, self.host.now_ms())
         self.touch()
         if self.auto_delete and self._had_consumers and not self.consumers:
             self.host.queue_unused(self)

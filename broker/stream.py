@@ -238,7 +238,7 @@ class Stream:
                 if self.deleted or consumer not in self._readers:
                     break
 
-    def settle(self, delivery: Delivery, ack: bool, requeue: bool) -> bool:
+    def settle(self, delivery: Delivery, ack: bool, requeue: bool, pump: bool = True) -> bool:
         """Stream acks only return credit (and store a named reader's offset); nothing is removed."""
         if delivery.settled:
             return False
@@ -249,7 +249,8 @@ class Stream:
             reader = self._readers.get(consumer)
             if ack and reader is not None and reader.reference is not None:
                 self.store_offset(reader.reference, delivery.offset)
-            self.pump()
+            if pump:
+                self.pump()
         return True
 
     def store_offset(self, reference: str, offset: int) -> None:

@@ -418,9 +418,14 @@ class VirtualHost:
     @staticmethod
     def requeue(deliveries: Any) -> None:
         """Return unsettled deliveries to their queues (a channel, session or connection ended)."""
+        queues: dict = {}
         for delivery in deliveries:
             if not delivery.settled:
-                delivery.reject(True)
+                delivery.queue.settle(delivery, False, True, pump=False)
+                queues[delivery.queue] = None
+        for queue in queues:  # all returned first: redelivered in their old order
+            if queue.consumers and not queue.deleted:
+                queue.pump()
 
     def close_owner(self, owner: Any) -> None:
         """The connection ``owner`` ended: its exclusive queues go."""

@@ -358,3 +358,52 @@ def test_settled_and_delivered_entries_do_not_pile_up_in_timer_heaps():
         send(vhost, "", "q", f"m{i}")
         c.deliveries[-1].ack()
     assert len(queue._timeouts) < 200 and len(queue._expiries) < 200
+
+
+def test_single_active_consumer_gets_everything_and_hands_over():
+    vhost, clock = setup({"x-single-active-consumer": True})
+    first, second = Recorder("first", prefetch=2), Recorder("second", prefetch=2)
+    vhost.consume("q", first)
+    vhost.consume("q", second)
+    publish_n(vhost, 4)
+    assert first.bodies() == [b"m0", b"m1"] and second.bodies() == []  # waits, in order
+    first.deliveries[0].ack()
+    assert first.bodies() == [b"m0", b"m1", b"m2"] and second.bodies() == []
+    vhost.cancel(first)
+    vhost.requeue(first.deliveries)  # its unacked m1, m2 go back ahead of m3
+    clock.advance(0)
+    assert second.bodies() == [b"m1", b"m2"]
+
+
+def test_single_active_successor_starts_even_when_nothing_was_unacked():
+    vhost, clock = setup({"x-single-active-consumer": True})
+    first, second = Recorder("first", no_ack=True), Recorder("second")
+    vhost.consume("q", first)
+    vhost.consume("q", second)
+    vhost.cancel(first)
+    publish_n(vhost, 1)
+    clock.advance(0)
+    assert second.bodies() == [b"m0"]
+
+
+def test_single_active_consumer_argument_must_be_boolean():
+    vhost, _ = make_vhost()
+    with pytest.raises(PreconditionFailed, match="x-single-active-consumer"):
+        vhost.declare_queue("q", arguments={"x-single-active-consumer": "yes"})
+
+
+def test_consumer_priorities_prefer_the_highest_with_credit():
+    vhost, _ = setup()
+    low = Recorder("low", prefetch=10)
+    high_a = Recorder("high-a", prefetch=1, arguments={"x-priority": 5})
+    high_b = Recorder("high-b", prefetch=1, arguments={"x-priority": 5})
+    vhost.consume("q", low)
+    vhost.consume("q", high_a)
+    vhost.consume("q", high_b)
+    publish_n(vhost, 4)
+    # high-priority consumers take what they have credit for, round robin; the rest spills over
+    assert high_a.bodies() == [b"m0"] and high_b.bodies() == [b"m1"]
+    assert low.bodies() == [b"m2", b"m3"]
+    high_a.deliveries[0].ack()
+    send(vhost, "", "q", "m4")
+    assert high_a.bodies() == [b"m0", b"m4"]
