@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,8 +31,8 @@ from pamqp import body as pbody
 from pamqp import commands
 from pamqp import frame as pframe
 from pamqp import header as pheader
-from benchkit import (GeneratorProtocol, cpu_seconds, free_port, install_uvloop, start_manifold,
-                      warm_then_measure)  # noqa: E402
+from benchkit import (GeneratorProtocol, cpu_seconds, free_port, install_uvloop,  # noqa: E402
+                      start_manifold, stop_manifold, warm_then_measure)
 
 DELIVER = (60 << 16) | 60
 ACK = (60 << 16) | 80
@@ -263,12 +262,7 @@ def main(argv=None) -> int:
         result = {"protocol": "amqp", "broker": args.broker_name, "messages": args.messages,
                   "msgs_per_s": None, "complete": False, "error": f"{type(exc).__name__}: {exc}"}
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_manifold(proc)
         if tmp is not None:
             tmp.cleanup()
     print(json.dumps(result), flush=True)

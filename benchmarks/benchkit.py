@@ -104,3 +104,14 @@ async def warm_then_measure(phase, args, result: dict) -> int:
                   msgs_per_s=round(received / seconds, 1) if seconds > 0 else None,
                   complete=received >= args.messages)
     return received
+
+
+def stop_manifold(proc: subprocess.Popen | None) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()

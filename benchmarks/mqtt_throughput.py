@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import gen_mqtt  # noqa: E402  (the shared raw-socket generator)
-from benchkit import free_port, install_uvloop, start_manifold  # noqa: E402
+from benchkit import free_port, install_uvloop, start_manifold, stop_manifold  # noqa: E402
 
 
 def measure(host: str, port: int, qos: int, messages: int, window: int) -> dict:
@@ -68,12 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             if not result.get("complete"):
                 status = 1
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_manifold(proc)
         tmp.cleanup()
     return status
 

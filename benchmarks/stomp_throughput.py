@@ -26,11 +26,10 @@ import json
 import os
 import re
 import socket
-import subprocess
 import sys
 import tempfile
 import time
-from benchkit import free_port, install_uvloop, start_manifold  # noqa: E402
+from benchkit import free_port, install_uvloop, start_manifold, stop_manifold  # noqa: E402
 
 
 def connect_frame(login: str, passcode: str, vhost: str) -> bytes:
@@ -188,12 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         result["broker"] = name
         print(json.dumps(result), flush=True)
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_manifold(proc)
         tmp.cleanup()
     return 0 if result.get("complete") else 1
 
