@@ -215,7 +215,7 @@ async def run(args) -> dict:
 
     async def phase(count: int, deadline: float) -> tuple[int, float, float]:
         """Publish count messages and wait for them; return (received, t_first, t_last)."""
-        base_recv, base_sent = sub.publishes, 0
+        base_recv = sub.publishes
         sent = 0
         seq = phase.seq
         t_first = time.perf_counter()
