@@ -19,7 +19,6 @@ import os
 import shutil
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from .records import (ENQUEUE, RECORD_HEADER_SIZE, SETTLE, encode_record, file_header,
                       parse_file_header, scan, segment_name)

@@ -34,7 +34,7 @@ async def test_confirms_and_ordering_with_prefetch(running_broker):
     conn = await connect(running_broker)
     async with conn:
         pub = await conn.channel(publisher_confirms=True)
-        queue = await pub.declare_queue("ordered", auto_delete=False)
+        await pub.declare_queue("ordered", auto_delete=False)
         confirms = [await pub.default_exchange.publish(Message(b"%d" % i), routing_key="ordered")
                     for i in range(50)]
         # a pipelined batch, confirmed out of one round trip each

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import queue
 import socket
-import threading
 import time
 import uuid
 

@@ -1,5 +1,4 @@
 """What the broker confirmed survives `kill -9`: a real daemon, real clients, a real SIGKILL."""
-import os
 import re
 import signal
 import subprocess

@@ -2,7 +2,6 @@
 (read back with pamqp), against a real core."""
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 from pamqp import body as pbody
