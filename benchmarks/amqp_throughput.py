@@ -32,7 +32,7 @@ from pamqp import commands
 from pamqp import frame as pframe
 from pamqp import header as pheader
 from benchkit import (GeneratorProtocol, cpu_seconds, free_port, install_uvloop,  # noqa: E402
-                      start_manifold, stop_manifold, warm_then_measure)
+                      start_manifold, stop_manifold, wait_for_progress, warm_then_measure)
 
 DELIVER = (60 << 16) | 60
 ACK = (60 << 16) | 80
@@ -192,11 +192,7 @@ async def run(args) -> dict:
                 sent += allowed
                 await asyncio.sleep(0)
                 continue
-            progress.clear()
-            try:
-                await asyncio.wait_for(progress.wait(), 0.5)
-            except asyncio.TimeoutError:
-                pass
+            await wait_for_progress(progress)
         return sub.deliveries - base, t_first, time.perf_counter()
 
     received = await warm_then_measure(phase, args, result)

@@ -115,3 +115,12 @@ def stop_manifold(proc: subprocess.Popen | None) -> None:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+async def wait_for_progress(progress: asyncio.Event, timeout_s: float = 0.5) -> None:
+    """Sleep until the connection reports something new, or ``timeout_s`` passes."""
+    progress.clear()
+    try:
+        await asyncio.wait_for(progress.wait(), timeout_s)
+    except asyncio.TimeoutError:
+        pass

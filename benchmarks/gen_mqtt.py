@@ -26,7 +26,7 @@ import os
 import struct
 import sys
 import time
-from benchkit import GeneratorProtocol, install_uvloop, warm_then_measure  # noqa: E402
+from benchkit import GeneratorProtocol, install_uvloop, wait_for_progress, warm_then_measure  # noqa: E402
 
 
 def _varint(n: int) -> bytes:
@@ -250,11 +250,7 @@ async def run(args) -> dict:
                 # Let the loop read replies between batches.
                 await asyncio.sleep(0)
                 continue
-            progress.clear()
-            try:
-                await asyncio.wait_for(progress.wait(), 0.5)
-            except asyncio.TimeoutError:
-                pass
+            await wait_for_progress(progress)
         phase.seq = seq
         phase.sent_total += sent
         return sub.publishes - base_recv, t_first, time.perf_counter()
