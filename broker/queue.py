@@ -201,7 +201,6 @@ class Queue:
     def enqueue(self, message: Message) -> bool | Awaitable[None]:
         """Take a message. Returns False if refused (overflow reject-publish), True if taken, or
         an awaitable that resolves once the message is on disk (durable queue, persistent message)."""
-        now = self.host.now_ms()
         if self.max_length is not None or self.max_length_bytes is not None:
             if self._full(len(message.body)) and self.overflow != "drop-head":
                 if self.overflow == "reject-publish-dlx":
@@ -213,10 +212,7 @@ class Queue:
             priority = min(props.priority or 0, self.max_priority)
         entry = Entry(self._next_id, message, priority)
         self._next_id += 1
-        ttl = self.message_ttl
-        per_message = parse_expiration(props.expiration)
-        if per_message is not None:
-            ttl = per_message if ttl is None else min(ttl, per_message)
+        ttl = self._ttl_of(message)
         result: bool | Awaitable[None] = True
         if self.log is not None and message.properties.delivery_mode == 2:
             entry.on_disk = True
@@ -228,8 +224,10 @@ class Queue:
                 delay = max(0, int(headers["x-delay"]))
             except (TypeError, ValueError):
                 pass
-        if ttl is not None:
-            entry.expires_at = now + delay + ttl
+        if ttl is not None or delay:
+            now = self.host.now_ms()  # only messages with deadlines pay for the clock
+            if ttl is not None:
+                entry.expires_at = now + delay + ttl
         if delay:
             entry.state = DELAYED
             entry.ready_at = now + delay
@@ -254,7 +252,7 @@ class Queue:
                     self.pump()
                 return result
         self._fresh[priority].append(entry)
-        self._became_ready(entry, now)
+        self._became_ready(entry)
         if self.consumers:
             self.pump()
         self._trim()
@@ -284,6 +282,14 @@ class Queue:
                 self._resident(entry.size)
         return message
 
+    def _ttl_of(self, message: Message) -> int | None:
+        """The queue's TTL or the message's own ``expiration``, whichever is shorter."""
+        ttl = self.message_ttl
+        per_message = parse_expiration(message.properties.expiration)
+        if per_message is not None:
+            ttl = per_message if ttl is None else min(ttl, per_message)
+        return ttl
+
     def _can_deliver_now(self) -> bool:
         return any(c.has_credit() for c in self.consumers)
 
@@ -292,7 +298,7 @@ class Queue:
                 (self.max_length_bytes is not None and
                  self.ready_bytes + extra_bytes > self.max_length_bytes))
 
-    def _became_ready(self, entry: Entry, now: int) -> None:
+    def _became_ready(self, entry: Entry) -> None:
         entry.state = READY
         self.ready_count += 1
         self.ready_bytes += entry.size
@@ -332,15 +338,12 @@ class Queue:
                 message = decode_message(data)
                 priority = min(message.properties.priority or 0, self.max_priority)
                 entry = Entry(msg_id, message, priority)
-                ttl = self.message_ttl
-                per_message = parse_expiration(message.properties.expiration)
-                if per_message is not None:
-                    ttl = per_message if ttl is None else min(ttl, per_message)
+                ttl = self._ttl_of(message)
             entry.on_disk = True
             if ttl is not None:
                 entry.expires_at = now + ttl
             self._fresh[entry.priority].append(entry)
-            self._became_ready(entry, now)
+            self._became_ready(entry)
         self._next_id = max(self._next_id, getattr(self.log, "max_id_seen", 0) + 1,
                             records[-1][0] + 1 if records else 1)
         return len(records)
@@ -514,7 +517,7 @@ class Queue:
         if self.deleted:
             return
         heapq.heappush(self._returned, (-entry.priority, entry.msg_id, entry))
-        self._became_ready(entry, self.host.now_ms())
+        self._became_ready(entry)
         self._trim()
 
     def _drop(self, entry: Entry, reason: str) -> None:
@@ -571,7 +574,7 @@ class Queue:
             if entry.state == DELAYED:
                 self.delayed_count -= 1
                 heapq.heappush(self._returned, (-entry.priority, entry.msg_id, entry))
-                self._became_ready(entry, now)
+                self._became_ready(entry)
                 self._trim()
         expiries = self._expiries
         while expiries and expiries[0][0] <= now:
