@@ -292,21 +292,23 @@ class FileStore:
     def _forget(self, queue_log: FileQueueLog) -> None:
         self._logs.pop(queue_log.directory, None)
         self._dirty_logs.pop(queue_log, None)
-        fd = self._fds.pop(queue_log, None)
-        if fd is not None:
-            self._closing.append(fd)
+        self._retire_fd(queue_log)
 
     def _reopen(self, queue_log: FileQueueLog, path: str) -> None:
+        self._retire_fd(queue_log)
+        self._fds[queue_log] = os.open(path, os.O_WRONLY | os.O_APPEND)
+
+    def _retire_fd(self, queue_log: FileQueueLog) -> int | None:
+        """Stop appending to the log's current file; it is closed after the next batch (which
+        may still write to it). Returns that file descriptor."""
         old = self._fds.pop(queue_log, None)
         if old is not None:
             self._closing.append(old)
-        self._fds[queue_log] = os.open(path, os.O_WRONLY | os.O_APPEND)
+        return old
 
     def _rotate(self, queue_log: FileQueueLog, path: str, base_id: int) -> None:
         """Start a new segment; the header goes out with the next batch of that log."""
-        old = self._fds.pop(queue_log, None)
-        if old is not None:
-            self._closing.append(old)  # closed after the batch that still writes to it
+        old = self._retire_fd(queue_log)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._fds[queue_log] = fd
         # Records appended before the rotation belong to the old file: flush them there first.
@@ -323,13 +325,19 @@ class FileStore:
         if wait and self.fsync != "never":
             future = self._loop.create_future()  # type: ignore[union-attr]
             queue_log.waiters.append(future)
-        if not self._scheduled and self._in_flight is None:
-            self._scheduled = True
-            if self.fsync == "interval":
-                self._loop.call_later(self.fsync_interval_ms / 1000, self._kick)  # type: ignore
-            else:
-                self._loop.call_soon(self._kick)  # type: ignore[union-attr]
+        if self._in_flight is None:
+            self._schedule_kick()
         return future
+
+    def _schedule_kick(self) -> None:
+        """One pending batch at a time: now (always, never) or after the interval."""
+        if self._scheduled:
+            return
+        self._scheduled = True
+        if self.fsync == "interval":
+            self._loop.call_later(self.fsync_interval_ms / 1000, self._kick)  # type: ignore
+        else:
+            self._loop.call_soon(self._kick)  # type: ignore[union-attr]
 
     def _kick(self) -> None:
         """Hand every dirty log's pending bytes to the writer thread as one batch."""
@@ -374,12 +382,8 @@ class FileStore:
             log.error("writing to the data directory failed: %s", error)
         for queue_log in compact:
             queue_log._compact()
-        if self._dirty_logs and not self._scheduled:
-            self._scheduled = True
-            if self.fsync == "interval":
-                self._loop.call_later(self.fsync_interval_ms / 1000, self._kick)  # type: ignore
-            else:
-                self._loop.call_soon(self._kick)  # type: ignore[union-attr]
+        if self._dirty_logs:
+            self._schedule_kick()
 
 
 def _write_definitions(path: str, data: bytes, sync: bool) -> None:
