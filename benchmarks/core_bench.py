@@ -18,13 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broker.clock import ManualClock  # noqa: E402
-from broker.consumer import Consumer  # noqa: E402
-from broker.message import Message, Properties  # noqa: E402
-from broker.topic_trie import TopicTrie, topic_matches  # noqa: E402
-from broker.vhost import VirtualHost  # noqa: E402
+from manifold.broker.clock import ManualClock  # noqa: E402
+from manifold.broker.consumer import Consumer  # noqa: E402
+from manifold.broker.message import Message, Properties  # noqa: E402
+from manifold.broker.topic_trie import TopicTrie, topic_matches  # noqa: E402
+from manifold.broker.vhost import VirtualHost  # noqa: E402
 
 
 class AckAtOnce(Consumer):

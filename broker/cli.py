@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 
-from config.settings import ConfigError, load
+from manifold.config.settings import ConfigError, load
 
 from .service import Service
 
@@ -22,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--amqp-port", type=int, metavar="PORT", help="AMQP 0-9-1 port (5672)")
     serve.add_argument("--mqtt-port", type=int, metavar="PORT", help="MQTT port (1883)")
     serve.add_argument("--stomp-port", type=int, metavar="PORT", help="STOMP port (61613)")
+    serve.add_argument("--http-port", type=int, metavar="PORT",
+                       help="AWS APIs: SQS, SNS, Kinesis, Firehose, S3 (4566; 0 disables)")
+    serve.add_argument("--management-port", type=int, metavar="PORT",
+                       help="management API, /metrics and dashboard (15672; 0 disables)")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     return parser
 
@@ -32,10 +36,14 @@ def settings_from_args(args: argparse.Namespace):
                                 ("log_level", args.log_level)) if v is not None}
     if server:
         settings = settings.replace("server", **server)
-    for protocol in ("amqp", "mqtt", "stomp"):
-        port = getattr(args, f"{protocol}_port")
+    for listener in ("amqp", "mqtt", "stomp"):
+        port = getattr(args, f"{listener}_port")
         if port is not None:
-            settings = settings.replace(protocol, port=port)
+            settings = settings.replace(listener, port=port)
+    for listener in ("http", "management"):  # port 0 here disables, as in the docs
+        port = getattr(args, f"{listener}_port")
+        if port is not None:
+            settings = settings.replace(listener, port=port, enabled=port != 0)
     return settings
 
 

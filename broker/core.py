@@ -10,8 +10,8 @@ import ipaddress
 import logging
 from typing import Any
 
-from config.settings import Settings, User
-from persistence.store import MemoryStore, Store
+from manifold.config.settings import Settings, User
+from manifold.persistence.store import MemoryStore, Store
 
 from .clock import LoopClock
 from .errors import AccessRefused, NotAllowed

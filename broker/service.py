@@ -1,19 +1,25 @@
 """The daemon's lifecycle: start the core and a listener per protocol, stop them on a signal.
 
-Adapters are found by module name (``adapters.<protocol>`` exposing ``make_server``), so the core
-package never imports an adapter; a protocol whose adapter does not exist yet opens no port.
+Adapters are found by module name, so the core package never imports an adapter:
+``manifold.adapters.<protocol>`` exposes ``make_server`` (a byte-stream protocol on the shared
+transport), and an HTTP adapter (``aws``, ``management``) exposes ``make_http_app`` (an aiohttp
+application). An adapter package that does not exist opens no port; one that fails to import
+stops start-up with its error.
 """
 from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import logging
 import os
 import signal
 from typing import Any
 
-from config.settings import Settings
-from persistence.filestore import FileStore
+from aiohttp import web
+
+from manifold.config.settings import Settings
+from manifold.persistence.filestore import FileStore
 
 from .core import Broker
 from .transport import Connection, ProtocolServer
@@ -21,14 +27,16 @@ from .transport import Connection, ProtocolServer
 log = logging.getLogger("manifold")
 
 PROTOCOLS = ("amqp", "mqtt", "stomp")
+#: settings section -> adapter package serving HTTP on that section's port
+HTTP_LISTENERS = {"http": "aws", "management": "management"}
 
 
-def load_adapter(protocol: str) -> Any | None:
-    try:
-        module = importlib.import_module(f"adapters.{protocol}")
-    except ImportError:
+def load_adapter(name: str, entry_point: str = "make_server") -> Any | None:
+    module_name = f"manifold.adapters.{name}"
+    if importlib.util.find_spec(module_name) is None:
         return None
-    return module if hasattr(module, "make_server") else None
+    module = importlib.import_module(module_name)
+    return module if hasattr(module, entry_point) else None
 
 
 class Service:
@@ -42,6 +50,7 @@ class Service:
         self.connections: set[Connection] = set()
         self.listeners: dict[str, asyncio.base_events.Server] = {}
         self.servers: dict[str, ProtocolServer] = {}
+        self.http_runners: dict[str, web.AppRunner] = {}
         #: protocol -> port actually bound (useful with port 0)
         self.ports: dict[str, int] = {}
         self._stopped = asyncio.Event()
@@ -70,9 +79,26 @@ class Service:
                                                 reuse_address=True, backlog=1024)
             self.listeners[protocol] = listener
             self.ports[protocol] = listener.sockets[0].getsockname()[1]
+        for section_name, adapter_name in HTTP_LISTENERS.items():
+            await self._start_http(section_name, adapter_name)
         listening = ", ".join(f"{p} {server_settings.bind}:{port}" for p, port in self.ports.items())
         log.info("manifold listening: %s; data dir %s", listening or "no protocols",
                  os.path.abspath(server_settings.data_dir))
+
+    async def _start_http(self, section_name: str, adapter_name: str) -> None:
+        section = getattr(self.settings, section_name)
+        adapter = load_adapter(adapter_name, "make_http_app")
+        if not section.enabled or adapter is None:
+            return
+        app = adapter.make_http_app(self.broker, self.settings)
+        app["service"] = self
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.server.bind, section.port, reuse_address=True,
+                           backlog=1024)
+        await site.start()
+        self.http_runners[section_name] = runner
+        self.ports[section_name] = runner.addresses[0][1]
 
     def _memory_alarm(self, alarm: bool) -> None:
         log.warning("memory alarm %s: %d bytes of message bodies in memory (high water %d)",
@@ -97,6 +123,8 @@ class Service:
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
             conn.abort("server shutdown")
+        for runner in self.http_runners.values():
+            await runner.cleanup()
         for server in self.servers.values():
             await server.close()
         await self.broker.close()

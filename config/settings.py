@@ -80,6 +80,22 @@ class StompSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """The AWS HTTP APIs (SQS, SNS, Kinesis, Firehose, S3) on one port, like LocalStack's 4566."""
+    enabled: bool = True
+    port: int = 4566
+    # Host name put into queue URLs and SubscribeURLs; empty means the Host header of the request.
+    advertised_host: str = ""
+
+
+@dataclass(frozen=True)
+class ManagementSettings:
+    """The management HTTP API, /metrics and the dashboard, on RabbitMQ's 15672."""
+    enabled: bool = True
+    port: int = 15672
+
+
+@dataclass(frozen=True)
 class QueueSettings:
     # Default consumer (visibility) timeout: 30 min as in RabbitMQ; 0 disables.
     consumer_timeout_ms: int = 30 * 60 * 1000
@@ -103,6 +119,8 @@ class Settings:
     amqp: AmqpSettings = field(default_factory=AmqpSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     stomp: StompSettings = field(default_factory=StompSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    management: ManagementSettings = field(default_factory=ManagementSettings)
     queues: QueueSettings = field(default_factory=QueueSettings)
     persistence: PersistenceSettings = field(default_factory=PersistenceSettings)
 

@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 import pytest
 
-from broker.service import Service
-from config.settings import Settings
+from manifold.broker.service import Service
+from manifold.config.settings import Settings
 
 
 class RunningBroker:
@@ -66,8 +66,8 @@ class RunningBroker:
 def broker_settings(tmp_path, **sections: dict) -> Settings:
     settings = Settings().replace("server", data_dir=str(tmp_path / "data"), bind="127.0.0.1",
                                   shutdown_grace_s=1.0)
-    for protocol in ("amqp", "mqtt", "stomp"):
-        settings = settings.replace(protocol, port=0)
+    for listener in ("amqp", "mqtt", "stomp", "http", "management"):
+        settings = settings.replace(listener, port=0)
     for section, values in sections.items():
         settings = settings.replace(section, **values)
     return settings

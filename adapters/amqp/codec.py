@@ -25,7 +25,7 @@ from typing import Any
 from pamqp import commands as _pamqp_commands
 from pamqp import exceptions as _pamqp_exceptions
 
-from broker.message import EMPTY_PROPERTIES, Properties
+from manifold.broker.message import EMPTY_PROPERTIES, Properties
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8

@@ -27,10 +27,10 @@ from typing import Any
 
 from pamqp import commands as C
 
-from broker.consumer import Consumer, Delivery
-from broker.errors import AccessRefused, BrokerError, NotFound, PreconditionFailed
-from broker.message import Message
-from broker.vhost import PublishResult
+from manifold.broker.consumer import Consumer, Delivery
+from manifold.broker.errors import AccessRefused, BrokerError, NotFound, PreconditionFailed
+from manifold.broker.message import Message
+from manifold.broker.vhost import PublishResult
 
 from . import codec
 from .codec import (Ack, FrameError, Heartbeat, Method, ProtocolHeaderMismatch,

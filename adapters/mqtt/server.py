@@ -11,8 +11,8 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from broker.consumer import Consumer, Delivery
-from broker.message import Message, Properties
+from manifold.broker.consumer import Consumer, Delivery
+from manifold.broker.message import Message, Properties
 
 from . import topics
 

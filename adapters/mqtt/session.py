@@ -23,9 +23,9 @@ import os
 import base64
 from typing import Any
 
-from broker.consumer import Delivery
-from broker.errors import AccessRefused, BrokerError, NotAllowed
-from broker.message import Message, Properties
+from manifold.broker.consumer import Delivery
+from manifold.broker.errors import AccessRefused, BrokerError, NotAllowed
+from manifold.broker.message import Message, Properties
 
 from . import codec as c
 from . import topics

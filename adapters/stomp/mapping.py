@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from broker.message import EMPTY_PROPERTIES, Properties
+from manifold.broker.message import EMPTY_PROPERTIES, Properties
 
 # ---------------------------------------------------------------------------- destinations
 QUEUE, TOPIC, EXCHANGE, AMQ_QUEUE, TEMP_QUEUE, REPLY_QUEUE = (

@@ -23,9 +23,9 @@ import logging
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any, Callable
 
-from broker.consumer import Consumer, Delivery
-from broker.errors import BrokerError
-from broker.message import Message
+from manifold.broker.consumer import Consumer, Delivery
+from manifold.broker.errors import BrokerError
+from manifold.broker.message import Message
 
 from .codec import NEED_DATA, Frame, FrameCodec, FrameError, escape, serialize
 from .mapping import (AMQ_QUEUE, EXCHANGE, QUEUE, REPLY_QUEUE, TEMP_QUEUE, TOPIC,
@@ -33,7 +33,7 @@ from .mapping import (AMQ_QUEUE, EXCHANGE, QUEUE, REPLY_QUEUE, TEMP_QUEUE, TOPIC
                       parse_destination, properties_to_headers, queue_arguments, stream_offset)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from broker.transport import Connection
+    from manifold.broker.transport import Connection
 
     from . import StompServer
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from adapters.mqtt import codec as c
+from manifold.adapters.mqtt import codec as c
 
 pytestmark = pytest.mark.timeout(60)
 

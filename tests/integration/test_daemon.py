@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-MANIFOLD = [sys.executable, "-m", "broker.cli"]
+MANIFOLD = [sys.executable, "-m", "manifold.broker.cli"]
 
 
 def start(tmp_path, *extra, env=None):

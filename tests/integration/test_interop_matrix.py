@@ -62,7 +62,7 @@ TABLE = read_table()
 
 
 def test_table_covers_the_message_model():
-    from broker.message import PROPERTY_NAMES
+    from manifold.broker.message import PROPERTY_NAMES
     model = {"body", "persistent"} | {n for n in PROPERTY_NAMES if n != "delivery_mode"}
     assert set(TABLE) == model
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import stomp
 
-from broker.message import Message, Properties
+from manifold.broker.message import Message, Properties
 
 VERSIONS = ["1.0", "1.1", "1.2"]
 CLASSES = {"1.0": stomp.Connection10, "1.1": stomp.Connection11, "1.2": stomp.Connection12}

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from adapters.stomp.codec import NEED_DATA, FrameCodec
+from manifold.adapters.stomp.codec import NEED_DATA, FrameCodec
 
 WAIT = 5.0
 CONNECT_12 = b"CONNECT\naccept-version:1.2\nlogin:guest\npasscode:guest\nhost:/\n\n\x00"

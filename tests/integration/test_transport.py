@@ -1,7 +1,7 @@
 """The shared transport: bounded output, keep-alive, close reasons (over real loopback sockets)."""
 import asyncio
 
-from broker.transport import Connection
+from manifold.broker.transport import Connection
 
 
 class Flood:
@@ -46,12 +46,22 @@ async def serve(session, registry, **kw):
     return server, server.sockets[0].getsockname()[1]
 
 
+class OneChunkPerRead(Flood):
+    """One chunk per read, however many bytes the kernel coalesced into it: the buffer then grows
+    by a known step, so the test does not depend on timing."""
+
+    def data_received(self, data):
+        self.conn.write(self.chunk)
+
+
 async def test_a_client_that_never_reads_stops_being_read_and_output_stays_bounded():
-    session, registry = Flood(), set()
+    # A chunk of the high-water size: after the write that crosses high water the transport stops
+    # reading, so the buffer never holds more than two chunks, well under the hard limit.
+    session, registry = OneChunkPerRead(chunk=64 * 1024), set()
     server, port = await serve(session, registry)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        for _ in range(400):  # bounded: at most 400 small writes
+        for _ in range(1000):  # bounded: at most 1000 small writes (the kernel buffers a few MB)
             writer.write(b"?")
             await asyncio.sleep(0.002)
             if session.conn is not None and session.conn._reading_paused:

@@ -8,10 +8,10 @@ import textwrap
 
 import pytest
 
-from broker.core import Broker
-from broker.message import Message, Properties
-from config.settings import Settings
-from persistence.filestore import FileStore
+from manifold.broker.core import Broker
+from manifold.broker.message import Message, Properties
+from manifold.config.settings import Settings
+from manifold.persistence.filestore import FileStore
 
 from tests.unit.core_helpers import Recorder
 
@@ -123,10 +123,10 @@ async def test_torn_tail_is_truncated_and_reported(tmp_path):
 
 PUBLISHER = textwrap.dedent("""
     import asyncio, sys
-    from broker.core import Broker
-    from broker.message import Message, Properties
-    from config.settings import Settings
-    from persistence.filestore import FileStore
+    from manifold.broker.core import Broker
+    from manifold.broker.message import Message, Properties
+    from manifold.config.settings import Settings
+    from manifold.persistence.filestore import FileStore
 
     async def main(path):
         broker = Broker(Settings(), store=FileStore(path))

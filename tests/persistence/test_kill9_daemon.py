@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(120)
 
 def start_daemon(data_dir):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "broker.cli", "serve", "--data-dir", str(data_dir),
+        [sys.executable, "-m", "manifold.broker.cli", "serve", "--data-dir", str(data_dir),
          "--amqp-port", "0", "--mqtt-port", "0", "--stomp-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 20

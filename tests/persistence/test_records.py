@@ -1,7 +1,7 @@
 """Segment bytes: every truncation and every bit flip is survived, and only good records are kept."""
 import random
 
-from persistence.records import (ENQUEUE, FILE_HEADER_SIZE, SETTLE, encode_record, file_header,
+from manifold.persistence.records import (ENQUEUE, FILE_HEADER_SIZE, SETTLE, encode_record, file_header,
                                  scan)
 
 

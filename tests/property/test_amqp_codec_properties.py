@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from pamqp import decode as pdecode
 from pamqp import encode as pencode
 
-from adapters.amqp import codec
-from adapters.amqp.codec import NEED_DATA, PROTOCOL_HEADER, Decoder
-from broker.message import Properties
+from manifold.adapters.amqp import codec
+from manifold.adapters.amqp.codec import NEED_DATA, PROTOCOL_HEADER, Decoder
+from manifold.broker.message import Properties
 
 UTC = datetime.timezone.utc
 

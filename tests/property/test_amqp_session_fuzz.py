@@ -10,9 +10,9 @@ from pamqp import body as pbody
 from pamqp import commands as C
 from pamqp import header as pheader
 
-from adapters.amqp import make_server
-from broker.core import Broker
-from config.settings import Settings
+from manifold.adapters.amqp import make_server
+from manifold.broker.core import Broker
+from manifold.config.settings import Settings
 
 from tests.unit.test_amqp_session import Client
 

@@ -2,7 +2,7 @@
 from hypothesis import given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from broker.topic_trie import TopicTrie, topic_matches
+from manifold.broker.topic_trie import TopicTrie, topic_matches
 from tests.unit.core_helpers import Recorder, make_vhost, send
 
 WORDS = st.sampled_from(["a", "b", "c", ""])

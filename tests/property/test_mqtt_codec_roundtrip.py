@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from adapters.mqtt import codec as c
-from adapters.mqtt import topics
-from broker.topic_trie import topic_matches
+from manifold.adapters.mqtt import codec as c
+from manifold.adapters.mqtt import topics
+from manifold.broker.topic_trie import topic_matches
 
 # MQTT strings: valid UTF-8 without U+0000 and without surrogates.
 text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),

@@ -8,10 +8,10 @@ import asyncio
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from adapters.mqtt import codec as c
-from adapters.mqtt.server import MqttServer
-from broker.core import Broker
-from config.settings import Settings
+from manifold.adapters.mqtt import codec as c
+from manifold.adapters.mqtt.server import MqttServer
+from manifold.broker.core import Broker
+from manifold.config.settings import Settings
 from tests.unit.test_mqtt_session import Client
 
 ops = st.lists(st.one_of(

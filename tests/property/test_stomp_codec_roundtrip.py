@@ -4,7 +4,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.stomp.codec import NEED_DATA, Frame, FrameCodec, FrameError, serialize
+from manifold.adapters.stomp.codec import NEED_DATA, Frame, FrameCodec, FrameError, serialize
 
 COMMANDS = st.sampled_from(["SEND", "SUBSCRIBE", "MESSAGE", "ACK", "NACK", "BEGIN", "RECEIPT",
                             "ERROR"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.stomp.mapping import (FRAME_HEADERS, MESSAGE_RESERVED, DestinationError,
+from manifold.adapters.stomp.mapping import (FRAME_HEADERS, MESSAGE_RESERVED, DestinationError,
                                     destination_of, headers_to_properties, parse_destination,
                                     properties_to_headers)
 

@@ -1,10 +1,10 @@
 """A vhost on a hand-driven clock, and a consumer that records what it was given."""
 from __future__ import annotations
 
-from broker.clock import ManualClock
-from broker.consumer import Consumer
-from broker.message import Message, Properties
-from broker.vhost import VirtualHost
+from manifold.broker.clock import ManualClock
+from manifold.broker.consumer import Consumer
+from manifold.broker.message import Message, Properties
+from manifold.broker.vhost import VirtualHost
 
 
 class Recorder(Consumer):

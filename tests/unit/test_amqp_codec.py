@@ -12,10 +12,10 @@ import pytest
 from pamqp import commands as C
 from pamqp import frame as pframe
 
-from adapters.amqp import codec
-from adapters.amqp.codec import (NEED_DATA, PROTOCOL_HEADER, Ack, Decoder, FrameError, Heartbeat,
+from manifold.adapters.amqp import codec
+from manifold.adapters.amqp.codec import (NEED_DATA, PROTOCOL_HEADER, Ack, Decoder, FrameError, Heartbeat,
                                  Method, ProtocolHeaderMismatch, ProtocolHeaderReceived, Publish)
-from broker.message import Properties
+from manifold.broker.message import Properties
 
 # Basic.Publish(exchange="ex", routing_key="rk", mandatory=True) on channel 1
 PUBLISH = (b"\x01\x00\x01\x00\x00\x00\x0d"            # method frame, channel 1, 13 bytes
@@ -310,7 +310,7 @@ def test_field_table_errors():
 
 
 def test_messages_from_other_protocols_always_encode():
-    from broker.message import Message
+    from manifold.broker.message import Message
     long_topic = "a/" * 200  # an MQTT topic longer than an AMQP short string
     props = Properties(content_type="x" * 300, headers={"set": {1}, "huge": 2 ** 70,
                                                         "k" * 300: "v"},

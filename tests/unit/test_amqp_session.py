@@ -9,9 +9,9 @@ from pamqp import commands as C
 from pamqp import frame as pframe
 from pamqp import header as pheader
 
-from adapters.amqp import make_server
-from broker.core import Broker
-from config.settings import Settings
+from manifold.adapters.amqp import make_server
+from manifold.broker.core import Broker
+from manifold.config.settings import Settings
 from tests.fakes import FakeConnection
 
 

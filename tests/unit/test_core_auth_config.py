@@ -1,9 +1,9 @@
 """Users, virtual hosts and configuration loading."""
 import pytest
 
-from broker.core import Broker
-from broker.errors import AccessRefused, NotAllowed
-from config.settings import ConfigError, Settings, from_env, from_mapping, load
+from manifold.broker.core import Broker
+from manifold.broker.errors import AccessRefused, NotAllowed
+from manifold.config.settings import ConfigError, Settings, from_env, from_mapping, load
 
 
 def test_guest_only_from_loopback():

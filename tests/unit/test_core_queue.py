@@ -1,7 +1,7 @@
 """Work-queue semantics of the core, on a hand-driven clock (no event loop)."""
 import pytest
 
-from broker.errors import NotFound, PreconditionFailed, ResourceLocked
+from manifold.broker.errors import NotFound, PreconditionFailed, ResourceLocked
 
 from .core_helpers import Recorder, make_vhost, send
 

@@ -1,8 +1,8 @@
 """Exchanges and bindings: direct, fanout, topic, headers, default, exchange-to-exchange."""
 import pytest
 
-from broker.errors import AccessRefused, CommandInvalid, NotFound, PreconditionFailed
-from broker.topic_trie import TopicTrie
+from manifold.broker.errors import AccessRefused, CommandInvalid, NotFound, PreconditionFailed
+from manifold.broker.topic_trie import TopicTrie
 
 from .core_helpers import make_vhost, send
 

@@ -3,7 +3,7 @@ import datetime
 
 import pytest
 
-from broker.errors import PreconditionFailed
+from manifold.broker.errors import PreconditionFailed
 
 from .core_helpers import Recorder, make_vhost, send
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.mqtt import codec as c
-from adapters.mqtt import topics
+from manifold.adapters.mqtt import codec as c
+from manifold.adapters.mqtt import topics
 
 # (description, version, bytes, expected packet)
 FIXTURES = [

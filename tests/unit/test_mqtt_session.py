@@ -5,10 +5,10 @@ import asyncio
 
 import pytest
 
-from adapters.mqtt import codec as c
-from adapters.mqtt.server import MqttServer
-from broker.core import Broker
-from config.settings import Settings
+from manifold.adapters.mqtt import codec as c
+from manifold.adapters.mqtt.server import MqttServer
+from manifold.broker.core import Broker
+from manifold.config.settings import Settings
 from tests.fakes import FakeConnection
 
 

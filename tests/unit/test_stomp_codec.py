@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.stomp.codec import (NEED_DATA, Frame, FrameCodec, FrameError, escape, serialize,
+from manifold.adapters.stomp.codec import (NEED_DATA, Frame, FrameCodec, FrameError, escape, serialize,
                                   unescape)
 
 

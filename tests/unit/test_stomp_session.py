@@ -5,11 +5,11 @@ import asyncio
 
 import pytest
 
-from adapters.stomp import make_server
-from adapters.stomp.codec import NEED_DATA, FrameCodec
-from broker.core import Broker
-from broker.vhost import PublishResult
-from config.settings import Settings
+from manifold.adapters.stomp import make_server
+from manifold.adapters.stomp.codec import NEED_DATA, FrameCodec
+from manifold.broker.core import Broker
+from manifold.broker.vhost import PublishResult
+from manifold.config.settings import Settings
 from tests.fakes import FakeConnection
 
 

@@ -1,0 +1,17 @@
+"""The AWS HTTP APIs (SQS, SNS, Kinesis, Firehose, S3) on one aiohttp listener.
+
+``make_http_app`` is what ``broker/service.py`` looks for: it returns the aiohttp application the
+service serves on ``[http] port``. Each AWS service lives in its own module and registers its
+operations on the shared :class:`~manifold.adapters.aws.http.AwsApi` dispatcher.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .http import AwsApi
+
+
+def make_http_app(broker: Any, settings: Any):
+    api = AwsApi(broker, settings)
+    # Each service module adds its handlers here: ``from . import sqs; sqs.install(api)``.
+    return api.app
