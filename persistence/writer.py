@@ -88,7 +88,6 @@ class Writer:
                     self.fs.fsync_dir(directory)
                 except OSError as exc:
                     self._fail(chunks, exc)
-        self._trim_cache()
         self._unlink(batch.unlinks)
 
     def _write_chunk(self, chunk: Chunk, touched: dict, new_entries: dict) -> None:
@@ -134,6 +133,13 @@ class Writer:
             self._release(touched)  # out of descriptors: sync and give back ours, try once more
             fd = fs.open(chunk.path, flags)
         self._fds[chunk.path] = fd
+        while len(self._fds) > self.max_open:
+            # Keep within the budget inside a batch too: sync the oldest file early, close it.
+            _, old = self._fds.popitem(last=False)
+            chunks = touched.pop(old, None)
+            if chunks is not None and self.sync:
+                self._fsync(old, chunks)
+            self._close(old)
         if chunk.create:
             new_entries.setdefault(directory, []).append(chunk)
             for new_directory in made:
@@ -165,11 +171,6 @@ class Writer:
             if chunks is not None and self.sync:
                 self._fsync(fd, chunks)
             self._drop_fd(path)
-
-    def _trim_cache(self) -> None:
-        while len(self._fds) > self.max_open:
-            path, fd = self._fds.popitem(last=False)
-            self._close(fd)
 
     def _drop_fd(self, path: str) -> None:
         fd = self._fds.pop(path, None)
