@@ -4,6 +4,7 @@ Layout under the data directory (see FORMAT.md)::
 
     definitions.bin                      durable exchanges, queues, bindings (atomic replace)
     queues/<vhost>/<queue>/<base>.seg    a queue's log: ENQUEUE records and SETTLE tombstones
+    dedup/<vhost>/<queue>/<base>.seg     a queue's deduplication window (same record format)
 
 Writes never block the event loop: appends go into the log's pending buffer, and one writer
 thread writes and fsyncs every dirty log in a batch. Under ``fsync = "always"`` an append's future
@@ -288,6 +289,17 @@ class FileStore:
         queue_log = FileQueueLog(self, directory)
         self._logs[directory] = queue_log
         return queue_log
+
+    def dedup_log(self, vhost: str, queue: str) -> FileQueueLog:
+        """The log of a queue's deduplication window (same records as a queue log: each key is
+        an ENQUEUE, settled once its window has passed)."""
+        directory = os.path.join(self.data_dir, "dedup", _fs_name(vhost), _fs_name(queue))
+        existing = self._logs.get(directory)
+        if existing is not None and not existing.dropped:
+            return existing
+        dedup_log = FileQueueLog(self, directory)
+        self._logs[directory] = dedup_log
+        return dedup_log
 
     def _forget(self, queue_log: FileQueueLog) -> None:
         self._logs.pop(queue_log.directory, None)

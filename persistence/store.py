@@ -9,6 +9,8 @@ work-queue retention, acks and a dedup window) can implement it without the core
   dropped, ``recover`` what was appended and never settled (in id order; past ``resident_bytes``
   the payloads stay on disk and come back as None), ``read`` one payload back (a body that was
   paged out of memory), ``drop`` the whole log when the queue is deleted.
+- ``dedup_log(vhost, queue)``: a log of the same kind for a queue's deduplication window (keys
+  appended, settled when they age out), or None when nothing outlives the process.
 - ``save_definitions`` / ``load_definitions``: the encoded durable exchanges, queues, bindings.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     def queue_log(self, vhost: str, queue: str) -> QueueLog | None: ...
+    def dedup_log(self, vhost: str, queue: str) -> QueueLog | None: ...
     def save_definitions(self, data: bytes) -> None: ...
     def load_definitions(self) -> bytes | None: ...
 
@@ -47,6 +50,9 @@ class MemoryStore:
         pass
 
     def queue_log(self, vhost: str, queue: str) -> QueueLog | None:
+        return None
+
+    def dedup_log(self, vhost: str, queue: str) -> QueueLog | None:
         return None
 
     def save_definitions(self, data: bytes) -> None:
