@@ -350,6 +350,21 @@ class VirtualHost:
     def withdraw(self, name: str, msg_id: int) -> bool:
         return self._work_queue(name).withdraw(msg_id)
 
+    @staticmethod
+    def change_deadline(delivery: Delivery, timeout_ms: int) -> bool:
+        """Give an unsettled delivery ``timeout_ms`` more before it returns (0: return it now)."""
+        return delivery.queue.change_deadline(delivery, timeout_ms)
+
+    def wait_ready(self, name: str, listener: Any) -> None:
+        """Call ``listener()`` once when a message of queue ``name`` next becomes ready (or the
+        queue is deleted). Long polls use it instead of polling; see :meth:`stop_waiting`."""
+        self._work_queue(name).add_ready_listener(listener)
+
+    def stop_waiting(self, name: str, listener: Any) -> None:
+        queue = self.queues.get(name)
+        if isinstance(queue, Queue):
+            queue.remove_ready_listener(listener)
+
     def _work_queue(self, name: str) -> Queue:
         queue = self.queue(name)
         if not isinstance(queue, Queue):
