@@ -8,6 +8,7 @@ Both are SQS's, checked against botocore's sqs/2012-11-05 service model.
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 from typing import Any
@@ -146,7 +147,7 @@ class SqsContext:
         self.broker = broker
         self.settings = settings
         self.vhost = broker.vhosts[VHOST]
-        self.epoch = f"{now_ms():x}"
+        self.epoch = os.urandom(6).hex()
         self.deleted_at: dict[str, float] = {}
         self.purged_at: dict[str, float] = {}
         self._last_sequence = 0
