@@ -13,6 +13,7 @@ from typing import Any
 from manifold.config.settings import Settings, User
 from manifold.persistence.store import MemoryStore, Store
 
+from . import password_hash
 from .clock import LoopClock
 from .errors import AccessRefused, NotAllowed
 from .memory import MemoryBudget
@@ -38,6 +39,11 @@ class Broker:
         self.store: Store = store or MemoryStore()
         self.clock = clock or LoopClock()
         self.users: dict[str, User] = self.settings.users()
+        #: management tags per user (RabbitMQ's administrator, monitoring, management...);
+        #: users from the settings are administrators, as guest is in RabbitMQ
+        self.user_tags: dict[str, tuple[str, ...]] = {n: ("administrator",) for n in self.users}
+        #: user -> (RabbitMQ password_hash, hashing_algorithm), for users added at run time
+        self._password_hashes: dict[str, tuple[str, str]] = {}
         self.memory = MemoryBudget(self.settings.server.memory_high_water_bytes)
         self.vhosts: dict[str, VirtualHost] = {
             name: VirtualHost(name, store=self.store, clock=self.clock,
@@ -81,8 +87,7 @@ class Broker:
                      peer_host: str | None) -> User:
         """The user, or AccessRefused. ``guest`` is accepted only from loopback, as in RabbitMQ."""
         user = self.users.get(username or "")
-        if user is None or not hmac.compare_digest((password or "").encode(),
-                                                   user.password.encode()):
+        if user is None or not self._password_ok(user, password or ""):
             raise AccessRefused(f"login refused for user '{username}': wrong username or password")
         if user.loopback_only and not is_loopback(peer_host):
             raise AccessRefused(f"user '{username}' can only connect via localhost")
@@ -95,3 +100,45 @@ class Broker:
         if name not in user.vhosts:
             raise NotAllowed(f"access to vhost '{name}' refused for user '{user.name}'")
         return vhost
+
+    # ---------------------------------------------------------------- users (management API)
+    def _password_ok(self, user: User, password: str) -> bool:
+        hashed = self._password_hashes.get(user.name)
+        if hashed is not None:
+            return password_hash.verify(hashed[0], hashed[1], password)
+        return hmac.compare_digest(password.encode(), user.password.encode())
+
+    def add_user(self, name: str, *, password: str | None = None, hashed: str | None = None,
+                 hashing_algorithm: str = password_hash.DEFAULT_ALGORITHM,
+                 tags: tuple[str, ...] = (), vhosts: tuple[str, ...] | None = None) -> None:
+        """Create or replace a user from a password or a RabbitMQ ``password_hash`` (ValueError
+        if the hash cannot be verified). Kept in memory: runtime users do not survive a restart."""
+        if password is not None:
+            hashed = password_hash.hash_password(password, hashing_algorithm)
+        if hashed is None:
+            raise ValueError(f"user '{name}' needs a password or a password_hash")
+        password_hash.check_hash(hashed, hashing_algorithm)
+        previous = self.users.get(name)
+        if vhosts is None:
+            vhosts = previous.vhosts if previous is not None else ()
+        self.users[name] = User(name, "", loopback_only=name == "guest", vhosts=tuple(vhosts))
+        self._password_hashes[name] = (hashed, hashing_algorithm)
+        self.user_tags[name] = tuple(tags)
+
+    def user_password_hash(self, name: str) -> tuple[str, str]:
+        """(password_hash, hashing_algorithm) in RabbitMQ's format, for a definitions export."""
+        hashed = self._password_hashes.get(name)
+        if hashed is None:  # a settings user: hash its configured password
+            hashed = (password_hash.hash_password(self.users[name].password),
+                      password_hash.DEFAULT_ALGORITHM)
+        return hashed
+
+    def delete_user(self, name: str) -> bool:
+        self._password_hashes.pop(name, None)
+        self.user_tags.pop(name, None)
+        return self.users.pop(name, None) is not None
+
+    def set_user_vhosts(self, name: str, vhosts: tuple[str, ...]) -> None:
+        """Which vhosts the user may open (the permission; patterns are not enforced yet)."""
+        user = self.users[name]
+        self.users[name] = User(user.name, user.password, user.loopback_only, tuple(vhosts))

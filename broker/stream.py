@@ -82,6 +82,10 @@ class Stream:
         self._readers: dict[Consumer, _Reader] = {}
         self.stored_offsets: dict[str, int] = {}
         self.deleted = False
+        #: cumulative counters for the management API and /metrics (as on Queue)
+        self.published_total = 0
+        self.delivered_total = 0
+        self.acked_total = 0
 
     # ---------------------------------------------------------------- introspection
     @property
@@ -91,6 +95,14 @@ class Stream:
     @property
     def consumer_count(self) -> int:
         return len(self.consumers)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def reader_count(self) -> int:
+        return len(self._readers)
 
     @property
     def first_offset(self) -> int:
@@ -117,6 +129,7 @@ class Stream:
                               message.properties, timestamp_ms=now)
             result = self.log.append(record.offset, encode_message(stamped)) or True
         self._next_offset += 1
+        self.published_total += 1
         self._records.append(record)
         self._account(len(message.body))
         self._apply_retention(now)
@@ -230,6 +243,7 @@ class Stream:
                 record = self._records[reader.position - self._first_offset]
                 reader.position += 1
                 record.delivery_count += 1
+                self.delivered_total += 1
                 delivery = Delivery(self, record, consumer, False, settled=consumer.no_ack,
                                     offset=record.offset)
                 if not consumer.no_ack:
@@ -246,6 +260,8 @@ class Stream:
         consumer = delivery.consumer
         if consumer is not None:
             consumer.in_flight -= 1
+            if ack:
+                self.acked_total += 1
             reader = self._readers.get(consumer)
             if ack and reader is not None and reader.reference is not None:
                 self.store_offset(reader.reference, delivery.offset)

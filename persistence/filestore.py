@@ -30,6 +30,7 @@ import os
 import urllib.parse
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from .fs import FileSystem
 from .records import (ENQUEUE, FILE_HEADER_SIZE, RECORD_HEADER_SIZE, SETTLE, encode_record,
@@ -346,6 +347,12 @@ class FileStore:
             self.writer.close_all()
 
     # ------------------------------------------------------------------ definitions
+
+    @property
+    def fsync_latency(self) -> Any:
+        """The writer's fsync latency histogram (persistence/latency.py), read-only."""
+        return self.writer.fsync_latency
+
     def _definitions_path(self) -> str:
         return os.path.join(self.data_dir, "definitions.bin")
 
