@@ -53,7 +53,7 @@ def make_http_app(broker: Any, settings: Any) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=64 * 1024 * 1024)
     app["broker"] = broker
     app["settings"] = settings
-    app["sampler"] = Sampler(broker)
+    app["sampler"] = Sampler(broker, interval_s=max(0.2, settings.management.sample_interval_s))
     api_admin.add_routes(app)
     api.add_routes(app)
     definitions.add_routes(app)
