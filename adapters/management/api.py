@@ -23,6 +23,10 @@ from .auth import require_read, require_write
 from .context import Context, body_json, jsonable
 from .errors import from_broker_error, json_error
 
+def not_found(kind: str, name: str, vhost: str) -> web.HTTPException:
+    return json_error(404, "Object Not Found", f"no {kind} '{name}' in vhost '{vhost}'")
+
+
 ACKMODES = ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true",
             "reject_requeue_false")
 
@@ -51,7 +55,7 @@ async def get_queue(request: web.Request) -> web.Response:
     vhost = ctx.vhost_for_read()
     queue = vhost.queues.get(request.match_info["name"])
     if queue is None:
-        raise json_error(404, "Object Not Found", "Not Found")
+        raise not_found("queue", request.match_info["name"], vhost.name)
     return web.json_response(_queue_row(ctx, vhost.name, queue))
 
 
@@ -90,7 +94,7 @@ async def delete_queue(request: web.Request) -> web.Response:
     vhost = ctx.vhost_for_write()
     name = request.match_info["name"]
     if name not in vhost.queues:
-        raise json_error(404, "Object Not Found", "Not Found")
+        raise not_found("queue", name, vhost.name)
     query = request.query
     try:
         vhost.delete_queue(name, if_unused=listing.truthy(query.get("if-unused", "false")),
@@ -107,7 +111,7 @@ async def purge_queue(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     queue = vhost.queues.get(name)
     if queue is None:
-        raise json_error(404, "Object Not Found", "Not Found")
+        raise not_found("queue", name, vhost.name)
     try:
         vhost.purge_queue(name, owner=queue.exclusive_owner)
     except BrokerError as exc:
@@ -137,7 +141,7 @@ async def get_messages(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     queue = vhost.queues.get(name)
     if queue is None:
-        raise json_error(404, "Object Not Found", "Not Found")
+        raise not_found("queue", name, vhost.name)
     body = await body_json(request)
     ackmode = body.get("ackmode", "ack_requeue_true")
     if ackmode not in ACKMODES:
@@ -199,7 +203,7 @@ async def get_exchange(request: web.Request) -> web.Response:
     vhost = ctx.vhost_for_read()
     exchange = vhost.exchanges.get(_exchange_name(request))
     if exchange is None:
-        raise json_error(404, "Object Not Found", "Not Found")
+        raise not_found("exchange", request.match_info["name"], vhost.name)
     return web.json_response(introspect.exchange_info(vhost.name, exchange))
 
 
@@ -228,7 +232,7 @@ async def delete_exchange(request: web.Request) -> web.Response:
     vhost = ctx.vhost_for_write()
     name = _exchange_name(request)
     if name not in vhost.exchanges:
-        raise json_error(404, "Object Not Found", "Not Found")
+        raise not_found("exchange", name, vhost.name)
     try:
         vhost.delete_exchange(name, if_unused=listing.truthy(request.query.get("if-unused",
                                                                                "false")))
@@ -363,7 +367,9 @@ async def delete_binding(request: web.Request) -> web.Response:
              and b["destination"] == m["destination"] and b["destination_type"] == kind
              and b["properties_key"] == m["props"]]
     if not match:
-        raise json_error(404, "Object Not Found", "Not Found")
+        raise json_error(404, "Object Not Found", f"no binding from '{m['source']}' to "
+                                                  f"'{m['destination']}' with properties key "
+                                                  f"'{m['props']}' in vhost '{vhost.name}'")
     binding = match[0]
     try:
         if kind == "queue":
