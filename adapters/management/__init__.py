@@ -18,6 +18,7 @@ from manifold.broker.errors import BrokerError
 
 from . import api, api_admin, dashboard, definitions, metrics
 from .auth import PUBLIC_PATHS, PUBLIC_PREFIXES, authenticate
+from .context import BROKER, PRINCIPAL, SAMPLER
 from .errors import from_broker_error, json_error
 from .stats import Sampler
 
@@ -32,7 +33,7 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
     public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
     try:
         if not public:
-            request["principal"] = authenticate(request.app["broker"], request)
+            request[PRINCIPAL] = authenticate(request.app[BROKER], request)
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status == 404 and exc.content_type != "application/json":
@@ -51,9 +52,8 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
 
 def make_http_app(broker: Any, settings: Any) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=64 * 1024 * 1024)
-    app["broker"] = broker
-    app["settings"] = settings
-    app["sampler"] = Sampler(broker, interval_s=max(0.2, settings.management.sample_interval_s))
+    app[BROKER] = broker
+    app[SAMPLER] = Sampler(broker, interval_s=max(0.2, settings.management.sample_interval_s))
     api_admin.add_routes(app)
     api.add_routes(app)
     definitions.add_routes(app)
@@ -61,10 +61,10 @@ def make_http_app(broker: Any, settings: Any) -> web.Application:
     dashboard.add_routes(app)
 
     async def start_sampler(app: web.Application) -> None:
-        app["sampler"].start()
+        app[SAMPLER].start()
 
     async def stop_sampler(app: web.Application) -> None:
-        await app["sampler"].stop()
+        await app[SAMPLER].stop()
 
     app.on_startup.append(start_sampler)
     app.on_cleanup.append(stop_sampler)

@@ -12,16 +12,18 @@ from aiohttp import web
 from .auth import Principal, require_read, require_write
 from .errors import json_error
 
-MAX_BODY_BYTES = 64 * 1024 * 1024
+BROKER = web.AppKey("broker", object)
+SAMPLER = web.AppKey("sampler", object)
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 class Context:
     def __init__(self, request: web.Request):
         app = request.app
         self.request = request
-        self.broker = app["broker"]
-        self.sampler = app["sampler"]
-        self.principal: Principal = request["principal"]
+        self.broker = app[BROKER]
+        self.sampler = app[SAMPLER]
+        self.principal: Principal = request[PRINCIPAL]
 
     @property
     def service(self) -> Any:
