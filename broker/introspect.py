@@ -83,22 +83,6 @@ def consumers(vhost: VirtualHost) -> Iterator[dict]:
                                        "peer_port": getattr(conn, "peer", ("", 0))[1]}}
 
 
-def totals(vhosts: Any) -> dict:
-    """Sums over every queue: the overview's queue_totals and message_stats counters."""
-    ready = unacked = published = delivered = acked = count = 0
-    for vhost in vhosts:
-        for queue in vhost.queues.values():
-            count += 1
-            ready += queue.message_count
-            unacked += getattr(queue, "unacked_count", 0)
-            published += queue.published_total
-            delivered += queue.delivered_total
-            acked += queue.acked_total
-    return {"queues": count, "messages_ready": ready, "messages_unacknowledged": unacked,
-            "messages": ready + unacked, "publish": published, "deliver_get": delivered,
-            "ack": acked}
-
-
 def fsync_latency(broker: Any) -> Any:
     """The store's fsync latency histogram (persistence/latency.py), or None for a memory store."""
     return getattr(broker.store, "fsync_latency", None)

@@ -46,7 +46,7 @@ def _queue_row(ctx: Context, vhost_name: str, queue: Any) -> dict:
 async def list_queues(request: web.Request) -> web.Response:
     ctx = Context(request)
     vhosts = ctx.visible_vhosts(request.match_info.get("vhost"))
-    return listing.respond(request, (_queue_row(ctx, v.name, q)
+    return await listing.respond(request, (_queue_row(ctx, v.name, q)
                                      for v in vhosts for q in list(v.queues.values())))
 
 
@@ -189,7 +189,7 @@ async def get_messages(request: web.Request) -> web.Response:
 async def list_exchanges(request: web.Request) -> web.Response:
     ctx = Context(request)
     vhosts = ctx.visible_vhosts(request.match_info.get("vhost"))
-    return listing.respond(request, (introspect.exchange_info(v.name, e)
+    return await listing.respond(request, (introspect.exchange_info(v.name, e)
                                      for v in vhosts for e in list(v.exchanges.values())))
 
 
@@ -306,7 +306,7 @@ def _bindings(ctx: Context, vhost_name: str | None) -> list[dict]:
 
 async def list_bindings(request: web.Request) -> web.Response:
     ctx = Context(request)
-    return listing.respond(request, _bindings(ctx, request.match_info.get("vhost")))
+    return await listing.respond(request, _bindings(ctx, request.match_info.get("vhost")))
 
 
 async def bindings_between(request: web.Request) -> web.Response:
@@ -318,7 +318,7 @@ async def bindings_between(request: web.Request) -> web.Response:
     source = "" if m["source"] == "amq.default" else m["source"]
     rows = [b for b in _bindings(ctx, m["vhost"]) if b["source"] == source
             and b["destination"] == m["destination"] and b["destination_type"] == kind]
-    return listing.respond(request, rows)
+    return await listing.respond(request, rows)
 
 
 async def bindings_of(request: web.Request) -> web.Response:
@@ -337,7 +337,7 @@ async def bindings_of(request: web.Request) -> web.Response:
     else:
         rows = [b for b in rows if b["destination_type"] == "exchange"
                 and b["destination"] == name]
-    return listing.respond(request, rows)
+    return await listing.respond(request, rows)
 
 
 async def post_binding(request: web.Request) -> web.Response:

@@ -26,11 +26,13 @@ def _rate(value: float) -> dict:
 # ====================================================================== overview
 async def overview(request: web.Request) -> web.Response:
     ctx = Context(request)
+    # Queue figures come from the sampler's last pass (every [management] sample_interval_s),
+    # as RabbitMQ's are: an overview costs nothing per queue, however many there are.
     point = ctx.sampler.latest()
-    totals = introspect.totals(ctx.visible_vhosts())
+    vhosts = ctx.visible_vhosts()
+    totals = ctx.sampler.totals([v.name for v in vhosts])
     connections = ctx.connections()
     channels = sum(c.info()["channels"] for c in connections)
-    vhosts = ctx.visible_vhosts()
     service = ctx.service
     listeners = []
     if service is not None:
@@ -45,7 +47,7 @@ async def overview(request: web.Request) -> web.Response:
         "object_totals": {
             "connections": len(connections), "channels": channels,
             "exchanges": sum(len(v.exchanges) for v in vhosts), "queues": totals["queues"],
-            "consumers": sum(q.consumer_count for v in vhosts for q in v.queues.values())},
+            "consumers": totals["consumers"]},
         "queue_totals": {k: totals[k] for k in ("messages", "messages_ready",
                                                  "messages_unacknowledged")},
         "message_stats": {
@@ -87,11 +89,11 @@ async def list_vhosts(request: web.Request) -> web.Response:
     ctx = Context(request)
     rows = []
     for vhost in ctx.visible_vhosts():
-        totals = introspect.totals([vhost])
+        totals = ctx.sampler.totals([vhost.name])
         rows.append({"name": vhost.name, "tracing": False, "description": "",
                      "messages": totals["messages"], "messages_ready": totals["messages_ready"],
                      "messages_unacknowledged": totals["messages_unacknowledged"]})
-    return listing.respond(request, rows)
+    return await listing.respond(request, rows)
 
 
 async def get_vhost(request: web.Request) -> web.Response:
@@ -135,7 +137,7 @@ def user_row(broker: Any, name: str) -> dict:
 async def list_users(request: web.Request) -> web.Response:
     ctx = Context(request)
     require_admin(ctx.principal)
-    return listing.respond(request, (user_row(ctx.broker, n) for n in list(ctx.broker.users)))
+    return await listing.respond(request, (user_row(ctx.broker, n) for n in list(ctx.broker.users)))
 
 
 async def get_user(request: web.Request) -> web.Response:
@@ -185,7 +187,7 @@ def permission_rows(broker: Any) -> list[dict]:
 async def list_permissions(request: web.Request) -> web.Response:
     ctx = Context(request)
     require_admin(ctx.principal)
-    return listing.respond(request, permission_rows(ctx.broker))
+    return await listing.respond(request, permission_rows(ctx.broker))
 
 
 async def put_permission(request: web.Request) -> web.Response:
@@ -229,7 +231,7 @@ def _visible_connections(ctx: Context) -> list:
 
 async def list_connections(request: web.Request) -> web.Response:
     ctx = Context(request)
-    return listing.respond(request, (c.info() for c in _visible_connections(ctx)))
+    return await listing.respond(request, (c.info() for c in _visible_connections(ctx)))
 
 
 def _connection(ctx: Context, name: str) -> Any:
@@ -267,13 +269,13 @@ def _channels(ctx: Context) -> list[dict]:
 
 
 async def list_channels(request: web.Request) -> web.Response:
-    return listing.respond(request, _channels(Context(request)))
+    return await listing.respond(request, _channels(Context(request)))
 
 
 async def list_consumers(request: web.Request) -> web.Response:
     ctx = Context(request)
     vhosts = ctx.visible_vhosts(request.match_info.get("vhost"))
-    return listing.respond(request, (c for v in vhosts for c in introspect.consumers(v)))
+    return await listing.respond(request, (c for v in vhosts for c in introspect.consumers(v)))
 
 
 # ====================================================================== Manifold's own
@@ -286,14 +288,14 @@ async def mqtt_sessions(request: web.Request) -> web.Response:
     ctx = Context(request)
     server = _mqtt_server(ctx)
     rows = server.sessions_info() if server is not None else []
-    return listing.respond(request, (r for r in rows if ctx.principal.can_see_vhost(r["vhost"])))
+    return await listing.respond(request, (r for r in rows if ctx.principal.can_see_vhost(r["vhost"])))
 
 
 async def mqtt_retained(request: web.Request) -> web.Response:
     ctx = Context(request)
     require_read(ctx.principal, "/")
     server = _mqtt_server(ctx)
-    return listing.respond(request, server.retained_info() if server is not None else [])
+    return await listing.respond(request, server.retained_info() if server is not None else [])
 
 
 async def streams(request: web.Request) -> web.Response:
@@ -306,7 +308,7 @@ async def streams(request: web.Request) -> web.Response:
                 rows.append({k: info[k] for k in ("name", "vhost", "messages", "message_bytes",
                                                    "first_offset", "last_offset", "readers",
                                                    "consumers")})
-    return listing.respond(request, rows)
+    return await listing.respond(request, rows)
 
 
 def add_routes(app: web.Application) -> None:

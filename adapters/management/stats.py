@@ -12,8 +12,6 @@ import time
 from collections import deque
 from typing import Any
 
-from manifold.broker import introspect
-
 SAMPLE_INTERVAL_S = 5.0
 HISTORY_S = 600
 
@@ -36,6 +34,8 @@ class Sampler:
         self.queue_rates: dict[tuple[str, str], tuple[float, float, float]] = {}
         self._last_queue: dict[tuple[str, str], tuple[int, int, int]] = {}
         self._last_totals: tuple[float, dict] | None = None
+        #: vhost name -> sums over its queues at the last sample (the overview's figures)
+        self.vhost_totals: dict[str, dict] = {}
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -56,13 +56,16 @@ class Sampler:
             self.sample()
 
     def sample(self) -> dict:
+        """One pass over every queue: per-queue rates, per-vhost totals, a history point."""
         now = time.time()
         elapsed = None
         if self._last_totals is not None:
             elapsed = max(now - self._last_totals[0], 1e-3)
         new_last: dict[tuple[str, str], tuple[int, int, int]] = {}
         rates: dict[tuple[str, str], tuple[float, float, float]] = {}
+        per_vhost: dict[str, dict] = {}
         for vhost in self.broker.vhosts.values():
+            ready = unacked = published = delivered = acked = consumers = 0
             for queue in vhost.queues.values():
                 key = (vhost.name, queue.name)
                 counts = (queue.published_total, queue.delivered_total, queue.acked_total)
@@ -70,9 +73,21 @@ class Sampler:
                 before = self._last_queue.get(key)
                 if before is not None and elapsed is not None and counts != before:
                     rates[key] = tuple((c - b) / elapsed for c, b in zip(counts, before))
+                ready += queue.message_count
+                unacked += getattr(queue, "unacked_count", 0)
+                published += counts[0]
+                delivered += counts[1]
+                acked += counts[2]
+                consumers += queue.consumer_count
+            per_vhost[vhost.name] = {
+                "queues": len(vhost.queues), "messages_ready": ready,
+                "messages_unacknowledged": unacked, "messages": ready + unacked,
+                "publish": published, "deliver_get": delivered, "ack": acked,
+                "consumers": consumers}
         self._last_queue = new_last
         self.queue_rates = rates
-        totals = introspect.totals(self.broker.vhosts.values())
+        self.vhost_totals = per_vhost
+        totals = self.totals()
         point = {"time": int(now * 1000), "messages": totals["messages"],
                  "messages_ready": totals["messages_ready"],
                  "messages_unacknowledged": totals["messages_unacknowledged"],
@@ -86,6 +101,16 @@ class Sampler:
         self._last_totals = (now, totals)
         self.history.append(point)
         return point
+
+    def totals(self, vhosts: Any = None) -> dict:
+        """Sums of the last sample over the vhosts named (all when None)."""
+        out = dict.fromkeys(("queues", "messages_ready", "messages_unacknowledged", "messages",
+                             "publish", "deliver_get", "ack", "consumers"), 0)
+        for name, values in self.vhost_totals.items():
+            if vhosts is None or name in vhosts:
+                for key in out:
+                    out[key] += values[key]
+        return out
 
     def latest(self) -> dict:
         return self.history[-1] if self.history else self.sample()

@@ -158,7 +158,8 @@ def test_connection_listed_and_closed_with_reason(running_broker):
              what="the connection to leave the list")
 
 
-def test_consumers_and_overview(running_broker):
+def test_consumers_and_overview(make_broker):
+    running_broker = make_broker(management={"sample_interval_s": 0.2})
     base, s = base_url(running_broker), session()
     conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1",
                                                              running_broker.ports["amqp"]))
@@ -170,8 +171,9 @@ def test_consumers_and_overview(running_broker):
                              what="the consumer")
         assert consumers[0]["consumer_tag"] == "ctag-1"
         assert consumers[0]["queue"] == {"name": "watched", "vhost": "/"}
-        overview = s.get(base + "/api/overview", timeout=TIMEOUT_S).json()
-        assert overview["object_totals"]["consumers"] == 1
+        # the overview's queue figures are sampled (every sample_interval_s), as in RabbitMQ
+        overview = wait_for(lambda: (o := s.get(base + "/api/overview", timeout=TIMEOUT_S).json())
+                            ["object_totals"]["consumers"] == 1 and o, what="sampled totals")
         assert overview["object_totals"]["connections"] == 1
         assert "publish_details" in overview["message_stats"]
     finally:

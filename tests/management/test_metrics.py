@@ -91,3 +91,12 @@ def test_rates_appear_after_a_sample(make_broker):
     wait_for(publish_and_read_rate, what="a publish rate while publishing")
     wait_for(lambda: s.get(base + "/api/manifold/history", timeout=TIMEOUT_S).json()
              ["samples"][-1]["messages"] == published, what="the history to catch up")
+
+
+def test_label_values_are_escaped(running_broker):
+    name = 'odd "name" \\ with\nnewline'
+    import urllib.parse
+    session().put(base_url(running_broker) + "/api/queues/%2F/" + urllib.parse.quote(name, safe=""),
+                  json={}, timeout=TIMEOUT_S).raise_for_status()
+    families = scrape(running_broker)
+    assert sample(families, "manifold_queue_messages", vhost="/", queue=name) == 0
