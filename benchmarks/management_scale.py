@@ -48,6 +48,7 @@ class StallProbe:
 
 
 def timed(probe: StallProbe, fn) -> dict:
+    time.sleep(0.5)  # let the previous request's tail (encoding, socket writes) finish
     probe.reset()
     started = time.perf_counter()
     size = fn()

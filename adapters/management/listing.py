@@ -76,11 +76,24 @@ async def collect(items: Iterable[dict]) -> list[dict]:
     return rows
 
 
+async def encode_rows(rows: list[dict]) -> str:
+    """A JSON array encoded in slices, yielding between them (the C encoder holds the GIL, so
+    a worker thread would stall the loop just the same)."""
+    parts = []
+    for start in range(0, len(rows), CHUNK_ROWS):
+        parts.append(json.dumps(rows[start:start + CHUNK_ROWS])[1:-1])
+        await asyncio.sleep(0)
+    return "[" + ",".join(p for p in parts if p) + "]"
+
+
 async def json_response(value: Any, rows: int) -> web.Response:
-    """Large answers are encoded off the event loop (the rows are plain copies by now)."""
     if rows < CHUNK_ROWS:
         return web.json_response(value)
-    body = await asyncio.get_running_loop().run_in_executor(None, json.dumps, value)
+    if isinstance(value, list):
+        body = await encode_rows(value)
+    else:  # a page object: only its items can be long
+        items = await encode_rows(value["items"])
+        body = json.dumps({**value, "items": None}).replace('"items": null', '"items": ' + items, 1)
     return web.Response(text=body, content_type="application/json")
 
 

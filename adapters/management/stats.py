@@ -10,9 +10,10 @@ import asyncio
 import resource
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Iterator
 
 SAMPLE_INTERVAL_S = 5.0
+CHUNK_QUEUES = 5000
 HISTORY_S = 600
 
 
@@ -53,10 +54,18 @@ class Sampler:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            self.sample()
+            for _ in self._pass():  # in slices: other clients are served between them
+                await asyncio.sleep(0)
 
     def sample(self) -> dict:
-        """One pass over every queue: per-queue rates, per-vhost totals, a history point."""
+        """One pass at once (the first sample, and tests)."""
+        for _ in self._pass():
+            pass
+        return self.history[-1]
+
+    def _pass(self) -> Iterator[None]:
+        """One pass over every queue: per-queue rates, per-vhost totals, a history point.
+        Yields every few thousand queues so that the caller can let the loop breathe."""
         now = time.time()
         elapsed = None
         if self._last_totals is not None:
@@ -66,7 +75,10 @@ class Sampler:
         per_vhost: dict[str, dict] = {}
         for vhost in self.broker.vhosts.values():
             ready = unacked = published = delivered = acked = consumers = 0
-            for queue in vhost.queues.values():
+            queues = list(vhost.queues.values())
+            for n, queue in enumerate(queues, 1):
+                if n % CHUNK_QUEUES == 0:
+                    yield
                 key = (vhost.name, queue.name)
                 counts = (queue.published_total, queue.delivered_total, queue.acked_total)
                 new_last[key] = counts
@@ -80,7 +92,7 @@ class Sampler:
                 acked += counts[2]
                 consumers += queue.consumer_count
             per_vhost[vhost.name] = {
-                "queues": len(vhost.queues), "messages_ready": ready,
+                "queues": len(queues), "messages_ready": ready,
                 "messages_unacknowledged": unacked, "messages": ready + unacked,
                 "publish": published, "deliver_get": delivered, "ack": acked,
                 "consumers": consumers}
@@ -100,7 +112,6 @@ class Sampler:
                 point[f"{name}_rate"] = max(0.0, (totals[name] - previous[name]) / elapsed)
         self._last_totals = (now, totals)
         self.history.append(point)
-        return point
 
     def totals(self, vhosts: Any = None) -> dict:
         """Sums of the last sample over the vhosts named (all when None)."""
