@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Protocol
 
 from .consumer import Consumer, Delivery
 from .errors import PreconditionFailed, ResourceLocked
+from .groups import MessageGroups
 from .message import Message
 from .message_codec import decode_message, encode_message
 
@@ -28,6 +29,9 @@ READY, DELAYED, UNACKED, GONE = range(4)
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 QUEUE_TYPES = ("classic", "quorum", "stream")
 # Arguments that RabbitMQ checks for equivalence on redeclare, plus Manifold's.
+#: header naming a message's group in queues with ``x-message-groups`` (SQS FIFO MessageGroupId)
+GROUP_HEADER = "x-message-group-id"
+DEAD_LETTER_REASONS = ("rejected", "expired", "maxlen", "delivery_limit")
 INTEGER_ARGUMENTS = ("x-message-ttl", "x-expires", "x-max-length", "x-max-length-bytes",
                      "x-max-priority", "x-delivery-limit", "x-consumer-timeout", "x-delay")
 
@@ -51,7 +55,7 @@ class Entry:
     """One message in one queue. ``message`` is None while the body lives only on disk (paged
     out); ``on_disk`` says the queue's log holds it (a persistent message in a durable queue)."""
     __slots__ = ("msg_id", "message", "priority", "size", "state", "delivery_count",
-                 "expires_at", "ready_at", "returns", "on_disk")
+                 "expires_at", "ready_at", "returns", "on_disk", "group", "first_delivered_ms")
 
     def __init__(self, msg_id: int, message: Message | None, priority: int, size: int = -1):
         self.msg_id = msg_id
@@ -64,6 +68,9 @@ class Entry:
         self.expires_at = 0
         self.ready_at = 0
         self.returns = 0
+        #: the message group (``x-message-group-id`` header) in a grouped queue, else None
+        self.group: Any = None
+        self.first_delivered_ms = 0
 
     def __lt__(self, other: "Entry") -> bool:  # heap tie-break
         return self.msg_id < other.msg_id
@@ -94,6 +101,12 @@ def validate_arguments(name: str, vhost: str, args: dict) -> None:
     if sac is not None and not isinstance(sac, bool):
         raise PreconditionFailed(f"invalid arg 'x-single-active-consumer' for queue '{name}' in "
                                  f"vhost '{vhost}': {sac!r}; accepted: true or false")
+    reasons = args.get("x-dead-letter-reasons")
+    if reasons is not None and (not isinstance(reasons, (list, tuple)) or
+                                any(r not in DEAD_LETTER_REASONS for r in reasons)):
+        raise PreconditionFailed(f"invalid arg 'x-dead-letter-reasons' for queue '{name}' in "
+                                 f"vhost '{vhost}': {reasons!r}; accepted: a list of "
+                                 f"{', '.join(DEAD_LETTER_REASONS)}")
     kind = args.get("x-queue-type")
     if kind is not None and kind not in QUEUE_TYPES:
         raise PreconditionFailed(f"invalid arg 'x-queue-type' for queue '{name}' in vhost "
@@ -134,28 +147,16 @@ class Queue:
         self.auto_delete = auto_delete
         self.arguments = dict(arguments or {})
         self.log = log
-        args = self.arguments
-        validate_arguments(name, vhost, args)
-        self.message_ttl: int | None = args.get("x-message-ttl")
-        self.expires_ms: int | None = args.get("x-expires")
-        self.max_length: int | None = args.get("x-max-length")
-        self.max_length_bytes: int | None = args.get("x-max-length-bytes")
-        self.overflow: str = args.get("x-overflow", "drop-head")
-        self.dlx: str | None = args.get("x-dead-letter-exchange")
-        self.dlrk: str | None = args.get("x-dead-letter-routing-key")
-        self.max_priority: int = args.get("x-max-priority") or 0
-        self.delivery_limit: int | None = args.get("x-delivery-limit")
-        self.delay_ms: int = args.get("x-delay") or 0
-        # x-single-active-consumer: only the oldest consumer gets messages; the next takes over
-        # when it goes (ordered processing with failover, RabbitMQ's SAC).
-        self.single_active: bool = bool(args.get("x-single-active-consumer", False))
+        #: settings applied after declaration (RabbitMQ's policies; SQS queue attributes): they
+        #: override the arguments but take no part in the redeclare equivalence check
+        self.policy: dict = {}
+        self._default_consumer_timeout_ms = consumer_timeout_ms
+        self._resident_bytes_setting = resident_bytes
+        validate_arguments(name, vhost, self.arguments)
+        self.max_priority: int = self.arguments.get("x-max-priority") or 0
         #: round-robin position per consumer priority (x-priority consumer argument)
         self._rr_by_priority: dict[int, int] = {}
-        timeout = args.get("x-consumer-timeout")
-        self.consumer_timeout_ms: int = consumer_timeout_ms if timeout is None else timeout
-        # Past this many bytes of ready bodies in memory, bodies that are safely on disk leave
-        # memory (RabbitMQ's lazy mode is the limit 0); None keeps everything resident.
-        self.resident_limit: int | None = 0 if args.get("x-queue-mode") == "lazy" else resident_bytes
+        self._configure()
         self.resident_bytes = 0
         #: the broker's MemoryBudget (or None): told about every resident body byte
         self.memory = memory
@@ -176,9 +177,62 @@ class Queue:
         self._had_consumers = False
         self._pumping = False
         self.deleted = False
+        #: consumer-less deliveries with a deadline (``receive``), by message id
+        self._leases: dict[int, Delivery] = {}
+        #: callables waiting for a message to become ready (long polls), woken one per message
+        self._ready_listeners: deque = deque()
+        self.grouped: MessageGroups | None = None
+        self._set_grouped(bool(self.arguments.get("x-message-groups")))
         self.last_used_ms = host.now_ms()
         if self.expires_ms:
             host.schedule(self, self.last_used_ms + self.expires_ms)
+
+    def _configure(self) -> None:
+        args = {**self.arguments, **self.policy}
+        self.message_ttl: int | None = args.get("x-message-ttl")
+        self.expires_ms: int | None = args.get("x-expires")
+        self.max_length: int | None = args.get("x-max-length")
+        self.max_length_bytes: int | None = args.get("x-max-length-bytes")
+        self.overflow: str = args.get("x-overflow", "drop-head")
+        self.dlx: str | None = args.get("x-dead-letter-exchange")
+        self.dlrk: str | None = args.get("x-dead-letter-routing-key")
+        reasons = args.get("x-dead-letter-reasons")
+        #: why a message may be dead-lettered (None: for every reason, as in RabbitMQ)
+        self.dead_letter_reasons: frozenset | None = None if reasons is None else frozenset(reasons)
+        self.delivery_limit: int | None = args.get("x-delivery-limit")
+        self.delay_ms: int = args.get("x-delay") or 0
+        # x-single-active-consumer: only the oldest consumer gets messages; the next takes over
+        # when it goes (ordered processing with failover, RabbitMQ's SAC).
+        self.single_active: bool = bool(args.get("x-single-active-consumer", False))
+        timeout = args.get("x-consumer-timeout")
+        self.consumer_timeout_ms: int = (self._default_consumer_timeout_ms if timeout is None
+                                         else timeout)
+        # Past this many bytes of ready bodies in memory, bodies that are safely on disk leave
+        # memory (RabbitMQ's lazy mode is the limit 0); None keeps everything resident.
+        self.resident_limit: int | None = (0 if args.get("x-queue-mode") == "lazy"
+                                           else self._resident_bytes_setting)
+
+    def _set_grouped(self, grouped: bool) -> None:
+        if grouped and self.grouped is None:
+            self.grouped = MessageGroups()
+        elif not grouped:
+            self.grouped = None
+
+    def set_policy(self, policy: dict) -> None:
+        """Replace the policy (validated like arguments). ``x-message-groups`` changes only while
+        the queue is empty (it chooses the queue's structures); ``x-max-priority`` never does."""
+        validate_arguments(self.name, self.vhost, {**self.arguments, **policy})
+        grouped = bool({**self.arguments, **policy}.get("x-message-groups"))
+        if grouped != (self.grouped is not None) and (
+                self.ready_count or self.unacked_count or self.delayed_count):
+            raise PreconditionFailed(f"queue '{self.name}' in vhost '{self.vhost}': message "
+                                     "grouping cannot change while the queue holds messages")
+        self.policy = dict(policy)
+        self._configure()
+        self._set_grouped(bool({**self.arguments, **self.policy}.get("x-message-groups")))
+        if self.expires_ms and not self.consumers:
+            self.host.schedule(self, self.last_used_ms + self.expires_ms)
+        self._trim()
 
     # ---------------------------------------------------------------- introspection
     @property
@@ -215,6 +269,8 @@ class Queue:
             priority = min(props.priority or 0, self.max_priority)
         entry = Entry(self._next_id, message, priority)
         self._next_id += 1
+        if self.grouped is not None:
+            entry.group = props.headers.get(GROUP_HEADER) if props.headers else None
         ttl = self._ttl_of(message)
         result: bool | Awaitable[None] = True
         if self.log is not None and message.properties.delivery_mode == 2:
@@ -242,7 +298,8 @@ class Queue:
             # RabbitMQ: a zero TTL message is delivered only if a consumer can take it right now.
             self._drop(entry, "expired")
             return result
-        if not self.ready_count and self.consumers and not self._pumping:
+        if (not self.ready_count and self.consumers and not self._pumping
+                and self.grouped is None):
             # Nothing waiting ahead of it: hand it straight to a consumer with credit.
             consumer = self._pick_consumer()
             if consumer is not None:
@@ -254,7 +311,7 @@ class Queue:
                 if self.ready_count:  # the consumer returned something while we held the pump
                     self.pump()
                 return result
-        self._fresh[priority].append(entry)
+        self._push_ready(entry, False)
         self._became_ready(entry)
         if self.consumers:
             self.pump()
@@ -301,7 +358,19 @@ class Queue:
                 (self.max_length_bytes is not None and
                  self.ready_bytes + extra_bytes > self.max_length_bytes))
 
+    def _push_ready(self, entry: Entry, returned: bool) -> None:
+        """File a ready entry: in its group, or at its arrival place (``returned``: it was out
+        before, so it goes before the fresh tail), or at the fresh tail."""
+        if self.grouped is not None:
+            self.grouped.push(entry)
+        elif returned:
+            heapq.heappush(self._returned, (-entry.priority, entry.msg_id, entry))
+        else:
+            self._fresh[entry.priority].append(entry)
+
     def _became_ready(self, entry: Entry) -> None:
+        if self._ready_listeners:
+            self._ready_listeners.popleft()()
         entry.state = READY
         self.ready_count += 1
         self.ready_bytes += entry.size
@@ -316,7 +385,7 @@ class Queue:
         if self.max_length is None and self.max_length_bytes is None:
             return
         while self._over_limit():
-            head = self._take_head()
+            head = self._take_head(ignore_groups=True)
             if head is None:
                 break
             self._drop(head, "maxlen")
@@ -332,7 +401,9 @@ class Queue:
         if self.log is None:
             return 0
         now = self.host.now_ms()
-        records = self.log.recover(None if self.max_priority else self.resident_limit)
+        # Priorities and groups are inside the message: those queues read every body back.
+        records = self.log.recover(None if self.max_priority or self.grouped is not None
+                                   else self.resident_limit)
         for msg_id, data in records:
             if data is None:
                 entry = Entry(msg_id, None, 0, self.log.size_of(msg_id))
@@ -342,21 +413,27 @@ class Queue:
                 priority = min(message.properties.priority or 0, self.max_priority)
                 entry = Entry(msg_id, message, priority)
                 ttl = self._ttl_of(message)
+                if self.grouped is not None and message.properties.headers:
+                    entry.group = message.properties.headers.get(GROUP_HEADER)
             entry.on_disk = True
             # It may have been delivered before the restart: redelivered=true / DUP, as
             # RabbitMQ marks recovered messages.
             entry.delivery_count = 1
             if ttl is not None:
                 entry.expires_at = now + ttl
-            self._fresh[entry.priority].append(entry)
+            self._push_ready(entry, False)
             self._became_ready(entry)
         self._next_id = max(self._next_id, getattr(self.log, "max_id_seen", 0) + 1,
                             records[-1][0] + 1 if records else 1)
         return len(records)
 
     # ---------------------------------------------------------------- dequeue
-    def _take_head(self) -> Entry | None:
-        """Remove and return the next ready entry (highest priority, then oldest)."""
+    def _take_head(self, ignore_groups: bool = False) -> Entry | None:
+        """Remove and return the next ready entry (highest priority, then oldest; in a grouped
+        queue the oldest head of an unlocked group, or of any group with ``ignore_groups``)."""
+        if self.grouped is not None:
+            entry = (self.grouped.take_oldest_any() if ignore_groups else self.grouped.take())
+            return None if entry is None else self._unready(entry)
         returned = self._returned
         while returned and returned[0][2].state != READY:
             heapq.heappop(returned)
@@ -459,20 +536,94 @@ class Queue:
         if consumer is None or not consumer.no_ack:
             entry.state = UNACKED
             self.unacked_count += 1
+            if self.grouped is not None:
+                self.grouped.lock(entry.group)
             delivery = Delivery(self, entry, consumer, redelivered)
             if consumer is not None:
                 consumer.in_flight += 1
                 if self.consumer_timeout_ms:
-                    deadline = self.host.now_ms() + self.consumer_timeout_ms
-                    self._timeout_seq += 1
-                    heapq.heappush(self._timeouts, (deadline, self._timeout_seq, delivery))
-                    self.host.schedule(self, deadline)
+                    self._set_deadline(delivery, self.host.now_ms() + self.consumer_timeout_ms)
         else:
             delivery = Delivery(self, entry, consumer, redelivered, settled=True)
             self._forget(entry)
         if consumer is not None:
             consumer.deliver(delivery)
         return delivery
+
+    def _set_deadline(self, delivery: Delivery, deadline: int) -> None:
+        """Return ``delivery`` to the queue at ``deadline`` unless settled before; a later call
+        replaces the deadline (the heap keeps the old item, skipped when it comes up)."""
+        delivery.deadline = deadline
+        self._timeout_seq += 1
+        heapq.heappush(self._timeouts, (deadline, self._timeout_seq, delivery))
+        self.host.schedule(self, deadline)
+
+    def receive(self, max_count: int, visibility_ms: int) -> list[Delivery]:
+        """Check out up to ``max_count`` ready messages without a consumer, each returning to the
+        queue after ``visibility_ms`` unless settled (SQS ReceiveMessage; the receiver names them
+        later by message id, see :meth:`lease`). In a grouped queue one call may take several
+        messages of one group, in order."""
+        self.touch()
+        now = self.host.now_ms()
+        taken: list[Delivery] = []
+        groups = self.grouped
+        if groups is not None:
+            groups.batch = set()
+        try:
+            while len(taken) < max_count:
+                entry = self._next_live()
+                if entry is None:
+                    break
+                delivery = self._checkout(entry, None)
+                if groups is not None:
+                    groups.batch.add(entry.group)
+                if not entry.first_delivered_ms:
+                    entry.first_delivered_ms = now
+                self._leases[entry.msg_id] = delivery
+                self._set_deadline(delivery, now + visibility_ms)
+                taken.append(delivery)
+        finally:
+            if groups is not None:
+                groups.batch = None
+        return taken
+
+    def lease(self, msg_id: int) -> Delivery | None:
+        """The unsettled :meth:`receive` delivery of message ``msg_id``, if any."""
+        return self._leases.get(msg_id)
+
+    def change_deadline(self, delivery: Delivery, timeout_ms: int) -> bool:
+        """Move an unsettled delivery's return deadline to ``timeout_ms`` from now (0 returns it
+        at once). False if it was already settled."""
+        if delivery.settled:
+            return False
+        if timeout_ms <= 0:
+            return self.settle(delivery, False, True)
+        self._set_deadline(delivery, self.host.now_ms() + timeout_ms)
+        return True
+
+    def withdraw(self, msg_id: int) -> bool:
+        """Remove message ``msg_id`` for good, whether leased or ready (a delete naming a message
+        whose lease was lost, e.g. by a restart). A scan over the ready messages: rare path."""
+        delivery = self._leases.get(msg_id)
+        if delivery is not None:
+            return self.settle(delivery, True, False)
+        for entry in self._ready_entries():
+            if entry.msg_id == msg_id:
+                self._unready(entry)
+                self._forget(entry)
+                return True
+        return False
+
+    def add_ready_listener(self, listener: Any) -> None:
+        """Call ``listener()`` once, when a message next becomes ready (one listener per message,
+        in the order they were added). Remove it with :meth:`remove_ready_listener` if unused."""
+        self._ready_listeners.append(listener)
+
+    def remove_ready_listener(self, listener: Any) -> None:
+        try:
+            self._ready_listeners.remove(listener)
+        except ValueError:
+            pass
 
     def get(self, no_ack: bool) -> Delivery | None:
         """AMQP Basic.Get / SQS ReceiveMessage without a consumer."""
@@ -499,6 +650,10 @@ class Queue:
         consumer = delivery.consumer
         if consumer is not None:
             consumer.in_flight -= 1
+        elif self._leases.get(entry.msg_id) is delivery:
+            del self._leases[entry.msg_id]
+        if self.grouped is not None:
+            self.grouped.unlock(entry.group)
         # Settled deliveries stay in the timeout heap until their deadline (30 min by default),
         # keeping their messages alive; drop them once they are the majority (amortised O(1)).
         if len(self._timeouts) > 2 * self.unacked_count + 64:
@@ -522,14 +677,15 @@ class Queue:
             return
         if self.deleted:
             return
-        heapq.heappush(self._returned, (-entry.priority, entry.msg_id, entry))
+        self._push_ready(entry, True)
         self._became_ready(entry)
         self._trim()
 
     def _drop(self, entry: Entry, reason: str) -> None:
         """Discard or dead-letter an entry, whether its body is in memory or only on disk."""
         entry.state = GONE
-        if self.dlx is None:
+        if self.dlx is None or (self.dead_letter_reasons is not None
+                                and reason not in self.dead_letter_reasons):
             self._forget(entry)
             return
         try:
@@ -602,7 +758,7 @@ class Queue:
             _, _, entry = heapq.heappop(delayed)
             if entry.state == DELAYED:
                 self.delayed_count -= 1
-                heapq.heappush(self._returned, (-entry.priority, entry.msg_id, entry))
+                self._push_ready(entry, True)
                 self._became_ready(entry)
                 self._trim()
         expiries = self._expiries
@@ -614,8 +770,8 @@ class Queue:
                 entry.message = None  # it may wait in a deque until the head reaches it
         timeouts = self._timeouts
         while timeouts and timeouts[0][0] <= now:
-            _, _, delivery = heapq.heappop(timeouts)
-            if not delivery.settled:
+            deadline, _, delivery = heapq.heappop(timeouts)
+            if not delivery.settled and delivery.deadline == deadline:
                 self.settle(delivery, False, True)
                 if delivery.consumer is not None:
                     delivery.consumer.delivery_timed_out(delivery)
@@ -640,7 +796,7 @@ class Queue:
         """Drop every ready message (not unacked or delayed ones, as in RabbitMQ)."""
         count = 0
         while True:
-            entry = self._take_head()
+            entry = self._take_head(ignore_groups=True)
             if entry is None:
                 break
             self._forget(entry)
@@ -652,11 +808,19 @@ class Queue:
         count = self.ready_count
         self.purge()
         self.deleted = True
+        while self._ready_listeners:  # long polls end now
+            self._ready_listeners.popleft()()
         return count
+
+    def _ready_entries(self) -> list[Entry]:
+        if self.grouped is not None:
+            entries = self.grouped.entries()
+        else:
+            entries = [e for q in self._fresh for e in q if e.state == READY]
+            entries += [e for _, _, e in self._returned if e.state == READY]
+        entries.sort(key=lambda e: (-e.priority, e.msg_id))
+        return entries
 
     def ready_messages(self) -> list[Message]:
         """Ready messages in delivery order (for tests and introspection)."""
-        entries = [e for q in self._fresh for e in q if e.state == READY]
-        entries += [e for _, _, e in self._returned if e.state == READY]
-        entries.sort(key=lambda e: (-e.priority, e.msg_id))
-        return [self._load(e) for e in entries]
+        return [self._load(e) for e in self._ready_entries()]

@@ -14,6 +14,7 @@ from typing import Any, Awaitable
 
 from .clock import LoopClock
 from .consumer import Consumer, Delivery
+from .dedup import DedupWindow
 from .errors import (AccessRefused, CommandInvalid, NotFound, PreconditionFailed)
 from .exchanges import EXCHANGE_TYPES, DefaultExchange, Exchange, make_exchange
 from .message import Message
@@ -68,6 +69,7 @@ class VirtualHost:
         for ex_name, kind in STANDARD_EXCHANGES:
             self.exchanges[ex_name] = make_exchange(ex_name, kind, durable=True)
         self._timers: dict[Any, tuple[int, Any]] = {}
+        self._dedup: dict[str, DedupWindow] = {}
         self._exchange_bindings = 0
         #: called after a durable exchange, queue or binding changed (the broker saves them)
         self.on_definitions_changed: Any = None
@@ -132,8 +134,10 @@ class VirtualHost:
         headers["x-last-death-reason"] = reason
         headers["x-last-death-exchange"] = message.exchange
         props.headers = headers
-        # The TTL that expired the message must not expire it again downstream.
+        # The TTL that expired the message must not expire it again downstream, nor its delay
+        # delay it again.
         props.expiration = None
+        headers.pop("x-delay", None)
         routing_key = queue.dlrk if queue.dlrk is not None else message.routing_key
         dead = Message(exchange.name, routing_key, message.body, props)
         dead_queues = {d.get("queue") for d in deaths}
@@ -322,6 +326,9 @@ class VirtualHost:
         # Saved after the unbinding: saved bindings to the deleted queue would stop the restart.
         self._durable_changed(queue)
         count = queue.delete()
+        window = self._dedup.pop(queue.name, None)
+        if window is not None:
+            window.drop()
         log = getattr(queue, "log", None)
         if log is not None:
             log.drop()
@@ -329,6 +336,56 @@ class VirtualHost:
             queue.consumers.remove(consumer)
             consumer.cancelled(f"queue '{queue.name}' in vhost '{self.name}' was deleted")
         return count
+
+    def set_queue_policy(self, name: str, policy: dict) -> None:
+        """Replace the policy of queue ``name``: settings that override its declare arguments
+        (TTL, delay, dead-lettering, delivery limit, message groups...) without taking part in the
+        redeclare equivalence check, so that clients declaring the queue plainly still can."""
+        queue = self.queue(name)
+        if not hasattr(queue, "set_policy"):
+            raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' takes no policy")
+        queue.set_policy(policy)
+        self._durable_changed(queue)
+
+    def receive(self, name: str, max_count: int, timeout_ms: int) -> list[Delivery]:
+        """Up to ``max_count`` messages checked out without a consumer; each returns to the queue
+        ``timeout_ms`` later unless settled (see ``Queue.receive``)."""
+        return self._work_queue(name).receive(max_count, timeout_ms)
+
+    def lease(self, name: str, msg_id: int) -> Delivery | None:
+        return self._work_queue(name).lease(msg_id)
+
+    def withdraw(self, name: str, msg_id: int) -> bool:
+        return self._work_queue(name).withdraw(msg_id)
+
+    @staticmethod
+    def change_deadline(delivery: Delivery, timeout_ms: int) -> bool:
+        """Give an unsettled delivery ``timeout_ms`` more before it returns (0: return it now)."""
+        return delivery.queue.change_deadline(delivery, timeout_ms)
+
+    def wait_ready(self, name: str, listener: Any) -> None:
+        """Call ``listener()`` once when a message of queue ``name`` next becomes ready (or the
+        queue is deleted). Long polls use it instead of polling; see :meth:`stop_waiting`."""
+        self._work_queue(name).add_ready_listener(listener)
+
+    def stop_waiting(self, name: str, listener: Any) -> None:
+        queue = self.queues.get(name)
+        if isinstance(queue, Queue):
+            queue.remove_ready_listener(listener)
+
+    def _work_queue(self, name: str) -> Queue:
+        queue = self.queue(name)
+        if not isinstance(queue, Queue):
+            raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' is a stream")
+        return queue
+
+    def dedup_window(self, name: str, window_ms: int) -> DedupWindow:
+        """The deduplication window of queue ``name`` (persisted through the store)."""
+        window = self._dedup.get(name)
+        if window is None:
+            log = self.store.dedup_log(self.name, name) if self.store is not None else None
+            window = self._dedup[name] = DedupWindow(log, self.clock, window_ms)
+        return window
 
     def purge_queue(self, name: str, owner: Any = None) -> int:
         return self.queue(name, owner).purge()
@@ -449,7 +506,8 @@ class VirtualHost:
         standard = {"", *(name for name, _ in STANDARD_EXCHANGES)}
         exchanges = [[e.name, e.kind, e.auto_delete, e.internal, e.arguments]
                      for e in self.exchanges.values() if e.name not in standard and durable(e)]
-        queues = [[q.name, q.auto_delete, q.arguments] for q in self.queues.values() if durable(q)]
+        queues = [[q.name, q.auto_delete, q.arguments, getattr(q, "policy", {})]
+                  for q in self.queues.values() if durable(q)]
         bindings = []
         for exchange in self.exchanges.values():
             if exchange.name == "" or not exchange.durable:
@@ -467,8 +525,10 @@ class VirtualHost:
         for name, kind, auto_delete, internal, arguments in definitions.get("exchanges", []):
             self.declare_exchange(name, kind, durable=True, auto_delete=auto_delete,
                                   internal=internal, arguments=arguments)
-        for name, auto_delete, arguments in definitions.get("queues", []):
+        for name, auto_delete, arguments, *rest in definitions.get("queues", []):
             self.declare_queue(name, durable=True, auto_delete=auto_delete, arguments=arguments)
+            if rest and rest[0]:
+                self.queues[name].set_policy(rest[0])
             recovered += self.queues[name].recover()
         for source, kind, dest, routing_key, arguments in definitions.get("bindings", []):
             if kind == "exchange":

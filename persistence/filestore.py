@@ -5,6 +5,7 @@ Layout under the data directory (see FORMAT.md)::
     definitions.bin                      durable exchanges, queues, bindings (atomic replace)
     queues/<vhost>/<queue>/<base>.seg    a queue's log: ENQUEUE records and SETTLE tombstones
     state/<name>/<base>.seg              a state log (MQTT retained messages, sessions), same format
+    dedup/<vhost>/<queue>/<base>.seg     a queue's deduplication window (same record format)
 
 Writes never block the event loop: appends go into the log's open chunk, and one writer thread
 (:mod:`persistence.writer`) writes and fsyncs every dirty log in a batch. Under
@@ -382,6 +383,11 @@ class FileStore:
         queue_log = FileQueueLog(self, directory)
         self._logs[directory] = queue_log
         return queue_log
+
+    def dedup_log(self, vhost: str, queue: str) -> FileQueueLog:
+        """The log of a queue's deduplication window (same records as a queue log: each key is
+        an ENQUEUE, settled once its window has passed)."""
+        return self._log(os.path.join(self.data_dir, "dedup", _fs_name(vhost), _fs_name(queue)))
 
     def _forget(self, queue_log: FileQueueLog) -> None:
         self._logs.pop(queue_log.directory, None)

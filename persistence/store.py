@@ -11,6 +11,8 @@ work-queue retention, acks and a dedup window) can implement it without the core
   paged out of memory), ``drop`` the whole log when the queue is deleted.
 - ``state_log(name)``: a log of the same kind for durable state that is not a queue (MQTT
   retained messages, persistent sessions, QoS 2 packet ids; see ``broker/durable_map.py``).
+- ``dedup_log(vhost, queue)``: a log of the same kind for a queue's deduplication window (keys
+  appended, settled when they age out), or None when nothing outlives the process.
 - ``save_definitions`` / ``load_definitions``: the encoded durable exchanges, queues, bindings.
 """
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Store(Protocol):
     async def close(self) -> None: ...
     def queue_log(self, vhost: str, queue: str) -> QueueLog | None: ...
     def state_log(self, name: str) -> QueueLog | None: ...
+    def dedup_log(self, vhost: str, queue: str) -> QueueLog | None: ...
     def save_definitions(self, data: bytes) -> None: ...
     def load_definitions(self) -> bytes | None: ...
 
@@ -54,6 +57,9 @@ class MemoryStore:
         return None
 
     def state_log(self, name: str) -> QueueLog | None:
+        return None
+
+    def dedup_log(self, vhost: str, queue: str) -> QueueLog | None:
         return None
 
     def save_definitions(self, data: bytes) -> None:

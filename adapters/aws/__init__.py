@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import sqs
 from .http import AwsApi
 
 
 def make_http_app(broker: Any, settings: Any):
     api = AwsApi(broker, settings)
-    # Each service module adds its handlers here: ``from . import sqs; sqs.install(api)``.
+    # Each service module adds its handlers here.
+    sqs.install(api)
     return api.app

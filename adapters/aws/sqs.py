@@ -1,0 +1,48 @@
+"""Amazon SQS on the shared AWS listener: both wire protocols, every operation of the 2012-11-05
+API (see MAPPING.md for how queues and messages map onto the core).
+
+``install(api)`` registers the JSON 1.0 target ``AmazonSQS`` and the query service ``sqs`` on the
+dispatcher; both land in :func:`handle`, which normalises parameters (sqs_protocol.py), runs the
+operation (sqs_queues.py, sqs_messages.py, sqs_redrive.py) and renders the result for the wire.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from . import sqs_messages, sqs_queues, sqs_redrive
+from .http import AwsApi, AwsError, AwsRequest
+from .sqs_common import SqsContext
+from .sqs_protocol import decode_binaries, from_query, to_json, to_xml
+
+OPERATIONS: dict[str, Any] = {**sqs_queues.OPERATIONS, **sqs_messages.OPERATIONS,
+                              **sqs_redrive.OPERATIONS}
+
+
+def install(api: AwsApi) -> SqsContext:
+    ctx = SqsContext(api.broker, api.settings)
+
+    async def handle(request: AwsRequest) -> Any:
+        operation = OPERATIONS.get(request.operation)
+        if operation is None:
+            raise AwsError("InvalidAction", f"The action {request.operation} is not valid for "
+                           "this endpoint.", query_code="InvalidAction")
+        if request.protocol == "query":
+            params = decode_binaries(from_query(request.params))
+            return to_xml(request.operation, await operation(ctx, request, params))
+        params = decode_binaries(request.params)
+        return to_json(await operation(ctx, request, params))
+
+    async def on_shutdown(_app: web.Application) -> None:
+        # Long polls answer (empty) at once instead of holding the shutdown for up to 20 s.
+        ctx.closing = True
+        for woken in list(ctx.long_polls):
+            if not woken.done():
+                woken.set_result(None)
+        await sqs_redrive.close(ctx)
+
+    api.register_json("AmazonSQS", "sqs", handle)
+    api.register_query("sqs", handle)
+    api.app.on_shutdown.append(on_shutdown)
+    return ctx
