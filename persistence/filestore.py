@@ -325,17 +325,20 @@ class FileStore:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="manifold-fsync")
 
     async def close(self) -> None:
+        retries = 3  # after failed batches: a few more tries, then give up (disk full)
         while self._has_work() or self._in_flight is not None:
             if self._in_flight is not None:
                 await asyncio.wait([self._in_flight])
                 # A batch that had already finished is awaited without a yield, while its done
                 # callback (which clears _in_flight) is still queued: give it its turn.
                 await asyncio.sleep(0)
-            elif self.last_error is not None:
-                log.error("closing with unwritten data: %s", self.last_error)
-                break
-            else:
-                self._kick()
+                continue
+            if self.last_error is not None:
+                if not retries:
+                    log.error("closing with unwritten data: %s", self.last_error)
+                    break
+                retries -= 1
+            self._kick()
         for fd in self._read_fds.values():
             self.fs.close(fd)
         self._read_fds.clear()

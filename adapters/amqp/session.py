@@ -158,6 +158,7 @@ class Channel:
         # transactions: None, or held publishes and settlements
         self.tx: list | None = None
         self.tx_settles: list = []
+        self.commit_wait: asyncio.Future | None = None  # the last Tx.Commit waiting for disk
         # direct reply-to: this channel's token in the server's registry, if consuming it
         self.reply_token: str | None = None
 
@@ -460,7 +461,9 @@ class AMQPSession:
         if not self.blocked_notify or self.state != OPEN:
             return
         if on:
-            self.out.append(method_frame(0, 10, 60, shortstr("low on memory")))
+            alarms = self.broker.memory
+            reason = "low on disk" if alarms.disk_alarm and not alarms.alarm else "low on memory"
+            self.out.append(method_frame(0, 10, 60, shortstr(reason)))
         else:
             self.out.append(method_frame(0, 10, 61, b""))
         self.flush()
@@ -1054,6 +1057,7 @@ class AMQPSession:
             raise PreconditionFailed("channel is not transactional")
         publishes, settles = ch.tx, ch.tx_settles
         ch.tx, ch.tx_settles = [], []
+        waits = []
         for message, mandatory in publishes:
             if message.exchange or not message.routing_key.startswith(REPLY_PREFIX):
                 result = self.vhost.publish(message.exchange, message.routing_key, message)
@@ -1061,6 +1065,8 @@ class AMQPSession:
                 result = self._reply(message)
             if not result.routed and mandatory:
                 self.basic_return(ch, message, 312, "NO_ROUTE")
+            if result.wait is not None:
+                waits.append(result.wait)
         held = ch.tx
         ch.tx = None  # settle for real
         try:
@@ -1068,7 +1074,31 @@ class AMQPSession:
                 ch.settle(deliveries, ack, requeue)
         finally:
             ch.tx = held
-        self.out.append(method_frame(ch.number, 90, 21))
+        # Commit-Ok is a promise like a confirm: it follows the fsync of every persistent
+        # message of the transaction, and commits are answered in order.
+        previous = ch.commit_wait
+        if previous is not None:
+            waits.append(previous)
+        if not waits:
+            self.out.append(method_frame(ch.number, 90, 21))
+            return
+        future = asyncio.gather(*waits) if len(waits) > 1 else asyncio.ensure_future(waits[0])
+        ch.commit_wait = future
+        future.add_done_callback(lambda f, ch=ch: self._commit_stored(ch, f))
+
+    def _commit_stored(self, ch: Channel, future: asyncio.Future) -> None:
+        if ch.commit_wait is future:
+            ch.commit_wait = None
+        if ch.closing or ch.closed:
+            return
+        if future.cancelled() or future.exception() is not None:
+            error = "cancelled" if future.cancelled() else future.exception()
+            # No Commit-Ok for what is not on disk: the channel ends, the client knows the
+            # transaction's outcome is unknown (RabbitMQ closes the channel the same way).
+            self.channel_error(ch, 541, f"INTERNAL_ERROR - transaction not stored: {error}",
+                               90, 20)
+            return
+        self.send(method_frame(ch.number, 90, 21))
 
     def _tx_rollback(self, ch: Channel, m: Any) -> None:
         if ch.tx is None:
