@@ -168,3 +168,11 @@ class FaultyFS(FileSystem):
         if fault is not None:
             self._raise(fault, target)
         super().replace(source, target)
+
+
+class FaultyPowerCutFS(FaultyFS, PowerCutFS):
+    """Both: faults on demand, and the record of what a power cut would keep."""
+
+    def __init__(self, root: str):
+        PowerCutFS.__init__(self, root)
+        FaultyFS.__init__(self)
