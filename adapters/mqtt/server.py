@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from manifold.broker.consumer import Consumer, Delivery
 from manifold.broker.message import Message, Properties
+from manifold.broker.queue import ENTRY_OVERHEAD_BYTES
 
 from . import topics
 
@@ -302,6 +303,7 @@ class MqttServer:
         #: (vhost, group, filter) -> [queue name, member count]
         self.share_groups: dict[tuple, list] = {}
         self.will_timers: dict[str, asyncio.TimerHandle] = {}
+        self._memory = broker.memory
         self._retained = broker.state_map("mqtt-retained")
         self._sessions = broker.state_map("mqtt-sessions")
         self._qos2 = broker.state_map("mqtt-qos2")
@@ -381,12 +383,14 @@ class MqttServer:
         """[MQTT-3.3.1-5] store, replacing; [MQTT-3.3.1-10/11] an empty payload clears. Only a
         QoS 1/2 retained message is written to the store (QoS 0 promises nothing); returns the
         awaitable of that write, or None."""
+        self._uncount(self.retained.get(topic))
         if not message.body:
             if self.retained.pop(topic, None) is None:
                 return None
             return self._retained.delete(topic)
         expires = None if expiry_s is None else self.now_ms() + expiry_s * 1000
         self.retained[topic] = Retained(message, expires)
+        self._memory.add(len(message.body) + ENTRY_OVERHEAD_BYTES)
         if message.qos == 0:
             if topic in self._retained:
                 return self._retained.delete(topic)  # an older durable value must not return
@@ -395,12 +399,18 @@ class MqttServer:
                                           _props_record(message.mqtt_properties), expires,
                                           message.properties.as_dict()])
 
+    def _uncount(self, entry: Retained | None) -> None:
+        """Retained bodies count in the memory alarm like queued ones."""
+        if entry is not None:
+            self._memory.add(-len(entry.message.body) - ENTRY_OVERHEAD_BYTES)
+
     def retained_for(self, topic_filter: str) -> list[tuple[str, Retained]]:
         now = self.now_ms()
         out = []
         for topic, entry in list(self.retained.items()):
             if entry.expires_at_ms is not None and entry.expires_at_ms <= now:
                 del self.retained[topic]  # message expiry applies to retained messages too
+                self._uncount(entry)
                 self._retained.delete(topic)
                 continue
             if topics.matches(topic_filter, topic):
@@ -473,6 +483,7 @@ class MqttServer:
                                   origin=None, retain=True, qos=qos,
                                   mqtt_properties=_props_from_record(props), timestamp_ms=now)
                 self.retained[topic] = Retained(msg, expires)
+                self._memory.add(len(body) + ENTRY_OVERHEAD_BYTES)
             except (TypeError, ValueError) as exc:
                 log.warning("ignoring unreadable retained message on %r: %s", topic, exc)
         qos2: dict[str, set[int]] = {}
