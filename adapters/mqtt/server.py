@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
 from manifold.broker.consumer import Consumer, Delivery
 from manifold.broker.message import Message, Properties
+from manifold.broker.message_codec import decode_value
 from manifold.broker.queue import ENTRY_OVERHEAD_BYTES
 
 from . import topics
@@ -472,7 +474,12 @@ class MqttServer:
         stored by an earlier run, then remove the durable session and shared-subscription queues
         that no stored session uses any more (sessions that ended or expired)."""
         now = self.now_ms()
-        for topic, record in self._retained.load().items():
+        retained = self._retained.load()
+        sessions = self._sessions.load()
+        stored_qos2 = self._qos2.load()
+        if not retained and not sessions:
+            self._import_snapshot(retained, sessions, stored_qos2)
+        for topic, record in retained.items():
             try:
                 body, qos, props, expires, amqp_props = record
                 if expires is not None and expires <= now:
@@ -487,9 +494,9 @@ class MqttServer:
             except (TypeError, ValueError) as exc:
                 log.warning("ignoring unreadable retained message on %r: %s", topic, exc)
         qos2: dict[str, set[int]] = {}
-        for (client_id, pid) in self._qos2.load():
+        for (client_id, pid) in stored_qos2:
             qos2.setdefault(client_id, set()).add(pid)
-        for client_id, rec in self._sessions.load().items():
+        for client_id, rec in sessions.items():
             try:
                 self._restore_session(rec, qos2.get(client_id, set()))
             except (KeyError, TypeError, ValueError) as exc:
@@ -499,6 +506,43 @@ class MqttServer:
                 for pid in pids:
                     self._qos2.delete((client_id, pid))
         self._remove_orphan_queues()
+
+    def _import_snapshot(self, retained: dict, sessions: dict, qos2: dict) -> None:
+        """Once, on upgrade: move the state an older version kept in ``mqtt-state.msgpack``
+        into the store (and into the dicts being loaded), then rename the file to
+        ``mqtt-state.msgpack.imported``."""
+        path = os.path.join(self.settings.server.data_dir, "mqtt-state.msgpack")
+        if not os.path.exists(path):
+            return
+        waits = []
+        try:
+            with open(path, "rb") as fh:
+                data = decode_value(fh.read())
+            for topic, body, qos, props, expires, amqp_props in data.get("retained", []):
+                retained[topic] = [body, qos, props, expires, amqp_props]
+                waits.append(self._retained.put(topic, retained[topic]))
+            for rec in data.get("sessions", []):
+                for pid in rec.pop("inbound_qos2", []):
+                    qos2[(rec["client_id"], pid)] = 1
+                    waits.append(self._qos2.put((rec["client_id"], pid), 1))
+                sessions[rec["client_id"]] = rec
+                waits.append(self._sessions.put(rec["client_id"], rec))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("cannot import %s: %s", path, exc)
+            return
+
+        def imported(done: Any = None) -> None:
+            if done is not None and (done.cancelled() or done.exception() is not None):
+                log.error("importing %s failed; it is kept", path)
+                return
+            os.replace(path, path + ".imported")
+            log.info("imported the MQTT state of %s into the store", path)
+
+        waits = [w for w in waits if w is not None]
+        if waits:  # the old file goes only once its content is durable in the store
+            asyncio.gather(*waits).add_done_callback(imported)
+        else:
+            imported()
 
     def _restore_session(self, rec: dict, inbound_qos2: set[int]) -> None:
         vhost = self.broker.vhosts.get(rec.get("vhost", "/"))
