@@ -14,6 +14,7 @@ from manifold.config.settings import Settings, User
 from manifold.persistence.store import MemoryStore, Store
 
 from .clock import LoopClock
+from .durable_map import DurableMap
 from .errors import AccessRefused, NotAllowed
 from .memory import MemoryBudget
 from .message_codec import decode_value, encode_value
@@ -66,6 +67,12 @@ class Broker:
             self._restoring = False
         for vhost in self.vhosts.values():
             vhost.on_definitions_changed = self.save_definitions
+
+    def state_map(self, name: str) -> DurableMap:
+        """A durable key -> value map in the store (for adapters' own state, e.g. MQTT retained
+        messages and sessions); memory-only when the store keeps nothing."""
+        make = getattr(self.store, "state_log", None)
+        return DurableMap(make(name) if make is not None else None)
 
     def save_definitions(self) -> None:
         if not self._restoring:

@@ -25,6 +25,10 @@ from .message_codec import decode_message, encode_message
 
 log = logging.getLogger("manifold.queue")
 
+#: memory a queue entry costs besides its body (the entry, its message and property objects,
+#: heap and deque slots), counted by the memory alarm for every message the queue holds
+ENTRY_OVERHEAD_BYTES = 256
+
 READY, DELAYED, UNACKED, GONE = range(4)
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 QUEUE_TYPES = ("classic", "quorum", "stream")
@@ -54,7 +58,7 @@ class QueueLog(Protocol):
 class Entry:
     """One message in one queue. ``message`` is None while the body lives only on disk (paged
     out); ``on_disk`` says the queue's log holds it (a persistent message in a durable queue)."""
-    __slots__ = ("msg_id", "message", "priority", "size", "state", "delivery_count",
+    __slots__ = ("msg_id", "message", "priority", "size", "state", "delivery_count", "counted",
                  "expires_at", "ready_at", "returns", "on_disk", "group", "first_delivered_ms")
 
     def __init__(self, msg_id: int, message: Message | None, priority: int, size: int = -1):
@@ -63,6 +67,8 @@ class Entry:
         self.priority = priority
         self.size = len(message.body) if message is not None else size
         self.on_disk = False
+        #: counted in the memory alarm (from arrival until it leaves the queue for good)
+        self.counted = False
         self.state = READY
         self.delivery_count = 0
         self.expires_at = 0
@@ -269,6 +275,7 @@ class Queue:
             priority = min(props.priority or 0, self.max_priority)
         entry = Entry(self._next_id, message, priority)
         self._next_id += 1
+        self._arrived(entry)
         if self.grouped is not None:
             entry.group = props.headers.get(GROUP_HEADER) if props.headers else None
         ttl = self._ttl_of(message)
@@ -327,17 +334,35 @@ class Queue:
                 and written.exception() is None):
             entry.message = None
             self._resident(-entry.size)
+            self._count(entry, -entry.size)
 
     def _resident(self, delta: int) -> None:
+        """Bytes of ready bodies in memory (what the resident limit pages out)."""
         self.resident_bytes += delta
-        if self.memory is not None:
+
+    def _count(self, entry: Entry, delta: int) -> None:
+        """The memory alarm counts every body the queue holds in memory, ready or unacked, plus
+        a per-entry overhead, from arrival until the entry leaves for good."""
+        if self.memory is not None and entry.counted:
             self.memory.add(delta)
+
+    def _arrived(self, entry: Entry) -> None:
+        entry.counted = True
+        self._count(entry, ENTRY_OVERHEAD_BYTES + (entry.size if entry.message is not None
+                                                   else 0))
+
+    def _release(self, entry: Entry) -> None:
+        if entry.counted:
+            self._count(entry, -ENTRY_OVERHEAD_BYTES - (entry.size if entry.message is not None
+                                                        else 0))
+            entry.counted = False
 
     def _load(self, entry: Entry) -> Message:
         """The entry's message, read back from disk if it was paged out."""
         message = entry.message
         if message is None:
             message = entry.message = decode_message(self.log.read(entry.msg_id))
+            self._count(entry, entry.size)
             if entry.state == READY:
                 self._resident(entry.size)
         return message
@@ -416,6 +441,7 @@ class Queue:
                 if self.grouped is not None and message.properties.headers:
                     entry.group = message.properties.headers.get(GROUP_HEADER)
             entry.on_disk = True
+            self._arrived(entry)
             # It may have been delivered before the restart: redelivered=true / DUP, as
             # RabbitMQ marks recovered messages.
             entry.delivery_count = 1
@@ -695,8 +721,10 @@ class Queue:
             # settle a message that reached no dead-letter queue.
             log.error("queue '%s': cannot read message %d to dead-letter it: %s", self.name,
                       entry.msg_id, exc)
+            self._release(entry)
             return
         copied = self.host.dead_letter(self, message, reason)
+        self._release(entry)
         if not entry.on_disk or copied is None:
             self._forget(entry)
         else:
@@ -712,6 +740,8 @@ class Queue:
         self._forget(entry)
 
     def _forget(self, entry: Entry) -> None:
+        """The entry leaves the queue for good: out of the memory count, settled on disk."""
+        self._release(entry)
         if entry.on_disk:
             self.log.settle(entry.msg_id)
 
@@ -807,6 +837,9 @@ class Queue:
         """Mark deleted; returns the ready count. Consumers are told by the vhost."""
         count = self.ready_count
         self.purge()
+        for _, _, entry in self._delayed:
+            if entry.state == DELAYED:
+                self._release(entry)  # gone with the queue (unacked ones go when settled)
         self.deleted = True
         while self._ready_listeners:  # long polls end now
             self._ready_listeners.popleft()()
