@@ -47,12 +47,12 @@ async def test_paged_out_bodies_count_only_their_entry(tmp_path):
 
 
 async def test_retained_mqtt_messages_count(tmp_path):
-    from manifold.adapters.mqtt.server import MqttMessage, MqttServer
+    from manifold.adapters.mqtt import make_server
+    from manifold.adapters.mqtt.server import MqttMessage
     settings = Settings()
     broker = Broker(settings, store=FileStore(str(tmp_path)))
     await broker.start()
-    server = MqttServer(broker, settings)
-    server.load()
+    server = make_server(broker, settings)
 
     def retained(body):
         return MqttMessage("amq.topic", "a.b", body, Properties(delivery_mode=2), origin=None,
