@@ -13,6 +13,7 @@ by (priority, arrival id) consulted before the fresh tail.
 from __future__ import annotations
 
 import heapq
+import logging
 from collections import deque
 from typing import Any, Awaitable, Protocol
 
@@ -21,6 +22,8 @@ from .errors import PreconditionFailed, ResourceLocked
 from .groups import NO_GROUP, MessageGroups
 from .message import Message
 from .message_codec import decode_message, encode_message
+
+log = logging.getLogger("manifold.queue")
 
 READY, DELAYED, UNACKED, GONE = range(4)
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
@@ -36,7 +39,7 @@ INTEGER_ARGUMENTS = ("x-message-ttl", "x-expires", "x-max-length", "x-max-length
 class QueueHost(Protocol):
     def now_ms(self) -> int: ...
     def schedule(self, queue: Any, when_ms: int) -> None: ...
-    def dead_letter(self, queue: Any, message: Message, reason: str) -> None: ...
+    def dead_letter(self, queue: Any, message: Message, reason: str) -> Any: ...
     def queue_unused(self, queue: Any) -> None: ...
 
 
@@ -413,6 +416,9 @@ class Queue:
                 if self.grouped is not None and message.properties.headers:
                     entry.group = message.properties.headers.get(GROUP_HEADER)
             entry.on_disk = True
+            # It may have been delivered before the restart: redelivered=true / DUP, as
+            # RabbitMQ marks recovered messages.
+            entry.delivery_count = 1
             if ttl is not None:
                 entry.expires_at = now + ttl
             self._push_ready(entry, False)
@@ -671,11 +677,34 @@ class Queue:
         self._trim()
 
     def _drop(self, entry: Entry, reason: str) -> None:
+        """Discard or dead-letter an entry, whether its body is in memory or only on disk."""
         entry.state = GONE
+        if self.dlx is None or (self.dead_letter_reasons is not None
+                                and reason not in self.dead_letter_reasons):
+            self._forget(entry)
+            return
+        try:
+            message = self._load(entry)  # before the settle: a paged-out body is read back
+        except (OSError, KeyError, ValueError) as exc:
+            # Unreadable: keep the original on disk (it returns after a restart) rather than
+            # settle a message that reached no dead-letter queue.
+            log.error("queue '%s': cannot read message %d to dead-letter it: %s", self.name,
+                      entry.msg_id, exc)
+            return
+        copied = self.host.dead_letter(self, message, reason)
+        if not entry.on_disk or copied is None:
+            self._forget(entry)
+        else:
+            # The dead-letter copy is durable before the original is settled: a crash between
+            # the two leaves the message in both queues, never in neither.
+            copied.add_done_callback(lambda done, e=entry: self._copy_stored(e, done))
+
+    def _copy_stored(self, entry: Entry, done: Any) -> None:
+        if done.cancelled() or done.exception() is not None:
+            log.error("queue '%s': dead-letter copy of message %d not stored; the original "
+                      "stays on disk", self.name, entry.msg_id)
+            return
         self._forget(entry)
-        if self.dlx is not None and (self.dead_letter_reasons is None
-                                     or reason in self.dead_letter_reasons):
-            self.host.dead_letter(self, self._load(entry), reason)
 
     def _forget(self, entry: Entry) -> None:
         if entry.on_disk:

@@ -13,6 +13,8 @@ import importlib
 import importlib.util
 import logging
 import os
+import resource
+import shutil
 import signal
 from typing import Any
 
@@ -46,7 +48,7 @@ class Service:
         self.broker = broker or Broker(settings, store=FileStore(
             settings.server.data_dir, fsync=persistence.fsync,
             fsync_interval_ms=persistence.fsync_interval_ms,
-            segment_bytes=persistence.segment_bytes))
+            segment_bytes=persistence.segment_bytes, max_open_files=persistence.max_open_files))
         self.connections: set[Connection] = set()
         self.listeners: dict[str, asyncio.base_events.Server] = {}
         self.servers: dict[str, ProtocolServer] = {}
@@ -54,11 +56,14 @@ class Service:
         #: protocol -> port actually bound (useful with port 0)
         self.ports: dict[str, int] = {}
         self._stopped = asyncio.Event()
+        self._disk_timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
+        raise_open_files_limit(self.settings.server.open_files_limit)
         os.makedirs(self.settings.server.data_dir, exist_ok=True)
         await self.broker.start()
         self.broker.memory.subscribe(self._memory_alarm)
+        self._check_disk()
         loop = asyncio.get_running_loop()
         server_settings = self.settings.server
         for protocol in PROTOCOLS:
@@ -100,16 +105,40 @@ class Service:
         self.http_runners[section_name] = runner
         self.ports[section_name] = runner.addresses[0][1]
 
-    def _memory_alarm(self, alarm: bool) -> None:
-        log.warning("memory alarm %s: %d bytes of message bodies in memory (high water %d)",
-                    "set" if alarm else "cleared", self.broker.memory.used_bytes,
-                    self.broker.memory.high_water_bytes)
+    def _memory_alarm(self, blocking: bool) -> None:
+        memory = self.broker.memory
+        log.warning("resource alarm %s: memory %s (%d bytes of message bodies, high water %d), "
+                    "disk %s", "set" if blocking else "cleared",
+                    "over" if memory.alarm else "ok", memory.used_bytes,
+                    memory.high_water_bytes, "low" if memory.disk_alarm else "ok")
         for conn in list(self.connections):
             if conn.publishing:
-                conn.set_blocked(alarm)
+                conn.set_blocked(blocking)
+
+    def _check_disk(self) -> None:
+        """The disk alarm: publishers wait while the data directory's file system has less free
+        space than ``disk_free_limit_bytes`` (RabbitMQ's disk_free_limit)."""
+        server = self.settings.server
+        if not server.disk_free_limit_bytes:
+            return
+        try:
+            free = shutil.disk_usage(server.data_dir).free
+        except OSError as exc:
+            log.error("cannot read free disk space of %s: %s", server.data_dir, exc)
+        else:
+            low = free < server.disk_free_limit_bytes
+            if low != self.broker.memory.disk_alarm:
+                log.warning("disk alarm %s: %d bytes free on %s (limit %d)",
+                            "set" if low else "cleared", free, server.data_dir,
+                            server.disk_free_limit_bytes)
+            self.broker.memory.set_disk_alarm(low)
+        self._disk_timer = asyncio.get_running_loop().call_later(
+            server.disk_check_interval_ms / 1000, self._check_disk)
 
     async def stop(self) -> None:
         """Stop accepting, say goodbye in each protocol's words, flush, close."""
+        if self._disk_timer is not None:
+            self._disk_timer.cancel()
         for listener in self.listeners.values():
             listener.close()
         for conn in list(self.connections):
@@ -139,3 +168,17 @@ class Service:
         await stop.wait()
         log.info("manifold shutting down")
         await self.stop()
+
+
+def raise_open_files_limit(wanted: int) -> None:
+    """Raise the soft RLIMIT_NOFILE towards ``wanted`` (never above the hard limit): every client
+    connection is a descriptor. The store itself needs only a bounded few."""
+    if not wanted:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit to %d: %s", target, exc)

@@ -134,14 +134,14 @@ class Connection(asyncio.Protocol):
         """Sessions call this when their client publishes: the memory alarm applies to it."""
         if not self.publishing:
             self.publishing = True
-            if self.memory is not None and self.memory.alarm:
+            if self.memory is not None and self.memory.blocking:
                 self.set_blocked(True)
 
     def set_blocked(self, blocked: bool) -> None:
         if blocked == self.blocked or self.closed:
             return
         self.blocked = blocked
-        log.warning("%s %s#%d from %s:%d: memory alarm", "blocking" if blocked else "unblocking",
+        log.warning("%s %s#%d from %s:%d: resource alarm", "blocking" if blocked else "unblocking",
                     self.protocol, self.id, *self.peer)
         notify = getattr(self.session, "blocked", None)
         if notify is not None:

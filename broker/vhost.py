@@ -102,12 +102,13 @@ class VirtualHost:
         if self.queues.get(queue.name) is queue:
             self._delete_queue(queue)
 
-    def dead_letter(self, queue: Queue, message: Message, reason: str) -> None:
+    def dead_letter(self, queue: Queue, message: Message, reason: str) -> Any:
         """Republish to the queue's dead-letter exchange with an ``x-death`` record, RabbitMQ style
-        (most recent first; a repeat of the same queue and reason increments its ``count``)."""
+        (most recent first; a repeat of the same queue and reason increments its ``count``).
+        Returns a future that resolves once every durable copy is on disk, or None."""
         exchange = self.exchanges.get(queue.dlx or "")
         if exchange is None or queue.dlx is None:
-            return
+            return None
         props = message.properties.copy()
         headers = props.headers if props.headers is not None else {}
         deaths = [dict(d) for d in headers.get("x-death") or [] if isinstance(d, dict)]
@@ -141,12 +142,18 @@ class VirtualHost:
         dead = Message(exchange.name, routing_key, message.body, props)
         dead_queues = {d.get("queue") for d in deaths}
         cycle_safe = any(d.get("reason") == "rejected" for d in deaths)
+        waits = []
         for target in self._targets(exchange, routing_key, headers):
             # RabbitMQ's cycle rule: a message that comes back to a queue it already died in,
             # with no client rejection on the way, is dropped instead of looping forever.
             if target.name in dead_queues and not cycle_safe:
                 continue
-            target.enqueue(dead)
+            outcome = target.enqueue(dead)
+            if outcome is not True and outcome is not False:
+                waits.append(outcome)
+        if not waits:
+            return None
+        return waits[0] if len(waits) == 1 else asyncio.gather(*waits)
 
     # ================================================================ exchanges
     def _exchange(self, name: str) -> Exchange:
@@ -310,13 +317,14 @@ class VirtualHost:
 
     def _delete_queue(self, queue: Any) -> int:
         self.queues.pop(queue.name, None)
-        self._durable_changed(queue)
         timer = self._timers.pop(queue, None)
         if timer is not None:
             timer[1].cancel()
         for exchange in list(self.exchanges.values()):
             if exchange.unbind_all(queue):
                 self._maybe_auto_delete(exchange)
+        # Saved after the unbinding: saved bindings to the deleted queue would stop the restart.
+        self._durable_changed(queue)
         count = queue.delete()
         window = self._dedup.pop(queue.name, None)
         if window is not None:

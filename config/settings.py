@@ -38,6 +38,12 @@ class ServerSettings:
     # Memory alarm: above this many bytes of message bodies in memory, connections that publish
     # are no longer read until consumers drain below 80% of it (0 disables).
     memory_high_water_bytes: int = 1024 * 1024 * 1024
+    # Disk alarm: below this many free bytes on the data directory's file system, connections
+    # that publish are no longer read until space comes back (0 disables).
+    disk_free_limit_bytes: int = 256 * 1024 * 1024
+    disk_check_interval_ms: int = 1000
+    # Raise the soft open-file limit to this (capped by the hard limit) at start; 0 leaves it.
+    open_files_limit: int = 65536
     shutdown_grace_s: float = 3.0
     # Users, as "name:password" entries; guest/guest is always loopback-only.
     users: tuple[str, ...] = ("guest:guest",)
@@ -111,6 +117,8 @@ class PersistenceSettings:
     fsync: str = "always"
     fsync_interval_ms: int = 200
     segment_bytes: int = 64 * 1024 * 1024
+    # Segment files kept open for writing, and for reading (each): never one per queue.
+    max_open_files: int = 64
 
 
 @dataclass(frozen=True)
