@@ -13,6 +13,7 @@ by (priority, arrival id) consulted before the fresh tail.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 from collections import deque
 from typing import Any, Awaitable, Protocol
@@ -602,8 +603,13 @@ class Queue:
         delivery = self._leases.get(msg_id)
         if delivery is not None:
             return self.settle(delivery, True, False)
-        for entry in self._ready_entries():
-            if entry.msg_id == msg_id:
+        if self.grouped is not None:
+            candidates: Any = (e for heap in self.grouped.ready.values() for _, e in heap)
+        else:
+            candidates = itertools.chain((e for q in self._fresh for e in q),
+                                         (e for _, _, e in self._returned))
+        for entry in candidates:
+            if entry.msg_id == msg_id and entry.state == READY:
                 self._unready(entry)
                 self._forget(entry)
                 return True
