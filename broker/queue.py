@@ -13,13 +13,14 @@ by (priority, arrival id) consulted before the fresh tail.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 from collections import deque
 from typing import Any, Awaitable, Protocol
 
 from .consumer import Consumer, Delivery
 from .errors import PreconditionFailed, ResourceLocked
-from .groups import MessageGroups
+from .groups import NO_GROUP, MessageGroups
 from .message import Message
 from .message_codec import decode_message, encode_message
 
@@ -454,11 +455,13 @@ class Queue:
         return len(records)
 
     # ---------------------------------------------------------------- dequeue
-    def _take_head(self, ignore_groups: bool = False) -> Entry | None:
+    def _take_head(self, ignore_groups: bool = False, prefer: Any = NO_GROUP) -> Entry | None:
         """Remove and return the next ready entry (highest priority, then oldest; in a grouped
-        queue the oldest head of an unlocked group, or of any group with ``ignore_groups``)."""
+        queue the next of group ``prefer``, else the oldest head of an unlocked group, or of any
+        group with ``ignore_groups``)."""
         if self.grouped is not None:
-            entry = (self.grouped.take_oldest_any() if ignore_groups else self.grouped.take())
+            entry = (self.grouped.take_oldest_any() if ignore_groups
+                     else self.grouped.take(prefer))
             return None if entry is None else self._unready(entry)
         returned = self._returned
         while returned and returned[0][2].state != READY:
@@ -543,10 +546,10 @@ class Queue:
         finally:
             self._pumping = False
 
-    def _next_live(self) -> Entry | None:
+    def _next_live(self, prefer: Any = NO_GROUP) -> Entry | None:
         """The next ready entry that has not expired (expired ones are dead-lettered on the way)."""
         while True:
-            entry = self._take_head()
+            entry = self._take_head(prefer=prefer)
             if entry is None:
                 return None
             # Strictly past: a zero-TTL message may still go to a consumer in the same instant.
@@ -587,30 +590,23 @@ class Queue:
     def receive(self, max_count: int, visibility_ms: int) -> list[Delivery]:
         """Check out up to ``max_count`` ready messages without a consumer, each returning to the
         queue after ``visibility_ms`` unless settled (SQS ReceiveMessage; the receiver names them
-        later by message id, see :meth:`lease`). In a grouped queue one call may take several
-        messages of one group, in order."""
+        later by message id, see :meth:`lease`). In a grouped queue it takes as many messages of
+        one group as it can, in order, before it moves on to the next group (as SQS does)."""
         self.touch()
         now = self.host.now_ms()
         taken: list[Delivery] = []
-        groups = self.grouped
-        if groups is not None:
-            groups.batch = set()
-        try:
-            while len(taken) < max_count:
-                entry = self._next_live()
-                if entry is None:
-                    break
-                delivery = self._checkout(entry, None)
-                if groups is not None:
-                    groups.batch.add(entry.group)
-                if not entry.first_delivered_ms:
-                    entry.first_delivered_ms = now
-                self._leases[entry.msg_id] = delivery
-                self._set_deadline(delivery, now + visibility_ms)
-                taken.append(delivery)
-        finally:
-            if groups is not None:
-                groups.batch = None
+        group = NO_GROUP
+        while len(taken) < max_count:
+            entry = self._next_live(group)
+            if entry is None:
+                break
+            delivery = self._checkout(entry, None)
+            group = entry.group
+            if not entry.first_delivered_ms:
+                entry.first_delivered_ms = now
+            self._leases[entry.msg_id] = delivery
+            self._set_deadline(delivery, now + visibility_ms)
+            taken.append(delivery)
         return taken
 
     def lease(self, msg_id: int) -> Delivery | None:
@@ -633,8 +629,13 @@ class Queue:
         delivery = self._leases.get(msg_id)
         if delivery is not None:
             return self.settle(delivery, True, False)
-        for entry in self._ready_entries():
-            if entry.msg_id == msg_id:
+        if self.grouped is not None:
+            candidates: Any = (e for heap in self.grouped.ready.values() for _, e in heap)
+        else:
+            candidates = itertools.chain((e for q in self._fresh for e in q),
+                                         (e for _, _, e in self._returned))
+        for entry in candidates:
+            if entry.msg_id == msg_id and entry.state == READY:
                 self._unready(entry)
                 self._forget(entry)
                 return True

@@ -14,7 +14,7 @@ from aiohttp import web
 from . import sqs_messages, sqs_queues, sqs_redrive
 from .http import AwsApi, AwsError, AwsRequest
 from .sqs_common import SqsContext
-from .sqs_protocol import decode_binaries, from_query, to_json, to_xml
+from .sqs_protocol import check_shapes, decode_binaries, from_query, to_json, to_xml
 
 OPERATIONS: dict[str, Any] = {**sqs_queues.OPERATIONS, **sqs_messages.OPERATIONS,
                               **sqs_redrive.OPERATIONS}
@@ -29,9 +29,9 @@ def install(api: AwsApi) -> SqsContext:
             raise AwsError("InvalidAction", f"The action {request.operation} is not valid for "
                            "this endpoint.", query_code="InvalidAction")
         if request.protocol == "query":
-            params = decode_binaries(from_query(request.params))
+            params = decode_binaries(check_shapes(from_query(request.params)))
             return to_xml(request.operation, await operation(ctx, request, params))
-        params = decode_binaries(request.params)
+        params = decode_binaries(check_shapes(request.params))
         return to_json(await operation(ctx, request, params))
 
     async def on_shutdown(_app: web.Application) -> None:
