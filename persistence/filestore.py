@@ -6,6 +6,7 @@ Layout under the data directory (see FORMAT.md)::
     queues/<vhost>/<queue>/<base>.seg    a queue's log: ENQUEUE records and SETTLE tombstones
     state/<name>/<base>.seg              a state log (MQTT retained messages, sessions), same format
     dedup/<vhost>/<queue>/<base>.seg     a queue's deduplication window (same record format)
+    streams/<vhost>/<stream>/...         a stream's segments and indexes (streamlog.py)
 
 Writes never block the event loop: appends go into the log's open chunk, and one writer thread
 (:mod:`persistence.writer`) writes and fsyncs every dirty log in a batch. Under
@@ -34,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .fs import FileSystem
 from .records import (ENQUEUE, FILE_HEADER_SIZE, RECORD_HEADER_SIZE, SETTLE, encode_record,
                       file_header, parse_file_header, scan, segment_name)
+from .streamlog import FileStreamLog
 from .writer import Batch, Chunk, Writer
 
 log = logging.getLogger("manifold.persistence")
@@ -383,6 +385,14 @@ class FileStore:
         queue_log = FileQueueLog(self, directory)
         self._logs[directory] = queue_log
         return queue_log
+
+    def stream_log(self, vhost: str, stream: str, segment_bytes: int | None = None
+                   ) -> FileStreamLog:
+        """A stream's segments (persistence/streamlog.py); ``segment_bytes`` defaults to the
+        store's segment size."""
+        return FileStreamLog(self, os.path.join(self.data_dir, "streams", _fs_name(vhost),
+                                                _fs_name(stream)),
+                             segment_bytes or self.segment_bytes)
 
     def dedup_log(self, vhost: str, queue: str) -> FileQueueLog:
         """The log of a queue's deduplication window (same records as a queue log: each key is

@@ -29,6 +29,7 @@ _CRC_COVERED = 16
 
 ENQUEUE = 1  # payload: the encoded message
 SETTLE = 2   # payload: empty; msg_id names the enqueue it cancels
+STREAM = 3   # payload: timestamp_ms (u64) then the encoded message; msg_id is the stream offset
 MAX_PAYLOAD = 1 << 30
 
 
@@ -84,7 +85,8 @@ def scan(data: bytes) -> ScanResult:
         if end - pos < RECORD_HEADER_SIZE:
             return ScanResult(records, pos, f"torn record header at byte {pos}")
         magic, version, kind, _flags, length, msg_id, crc = RECORD_HEADER.unpack_from(data, pos)
-        if magic != RECORD_MAGIC or version != RECORD_VERSION or kind not in (ENQUEUE, SETTLE):
+        if (magic != RECORD_MAGIC or version != RECORD_VERSION or
+                kind not in (ENQUEUE, SETTLE, STREAM)):
             return ScanResult(records, pos, f"bad record header at byte {pos}")
         if length > MAX_PAYLOAD:
             return ScanResult(records, pos, f"implausible record length {length} at byte {pos}")
