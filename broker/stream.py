@@ -100,6 +100,7 @@ class Stream:
         self.log: Any = store.stream_log(vhost, name, segment_bytes) if store is not None else None
         if self.log is None:
             self.log = MemoryStreamLog(segment_bytes or DEFAULT_SEGMENT_BYTES, memory)
+        self.log.on_written = self._evict
         self._offsets = DurableMap(self.log.offsets_log)
         self._cache: deque[_Record] = deque()
         self._cache_bytes = 0

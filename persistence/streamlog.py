@@ -166,6 +166,8 @@ class FileStreamLog:
         self.written_offset = -1
         self.total_bytes = 0
         self.recovery_problems: list[str] = []
+        #: called when more records became readable from disk (the owner's cache may shrink)
+        self.on_written: Any = None
         self.offsets_log = store._log(os.path.join(directory, "offsets"))
 
     @property
@@ -277,6 +279,8 @@ class FileStreamLog:
         segment = chunk.segment
         segment.written = max(segment.written, chunk.start + len(chunk.data))
         self.written_offset = max(self.written_offset, chunk.ids[-1])
+        if self.on_written is not None:
+            self.on_written()
 
     def _rotate(self, base: int) -> Chunk:
         if self.segments:
@@ -409,6 +413,7 @@ class MemoryStreamLog:
         self.next_offset = 0
         self.total_bytes = 0
         self.offsets_log = None
+        self.on_written: Any = None
 
     @property
     def first_offset(self) -> int:
