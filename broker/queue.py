@@ -404,7 +404,11 @@ class Queue:
         # Priorities and groups are inside the message: those queues read every body back.
         records = self.log.recover(None if self.max_priority or self.grouped is not None
                                    else self.resident_limit)
+        count = 0
+        last_id = 0
         for msg_id, data in records:
+            count += 1
+            last_id = msg_id
             if data is None:
                 entry = Entry(msg_id, None, 0, self.log.size_of(msg_id))
                 ttl = self.message_ttl
@@ -423,9 +427,8 @@ class Queue:
                 entry.expires_at = now + ttl
             self._push_ready(entry, False)
             self._became_ready(entry)
-        self._next_id = max(self._next_id, getattr(self.log, "max_id_seen", 0) + 1,
-                            records[-1][0] + 1 if records else 1)
-        return len(records)
+        self._next_id = max(self._next_id, getattr(self.log, "max_id_seen", 0) + 1, last_id + 1)
+        return count
 
     # ---------------------------------------------------------------- dequeue
     def _take_head(self, ignore_groups: bool = False) -> Entry | None:

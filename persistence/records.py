@@ -102,5 +102,53 @@ def scan(data: bytes) -> ScanResult:
     return ScanResult(records, pos, None)
 
 
+class Walk:
+    """Iterate a segment's records as ``(kind, msg_id, position, payload_length)`` without
+    copying payloads (recovery of a long queue needs no object per message); after the loop,
+    ``good_bytes``, ``problem`` and ``dropped`` say where and why it stopped, as :func:`scan`."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.good_bytes = 0
+        self.problem: str | None = None
+        self.dropped = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int, int, int]]:
+        data = self.data
+        end = len(data)
+        if parse_file_header(data) is None:
+            self.problem = "missing or unknown segment header"
+            self.dropped = end
+            return
+        pos = FILE_HEADER_SIZE
+        view = memoryview(data)
+        crc = crc32c.crc32c
+        unpack = RECORD_HEADER.unpack_from
+        while pos < end:
+            if end - pos < RECORD_HEADER_SIZE:
+                self.problem = f"torn record header at byte {pos}"
+                break
+            magic, version, kind, _flags, length, msg_id, stored = unpack(data, pos)
+            if (magic != RECORD_MAGIC or version != RECORD_VERSION or
+                    kind not in (ENQUEUE, SETTLE, STREAM)):
+                self.problem = f"bad record header at byte {pos}"
+                break
+            if length > MAX_PAYLOAD:
+                self.problem = f"implausible record length {length} at byte {pos}"
+                break
+            body_at = pos + RECORD_HEADER_SIZE
+            if end - body_at < length:
+                self.problem = f"torn record at byte {pos}"
+                break
+            if crc(view[body_at:body_at + length], crc(view[pos:pos + _CRC_COVERED])) != stored:
+                self.problem = f"CRC mismatch in record at byte {pos}"
+                break
+            yield kind, msg_id, pos, length
+            pos = body_at + length
+        view.release()
+        self.good_bytes = pos
+        self.dropped = end - pos
+
+
 def iter_records(data: bytes) -> Iterator[Record]:
     yield from scan(data).records
