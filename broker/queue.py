@@ -27,6 +27,9 @@ from .message_codec import decode_message, encode_message
 log = logging.getLogger("manifold.queue")
 
 READY, DELAYED, UNACKED, GONE = range(4)
+#: what an ordinary ready entry costs in memory besides its body (Entry, Message, Properties,
+#: its index, allocator slack), measured with 64-byte bodies; counted against the resident budget
+ENTRY_OVERHEAD_BYTES = 400
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 QUEUE_TYPES = ("classic", "quorum", "stream")
 # Arguments that RabbitMQ checks for equivalence on redeclare, plus Manifold's.
@@ -170,6 +173,8 @@ class Queue:
         self._timeouts: list[tuple[int, int, Delivery]] = []
         self._timeout_seq = 0
         self.ready_count = 0
+        #: ready messages waiting in cold runs (no entry object; see coldrun.py)
+        self.cold_count = 0
         self.ready_bytes = 0
         self.unacked_count = 0
         self.delayed_count = 0
@@ -333,9 +338,14 @@ class Queue:
         """Whether a new ready message waits as 12 bytes in a cold run (see coldrun.py): its body
         is in the log, the queue is past its resident budget, and nothing about it needs a
         look before delivery."""
-        return (entry.on_disk and self.resident_limit is not None and not self.max_priority
-                and self.grouped is None and not entry.expires_at and
-                self.resident_bytes + entry.size > self.resident_limit)
+        if (not entry.on_disk or self.resident_limit is None or self.max_priority or
+                self.grouped is not None or entry.expires_at):
+            return False
+        # An ordinary entry costs its body and some 400 bytes of objects: both count, or a
+        # million small messages would all stay "resident" within a 64 MiB budget.
+        hot = self.ready_count - self.cold_count
+        return (self.resident_bytes + entry.size + hot * ENTRY_OVERHEAD_BYTES >
+                self.resident_limit)
 
     def _freeze(self, msg_id: int, size: int, delivery_count: int) -> None:
         fresh = self._fresh[0]
@@ -345,6 +355,7 @@ class Queue:
             run = ColdRun(delivery_count)
             fresh.append(run)  # type: ignore[arg-type]
         run.append(msg_id, size)  # type: ignore[union-attr]
+        self.cold_count += 1
         if self._ready_listeners:
             self._ready_listeners.popleft()()
         self.ready_count += 1
@@ -358,6 +369,7 @@ class Queue:
                 fresh.popleft()
                 continue
             msg_id, size = run.pop()
+            self.cold_count -= 1
             if not run:
                 fresh.popleft()
             if not self.log.holds(msg_id):
@@ -670,6 +682,7 @@ class Queue:
         for run in self._cold_runs():
             size = run.remove(msg_id)
             if size >= 0:
+                self.cold_count -= 1
                 self.ready_count -= 1
                 self.ready_bytes -= size
                 self.log.settle(msg_id)
