@@ -13,7 +13,6 @@ by (priority, arrival id) consulted before the fresh tail.
 from __future__ import annotations
 
 import heapq
-import itertools
 import logging
 from collections import deque
 from typing import Any, Awaitable, Protocol
@@ -323,6 +322,7 @@ class Queue:
                     self.pump()
                 return result
         if self._may_freeze(entry):
+            self._release(entry)  # a cold message is 12 bytes in a run, not an entry
             self._freeze(entry.msg_id, entry.size, 0)
             if self.consumers:
                 self.pump()
@@ -386,6 +386,7 @@ class Queue:
             entry.on_disk = True
             entry.state = READY
             entry.delivery_count = run.delivery_count
+            self._arrived(entry)
             fresh.appendleft(entry)
             return
 
