@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import sqs
+from . import kinesis, sqs
 from .http import AwsApi
 
 
@@ -16,4 +16,5 @@ def make_http_app(broker: Any, settings: Any):
     api = AwsApi(broker, settings)
     # Each service module adds its handlers here.
     sqs.install(api)
+    kinesis.install(api)
     return api.app
