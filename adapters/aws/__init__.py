@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import kinesis, sqs
+from . import firehose, kinesis, s3, sqs
 from .http import AwsApi
 
 
@@ -16,5 +16,7 @@ def make_http_app(broker: Any, settings: Any):
     api = AwsApi(broker, settings)
     # Each service module adds its handlers here.
     sqs.install(api)
-    kinesis.install(api)
+    streams = kinesis.install(api)
+    objects = s3.install(api)
+    firehose.install(api, objects, streams)
     return api.app
