@@ -314,7 +314,7 @@ class Firehose:
                           f"stream type.")
         return stream
 
-    async def _publish(self, stream: DeliveryStream, records: list[bytes]) -> list[str]:
+    async def publish(self, stream: DeliveryStream, records: list[bytes]) -> list[str]:
         ids, waits = [], []
         for data in records:
             message = record_message(stream.name, data)
@@ -328,7 +328,7 @@ class Firehose:
 
     async def put_record(self, p: dict) -> dict:
         stream = self._direct(p)
-        (record_id,) = await self._publish(stream, [self._data(p.get("Record"))])
+        (record_id,) = await self.publish(stream, [self._data(p.get("Record"))])
         return {"RecordId": record_id, "Encrypted": False}
 
     async def put_record_batch(self, p: dict) -> dict:
@@ -341,7 +341,7 @@ class Firehose:
         datas = [self._data(r) for r in records]
         if sum(map(len, datas)) > MAX_BATCH_BYTES:
             raise invalid("Records size exceeds 4 MiB limit")
-        ids = await self._publish(stream, datas)
+        ids = await self.publish(stream, datas)
         return {"FailedPutCount": 0, "Encrypted": False,
                 "RequestResponses": [{"RecordId": i} for i in ids]}
 
