@@ -486,7 +486,7 @@ class Sns:
 
 
 # ================================================================== wiring
-_RESULTS_AS_XML = {"GetTopicAttributes", "GetSubscriptionAttributes"}
+SNS_KEY = web.AppKey("manifold.sns", Sns)
 
 
 def install(api: AwsApi, sqs: Any, firehose: Any) -> Sns:
@@ -526,5 +526,5 @@ def install(api: AwsApi, sqs: Any, firehose: Any) -> Sns:
     api.register_query("sns", handle)
     api.app.on_startup.append(on_startup)
     api.app.on_shutdown.append(on_shutdown)
-    api.sns = sns  # the outbox (sms, application) for whoever shows it
+    api.app[SNS_KEY] = sns  # the outbox (sms, application) for whoever shows it
     return sns

@@ -37,6 +37,7 @@ log = logging.getLogger("manifold.aws.sns")
 PREFETCH = 64
 SUBJECT_HEADER = "x-sns-subject"
 STRUCTURE_HEADER = "x-sns-message-structure"
+SNS_HEADERS = (SUBJECT_HEADER, STRUCTURE_HEADER)
 #: [SNS DeliveryPolicy] AWS's default for HTTP/S: 3 retries, 20 s apart
 DEFAULT_RETRY = {"minDelayTarget": 20, "maxDelayTarget": 20, "numRetries": 3,
                  "numNoDelayRetries": 0, "numMinDelayRetries": 0, "numMaxDelayRetries": 0,
@@ -118,7 +119,8 @@ class SubscriptionWorker(Consumer):
     async def _one(self, delivery: Delivery) -> None:
         sub = self.subscription
         message = delivery.message
-        attributes = message_attributes(message)
+        attributes = {k: v for k, v in message_attributes(message).items()
+                      if k not in SNS_HEADERS}
         text = body_text(message)
         if sub.filter_policy:
             values = (sns_filter.body_values(text) if sub.filter_scope == "MessageBody"
