@@ -123,6 +123,32 @@ class PersistenceSettings:
 
 
 @dataclass(frozen=True)
+class KinesisSettings:
+    # A shard iterator expires this long after GetShardIterator/GetRecords issued it (AWS: 5 min).
+    iterator_ttl_s: int = 300
+
+
+@dataclass(frozen=True)
+class SnsSettings:
+    # SMTP relay for email/email-json subscriptions, "smtp://HOST:PORT"; empty: email is refused.
+    smtp_url: str = ""
+    smtp_from: str = "no-reply@sns.amazonaws.com"
+    # How long one HTTP/HTTPS or lambda-url delivery attempt may take (AWS: 15 s).
+    http_timeout_s: float = 15.0
+
+
+@dataclass(frozen=True)
+class FunctionSettings:
+    """A ``[[functions]]`` entry: what an SNS ``lambda`` subscription to
+    ``arn:aws:lambda:REGION:ACCOUNT:function:NAME`` runs. Exactly one of ``command`` (a program
+    given the event JSON on stdin; exit status 0 is success) and ``url`` (POSTed the event)."""
+    name: str
+    command: str = ""
+    url: str = ""
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     amqp: AmqpSettings = field(default_factory=AmqpSettings)
@@ -132,6 +158,10 @@ class Settings:
     management: ManagementSettings = field(default_factory=ManagementSettings)
     queues: QueueSettings = field(default_factory=QueueSettings)
     persistence: PersistenceSettings = field(default_factory=PersistenceSettings)
+    kinesis: KinesisSettings = field(default_factory=KinesisSettings)
+    sns: SnsSettings = field(default_factory=SnsSettings)
+    #: ``[[functions]]`` tables (SNS lambda subscriptions), by name
+    functions: tuple[FunctionSettings, ...] = ()
 
     def replace(self, section: str, **values: Any) -> "Settings":
         """A copy with some keys of one section changed (values are validated)."""
@@ -201,13 +231,43 @@ def _coerce(section: str, current: Any, key: str, value: Any) -> Any:
 
 
 def _sections() -> dict[str, Any]:
-    return {f.name: f for f in dataclasses.fields(Settings)}
+    return {f.name: f for f in dataclasses.fields(Settings) if f.name != "functions"}
+
+
+def _functions(values: Any) -> tuple[FunctionSettings, ...]:
+    """``[[functions]]``: an array of tables with ``name`` and ``command`` or ``url``."""
+    if not isinstance(values, list):
+        raise ConfigError("'functions' must be an array of tables ([[functions]])")
+    out = []
+    accepted = {f.name for f in dataclasses.fields(FunctionSettings)}
+    for i, entry in enumerate(values):
+        where = f"functions[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"'{where}' must be a table")
+        unknown = set(entry) - accepted
+        if unknown:
+            raise ConfigError(f"unknown key '{where}.{sorted(unknown)[0]}'; accepted keys: "
+                              f"{', '.join(sorted(accepted))}")
+        if not isinstance(entry.get("name"), str) or not entry["name"]:
+            raise ConfigError(f"'{where}.name' is required (a string)")
+        if bool(entry.get("command")) == bool(entry.get("url")):
+            raise ConfigError(f"'{where}' needs exactly one of 'command' and 'url'")
+        try:
+            out.append(FunctionSettings(name=entry["name"], command=str(entry.get("command", "")),
+                                        url=str(entry.get("url", "")),
+                                        timeout_s=float(entry.get("timeout_s", 30.0))))
+        except (TypeError, ValueError):
+            raise ConfigError(f"bad value for '{where}.timeout_s'; accepted: a number") from None
+    return tuple(out)
 
 
 def from_mapping(data: Mapping[str, Any], base: Settings | None = None) -> Settings:
     settings = base or Settings()
     sections = _sections()
     for section, values in data.items():
+        if section == "functions":
+            settings = dataclasses.replace(settings, functions=_functions(values))
+            continue
         if section not in sections:
             raise ConfigError(
                 f"unknown section '{section}'; accepted sections: {', '.join(sorted(sections))}")
