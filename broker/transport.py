@@ -70,6 +70,13 @@ class Connection(asyncio.Protocol):
         self.memory = memory
         self.publishing = False
         self.blocked = False
+        #: called once when the connection ends (e.g. a vhost's connection-limit release)
+        self._close_callbacks: list[Callable[[], None]] = []
+        #: output held back by the login back-off (see hold_output), and a close waiting on it
+        self._held: list | None = None
+        self._held_close: str | None = None
+        #: CN of the client's verified TLS certificate, None without one (set by TLS listeners)
+        self.tls_identity: str | None = None
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: Any) -> None:
@@ -103,7 +110,39 @@ class Connection(asyncio.Protocol):
         self.registry.discard(self)
         log.info("close %s#%d from %s:%d: %s", self.protocol, self.id, *self.peer,
                  self.close_reason)
+        callbacks, self._close_callbacks = self._close_callbacks, []
+        for callback in callbacks:
+            callback()
         self.session.connection_lost()
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once when the connection ends."""
+        if self.closed:
+            callback()
+        else:
+            self._close_callbacks.append(callback)
+
+    def hold_output(self, delay_s: float) -> None:
+        """Keep what is written next (a login refusal) and a following close back for
+        ``delay_s``, reading nothing meanwhile: the failed-login back-off of broker/access.py.
+        Only a refusal is written while held, so the held output stays small."""
+        if delay_s <= 0 or self.closed or self._loop is None or self._held is not None:
+            return
+        self._held = []
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self._loop.call_later(delay_s, self._release_held)
+
+    def _release_held(self) -> None:
+        held, self._held = self._held or [], None
+        if self.closed or self.transport is None:
+            return
+        if held:
+            self.transport.writelines(held)
+        if self._held_close is not None:
+            self.close(self._held_close)
+        elif not self._reading_paused:
+            self.transport.resume_reading()
 
     def pause_writing(self) -> None:
         # The client is not reading fast enough: stop reading its input and stop delivering to it.
@@ -157,12 +196,18 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if self.closed or transport is None:
             return
+        if self._held is not None:
+            self._held.append(bytes(data))
+            return
         transport.write(data)
         self._wrote(transport)
 
     def writelines(self, chunks: list) -> None:
         transport = self.transport
         if self.closed or transport is None:
+            return
+        if self._held is not None:
+            self._held.extend(bytes(chunk) for chunk in chunks)
             return
         transport.writelines(chunks)
         self._wrote(transport)
@@ -174,6 +219,9 @@ class Connection(asyncio.Protocol):
 
     def close(self, reason: str) -> None:
         """Flush what was written, then close."""
+        if self._held is not None:
+            self._held_close = reason
+            return
         if self.close_reason is None:
             self.close_reason = reason
         if self.transport is not None and not self.transport.is_closing():
