@@ -171,7 +171,7 @@ class Connection(asyncio.Protocol):
                 self.close(ws.error)
                 return b""
             if ws.closed:
-                self.close("client closed the websocket")
+                self.close(ws.close_reason)
         return data
 
     def _ws_settings_protocols(self) -> list[str]:

@@ -21,7 +21,17 @@ from websockets.server import ServerProtocol
 
 from manifold.config.settings import WebSocketSettings
 
-log = logging.getLogger("manifold.connection")
+
+
+class _LibraryLog(logging.LoggerAdapter):
+    """websockets logs "connection open" at INFO; the transport already logs each connection
+    once, so the library's lines (frames, handshakes) go to debug under manifold.websocket."""
+
+    def info(self, msg, *args, **kwargs):  # type: ignore[override]
+        self.debug(msg, *args, **kwargs)
+
+
+_LIBRARY_LOG = _LibraryLog(logging.getLogger("manifold.websocket"), {})
 
 #: subprotocol -> protocol adapter
 SUBPROTOCOLS = {"mqtt": "mqtt", "mqttv3.1": "mqtt", "v12.stomp": "stomp", "v11.stomp": "stomp",
@@ -46,7 +56,8 @@ class WebSocketLayer:
         origins = [*settings.allowed_origins, None] if settings.allowed_origins else None
         self._ws = ServerProtocol(origins=origins, subprotocols=list(SUBPROTOCOLS),
                                   select_subprotocol=_select,
-                                  max_size=settings.max_message_bytes or None)
+                                  max_size=settings.max_message_bytes or None,
+                                  logger=_LIBRARY_LOG)
         self._send_raw = send_raw
         #: called with the chosen protocol once the handshake is accepted; False refuses
         self._on_open = on_open
@@ -56,7 +67,14 @@ class WebSocketLayer:
 
     @property
     def closed(self) -> bool:
-        return self._ws.state is State.CLOSED
+        """The closing handshake started (by the client, or by a protocol error such as an
+        oversized message): the transport closes the TCP connection."""
+        return self._ws.state in (State.CLOSING, State.CLOSED) or self._ws.close_expected()
+
+    @property
+    def close_reason(self) -> str:
+        exc = self._ws.parser_exc
+        return f"websocket error: {exc}" if exc is not None else "client closed the websocket"
 
     def receive(self, data: bytes) -> bytes:
         """The stream bytes carried by ``data``'s data frames (b"" if none)."""
@@ -69,8 +87,6 @@ class WebSocketLayer:
                                                                   Opcode.CONT):
                 chunks.append(event.data)
         self._flush()
-        if self._ws.close_exc is not None and self.error is None and self.protocol is not None:
-            self.error = f"websocket closed: {self._ws.close_exc}"
         return b"".join(chunks)
 
     def _on_request(self, request: Request) -> None:
