@@ -69,7 +69,10 @@ def broker_settings(tmp_path, **sections: dict) -> Settings:
     for listener in ("amqp", "mqtt", "stomp", "http", "management", "websocket"):
         settings = settings.replace(listener, port=0)
     for section, values in sections.items():
-        settings = settings.replace(section, **values)
+        if isinstance(values, list):  # an array of tables: users=[{...}], permissions=[...]
+            settings = settings.with_tables(section, values)
+        else:
+            settings = settings.replace(section, **values)
     return settings
 
 
