@@ -9,15 +9,12 @@ import asyncio
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Protocol
 
 from manifold.broker.consumer import Consumer, Delivery
 from manifold.broker.message import Message, Properties
 
 from . import topics
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .session import MqttSession
 
 log = logging.getLogger("manifold.mqtt")
 
@@ -100,6 +97,17 @@ class Outbound:
         self.released = False
 
 
+class AttachedConnection(Protocol):
+    """What a session state needs of the connection attached to it (``session.MqttSession``,
+    which imports this module, so the type is named here rather than imported)."""
+
+    def can_deliver(self) -> bool: ...
+
+    def deliver(self, delivery: Delivery, share: Subscription | None) -> None: ...
+
+    def server_ended(self, reason: str) -> None: ...
+
+
 class SessionConsumer(Consumer):
     """The session's consumer on its own queue or on a shared-subscription queue. Credit is the
     session's in-flight window (client Receive Maximum) and the connection's output buffer."""
@@ -150,7 +158,7 @@ class SessionState:
         self.inbound_qos2: set[int] = set()
         self.next_pid = 1
         self.expiry_s = 0
-        self.conn: MqttSession | None = None
+        self.conn: AttachedConnection | None = None
         self.expiry_timer: asyncio.TimerHandle | None = None
         self.durable = False
         self._match_cache: dict[str, list[Subscription]] = {}
@@ -228,7 +236,7 @@ class SessionState:
         return True
 
     # ------------------------------------------------------------ lifecycle
-    def attach(self, conn: "MqttSession") -> None:
+    def attach(self, conn: AttachedConnection) -> None:
         self.conn = conn
         if self.expiry_timer is not None:
             self.expiry_timer.cancel()
@@ -291,10 +299,14 @@ class Retained:
 class MqttServer:
     name = "mqtt"
 
-    def __init__(self, broker: Any, settings: Any):
+    def __init__(self, broker: Any, settings: Any,
+                 session_factory: Callable[["MqttServer"], Any]):
         self.broker = broker
         self.settings = settings
         self.mqtt = settings.mqtt
+        #: builds one connection's session (``session.MqttSession``). Passed in by
+        #: ``make_server`` so that imports go one way: session.py uses this module's types.
+        self.session_factory = session_factory
         self.sessions: dict[str, SessionState] = {}
         #: topic -> retained message [MQTT 3.3.1.3]
         self.retained: dict[str, Retained] = {}
@@ -304,9 +316,8 @@ class MqttServer:
         self.data_dir = settings.server.data_dir
         self._save_handle: asyncio.TimerHandle | None = None
 
-    def new_session(self) -> "MqttSession":
-        from .session import MqttSession
-        return MqttSession(self)
+    def new_session(self) -> Any:
+        return self.session_factory(self)
 
     async def close(self) -> None:
         if self._save_handle is not None:

@@ -35,8 +35,6 @@ from .mapping import (AMQ_QUEUE, EXCHANGE, QUEUE, REPLY_QUEUE, TEMP_QUEUE, TOPIC
 if TYPE_CHECKING:  # pragma: no cover
     from manifold.broker.transport import Connection
 
-    from . import StompServer
-
 log = logging.getLogger("manifold.stomp")
 
 SUPPORTED_VERSIONS = ("1.0", "1.1", "1.2")
@@ -114,7 +112,7 @@ class Subscription(Consumer):
 
 
 class StompSession:
-    def __init__(self, server: "StompServer"):
+    def __init__(self, server: Any):  # the StompServer (__init__.py), which imports this module
         self.server = server
         self.broker = server.broker
         stomp = server.settings.stomp
