@@ -11,6 +11,8 @@ import time
 
 import aio_pika
 import paho.mqtt.client as mqtt
+import pika
+import pika.exceptions
 import pytest
 import stomp
 from paho.mqtt.enums import CallbackAPIVersion
@@ -186,20 +188,51 @@ def test_identity_as_username_mqtt_and_stomp(make_broker, pki):
     rb.call(lambda: rb.broker.access.set_permissions("device1", "/", ".*", ".*", ".*"))
     cert = pki.issue("device1")
     client, rc, _ = paho_connect(rb.ports["mqtts"], pki.client_context(cert))
+    assert rc == 0
+    assert users_connected(rb) == ["device1"]  # the CN, not the guest default
     client.loop_stop()
     client.disconnect()
-    assert rc == 0
     # without a certificate, no password is no login
     client, rc, _ = paho_connect(rb.ports["mqtts"], pki.client_context(), "device1")
     client.loop_stop()
     client.disconnect()
-    assert rc == 4  # bad user name or password
+    assert str(rc) == "Bad user name or password"  # CONNACK 4
     conn = stomp.Connection12([("127.0.0.1", rb.ports["stomps"])], heartbeats=(0, 0))
     conn.set_ssl([("127.0.0.1", rb.ports["stomps"])], ca_certs=str(pki.ca_cert),
                  cert_file=str(cert[0]), key_file=str(cert[1]))
     conn.connect(wait=True)
     assert conn.is_connected()
+    assert "device1" in users_connected(rb)
     conn.disconnect()
+
+
+def users_connected(rb) -> list[str]:
+    def names():
+        return sorted(c.session.user.name for c in rb.service.connections
+                      if c.session is not None and getattr(c.session, "user", None))
+    deadline = time.monotonic() + WAIT
+    while not rb.call(names) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return rb.call(names)
+
+
+def test_amqp_external_mechanism(make_broker, pki):
+    rb = tls_broker(make_broker, pki)
+    rb.call(lambda: rb.broker.access.add_user("device1", "unused-password"))
+    rb.call(lambda: rb.broker.access.set_permissions("device1", "/", ".*", ".*", ".*"))
+
+    def connect(cert):
+        return pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", rb.ports["amqps"], credentials=pika.credentials.ExternalCredentials(),
+            ssl_options=pika.SSLOptions(pki.client_context(cert), "localhost"),
+            connection_attempts=1, socket_timeout=5))
+    conn = connect(pki.issue("device1"))
+    conn.channel().queue_declare("external-q")
+    assert "device1" in users_connected(rb)
+    conn.close()
+    # a verified certificate whose CN is no user is refused
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        connect(pki.issue("stranger"))
 
 
 def test_sighup_reload_keeps_connections(make_broker, pki):
