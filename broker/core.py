@@ -14,6 +14,7 @@ from manifold.persistence.store import MemoryStore, Store
 
 from .access import AccessControl, Grant, User, is_loopback
 from .clock import LoopClock
+from .durable_map import DurableMap
 from .errors import NotAllowed
 from .memory import MemoryBudget
 from .message_codec import decode_value, encode_value
@@ -58,7 +59,8 @@ class Broker:
     async def start(self) -> None:
         """Open the store, recreate the durable definitions and reload unsettled messages."""
         await self.store.open()
-        for name in self.access.load(self.store.state_log("access")):
+        make = getattr(self.store, "state_log", None)
+        for name in self.access.load(make("access") if make is not None else None):
             self._make_vhost(name)
         saved = self.store.load_definitions()
         self._restoring = True
@@ -76,6 +78,12 @@ class Broker:
             self._restoring = False
         for vhost in self.vhosts.values():
             vhost.on_definitions_changed = self.save_definitions
+
+    def state_map(self, name: str) -> DurableMap:
+        """A durable key -> value map in the store (for adapters' own state, e.g. MQTT retained
+        messages and sessions); memory-only when the store keeps nothing."""
+        make = getattr(self.store, "state_log", None)
+        return DurableMap(make(name) if make is not None else None)
 
     def save_definitions(self) -> None:
         if not self._restoring:

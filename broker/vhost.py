@@ -274,9 +274,8 @@ class VirtualHost:
                         f"{kind} queues must be durable, not exclusive and not auto-delete")
         queue: Queue | Stream
         if kind == "stream":
-            log = self.store.queue_log(self.name, name) if self.store else None
-            queue = Stream(self, self.name, name, arguments=arguments, durable=durable, log=log,
-                           memory=self.memory)
+            queue = Stream(self, self.name, name, arguments=arguments, durable=durable,
+                           store=self.store, memory=self.memory)
         else:
             log = self.store.queue_log(self.name, name) if (durable and self.store) else None
             queue = Queue(self, self.name, name, durable=durable,
@@ -544,6 +543,9 @@ class VirtualHost:
         return recovered
 
     def close(self) -> None:
+        for queue in self.queues.values():
+            if isinstance(queue, Stream):
+                queue.close()  # stored reader offsets acked since the last flush
         for _, handle in self._timers.values():
             handle.cancel()
         self._timers.clear()

@@ -193,8 +193,9 @@ class PersistenceSettings:
     fsync: str = "always"
     fsync_interval_ms: int = 200
     segment_bytes: int = 64 * 1024 * 1024
-    # Segment files kept open for writing, and for reading (each): never one per queue.
-    max_open_files: int = 64
+    # Segment files kept open for writing, and as many for reading: never one per queue (capped
+    # at an eighth of the open-file limit, so connections keep the rest).
+    max_open_files: int = 256
 
 
 @dataclass(frozen=True)

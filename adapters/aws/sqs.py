@@ -15,7 +15,7 @@ from . import sqs_messages, sqs_queues, sqs_redrive
 from .http import AwsApi, AwsError, AwsRequest
 from .sigv4 import require
 from .sqs_common import SqsContext
-from .sqs_protocol import decode_binaries, from_query, to_json, to_xml
+from .sqs_protocol import check_shapes, decode_binaries, from_query, to_json, to_xml
 
 OPERATIONS: dict[str, Any] = {**sqs_queues.OPERATIONS, **sqs_messages.OPERATIONS,
                               **sqs_redrive.OPERATIONS}
@@ -58,10 +58,10 @@ def install(api: AwsApi) -> SqsContext:
             raise AwsError("InvalidAction", f"The action {request.operation} is not valid for "
                            "this endpoint.", query_code="InvalidAction")
         if request.protocol == "query":
-            params = decode_binaries(from_query(request.params))
+            params = decode_binaries(check_shapes(from_query(request.params)))
             check_permission(ctx, request, params)
             return to_xml(request.operation, await operation(ctx, request, params))
-        params = decode_binaries(request.params)
+        params = decode_binaries(check_shapes(request.params))
         check_permission(ctx, request, params)
         return to_json(await operation(ctx, request, params))
 

@@ -410,6 +410,7 @@ class MqttSession:
         else:
             session_present = True  # [MQTT-3.2.2-2]
         state.expiry_s = granted_expiry
+        server.save_session(state)  # the CONNACK need not wait: nothing was promised yet
         self.state = state
         self.will = p.will
         self.state_name = CONNECTED
@@ -516,12 +517,17 @@ class MqttSession:
                               properties_from_mqtt(props, qos), origin=origin, retain=retain,
                               qos=qos, mqtt_properties=props or None,
                               timestamp_ms=self.server.now_ms(), topic=topic)
+        stored = None
         if retain:
-            self.server.retain(topic, message, props.get("message_expiry_interval")
-                               if props else None)
+            stored = self.server.retain(topic, message, props.get("message_expiry_interval")
+                                        if props else None)
         if self.conn is not None:
             self.conn.mark_publishing()
-        return vhost.publish(TOPIC_EXCHANGE, message.routing_key, message)
+        result = vhost.publish(TOPIC_EXCHANGE, message.routing_key, message)
+        if stored is not None:
+            # A PUBACK for a retained message means the retained copy is durable too.
+            result.wait = stored if result.wait is None else asyncio.gather(result.wait, stored)
+        return result
 
     def on_publish(self, p: c.Publish) -> None:
         topic = p.topic
@@ -584,6 +590,7 @@ class MqttSession:
             code = c.QUOTA_EXCEEDED
         elif result.routed == 0 and self.v5:
             code = c.NO_MATCHING_SUBSCRIBERS
+        wait = result.wait
         if qos == 1:
             if code:
                 packet = c.serialize(c.Puback(p.packet_id, code), self.version)  # type: ignore[arg-type]
@@ -591,9 +598,27 @@ class MqttSession:
                 packet = b"\x40\x02" + p.packet_id.to_bytes(2, "big")  # type: ignore[union-attr]
         else:
             if code < 0x80:
-                self.state.inbound_qos2.add(p.packet_id)  # type: ignore[union-attr,arg-type]
+                stored = self.server.qos2_received(self.state, p.packet_id)  # type: ignore[arg-type]
+                if stored is not None:
+                    wait = stored if wait is None else asyncio.gather(wait, stored)
             packet = c.serialize(c.Pubrec(p.packet_id, code), self.version)  # type: ignore[arg-type]
-        self._ack_after(result.wait, packet)
+        if wait is None:
+            self._ack_after(None, packet)
+            return
+        # A write that failed is never acknowledged: MQTT 5 gets reason 0x80 (the client may
+        # resend), MQTT 3.1.1 cannot refuse a PUBLISH, so the connection is closed and the
+        # client resends on reconnect [MQTT-4.4.0-1].
+        pid = p.packet_id
+        cls = c.Puback if qos == 1 else c.Pubrec
+
+        def refused() -> bytes | None:
+            if qos == 2:
+                self.server.qos2_released(self.state, pid)  # not stored: a resend is new
+            if not self.v5:
+                return None
+            return c.serialize(cls(pid, c.UNSPECIFIED_ERROR), c.MQTT_5)  # type: ignore[arg-type]
+
+        self._ack_after(wait, packet, refused)
 
     def _publish_denied(self, p: c.Publish, text: str) -> None:
         """MQTT 5: PUBACK/PUBREC 0x87 (not authorized). 3.1.1 has no negative ack: the message
@@ -626,27 +651,43 @@ class MqttSession:
         cls = c.Puback if p.qos == 1 else c.Pubrec
         self._send(c.serialize(cls(p.packet_id, code, props), c.MQTT_5))  # type: ignore[arg-type]
 
-    def _ack_after(self, wait: Any, packet: bytes) -> None:
-        """PUBACK/PUBREC once the message is safe; acknowledgements stay in order
-        [MQTT-4.6.0-2]."""
+    def _ack_after(self, wait: Any, packet: bytes, refused: Any = None, then: Any = None) -> None:
+        """PUBACK/PUBREC/PUBCOMP/SUBACK once what it acknowledges is safe; acknowledgements
+        stay in order [MQTT-4.6.0-2]. If the write fails, ``refused()`` gives the packet to send
+        instead, or None: then the connection is closed. ``then()`` runs after the packet went."""
         pending = self._pending_acks
         if wait is None and not pending:
             self._send(packet)
+            if then is not None:
+                then()
             return
-        entry = [wait is None, packet]
+        entry = [wait is None, packet, refused, then, None]
         if pending is None:
             pending = self._pending_acks = []
         pending.append(entry)
         if wait is not None:
-            def done(_: Any, entry: list = entry) -> None:
+            def done(future: Any, entry: list = entry) -> None:
                 entry[0] = True
+                if future.cancelled() or future.exception() is not None:
+                    entry[4] = future.exception() if not future.cancelled() else "cancelled"
                 self._drain_acks()
             asyncio.ensure_future(wait).add_done_callback(done)
 
     def _drain_acks(self) -> None:
         pending = self._pending_acks
         while pending and pending[0][0]:
-            self._send(pending.pop(0)[1])
+            _, packet, refused, then, error = pending.pop(0)
+            if error is not None:
+                packet = refused() if refused is not None else None
+                if packet is None:
+                    self._pending_acks = None
+                    self._close(f"could not store a message: {error}")
+                    return
+                self._send(packet)
+                continue
+            self._send(packet)
+            if then is not None:
+                then()
         if not pending:
             self._pending_acks = None
         self._flush()
@@ -654,12 +695,15 @@ class MqttSession:
     def on_pubrel(self, p: c.Pubrel) -> None:
         # MQTT §4.3.3: discard the packet id state, then PUBCOMP; an unknown id gets 0x92 (5.0).
         state = self.state
+        wait = None
         if p.packet_id in state.inbound_qos2:  # type: ignore[union-attr]
-            state.inbound_qos2.discard(p.packet_id)  # type: ignore[union-attr]
+            # PUBCOMP waits until the packet id is gone from the store too: a new PUBLISH that
+            # reuses it after a restart must not be taken for a resend.
+            wait = self.server.qos2_released(state, p.packet_id)  # type: ignore[arg-type]
             code = 0
         else:
             code = c.PACKET_IDENTIFIER_NOT_FOUND
-        self._send(c.serialize(c.Pubcomp(p.packet_id, code), self.version))
+        self._ack_after(wait, c.serialize(c.Pubcomp(p.packet_id, code), self.version))
 
     # ================================================================ outbound acks
     def on_puback(self, p: c.Puback) -> None:
@@ -761,7 +805,10 @@ class MqttSession:
                 delivery.ack()
             return
         pid = state.alloc_pid()  # type: ignore[union-attr]
-        if not self._send_publish(message, topic, qos, retain, sub_ids, pid, False):
+        # A message that may have been sent before (requeued, or recovered after a restart)
+        # goes out with DUP=1.
+        if not self._send_publish(message, topic, qos, retain, sub_ids, pid,
+                                  delivery.redelivered):
             # too large for this client, or expired: dropped [MQTT-3.1.2-25]
             if not delivery.settled:
                 delivery.ack()
@@ -863,14 +910,19 @@ class MqttSession:
                 continue
             codes.append(opts.qos)  # MQTT §3.9.3: granted QoS = requested (QoS 2 is supported)
             new_subs.append((sub, is_new))
-        self._send(c.serialize(c.Suback(p.packet_id, codes), self.version))
-        # Retained messages after the SUBACK [MQTT-3.3.1-9], not for shared subscriptions.
-        for sub, is_new in new_subs:
-            if sub.group is not None or sub.retain_handling == 2 or (
-                    sub.retain_handling == 1 and not is_new):
-                continue
-            self._send_retained(sub)
-        self.server.save()
+        def send_retained() -> None:
+            # Retained messages after the SUBACK [MQTT-3.3.1-9], not for shared subscriptions.
+            for sub, is_new in new_subs:
+                if sub.group is not None or sub.retain_handling == 2 or (
+                        sub.retain_handling == 1 and not is_new):
+                    continue
+                self._send_retained(sub)
+
+        # In a persistent session the SUBACK means the subscription is durable: it waits for
+        # the session's write (if that fails, no SUBACK: the connection closes).
+        stored = self.server.save_session(state) if new_subs else None
+        self._ack_after(stored, c.serialize(c.Suback(p.packet_id, codes), self.version),
+                        then=send_retained)
 
     def _send_retained(self, sub: Subscription) -> None:
         """Retained messages matching the filter go through the session queue, so they obey the
@@ -897,8 +949,8 @@ class MqttSession:
         for topic_filter in p.filters:
             existed = self.state.remove_subscription(topic_filter)  # type: ignore[union-attr]
             codes.append(c.SUCCESS if existed else c.NO_SUBSCRIPTION_EXISTED)
-        self._send(c.serialize(c.Unsuback(p.packet_id, codes), self.version))
-        self.server.save()
+        stored = self.server.save_session(self.state)  # type: ignore[arg-type]
+        self._ack_after(stored, c.serialize(c.Unsuback(p.packet_id, codes), self.version))
 
     # ================================================================ DISCONNECT
     def on_disconnect(self, p: c.Disconnect) -> None:
