@@ -33,7 +33,7 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
     public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
     try:
         if not public:
-            request[PRINCIPAL] = authenticate(request.app[BROKER], request)
+            request[PRINCIPAL] = await authenticate(request.app[BROKER], request)
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status == 404 and exc.content_type != "application/json":

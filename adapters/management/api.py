@@ -19,7 +19,6 @@ from manifold.broker.errors import BrokerError
 from manifold.broker.message import PROPERTY_NAMES, Message, Properties
 
 from . import listing
-from .auth import require_read, require_write
 from .context import Context, body_json, jsonable
 from .errors import from_broker_error, json_error
 
@@ -76,6 +75,7 @@ async def put_queue(request: web.Request) -> web.Response:
     vhost = ctx.vhost_for_write()
     name = request.match_info["name"]
     body = await body_json(request)
+    ctx.grant(vhost).configure("queue", name)
     existed = name in vhost.queues
     arguments = _arguments(body)
     if body.get("type") and "x-queue-type" not in arguments:  # the 3.x UI sends "type"
@@ -95,6 +95,7 @@ async def delete_queue(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name not in vhost.queues:
         raise not_found("queue", name, vhost.name)
+    ctx.grant(vhost).configure("queue", name)
     query = request.query
     try:
         vhost.delete_queue(name, if_unused=listing.truthy(query.get("if-unused", "false")),
@@ -112,6 +113,7 @@ async def purge_queue(request: web.Request) -> web.Response:
     queue = vhost.queues.get(name)
     if queue is None:
         raise not_found("queue", name, vhost.name)
+    ctx.grant(vhost).read("queue", name)
     try:
         vhost.purge_queue(name, owner=queue.exclusive_owner)
     except BrokerError as exc:
@@ -142,6 +144,7 @@ async def get_messages(request: web.Request) -> web.Response:
     queue = vhost.queues.get(name)
     if queue is None:
         raise not_found("queue", name, vhost.name)
+    ctx.grant(vhost).read("queue", name)
     body = await body_json(request)
     ackmode = body.get("ackmode", "ack_requeue_true")
     if ackmode not in ACKMODES:
@@ -216,6 +219,7 @@ async def put_exchange(request: web.Request) -> web.Response:
     if not kind:
         raise json_error(400, "bad_request", "exchange type is required (direct, fanout, "
                                              "topic, headers)")
+    ctx.grant(vhost).configure("exchange", name)
     existed = name in vhost.exchanges
     try:
         vhost.declare_exchange(name, kind, durable=listing.truthy(body.get("durable", True)),
@@ -233,6 +237,7 @@ async def delete_exchange(request: web.Request) -> web.Response:
     name = _exchange_name(request)
     if name not in vhost.exchanges:
         raise not_found("exchange", name, vhost.name)
+    ctx.grant(vhost).configure("exchange", name)
     try:
         vhost.delete_exchange(name, if_unused=listing.truthy(request.query.get("if-unused",
                                                                                "false")))
@@ -287,6 +292,9 @@ async def publish(request: web.Request) -> web.Response:
     name = _exchange_name(request)
     body = await body_json(request)
     message = message_from_json(body, name)
+    grant = ctx.grant(vhost)
+    grant.write("exchange", name)
+    grant.check_topic("write", name or "amq.default", message.routing_key)
     try:
         result = vhost.publish(name, message.routing_key, message)
     except BrokerError as exc:
@@ -340,6 +348,13 @@ async def bindings_of(request: web.Request) -> web.Response:
     return await listing.respond(request, rows)
 
 
+def _check_binding(ctx: Context, vhost: Any, m: Any) -> None:
+    """RabbitMQ's rule: write on the destination, read on the source exchange."""
+    grant = ctx.grant(vhost)
+    grant.write("queue" if m["kind"] == "q" else "exchange", m["destination"])
+    grant.read("exchange", m["source"])
+
+
 async def post_binding(request: web.Request) -> web.Response:
     ctx = Context(request)
     vhost = ctx.vhost_for_write()
@@ -347,6 +362,7 @@ async def post_binding(request: web.Request) -> web.Response:
     body = await body_json(request)
     routing_key = str(body.get("routing_key", ""))
     arguments = _arguments(body)
+    _check_binding(ctx, vhost, m)
     try:
         if m["kind"] == "q":
             vhost.bind_queue(m["destination"], m["source"], routing_key, arguments)
@@ -371,6 +387,7 @@ async def delete_binding(request: web.Request) -> web.Response:
                                                   f"'{m['destination']}' with properties key "
                                                   f"'{m['props']}' in vhost '{vhost.name}'")
     binding = match[0]
+    _check_binding(ctx, vhost, m)
     try:
         if kind == "queue":
             vhost.unbind_queue(m["destination"], m["source"], binding["routing_key"],

@@ -4,6 +4,7 @@ messages, streams)."""
 from __future__ import annotations
 
 import platform
+import re
 from typing import Any
 
 from aiohttp import web
@@ -128,60 +129,81 @@ def _tags(value: Any) -> tuple[str, ...]:
     return ()
 
 
-def user_row(broker: Any, name: str) -> dict:
-    password_hash, algorithm = broker.user_password_hash(name)
-    return {"name": name, "password_hash": password_hash, "hashing_algorithm": algorithm,
-            "tags": list(broker.user_tags.get(name, ())), "limits": {}}
+def user_row(broker: Any, user: Any) -> dict:
+    password_hash, algorithm = broker.access.password_hash_of(user.name)
+    return {"name": user.name, "password_hash": password_hash, "hashing_algorithm": algorithm,
+            "tags": list(user.tags), "limits": {}}
+
+
+async def stored(wait: Any) -> None:
+    """Answer only once a change is on disk (the access state log), like a confirm."""
+    if wait is not None:
+        await wait
 
 
 async def list_users(request: web.Request) -> web.Response:
     ctx = Context(request)
     require_admin(ctx.principal)
-    return await listing.respond(request, (user_row(ctx.broker, n) for n in list(ctx.broker.users)))
+    return await listing.respond(request, (user_row(ctx.broker, u)
+                                           for u in ctx.broker.access.list_users()))
+
+
+def _user(ctx: Context, name: str) -> Any:
+    user = ctx.broker.access.user(name)
+    if user is None:
+        raise json_error(404, "Object Not Found", f"no user '{name}'")
+    return user
 
 
 async def get_user(request: web.Request) -> web.Response:
     ctx = Context(request)
     require_admin(ctx.principal)
-    name = request.match_info["user"]
-    if name not in ctx.broker.users:
-        raise json_error(404, "Object Not Found", "Not Found")
-    return web.json_response(user_row(ctx.broker, name))
+    return web.json_response(user_row(ctx.broker, _user(ctx, request.match_info["user"])))
 
 
 async def put_user(request: web.Request) -> web.Response:
+    """RabbitMQ's PUT /api/users/{name}: ``password``, or ``password_hash`` with
+    ``hashing_algorithm``; ``tags`` as a list or a comma-separated string."""
     ctx = Context(request)
     require_admin(ctx.principal)
     name = request.match_info["user"]
     body = await body_json(request)
-    existed = name in ctx.broker.users
+    existed = ctx.broker.access.user(name) is not None
     try:
         if "password" in body:
-            ctx.broker.add_user(name, password=str(body["password"]), tags=_tags(body.get("tags")))
+            wait = ctx.broker.access.add_user(name, str(body["password"]),
+                                              tags=_tags(body.get("tags")))
         elif "password_hash" in body:
-            ctx.broker.add_user(name, hashed=str(body["password_hash"]),
-                                hashing_algorithm=body.get("hashing_algorithm")
-                                or "rabbit_password_hashing_sha256",
-                                tags=_tags(body.get("tags")))
+            wait = ctx.broker.access.add_user(
+                name, password_hash=str(body["password_hash"]),
+                hashing_algorithm=body.get("hashing_algorithm") or "rabbit_password_hashing_sha256",
+                tags=_tags(body.get("tags")))
         else:
             raise json_error(400, "bad_request", "password or password_hash is required")
     except ValueError as exc:
-        raise json_error(400, "bad_request", str(exc))
+        raise json_error(400, "bad_request", f"user '{name}': {exc}")
+    await stored(wait)
     return web.Response(status=204 if existed else 201)
 
 
 async def delete_user(request: web.Request) -> web.Response:
     ctx = Context(request)
     require_admin(ctx.principal)
-    if not ctx.broker.delete_user(request.match_info["user"]):
-        raise json_error(404, "Object Not Found", "Not Found")
+    name = _user(ctx, request.match_info["user"]).name
+    await stored(ctx.broker.access.delete_user(name))
     return web.Response(status=204)
 
 
 # ====================================================================== permissions
 def permission_rows(broker: Any) -> list[dict]:
-    return [{"user": user.name, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
-            for user in list(broker.users.values()) for vhost in user.vhosts]
+    return [{"user": user, "vhost": vhost, "configure": p.configure, "write": p.write,
+             "read": p.read} for user, vhost, p in broker.access.list_permissions()]
+
+
+def topic_permission_rows(broker: Any) -> list[dict]:
+    return [{"user": user, "vhost": vhost, "exchange": exchange, "write": p.write,
+             "read": p.read} for user, vhost, exchange, p in
+            broker.access.list_topic_permissions()]
 
 
 async def list_permissions(request: web.Request) -> web.Response:
@@ -190,37 +212,69 @@ async def list_permissions(request: web.Request) -> web.Response:
     return await listing.respond(request, permission_rows(ctx.broker))
 
 
-async def put_permission(request: web.Request) -> web.Response:
-    """Grant a user a vhost. Manifold does not enforce RabbitMQ's configure/write/read patterns
-    yet: anything but ``.*`` is refused rather than silently widened."""
+async def list_topic_permissions(request: web.Request) -> web.Response:
     ctx = Context(request)
     require_admin(ctx.principal)
+    return await listing.respond(request, topic_permission_rows(ctx.broker))
+
+
+def _vhost_and_user(ctx: Context, request: web.Request) -> tuple[str, str]:
     vhost, user = request.match_info["vhost"], request.match_info["user"]
     if vhost not in ctx.broker.vhosts:
         raise json_error(404, "Object Not Found", f"vhost '{vhost}' not found")
-    if user not in ctx.broker.users:
-        raise json_error(404, "Object Not Found", f"user '{user}' not found")
+    _user(ctx, user)
+    return vhost, user
+
+
+async def put_permission(request: web.Request) -> web.Response:
+    ctx = Context(request)
+    require_admin(ctx.principal)
+    vhost, user = _vhost_and_user(ctx, request)
     body = await body_json(request)
-    narrow = [k for k in ("configure", "write", "read") if body.get(k, ".*") != ".*"]
-    if narrow:
-        raise json_error(400, "bad_request", f"permission patterns other than '.*' ({', '.join(narrow)}) "
-                                             "are not supported by this broker yet")
-    current = ctx.broker.users[user].vhosts
-    existed = vhost in current
-    if not existed:
-        ctx.broker.set_user_vhosts(user, (*current, vhost))
+    existed = (user, vhost) in {(u, v) for u, v, _ in ctx.broker.access.list_permissions()}
+    try:
+        wait = ctx.broker.access.set_permissions(user, vhost, str(body.get("configure", "")),
+                                                 str(body.get("write", "")),
+                                                 str(body.get("read", "")))
+    except re.error as exc:
+        raise json_error(400, "bad_request", f"bad permission expression: {exc}")
+    await stored(wait)
     return web.Response(status=204 if existed else 201)
 
 
 async def delete_permission(request: web.Request) -> web.Response:
     ctx = Context(request)
     require_admin(ctx.principal)
-    vhost, user = request.match_info["vhost"], request.match_info["user"]
-    current = ctx.broker.users.get(user)
-    if current is None or vhost not in current.vhosts:
-        raise json_error(404, "Object Not Found", "Not Found")
-    ctx.broker.set_user_vhosts(user, tuple(v for v in current.vhosts if v != vhost))
+    vhost, user = _vhost_and_user(ctx, request)
+    await stored(ctx.broker.access.clear_permissions(user, vhost))
     return web.Response(status=204)
+
+
+async def put_topic_permission(request: web.Request) -> web.Response:
+    ctx = Context(request)
+    require_admin(ctx.principal)
+    vhost, user = _vhost_and_user(ctx, request)
+    body = await body_json(request)
+    if not body.get("exchange"):
+        raise json_error(400, "bad_request", "exchange is required")
+    try:
+        wait = ctx.broker.access.set_topic_permissions(user, vhost, str(body["exchange"]),
+                                                       str(body.get("write", "")),
+                                                       str(body.get("read", "")))
+    except re.error as exc:
+        raise json_error(400, "bad_request", f"bad permission expression: {exc}")
+    await stored(wait)
+    return web.Response(status=201)
+
+
+async def put_vhost(request: web.Request) -> web.Response:
+    ctx = Context(request)
+    require_admin(ctx.principal)
+    name = request.match_info["vhost"]
+    existed = name in ctx.broker.vhosts
+    if not existed:
+        await stored(ctx.broker.add_vhost(name))
+    return web.Response(status=204 if existed else 201)
 
 
 # ====================================================================== connections
@@ -323,6 +377,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/manifold/streams/{vhost}", streams)
     r.add_get("/api/vhosts", list_vhosts)
     r.add_get("/api/vhosts/{vhost}", get_vhost)
+    r.add_put("/api/vhosts/{vhost}", put_vhost)
     r.add_get("/api/aliveness-test/{vhost}", aliveness)
     r.add_get("/api/health/checks/alarms", alarms)
     r.add_get("/api/users", list_users)
@@ -332,6 +387,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/permissions", list_permissions)
     r.add_put("/api/permissions/{vhost}/{user}", put_permission)
     r.add_delete("/api/permissions/{vhost}/{user}", delete_permission)
+    r.add_get("/api/topic-permissions", list_topic_permissions)
+    r.add_put("/api/topic-permissions/{vhost}/{user}", put_topic_permission)
     r.add_get("/api/connections", list_connections)
     r.add_get("/api/connections/{name}", get_connection)
     r.add_delete("/api/connections/{name}", close_connection)

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from typing import Any
@@ -26,10 +27,12 @@ PUBLIC_PATHS = ("/", "/index.html", "/favicon.ico", "/api/manifold/ping")
 class Principal:
     """The signed-in user of one request and what their tags allow."""
 
-    def __init__(self, user: Any, tags: tuple[str, ...]):
+    def __init__(self, user: Any, tags: tuple[str, ...], vhosts: set[str]):
         self.user = user
         self.name: str = user.name
         self.tags = tags
+        #: the vhosts the user has permissions on (broker/access.py)
+        self.vhosts = vhosts
 
     @property
     def is_admin(self) -> bool:
@@ -40,10 +43,12 @@ class Principal:
         return self.is_admin or "monitoring" in self.tags
 
     def can_see_vhost(self, vhost: str) -> bool:
-        return self.sees_everything or vhost in self.user.vhosts
+        return self.sees_everything or vhost in self.vhosts
 
     def can_act_in_vhost(self, vhost: str) -> bool:
-        return self.is_admin or vhost in self.user.vhosts
+        """Tag-level right; the operation itself is then checked against the user's
+        configure/write/read permissions in that vhost, as RabbitMQ does."""
+        return vhost in self.vhosts
 
 
 def _credentials(request: web.Request) -> tuple[str, str] | None:
@@ -59,8 +64,9 @@ def _credentials(request: web.Request) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
-def authenticate(broker: Any, request: web.Request) -> Principal:
-    """The request's principal, or an HTTP error response raised as an exception."""
+async def authenticate(broker: Any, request: web.Request) -> Principal:
+    """The request's principal, or an HTTP error response raised as an exception. A refused
+    login is answered after the broker's back-off delay for its address (broker/access.py)."""
     creds = _credentials(request)
     if creds is None:
         raise json_error(401, "not_authorised", "Login failed: send HTTP basic credentials",
@@ -69,13 +75,14 @@ def authenticate(broker: Any, request: web.Request) -> Principal:
     try:
         user = broker.authenticate(creds[0], creds[1], peer)
     except BrokerError as exc:
+        await asyncio.sleep(getattr(exc, "delay_s", 0.0))
         raise json_error(401, "not_authorised", exc.text)
-    tags = tuple(broker.user_tags.get(user.name, ()))
+    tags = tuple(user.tags)
     if not any(tag in MANAGEMENT_TAGS for tag in tags):
         raise json_error(403, "not_authorised",
                          f"user '{user.name}' has no management tag "
                          f"({', '.join(MANAGEMENT_TAGS)})")
-    return Principal(user, tags)
+    return Principal(user, tags, broker.access.vhosts_of(user.name))
 
 
 def require_admin(principal: Principal) -> None:

@@ -60,6 +60,11 @@ class Context:
         require_write(self.principal, vhost.name)
         return vhost
 
+    def grant(self, vhost: Any) -> Any:
+        """The user's configure/write/read rights in ``vhost`` (broker/access.py Grant): each
+        operation is checked as the same operation over AMQP would be."""
+        return self.broker.grant(self.principal.user, vhost.name)
+
 
 async def body_json(request: web.Request) -> dict:
     """The request's JSON object ({} for an empty body); 400 with a reason otherwise."""

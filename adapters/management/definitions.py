@@ -1,10 +1,12 @@
 """RabbitMQ's definitions format, both ways: ``GET /api/definitions`` exports, ``POST`` imports.
 
 Users travel with ``password_hash`` and ``hashing_algorithm`` (rabbit_password_hashing_sha256,
-sha512 and md5 are verified at login, so a migrated user keeps their password). What Manifold
-cannot honour (topic permissions, limits, global parameters, narrowed permission patterns, unknown
-vhosts, policy keys it has no equivalent for) is listed in the import's answer and logged, never
-silently dropped.
+sha512 and md5 are verified at login, so a migrated user keeps their password; Manifold's own
+scrypt hashes export as ``manifold_scrypt``, which RabbitMQ does not know). Vhosts, vhost limits
+(``vhost-limits`` parameters), permissions and topic permissions are applied through
+broker/access.py. What Manifold cannot honour (global parameters, other parameters, user limits,
+policy keys without an equivalent, policies for queues declared later) is listed in the import's
+answer and logged, never silently dropped.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from manifold.broker.errors import BrokerError
 from manifold.broker.vhost import STANDARD_EXCHANGES
 
 from . import listing
-from .api_admin import PRODUCT_VERSION, VERSION, _tags, permission_rows, user_row
+from .api_admin import (PRODUCT_VERSION, VERSION, _tags, permission_rows, stored,
+                        topic_permission_rows, user_row)
 from .auth import require_admin
 from .context import Context, body_json
 from .errors import json_error
@@ -64,13 +67,28 @@ def export(ctx: Context, vhost_name: str | None = None) -> dict:
     return {
         "rabbit_version": VERSION, "rabbitmq_version": VERSION, "product_name": "Manifold",
         "product_version": PRODUCT_VERSION,
-        "users": [user_row(broker, n) for n in list(broker.users)],
+        "users": [user_row(broker, u) for u in broker.access.list_users()],
         "vhosts": [{"name": v.name, "limits": [], "metadata": {"description": "", "tags": []}}
                    for v in vhosts],
-        "permissions": permission_rows(broker), "topic_permissions": [], "parameters": [],
+        "permissions": permission_rows(broker),
+        "topic_permissions": topic_permission_rows(broker),
+        "parameters": _limit_parameters(broker, vhosts),
         "global_parameters": [], "policies": [], "queues": queues, "exchanges": exchanges,
         "bindings": bindings,
     }
+
+
+def _limit_parameters(broker: Any, vhosts: list) -> list[dict]:
+    """Vhost limits as RabbitMQ exports them: a ``vhost-limits`` parameter per vhost."""
+    out = []
+    for vhost in vhosts:
+        limits = broker.access.vhost_limits.get(vhost.name)
+        value = {k: v for k, v in (("max-connections", getattr(limits, "max_connections", 0)),
+                                   ("max-queues", getattr(limits, "max_queues", 0))) if v}
+        if value:
+            out.append({"value": value, "vhost": vhost.name, "component": "vhost-limits",
+                        "name": "limits"})
+    return out
 
 
 def _strip_vhost(rows: list[dict]) -> list[dict]:
@@ -85,6 +103,8 @@ class Importer:
         self.default_vhost = default_vhost
         self.counts: dict[str, int] = {}
         self.not_honoured: list[str] = []
+        #: awaitables of the changes written to the access state log
+        self.waits: list = []
 
     def skip(self, what: str) -> None:
         self.not_honoured.append(what)
@@ -97,27 +117,29 @@ class Importer:
         name = self.default_vhost or row.get("vhost", "/")
         vhost = self.broker.vhosts.get(name)
         if vhost is None:
-            self.skip(f"{section} {label}: vhost '{name}' does not exist (add it to "
-                      "[server] vhosts)")
+            self.skip(f"{section} {label}: vhost '{name}' does not exist (list it in the "
+                      "file's vhosts, or create it with PUT /api/vhosts/{name})")
         return vhost
 
     def run(self, doc: dict) -> None:
         for row in doc.get("vhosts") or []:
-            if row.get("name") in self.broker.vhosts:
-                self.done("vhosts")
-            else:
-                self.skip(f"vhost '{row.get('name')}': vhosts are created from [server] vhosts "
-                          "in the configuration, not at run time")
-            if row.get("limits"):
-                self.skip(f"vhost '{row.get('name')}': limits")
+            name = row.get("name")
+            if not isinstance(name, str) or not name:
+                self.skip(f"vhost {name!r}: no name")
+                continue
+            if name not in self.broker.vhosts:
+                self.wait(self.broker.add_vhost(name))
+            self.done("vhosts")
+        for row in doc.get("parameters") or []:
+            self._parameter(row)
+        for row in doc.get("global_parameters") or []:
+            self.skip(f"global parameter '{row.get('name', '?')}': not supported")
         for row in doc.get("users") or []:
             self._user(row)
         for row in doc.get("permissions") or []:
             self._permission(row)
-        for section in ("topic_permissions", "global_parameters", "parameters"):
-            for row in doc.get(section) or []:
-                label = row.get("name") or row.get("user") or row.get("component") or "?"
-                self.skip(f"{section} '{label}': not supported")
+        for row in doc.get("topic_permissions") or []:
+            self._topic_permission(row)
         for row in doc.get("exchanges") or []:
             self._exchange(row)
         for row in doc.get("queues") or []:
@@ -127,36 +149,76 @@ class Importer:
         for row in doc.get("policies") or []:
             self._policy(row)
 
+    def wait(self, awaitable: Any) -> None:
+        if awaitable is not None:
+            self.waits.append(awaitable)
+
+    def _parameter(self, row: dict) -> None:
+        vhost, component = row.get("vhost", "/"), row.get("component")
+        value = row.get("value") or {}
+        if component != "vhost-limits" or not isinstance(value, dict):
+            self.skip(f"parameter '{row.get('name', '?')}' ({component}): not supported")
+            return
+        unknown = sorted(set(value) - {"max-connections", "max-queues"})
+        if unknown:
+            self.skip(f"vhost '{vhost}' limits {', '.join(unknown)}: not supported")
+        try:
+            self.wait(self.broker.add_vhost(vhost, int(value.get("max-connections", 0) or 0),
+                                            int(value.get("max-queues", 0) or 0)))
+        except (TypeError, ValueError):
+            self.skip(f"vhost '{vhost}' limits {value!r}: not integers")
+            return
+        self.done("parameters")
+
     def _user(self, row: dict) -> None:
+        access = self.broker.access
         name = row.get("name", "")
         tags = _tags(row.get("tags"))
+        if row.get("limits"):
+            self.skip(f"user '{name}': limits {sorted(row['limits'])} not supported")
         try:
             if row.get("password") is not None:
-                self.broker.add_user(name, password=str(row["password"]), tags=tags)
+                self.wait(access.add_user(name, str(row["password"]), tags=tags))
+            elif not row.get("password_hash"):
+                self.skip(f"user '{name}': no password_hash"
+                          + (" (the existing user is kept)" if access.user(name) else ""))
+                return
             else:
-                self.broker.add_user(name, hashed=row.get("password_hash", ""),
-                                     hashing_algorithm=row.get("hashing_algorithm")
-                                     or "rabbit_password_hashing_sha256", tags=tags)
+                self.wait(access.add_user(name, password_hash=row["password_hash"],
+                                          hashing_algorithm=row.get("hashing_algorithm")
+                                          or "rabbit_password_hashing_sha256", tags=tags))
         except ValueError as exc:
             self.skip(f"user '{name}': {exc}")
             return
-        if row.get("limits"):
-            self.skip(f"user '{name}': limits")
         self.done("users")
 
     def _permission(self, row: dict) -> None:
         user, vhost = row.get("user", ""), row.get("vhost", "/")
-        account = self.broker.users.get(user)
-        if account is None or vhost not in self.broker.vhosts:
+        if self.broker.access.user(user) is None or vhost not in self.broker.vhosts:
             self.skip(f"permission of '{user}' on vhost '{vhost}': unknown user or vhost")
             return
-        if vhost not in account.vhosts:
-            self.broker.set_user_vhosts(user, (*account.vhosts, vhost))
-        narrowed = [k for k in ("configure", "write", "read") if row.get(k, ".*") != ".*"]
-        if narrowed:
-            self.skip(f"permission of '{user}' on vhost '{vhost}': patterns for "
-                      f"{', '.join(narrowed)} are not enforced (full access granted)")
+        try:
+            self.wait(self.broker.access.set_permissions(
+                user, vhost, str(row.get("configure", "")), str(row.get("write", "")),
+                str(row.get("read", ""))))
+        except re.error as exc:
+            self.skip(f"permission of '{user}' on vhost '{vhost}': bad expression: {exc}")
+            return
         self.done("permissions")
+
+    def _topic_permission(self, row: dict) -> None:
+        user, vhost = row.get("user", ""), row.get("vhost", "/")
+        if self.broker.access.user(user) is None or vhost not in self.broker.vhosts:
+            self.skip(f"topic permission of '{user}' on vhost '{vhost}': unknown user or vhost")
+            return
+        try:
+            self.wait(self.broker.access.set_topic_permissions(
+                user, vhost, str(row.get("exchange", "")), str(row.get("write", "")),
+                str(row.get("read", ""))))
+        except re.error as exc:
+            self.skip(f"topic permission of '{user}' on vhost '{vhost}': bad expression: {exc}")
+            return
+        self.done("topic_permissions")
 
     def _exchange(self, row: dict) -> None:
         name = row.get("name", "")
@@ -259,6 +321,8 @@ async def post_definitions(request: web.Request) -> web.Response:
     doc = await body_json(request)
     importer = Importer(ctx.broker, vhost)
     importer.run(doc)
+    for wait in importer.waits:  # answered once the users and permissions are on disk
+        await stored(wait)
     return web.json_response({"imported": importer.counts,
                               "not_honoured": importer.not_honoured})
 

@@ -97,12 +97,11 @@ def test_definitions_export_import(running_broker, tmp_path):
     assert [q["name"] for q in doc["queues"]] == ["kept"]
     doc["queues"].append({"name": "added", "vhost": "/", "durable": True, "auto_delete": False,
                           "arguments": {}})
-    doc["topic_permissions"] = [{"user": "guest", "vhost": "/", "exchange": "x", "write": ".*",
-                                 "read": ".*"}]
+    doc["global_parameters"] = [{"name": "cluster_name", "value": "rabbit@old"}]
     target.write_text(json.dumps(doc))
     imported = manifold(running_broker, "definitions", "import", str(target))
     assert imported.returncode == 6  # done, but something was not honoured
-    assert "topic_permissions" in imported.stderr
+    assert "cluster_name" in imported.stderr
     names = {q["name"] for q in json_out(manifold(running_broker, "list", "queues", "-f",
                                                   "json"))}
     assert names == {"kept", "added"}

@@ -56,7 +56,7 @@ def test_queue_connection_memory_and_fsync_metrics(make_broker):
         assert fsyncs >= 1
         assert sample(families, "manifold_fsync_seconds", "manifold_fsync_seconds_bucket",
                       le="+Inf") == fsyncs
-        assert sample(families, "manifold_stream_bytes", vhost="/", stream="log") == 5
+        assert sample(families, "manifold_stream_bytes", vhost="/", stream="log") > 5
         assert sample(families, "manifold_stream_last_offset", vhost="/", stream="log") == 0
     finally:
         conn.close()
