@@ -34,7 +34,7 @@ def test_connection_open_and_close_are_logged_as_json(tmp_path):
     proc = subprocess.Popen(
         MANIFOLD + ["serve", "--data-dir", str(tmp_path / "data"), "--amqp-port", "0",
                     "--mqtt-port", "0", "--stomp-port", "0", "--http-port", "0",
-                    "--management-port", "0", "--log-format", "json"],
+                    "--management-port", "0", "--ws-port", "0", "--log-format", "json"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
         env={k: v for k, v in os.environ.items() if not k.startswith("MANIFOLD_")})
     try:
