@@ -6,6 +6,7 @@ import json
 import sys
 from typing import Any, Iterable
 
+from rich import box
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn,
                            TextColumn, TimeRemainingColumn)
@@ -79,7 +80,13 @@ class Output:
             self.emit_json(rows)
             return
         columns = COLUMNS.get(kind) or (sorted(rows[0]) if rows else ["name"])
-        table = Table(title=title, header_style="bold cyan", title_justify="left")
+        for column in ("vhost", "queue.vhost"):  # one vhost for every row: say it in the title
+            values = {_get(row, column) for row in rows}
+            if column in columns and len(values) == 1:
+                columns = [c for c in columns if c != column]
+                title = title or f"{kind} in vhost {values.pop()}"
+        table = Table(title=title, header_style="bold cyan", title_justify="left",
+                      box=box.SIMPLE_HEAD, title_style="bold")
         for column in columns:
             label = LABELS.get(column, column.split(".")[-1])
             numeric = any(h in column for h in NUMERIC_HINTS)
