@@ -51,7 +51,7 @@ async def test_retained_mqtt_messages_count(tmp_path):
     settings = Settings()
     broker = Broker(settings, store=FileStore(str(tmp_path)))
     await broker.start()
-    server = MqttServer(broker, settings)
+    server = MqttServer(broker, settings, session_factory=lambda srv: None)
     server.load()
 
     def retained(body):
