@@ -41,6 +41,8 @@ class ServerSettings:
     # Disk alarm: below this many free bytes on the data directory's file system, connections
     # that publish are no longer read until space comes back (0 disables).
     disk_free_limit_bytes: int = 256 * 1024 * 1024
+    # ... or this fraction of the file system's size, if that is more (0 disables the fraction).
+    disk_free_limit_ratio: float = 0.0
     disk_check_interval_ms: int = 1000
     # Raise the soft open-file limit to this (capped by the hard limit) at start; 0 leaves it.
     open_files_limit: int = 65536
