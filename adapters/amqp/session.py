@@ -62,6 +62,8 @@ class AMQPSession(ConnectionMethods, EntityMethods, BasicMethods, TransactionMet
         self.state = AWAIT_HEADER
         self.user: Any = None
         self.vhost: Any = None
+        #: what the user may do in the vhost (broker/access.py Grant), set at Connection.Open
+        self.grant: Any = None
         self.channels: dict[int, Channel] = {}
         self.client_properties: dict = {}
         self.cancel_notify = False

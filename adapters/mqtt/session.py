@@ -131,6 +131,8 @@ class MqttSession:
         self.client_id = ""
         self.vhost: Any = None
         self.user: Any = None
+        #: what the user may do in the vhost (broker/access.py Grant), set at CONNECT
+        self.grant: Any = None
         self.will: c.Will | None = None
         self.keep_alive = 0
         # Client limits (MQTT 5 CONNECT properties) and our own
@@ -334,9 +336,12 @@ class MqttSession:
         # Authentication with the users AMQP uses. No user name: RabbitMQ's default MQTT user.
         username, password = p.username, p.password
         vhost_name = "/"
-        if username is None:
+        # A verified client certificate's CN may stand in for user name and password ([tls]
+        # identity_as_username, as Mosquitto's use_identity_as_username); broker/access.py decides.
+        identity = self.conn.tls_identity
+        if username is None and identity is None:
             username, password = "guest", b"guest"
-        elif ":" in username:
+        elif username is not None and ":" in username:
             # RabbitMQ's "vhost:user" form
             maybe_vhost, _, rest = username.partition(":")
             if maybe_vhost in server.broker.vhosts:
@@ -346,17 +351,20 @@ class MqttSession:
         except UnicodeDecodeError:
             pw = None
         try:
-            user = server.broker.authenticate(username, pw, self.conn.peer_host)
+            user = server.broker.authenticate(username, pw, self.conn.peer_host, identity)
         except AccessRefused as exc:
+            # The failed-login back-off holds the CONNACK back (per source address).
+            self.conn.hold_output(getattr(exc, "delay_s", 0.0))
             self._refuse(c.CONNACK_BAD_CREDENTIALS, c.BAD_USER_NAME_OR_PASSWORD, exc.text,
                          "bad user name or password")
             return
         try:
-            self.vhost = server.broker.open_vhost(vhost_name, user)
+            self.vhost = server.broker.open_vhost(vhost_name, user, self.conn)
         except NotAllowed as exc:
             self._refuse(c.CONNACK_NOT_AUTHORIZED, c.NOT_AUTHORIZED, exc.text, exc.text)
             return
         self.user = user
+        self.grant = server.broker.grant(user, vhost_name)
         # Client identifier [MQTT-3.1.3-6/7/8]
         client_id = p.client_id
         assigned = None
@@ -501,6 +509,10 @@ class MqttSession:
             if len(self._keys) >= 256:
                 self._keys.clear()
             self._keys[topic] = key
+        # Publishing needs write on amq.topic and topic write on the routing key (RabbitMQ).
+        grant = self.grant
+        grant.write("exchange", TOPIC_EXCHANGE)
+        grant.check_topic("write", TOPIC_EXCHANGE, key)
         message = MqttMessage(TOPIC_EXCHANGE, key, payload,
                               properties_from_mqtt(props, qos), origin=origin, retain=retain,
                               qos=qos, mqtt_properties=props or None,
@@ -565,6 +577,9 @@ class MqttSession:
                 return
         try:
             result = self._route(self.vhost, topic, p.payload, qos, p.retain, props, self.state)
+        except AccessRefused as exc:
+            self._publish_denied(p, exc.text)
+            return
         except BrokerError as exc:
             self._ack_publish_error(p, c.IMPLEMENTATION_SPECIFIC_ERROR, exc.text)
             return
@@ -604,6 +619,25 @@ class MqttSession:
             return c.serialize(cls(pid, c.UNSPECIFIED_ERROR), c.MQTT_5)  # type: ignore[arg-type]
 
         self._ack_after(wait, packet, refused)
+
+    def _publish_denied(self, p: c.Publish, text: str) -> None:
+        """MQTT 5: PUBACK/PUBREC 0x87 (not authorized). 3.1.1 has no negative ack: the message
+        is dropped and logged, and acknowledged so the client does not resend it; the connection
+        stays (as in Mosquitto)."""
+        log.warning("MQTT %s: PUBLISH to %r dropped: %s", self.client_id, p.topic, text)
+        if p.qos == 0:
+            return
+        pid = p.packet_id
+        if self.v5:
+            props = {"reason_string": text} if self.request_problem_info else None
+            cls = c.Puback if p.qos == 1 else c.Pubrec
+            packet = c.serialize(cls(pid, c.NOT_AUTHORIZED, props), c.MQTT_5)  # type: ignore
+        elif p.qos == 1:
+            packet = c.serialize(c.Puback(pid), self.version)  # type: ignore[arg-type]
+        else:
+            self.state.inbound_qos2.add(pid)  # type: ignore[union-attr,arg-type]
+            packet = c.serialize(c.Pubrec(pid), self.version)  # type: ignore[arg-type]
+        self._ack_after(None, packet)  # in order behind acks still waiting for an fsync
 
     def _ack_publish_error(self, p: c.Publish, code: int, text: str) -> None:
         if p.qos == 0:
@@ -857,6 +891,15 @@ class MqttSession:
                 continue
             if group is not None and opts.no_local:
                 raise c.ProtocolError("No Local on a shared subscription")  # [MQTT-3.8.3-4]
+            # Read on amq.topic and topic read on the filter; never rights on the subscription
+            # queue the broker makes for the client (unlike RabbitMQ).
+            grant = self.grant
+            if not (grant.allowed("read", "exchange", TOPIC_EXCHANGE) and grant.topic_allowed(
+                    "read", TOPIC_EXCHANGE, topics.filter_to_key(inner))):
+                log.warning("MQTT %s: SUBSCRIBE to %r refused for user '%s'", self.client_id,
+                            topic_filter, grant.user)
+                codes.append(c.NOT_AUTHORIZED if self.v5 else 0x80)
+                continue
             sub = Subscription(topic_filter, inner, group, opts.qos, opts.no_local,
                                opts.retain_as_published, opts.retain_handling, sub_id)
             try:

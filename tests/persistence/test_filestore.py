@@ -185,7 +185,7 @@ async def test_stream_records_offsets_and_stored_retention_survive_restart(tmp_p
     first, nxt = stream.first_offset, stream.next_offset
     assert first > 0 and nxt == 100  # retention trimmed the head
     await broker.close()
-    files = os.listdir(tmp_path / "queues" / "%2F" / "events")
+    files = [f for f in os.listdir(tmp_path / "streams" / "%2F" / "events") if f.endswith(".seg")]
     assert "00000000000000000000.seg" not in files and len(files) < 6, files  # trimmed: deleted
 
     broker, vhost = await open_broker(tmp_path, segment_bytes=2048)
