@@ -6,6 +6,7 @@ Layout under the data directory (see FORMAT.md)::
     queues/<vhost>/<queue>/<base>.seg    a queue's log: ENQUEUE records and SETTLE tombstones
     state/<name>/<base>.seg              a state log (MQTT retained messages, sessions), same format
     dedup/<vhost>/<queue>/<base>.seg     a queue's deduplication window (same record format)
+    spill/<vhost>/<queue>/<base>.seg     transient messages paged out under memory pressure
     streams/<vhost>/<stream>/...         a stream's segments and indexes (streamlog.py)
 
 Writes never block the event loop: appends go into the log's open chunk, and one writer thread
@@ -166,10 +167,16 @@ class FileQueueLog:
         the next segment's (ids only grow; a rehomed chunk leaves its old segment)."""
         segments = self.segments
         i = bisect.bisect_right(segments, msg_id, key=_base_id) - 1
-        if i < 0:
-            return None
-        slot = segments[i].index.find(msg_id)
-        return (segments[i], slot) if slot >= 0 else None
+        slot = segments[i].index.find(msg_id) if i >= 0 else -1
+        if slot >= 0:
+            return segments[i], slot
+        # A spill log takes ids out of order (a page-out after newer spills): each of its
+        # segments is sorted, but their ranges overlap. A miss is rare: look in every one.
+        for segment in segments:
+            slot = segment.index.find(msg_id)
+            if slot >= 0:
+                return segment, slot
+        return None
 
     def size_of(self, msg_id: int) -> int:
         segment, slot = self._locate(msg_id)  # type: ignore[misc]
@@ -263,7 +270,9 @@ class FileQueueLog:
 
     def _chunk_for_append(self, msg_id: int) -> Chunk:
         current = self.segments[-1] if self.segments else None
-        if current is None or current.poisoned or current.size >= self.store.segment_bytes:
+        if (current is None or current.poisoned or current.size >= self.store.segment_bytes or
+                (current.index.ids and current.index.ids[-1] >= msg_id)):
+            # (an id out of order, in a spill log, starts a segment: each stays sorted)
             # Rotate: the new segment is named by the first message id it holds.
             return self._rotate(msg_id)
         return self._open_chunk()
@@ -396,6 +405,8 @@ class FileStore:
         self.last_error: OSError | None = None
 
     async def open(self) -> None:
+        # Transient messages spilled by the last run are not kept across a restart.
+        self.fs.rmtree(os.path.join(self.data_dir, "spill"))
         for directory in self.fs.makedirs(os.path.join(self.data_dir, "queues")):
             self.fs.fsync_dir(os.path.dirname(directory))
         self._loop = asyncio.get_running_loop()
@@ -468,6 +479,11 @@ class FileStore:
         return FileStreamLog(self, os.path.join(self.data_dir, "streams", _fs_name(vhost),
                                                 _fs_name(stream)),
                              segment_bytes or self.segment_bytes)
+
+    def spill_log(self, vhost: str, queue: str) -> FileQueueLog:
+        """Where a queue puts transient messages past its resident budget (same record format;
+        removed at every start: transient messages do not survive a restart)."""
+        return self._log(os.path.join(self.data_dir, "spill", _fs_name(vhost), _fs_name(queue)))
 
     def dedup_log(self, vhost: str, queue: str) -> FileQueueLog:
         """The log of a queue's deduplication window (same records as a queue log: each key is

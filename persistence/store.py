@@ -15,6 +15,9 @@ work-queue retention, acks and a dedup window) can implement it without the core
   appended, settled when they age out), or None when nothing outlives the process.
 - ``stream_log(vhost, stream, segment_bytes)``: a stream's records on disk (see
   ``persistence/streamlog.py``), or None: the stream then keeps its records in memory.
+- ``spill_log(vhost, queue)``: a log of the same kind where a queue pages out transient
+  messages past its resident budget; emptied at every start (None: transient messages stay
+  in memory).
 - ``save_definitions`` / ``load_definitions``: the encoded durable exchanges, queues, bindings.
 """
 from __future__ import annotations
@@ -39,6 +42,7 @@ class Store(Protocol):
     def state_log(self, name: str) -> QueueLog | None: ...
     def dedup_log(self, vhost: str, queue: str) -> QueueLog | None: ...
     def stream_log(self, vhost: str, stream: str, segment_bytes: int | None = None) -> Any: ...
+    def spill_log(self, vhost: str, queue: str) -> QueueLog | None: ...
     def save_definitions(self, data: bytes) -> None: ...
     def load_definitions(self) -> bytes | None: ...
 
@@ -66,6 +70,9 @@ class MemoryStore:
         return None
 
     def stream_log(self, vhost: str, stream: str, segment_bytes: int | None = None) -> Any:
+        return None
+
+    def spill_log(self, vhost: str, queue: str) -> QueueLog | None:
         return None
 
     def save_definitions(self, data: bytes) -> None:
