@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 import logging
 from collections import deque
-from typing import Any, Awaitable, Protocol
+from typing import Any, Awaitable, Iterable, Protocol
 
 from .coldrun import ColdRun
 from .consumer import Consumer, Delivery
@@ -53,7 +53,7 @@ class QueueLog(Protocol):
     """The slice of ``persistence`` a durable queue writes through (see persistence/store.py)."""
     def append(self, msg_id: int, data: bytes) -> Awaitable[None] | None: ...
     def settle(self, msg_id: int) -> None: ...
-    def recover(self, resident_bytes: int | None = None) -> list[tuple[int, bytes | None]]: ...
+    def recover(self, resident_bytes: int | None = None) -> Iterable[tuple[int, bytes | int]]: ...
     def read(self, msg_id: int) -> bytes: ...
 
 
@@ -362,11 +362,14 @@ class Queue:
             # Memory is getting short: new messages wait on disk, well before the alarm would
             # block publishers (RabbitMQ's vm_memory_high_watermark_paging_ratio).
             return True
+        return self._over_budget(entry.size)
+
+    def _over_budget(self, size: int) -> bool:
         # An ordinary entry costs its body and some 400 bytes of objects: both count, or a
         # million small messages would all stay "resident" within a 64 MiB budget.
         hot = self.ready_count - self.cold_count
-        return (self.resident_bytes + entry.size + hot * ENTRY_OVERHEAD_BYTES >
-                self.resident_limit)
+        return (self.resident_bytes + size + hot * ENTRY_OVERHEAD_BYTES >
+                self.resident_limit)  # type: ignore[operator]
 
     def page_out(self) -> int:
         """Memory is short (the alarm went on): let go of every ready body that can be read
@@ -533,19 +536,35 @@ class Queue:
             return 0
         now = self.host.now_ms()
         # Priorities and groups are inside the message: those queues read every body back.
-        records = self.log.recover(None if self.max_priority or self.grouped is not None
-                                   else self.resident_limit)
+        # Others read bodies only while within the resident budget (decided here, where the
+        # entries' own cost counts too), in queue order; the rest wait on disk.
+        everything = self.max_priority or self.grouped is not None or self.resident_limit is None
+        records = self.log.recover(None if everything else 0)
         count = 0
         last_id = 0
+        run: ColdRun | None = None
         for msg_id, data in records:
             count += 1
             last_id = msg_id
-            if data is None and self.message_ttl is None:
-                # Past the resident budget: 12 bytes in a cold run (the body stays on disk).
-                self._freeze(msg_id, self.log.size_of(msg_id), 1)
-                continue
+            if isinstance(data, int):  # past the log's budget: the length stands in for it
+                size = data
+                data = None
+                if self.cold_count or self._over_budget(size):
+                    if self.message_ttl is None:
+                        # Past the resident budget: 12 bytes in a cold run (body on disk);
+                        # filed inline, a million of them is most of a long recovery.
+                        if run is None or run.full():
+                            run = ColdRun(1)
+                            self._fresh[0].append(run)  # type: ignore[arg-type]
+                        run.append(msg_id, size)
+                        self.cold_count += 1
+                        self.ready_count += 1
+                        self.ready_bytes += size
+                        continue
+                else:
+                    data = self.log.read(msg_id)
             if data is None:
-                entry = Entry(msg_id, None, 0, self.log.size_of(msg_id))
+                entry = Entry(msg_id, None, 0, size)
                 ttl = self.message_ttl
             else:
                 message = decode_message(data)

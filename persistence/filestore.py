@@ -89,18 +89,20 @@ class FileQueueLog:
         self.chunks: list[Chunk] = []
         #: chunks handed to the writer and not yet done (their bytes may not be in the file)
         self._writing: list[Chunk] = []
+        #: the segment of the last id found (see _locate)
+        self._last_hit: _Segment | None = None
         self.dropped = False
         self.recovery_problems: list[str] = []
         #: the highest record id ever written (settled or not), so ids are never reused
         self.max_id_seen = -1
 
     # ------------------------------------------------------------------ recovery
-    def recover(self, resident_bytes: int | None = None) -> Iterator[tuple[int, bytes | None]]:
+    def recover(self, resident_bytes: int | None = None) -> Iterator[tuple[int, bytes | int]]:
         """Rebuild the unsettled set from the segments; truncate each at its first bad record.
 
         Yields ``(msg_id, payload)`` in id order. Payloads past the first ``resident_bytes``
-        (None: no limit) are left on disk and come as None: fetch them with :meth:`read`, so a
-        backlog larger than memory can be recovered. The scan is done before the first item;
+        (None: no limit) are left on disk and come as their length (an int): fetch them with
+        :meth:`read`, so a backlog larger than memory can be recovered. The scan is done before the first item;
         the iterator holds nothing per message (a million messages are not a million tuples)."""
         fs = self.store.fs
         try:
@@ -146,7 +148,7 @@ class FileQueueLog:
         self.store._unlink_later(self._compact())
         return self._replay(resident_bytes)
 
-    def _replay(self, resident_bytes: int | None) -> Iterator[tuple[int, bytes | None]]:
+    def _replay(self, resident_bytes: int | None) -> Iterator[tuple[int, bytes | int]]:
         budget = resident_bytes
         for segment in list(self.segments):
             index = segment.index
@@ -160,15 +162,21 @@ class FileQueueLog:
                         budget -= length
                 else:
                     budget = 0  # keep the resident part a prefix of the queue
-                    yield msg_id, None
+                    yield msg_id, length  # the payload's length stands in for it
 
     def _locate(self, msg_id: int) -> tuple[_Segment, int] | None:
         """The segment and slot of a live message. A segment holds ids from its base id up to
         the next segment's (ids only grow; a rehomed chunk leaves its old segment)."""
+        last = self._last_hit  # recovery and draining look ids up in order: mostly one segment
+        if last is not None:
+            slot = last.index.find(msg_id)
+            if slot >= 0:
+                return last, slot
         segments = self.segments
         i = bisect.bisect_right(segments, msg_id, key=_base_id) - 1
         slot = segments[i].index.find(msg_id) if i >= 0 else -1
         if slot >= 0:
+            self._last_hit = segments[i]
             return segments[i], slot
         # A spill log takes ids out of order (a page-out after newer spills): each of its
         # segments is sorted, but their ranges overlap. A miss is rare: look in every one.
@@ -362,6 +370,8 @@ class FileQueueLog:
         gone = []
         while len(self.segments) > 1 and self.segments[0].live == 0:
             segment = self.segments.pop(0)
+            if segment is self._last_hit:
+                self._last_hit = None
             self.store._forget_read(segment.path)
             gone.append(segment.path)
         return gone

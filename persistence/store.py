@@ -7,7 +7,7 @@ work-queue retention, acks and a dedup window) can implement it without the core
   persistent message under the queue's message id (returning an awaitable that resolves once it
   is safe under the fsync policy, or ``None`` when it already is), ``settle`` it when acked or
   dropped, ``recover`` what was appended and never settled (in id order; past ``resident_bytes``
-  the payloads stay on disk and come back as None), ``read`` one payload back (a body that was
+  the payloads stay on disk and their length, an int, comes back instead), ``read`` one payload back (a body that was
   paged out of memory), ``drop`` the whole log when the queue is deleted.
 - ``state_log(name)``: a log of the same kind for durable state that is not a queue (MQTT
   retained messages, persistent sessions, QoS 2 packet ids; see ``broker/durable_map.py``).
@@ -22,13 +22,13 @@ work-queue retention, acks and a dedup window) can implement it without the core
 """
 from __future__ import annotations
 
-from typing import Any, Awaitable, Protocol
+from typing import Any, Awaitable, Iterable, Protocol
 
 
 class QueueLog(Protocol):
     def append(self, msg_id: int, data: bytes) -> Awaitable[None] | None: ...
     def settle(self, msg_id: int) -> None: ...
-    def recover(self, resident_bytes: int | None = None) -> list[tuple[int, bytes | None]]: ...
+    def recover(self, resident_bytes: int | None = None) -> Iterable[tuple[int, bytes | int]]: ...
     def read(self, msg_id: int) -> bytes: ...
     def holds(self, msg_id: int) -> bool: ...
     def size_of(self, msg_id: int) -> int: ...
