@@ -20,15 +20,16 @@ from typing import Any, Awaitable, Iterable, Protocol
 from .coldrun import ColdRun
 from .consumer import Consumer, Delivery
 from .errors import PreconditionFailed, ResourceLocked
-from .groups import MessageGroups
+from .groups import NO_GROUP, MessageGroups
 from .message import Message
 from .message_codec import decode_message, encode_message
 
 log = logging.getLogger("manifold.queue")
 
 READY, DELAYED, UNACKED, GONE = range(4)
-#: what an ordinary ready entry costs in memory besides its body (Entry, Message, Properties,
-#: its index, allocator slack), measured with 64-byte bodies; counted against the resident budget
+#: what an ordinary entry costs in memory besides its body (Entry, Message, Properties, its
+#: index, heap and deque slots, allocator slack), measured with 64-byte bodies; counted against
+#: the resident budget and by the memory alarm for every message the queue holds in memory
 ENTRY_OVERHEAD_BYTES = 400
 #: past this share of the memory high-water mark, queues page new messages out to disk
 PAGING_RATIO = 0.5
@@ -67,7 +68,7 @@ def _ignore_result(future: Any) -> None:
 class Entry:
     """One message in one queue. ``message`` is None while the body lives only on disk (paged
     out); ``on_disk`` says the queue's log holds it (a persistent message in a durable queue)."""
-    __slots__ = ("msg_id", "message", "priority", "size", "state", "delivery_count",
+    __slots__ = ("msg_id", "message", "priority", "size", "state", "delivery_count", "counted",
                  "expires_at", "ready_at", "returns", "on_disk", "group", "first_delivered_ms",
                  "spilled")
 
@@ -77,6 +78,8 @@ class Entry:
         self.priority = priority
         self.size = len(message.body) if message is not None else size
         self.on_disk = False
+        #: counted in the memory alarm (from arrival until it leaves the queue for good)
+        self.counted = False
         self.state = READY
         self.delivery_count = 0
         self.expires_at = 0
@@ -290,6 +293,7 @@ class Queue:
             priority = min(props.priority or 0, self.max_priority)
         entry = Entry(self._next_id, message, priority)
         self._next_id += 1
+        self._arrived(entry)
         if self.grouped is not None:
             entry.group = props.headers.get(GROUP_HEADER) if props.headers else None
         ttl = self._ttl_of(message)
@@ -333,6 +337,7 @@ class Queue:
                     self.pump()
                 return result
         if self._may_freeze(entry) and (entry.on_disk or self._spill_out(entry.msg_id, message)):
+            self._release(entry)  # a cold message is 12 bytes in a run, not an entry
             self._freeze(entry.msg_id, entry.size, 0, not entry.on_disk)
             if self.consumers:
                 self.pump()
@@ -388,6 +393,7 @@ class Queue:
                 continue  # its write failed: the body in memory is the only copy
             entry.message = None
             self._resident(-entry.size)
+            self._count(entry, -entry.size)
             freed += entry.size
         return freed
 
@@ -447,6 +453,7 @@ class Queue:
                 entry.on_disk = True
             entry.state = READY
             entry.delivery_count = run.delivery_count
+            self._arrived(entry)
             fresh.appendleft(entry)
             return
 
@@ -455,11 +462,28 @@ class Queue:
                 and written.exception() is None):
             entry.message = None
             self._resident(-entry.size)
+            self._count(entry, -entry.size)
 
     def _resident(self, delta: int) -> None:
+        """Bytes of ready bodies in memory (what the resident limit pages out)."""
         self.resident_bytes += delta
-        if self.memory is not None:
+
+    def _count(self, entry: Entry, delta: int) -> None:
+        """The memory alarm counts every body the queue holds in memory, ready or unacked, plus
+        a per-entry overhead, from arrival until the entry leaves for good."""
+        if self.memory is not None and entry.counted:
             self.memory.add(delta)
+
+    def _arrived(self, entry: Entry) -> None:
+        entry.counted = True
+        self._count(entry, ENTRY_OVERHEAD_BYTES + (entry.size if entry.message is not None
+                                                   else 0))
+
+    def _release(self, entry: Entry) -> None:
+        if entry.counted:
+            self._count(entry, -ENTRY_OVERHEAD_BYTES - (entry.size if entry.message is not None
+                                                        else 0))
+            entry.counted = False
 
     def _load(self, entry: Entry) -> Message:
         """The entry's message, read back from disk if it was paged out."""
@@ -468,10 +492,12 @@ class Queue:
             message = entry.message = decode_message(self.spill.read(entry.msg_id))  # type: ignore
             self.spill.settle(entry.msg_id)  # type: ignore[union-attr]
             entry.spilled = False
+            self._count(entry, entry.size)
             if entry.state == READY:
                 self._resident(entry.size)
         elif message is None:
             message = entry.message = decode_message(self.log.read(entry.msg_id))
+            self._count(entry, entry.size)
             if entry.state == READY:
                 self._resident(entry.size)
         return message
@@ -574,6 +600,7 @@ class Queue:
                 if self.grouped is not None and message.properties.headers:
                     entry.group = message.properties.headers.get(GROUP_HEADER)
             entry.on_disk = True
+            self._arrived(entry)
             # It may have been delivered before the restart: redelivered=true / DUP, as
             # RabbitMQ marks recovered messages.
             entry.delivery_count = 1
@@ -585,11 +612,13 @@ class Queue:
         return count
 
     # ---------------------------------------------------------------- dequeue
-    def _take_head(self, ignore_groups: bool = False) -> Entry | None:
+    def _take_head(self, ignore_groups: bool = False, prefer: Any = NO_GROUP) -> Entry | None:
         """Remove and return the next ready entry (highest priority, then oldest; in a grouped
-        queue the oldest head of an unlocked group, or of any group with ``ignore_groups``)."""
+        queue the next of group ``prefer``, else the oldest head of an unlocked group, or of any
+        group with ``ignore_groups``)."""
         if self.grouped is not None:
-            entry = (self.grouped.take_oldest_any() if ignore_groups else self.grouped.take())
+            entry = (self.grouped.take_oldest_any() if ignore_groups
+                     else self.grouped.take(prefer))
             return None if entry is None else self._unready(entry)
         returned = self._returned
         while returned and returned[0][2].state != READY:
@@ -677,10 +706,10 @@ class Queue:
         finally:
             self._pumping = False
 
-    def _next_live(self) -> Entry | None:
+    def _next_live(self, prefer: Any = NO_GROUP) -> Entry | None:
         """The next ready entry that has not expired (expired ones are dead-lettered on the way)."""
         while True:
-            entry = self._take_head()
+            entry = self._take_head(prefer=prefer)
             if entry is None:
                 return None
             # Strictly past: a zero-TTL message may still go to a consumer in the same instant.
@@ -721,30 +750,23 @@ class Queue:
     def receive(self, max_count: int, visibility_ms: int) -> list[Delivery]:
         """Check out up to ``max_count`` ready messages without a consumer, each returning to the
         queue after ``visibility_ms`` unless settled (SQS ReceiveMessage; the receiver names them
-        later by message id, see :meth:`lease`). In a grouped queue one call may take several
-        messages of one group, in order."""
+        later by message id, see :meth:`lease`). In a grouped queue it takes as many messages of
+        one group as it can, in order, before it moves on to the next group (as SQS does)."""
         self.touch()
         now = self.host.now_ms()
         taken: list[Delivery] = []
-        groups = self.grouped
-        if groups is not None:
-            groups.batch = set()
-        try:
-            while len(taken) < max_count:
-                entry = self._next_live()
-                if entry is None:
-                    break
-                delivery = self._checkout(entry, None)
-                if groups is not None:
-                    groups.batch.add(entry.group)
-                if not entry.first_delivered_ms:
-                    entry.first_delivered_ms = now
-                self._leases[entry.msg_id] = delivery
-                self._set_deadline(delivery, now + visibility_ms)
-                taken.append(delivery)
-        finally:
-            if groups is not None:
-                groups.batch = None
+        group = NO_GROUP
+        while len(taken) < max_count:
+            entry = self._next_live(group)
+            if entry is None:
+                break
+            delivery = self._checkout(entry, None)
+            group = entry.group
+            if not entry.first_delivered_ms:
+                entry.first_delivered_ms = now
+            self._leases[entry.msg_id] = delivery
+            self._set_deadline(delivery, now + visibility_ms)
+            taken.append(delivery)
         return taken
 
     def lease(self, msg_id: int) -> Delivery | None:
@@ -863,8 +885,10 @@ class Queue:
             # settle a message that reached no dead-letter queue.
             log.error("queue '%s': cannot read message %d to dead-letter it: %s", self.name,
                       entry.msg_id, exc)
+            self._release(entry)
             return
         copied = self.host.dead_letter(self, message, reason)
+        self._release(entry)
         if not entry.on_disk or copied is None:
             self._forget(entry)
         else:
@@ -880,6 +904,8 @@ class Queue:
         self._forget(entry)
 
     def _forget(self, entry: Entry) -> None:
+        """The entry leaves the queue for good: out of the memory count, settled on disk."""
+        self._release(entry)
         if entry.on_disk:
             self.log.settle(entry.msg_id)
 
@@ -984,6 +1010,9 @@ class Queue:
         """Mark deleted; returns the ready count. Consumers are told by the vhost."""
         count = self.ready_count
         self.purge()
+        for _, _, entry in self._delayed:
+            if entry.state == DELAYED:
+                self._release(entry)  # gone with the queue (unacked ones go when settled)
         self.deleted = True
         while self._ready_listeners:  # long polls end now
             self._ready_listeners.popleft()()

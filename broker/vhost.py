@@ -57,8 +57,10 @@ def _gen_name(prefix: str = "amq.gen-") -> str:
 class VirtualHost:
     def __init__(self, name: str, *, store: Any = None, clock: Any = None,
                  consumer_timeout_ms: int = 0, resident_bytes: int | None = None,
-                 memory: Any = None):
+                 memory: Any = None, max_queues: int = 0):
         self.name = name
+        #: RabbitMQ's vhost limit: queues this vhost holds at most (0: no limit)
+        self.max_queues = max_queues
         self.memory = memory
         self.resident_bytes = resident_bytes
         self.store = store
@@ -272,6 +274,10 @@ class VirtualHost:
             self._check_equivalent(existing, durable, exclusive, auto_delete, arguments)
             existing.touch()
             return QueueInfo(name, existing.message_count, existing.consumer_count)
+        if self.max_queues and len(self.queues) >= self.max_queues:
+            # RabbitMQ's vhost limit max-queues: 406 PRECONDITION_FAILED
+            raise PreconditionFailed(f"cannot declare queue '{name}': queue limit in vhost "
+                                     f"'{self.name}' ({self.max_queues}) is reached")
         kind = arguments.get("x-queue-type", "classic")
         if kind in ("stream", "quorum"):
             for prop, bad in (("durable", not durable), ("exclusive", exclusive),

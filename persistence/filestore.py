@@ -30,6 +30,7 @@ import bisect
 import errno
 import logging
 import os
+import resource
 import urllib.parse
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,15 @@ def _base_id(segment: "_Segment") -> int:
 def _fs_name(name: str) -> str:
     """A vhost or queue name as one safe path component (reversible)."""
     return urllib.parse.quote(name, safe="") or "%2F"
+
+
+def _descriptor_budget(wanted: int) -> int:
+    """Descriptors per cache (one for writing, one for reading): at most an eighth of the open
+    file limit, so client connections keep the rest."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, max(4, soft // 8)))
 
 
 class StoreError(OSError):
@@ -399,8 +409,9 @@ class FileStore:
         self.fsync_interval_ms = fsync_interval_ms
         self.segment_bytes = segment_bytes
         self.fs = fs or FileSystem()
-        self.max_open_files = max_open_files
-        self.writer = Writer(self.fs, max_open_files, sync=fsync != "never")
+        self._wanted_open_files = max_open_files
+        self.max_open_files = _descriptor_budget(max_open_files)
+        self.writer = Writer(self.fs, self.max_open_files, sync=fsync != "never")
         self._logs: dict[str, FileQueueLog] = {}
         self._dirty_logs: dict[FileQueueLog, None] = {}
         self._executor: ThreadPoolExecutor | None = None
@@ -415,6 +426,8 @@ class FileStore:
         self.last_error: OSError | None = None
 
     async def open(self) -> None:
+        # The limit may have been raised since __init__ (the service does it at start).
+        self.max_open_files = self.writer.max_open = _descriptor_budget(self._wanted_open_files)
         # Transient messages spilled by the last run are not kept across a restart.
         self.fs.rmtree(os.path.join(self.data_dir, "spill"))
         for directory in self.fs.makedirs(os.path.join(self.data_dir, "queues")):
@@ -423,17 +436,20 @@ class FileStore:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="manifold-fsync")
 
     async def close(self) -> None:
+        retries = 3  # after failed batches: a few more tries, then give up (disk full)
         while self._has_work() or self._in_flight is not None:
             if self._in_flight is not None:
                 await asyncio.wait([self._in_flight])
                 # A batch that had already finished is awaited without a yield, while its done
                 # callback (which clears _in_flight) is still queued: give it its turn.
                 await asyncio.sleep(0)
-            elif self.last_error is not None:
-                log.error("closing with unwritten data: %s", self.last_error)
-                break
-            else:
-                self._kick()
+                continue
+            if self.last_error is not None:
+                if not retries:
+                    log.error("closing with unwritten data: %s", self.last_error)
+                    break
+                retries -= 1
+            self._kick()
         for fd in self._read_fds.values():
             self.fs.close(fd)
         self._read_fds.clear()

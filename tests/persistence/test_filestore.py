@@ -253,3 +253,18 @@ async def test_close_right_after_a_batch_finished_does_not_spin(tmp_path):
         await asyncio.sleep(0)  # wake as soon as it is done: its callback has not run yet
     await store.close()
     assert store._in_flight is None
+
+
+async def test_recovered_messages_are_marked_redelivered(tmp_path):
+    broker, vhost = await open_broker(tmp_path)
+    vhost.declare_queue("q", durable=True)
+    await vhost.publish("", "q", persistent(b"maybe delivered")).wait
+    consumer = Recorder()
+    vhost.consume("q", consumer)
+    assert consumer.deliveries[0].redelivered is False  # delivered, never acked: the crash
+    await broker.close()
+    broker, vhost = await open_broker(tmp_path)
+    consumer = Recorder()
+    vhost.consume("q", consumer)
+    assert [d.redelivered for d in consumer.deliveries] == [True]
+    await broker.close()
