@@ -348,3 +348,17 @@ def test_sends_wait_while_a_resource_alarm_blocks_publishers(make_broker):
         running_broker.call(lambda: memory.set_disk_alarm(False))
     (message,) = sqs.receive_message(QueueUrl=url)["Messages"]
     assert message["Body"] == "held"
+
+
+def test_queue_defaults_for_wait_and_visibility(sqs):
+    url = sqs.create_queue(QueueName="defaults", Attributes={
+        "ReceiveMessageWaitTimeSeconds": "1", "VisibilityTimeout": "1"})["QueueUrl"]
+    started = time.monotonic()
+    assert "Messages" not in sqs.receive_message(QueueUrl=url)  # long poll by default
+    assert time.monotonic() - started >= 0.9
+    sqs.send_message(QueueUrl=url, MessageBody="m")
+    (first,) = sqs.receive_message(QueueUrl=url)["Messages"]
+    started = time.monotonic()
+    (again,) = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5)["Messages"]
+    assert again["MessageId"] == first["MessageId"]  # back after the queue's 1 s visibility
+    assert 0.5 < time.monotonic() - started < 4.5
