@@ -362,3 +362,20 @@ def test_queue_defaults_for_wait_and_visibility(sqs):
     (again,) = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5)["Messages"]
     assert again["MessageId"] == first["MessageId"]  # back after the queue's 1 s visibility
     assert 0.5 < time.monotonic() - started < 4.5
+
+
+def test_boto3_resource_api(running_broker):
+    import boto3
+    sqs = boto3.resource("sqs", endpoint_url=f"http://127.0.0.1:{running_broker.ports['http']}",
+                         region_name="us-east-1", aws_access_key_id="guest",
+                         aws_secret_access_key="guest")
+    queue = sqs.create_queue(QueueName="resource")
+    queue.send_messages(Entries=[{"Id": str(i), "MessageBody": f"r{i}"} for i in range(3)])
+    assert queue.attributes["ApproximateNumberOfMessages"] == "3"
+    messages = queue.receive_messages(MaxNumberOfMessages=10, WaitTimeSeconds=1)
+    assert sorted(m.body for m in messages) == ["r0", "r1", "r2"]
+    for message in messages:
+        message.delete()
+    assert [q.url for q in sqs.queues.filter(QueueNamePrefix="res")] == [queue.url]
+    queue.delete()
+    assert list(sqs.queues.filter(QueueNamePrefix="res")) == []
