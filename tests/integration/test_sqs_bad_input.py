@@ -6,6 +6,9 @@ import json
 
 import pytest
 import requests
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 from .sqs_helpers import sqs_client
 
@@ -82,10 +85,12 @@ def test_wrong_shapes_never_give_500(running_broker):
         for params in variants(template):
             if operation in ("DeleteQueue", "PurgeQueue") and params.get("QueueUrl") == URL:
                 continue  # keep the queue for the other cases
-            body = json.dumps(params)
-            response = session.post(endpoint, data=body.encode("utf-8", "surrogatepass"),
-                                    headers={"X-Amz-Target": f"AmazonSQS.{operation}",
-                                             "Content-Type": "application/x-amz-json-1.0"},
+            body = json.dumps(params).encode("utf-8", "surrogatepass")
+            signed = AWSRequest(method="POST", url=endpoint, data=body, headers={
+                "X-Amz-Target": f"AmazonSQS.{operation}",
+                "Content-Type": "application/x-amz-json-1.0"})
+            SigV4Auth(Credentials("guest", "guest"), "sqs", "us-east-1").add_auth(signed)
+            response = session.post(endpoint, data=body, headers=dict(signed.headers),
                                     timeout=30)
             assert response.status_code < 500, (operation, params, response.text)
             if response.status_code >= 400:
