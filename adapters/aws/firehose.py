@@ -137,10 +137,10 @@ class Firehose:
     def _stop(self, name: str) -> None:
         consumer = self.consumers.pop(name, None)
         if consumer is not None:
-            consumer.close()
+            left = consumer.close()
             self.vhost.cancel(consumer)
             # unacked deliveries go back to the queue (they are still on disk)
-            self.vhost.requeue(consumer.buffer)
+            self.vhost.requeue(left)
         source = self.sources.pop(name, None)
         if source is not None:
             source.close()

@@ -139,7 +139,10 @@ class SubscriptionWorker(Consumer):
             try:
                 await self.sns.sender.send(sub, message, text, attributes)
                 return
-            except DeliveryFailed as exc:
+            except Exception as exc:  # a failed attempt, never a dead worker
+                if not isinstance(exc, DeliveryFailed):
+                    log.exception("SNS delivery to %s failed unexpectedly", sub.endpoint)
+                    exc = DeliveryFailed("InternalError", str(exc))
                 failure = exc
                 log.info("SNS delivery to %s (%s) failed, attempt %d: %s", sub.endpoint,
                          sub.protocol, attempt + 1, exc)
