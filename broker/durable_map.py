@@ -25,11 +25,13 @@ class DurableMap:
         self.log = log
         self._ids: dict[Hashable, int] = {}
         self._next_id = 1
+        self._loaded = False
 
     def load(self) -> dict[Hashable, Any]:
         """What an earlier run stored: key -> value."""
-        if self.log is None:
+        if self.log is None or self._loaded:
             return {}
+        self._loaded = True  # record ids continue after the stored ones: load before writing
         values: dict[Hashable, Any] = {}
         for record_id, data in self.log.recover():
             key, value = decode_value(data)
@@ -49,6 +51,7 @@ class DurableMap:
         """Store ``value`` under ``key``; the result resolves once it is durable."""
         if self.log is None:
             return None
+        self.load()
         record_id = self._next_id
         self._next_id += 1
         wait = self.log.append(record_id, encode_value([key, value]))

@@ -15,6 +15,7 @@ import heapq
 from typing import Any
 
 READY = 0  # broker.queue.READY (kept here so queue.py can import this module)
+NO_GROUP = object()  # "no preference" (None is a group: messages without a group id)
 
 
 class MessageGroups:
@@ -24,8 +25,6 @@ class MessageGroups:
         #: group -> number of its unacked messages (> 0: locked)
         self.in_flight: dict[Any, int] = {}
         self._order: list[tuple[int, Any]] = []
-        #: groups that the receive in progress already holds: it may take more of them, in order
-        self.batch: set | None = None
 
     def push(self, entry: Any) -> None:
         heap = self.ready.get(entry.group)
@@ -44,12 +43,19 @@ class MessageGroups:
             return None
         return heap[0][1]
 
-    def take(self) -> Any:
-        """Remove and return the oldest head of an unlocked group (or of a group in ``batch``)."""
+    def take(self, prefer: Any = NO_GROUP) -> Any:
+        """Remove and return the next message of group ``prefer`` (which the caller holds), else
+        the oldest head of an unlocked group. SQS: a receive returns as many messages of one
+        group as it can."""
+        if prefer is not NO_GROUP:
+            entry = self._head(prefer)
+            if entry is not None:
+                heapq.heappop(self.ready[prefer])
+                return entry
         order = self._order
         while order:
             head_id, group = order[0]
-            if self.in_flight.get(group) and (self.batch is None or group not in self.batch):
+            if self.in_flight.get(group):
                 heapq.heappop(order)  # pushed again when the group unlocks
                 continue
             entry = self._head(group)

@@ -4,7 +4,9 @@ free disk space against a limit.
 RabbitMQ's model: above the mark, connections that publish stop being read (AMQP clients are
 told with Connection.Blocked) until consumers drain the queues below the low-water mark, so a
 flood of publishes with nobody consuming cannot grow the broker without bound. Consumers keep
-acking meanwhile, which is how memory comes back. Bodies paged out to disk do not count.
+acking meanwhile, which is how memory comes back. Counted: every body a queue holds in memory,
+ready or unacked, and every retained MQTT message, each plus a per-entry overhead
+(``broker.queue.ENTRY_OVERHEAD_BYTES``); a body paged out to disk counts only its overhead.
 The disk alarm (RabbitMQ's ``disk_free_limit``) blocks the same connections while free space on
 the data directory's file system is below the limit; consumers and acks go on, and publishing
 resumes when space comes back. ``blocking`` is either alarm; listeners hear when it changes.

@@ -17,15 +17,20 @@ import logging
 from collections import deque
 from typing import Any, Awaitable, Protocol
 
+from .coldrun import ColdRun
 from .consumer import Consumer, Delivery
 from .errors import PreconditionFailed, ResourceLocked
-from .groups import MessageGroups
+from .groups import NO_GROUP, MessageGroups
 from .message import Message
 from .message_codec import decode_message, encode_message
 
 log = logging.getLogger("manifold.queue")
 
 READY, DELAYED, UNACKED, GONE = range(4)
+#: what an ordinary entry costs in memory besides its body (Entry, Message, Properties, its
+#: index, heap and deque slots, allocator slack), measured with 64-byte bodies; counted against
+#: the resident budget and by the memory alarm for every message the queue holds in memory
+ENTRY_OVERHEAD_BYTES = 400
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 QUEUE_TYPES = ("classic", "quorum", "stream")
 # Arguments that RabbitMQ checks for equivalence on redeclare, plus Manifold's.
@@ -54,7 +59,7 @@ class QueueLog(Protocol):
 class Entry:
     """One message in one queue. ``message`` is None while the body lives only on disk (paged
     out); ``on_disk`` says the queue's log holds it (a persistent message in a durable queue)."""
-    __slots__ = ("msg_id", "message", "priority", "size", "state", "delivery_count",
+    __slots__ = ("msg_id", "message", "priority", "size", "state", "delivery_count", "counted",
                  "expires_at", "ready_at", "returns", "on_disk", "group", "first_delivered_ms")
 
     def __init__(self, msg_id: int, message: Message | None, priority: int, size: int = -1):
@@ -63,6 +68,8 @@ class Entry:
         self.priority = priority
         self.size = len(message.body) if message is not None else size
         self.on_disk = False
+        #: counted in the memory alarm (from arrival until it leaves the queue for good)
+        self.counted = False
         self.state = READY
         self.delivery_count = 0
         self.expires_at = 0
@@ -169,6 +176,8 @@ class Queue:
         self._timeouts: list[tuple[int, int, Delivery]] = []
         self._timeout_seq = 0
         self.ready_count = 0
+        #: ready messages waiting in cold runs (no entry object; see coldrun.py)
+        self.cold_count = 0
         self.ready_bytes = 0
         self.unacked_count = 0
         self.delayed_count = 0
@@ -269,6 +278,7 @@ class Queue:
             priority = min(props.priority or 0, self.max_priority)
         entry = Entry(self._next_id, message, priority)
         self._next_id += 1
+        self._arrived(entry)
         if self.grouped is not None:
             entry.group = props.headers.get(GROUP_HEADER) if props.headers else None
         ttl = self._ttl_of(message)
@@ -311,6 +321,13 @@ class Queue:
                 if self.ready_count:  # the consumer returned something while we held the pump
                     self.pump()
                 return result
+        if self._may_freeze(entry):
+            self._release(entry)  # a cold message is 12 bytes in a run, not an entry
+            self._freeze(entry.msg_id, entry.size, 0)
+            if self.consumers:
+                self.pump()
+            self._trim()
+            return result
         self._push_ready(entry, False)
         self._became_ready(entry)
         if self.consumers:
@@ -322,22 +339,91 @@ class Queue:
             result.add_done_callback(lambda future, e=entry: self._page_out(e, future))
         return result
 
+    def _may_freeze(self, entry: Entry) -> bool:
+        """Whether a new ready message waits as 12 bytes in a cold run (see coldrun.py): its body
+        is in the log, the queue is past its resident budget, and nothing about it needs a
+        look before delivery."""
+        if (not entry.on_disk or self.resident_limit is None or self.max_priority or
+                self.grouped is not None or entry.expires_at):
+            return False
+        # An ordinary entry costs its body and some 400 bytes of objects: both count, or a
+        # million small messages would all stay "resident" within a 64 MiB budget.
+        hot = self.ready_count - self.cold_count
+        return (self.resident_bytes + entry.size + hot * ENTRY_OVERHEAD_BYTES >
+                self.resident_limit)
+
+    def _freeze(self, msg_id: int, size: int, delivery_count: int) -> None:
+        fresh = self._fresh[0]
+        run = fresh[-1] if fresh else None
+        if (run.__class__ is not ColdRun or run.full() or  # type: ignore[union-attr]
+                run.delivery_count != delivery_count):  # type: ignore[union-attr]
+            run = ColdRun(delivery_count)
+            fresh.append(run)  # type: ignore[arg-type]
+        run.append(msg_id, size)  # type: ignore[union-attr]
+        self.cold_count += 1
+        if self._ready_listeners:
+            self._ready_listeners.popleft()()
+        self.ready_count += 1
+        self.ready_bytes += size
+
+    def _thaw_head(self, fresh: deque) -> None:
+        """Turn the cold run at the head of ``fresh`` into ordinary entries, one at a time."""
+        while fresh and fresh[0].__class__ is ColdRun:
+            run = fresh[0]
+            if not run:
+                fresh.popleft()
+                continue
+            msg_id, size = run.pop()
+            self.cold_count -= 1
+            if not run:
+                fresh.popleft()
+            if not self.log.holds(msg_id):
+                # Its write failed (the publisher was refused): it never joined the queue.
+                self.ready_count -= 1
+                self.ready_bytes -= size
+                continue
+            entry = Entry(msg_id, None, 0, size)
+            entry.on_disk = True
+            entry.state = READY
+            entry.delivery_count = run.delivery_count
+            self._arrived(entry)
+            fresh.appendleft(entry)
+            return
+
     def _page_out(self, entry: Entry, written: Any) -> None:
         if (entry.state == READY and entry.message is not None and not written.cancelled()
                 and written.exception() is None):
             entry.message = None
             self._resident(-entry.size)
+            self._count(entry, -entry.size)
 
     def _resident(self, delta: int) -> None:
+        """Bytes of ready bodies in memory (what the resident limit pages out)."""
         self.resident_bytes += delta
-        if self.memory is not None:
+
+    def _count(self, entry: Entry, delta: int) -> None:
+        """The memory alarm counts every body the queue holds in memory, ready or unacked, plus
+        a per-entry overhead, from arrival until the entry leaves for good."""
+        if self.memory is not None and entry.counted:
             self.memory.add(delta)
+
+    def _arrived(self, entry: Entry) -> None:
+        entry.counted = True
+        self._count(entry, ENTRY_OVERHEAD_BYTES + (entry.size if entry.message is not None
+                                                   else 0))
+
+    def _release(self, entry: Entry) -> None:
+        if entry.counted:
+            self._count(entry, -ENTRY_OVERHEAD_BYTES - (entry.size if entry.message is not None
+                                                        else 0))
+            entry.counted = False
 
     def _load(self, entry: Entry) -> Message:
         """The entry's message, read back from disk if it was paged out."""
         message = entry.message
         if message is None:
             message = entry.message = decode_message(self.log.read(entry.msg_id))
+            self._count(entry, entry.size)
             if entry.state == READY:
                 self._resident(entry.size)
         return message
@@ -404,7 +490,15 @@ class Queue:
         # Priorities and groups are inside the message: those queues read every body back.
         records = self.log.recover(None if self.max_priority or self.grouped is not None
                                    else self.resident_limit)
+        count = 0
+        last_id = 0
         for msg_id, data in records:
+            count += 1
+            last_id = msg_id
+            if data is None and self.message_ttl is None:
+                # Past the resident budget: 12 bytes in a cold run (the body stays on disk).
+                self._freeze(msg_id, self.log.size_of(msg_id), 1)
+                continue
             if data is None:
                 entry = Entry(msg_id, None, 0, self.log.size_of(msg_id))
                 ttl = self.message_ttl
@@ -416,6 +510,7 @@ class Queue:
                 if self.grouped is not None and message.properties.headers:
                     entry.group = message.properties.headers.get(GROUP_HEADER)
             entry.on_disk = True
+            self._arrived(entry)
             # It may have been delivered before the restart: redelivered=true / DUP, as
             # RabbitMQ marks recovered messages.
             entry.delivery_count = 1
@@ -423,16 +518,17 @@ class Queue:
                 entry.expires_at = now + ttl
             self._push_ready(entry, False)
             self._became_ready(entry)
-        self._next_id = max(self._next_id, getattr(self.log, "max_id_seen", 0) + 1,
-                            records[-1][0] + 1 if records else 1)
-        return len(records)
+        self._next_id = max(self._next_id, getattr(self.log, "max_id_seen", 0) + 1, last_id + 1)
+        return count
 
     # ---------------------------------------------------------------- dequeue
-    def _take_head(self, ignore_groups: bool = False) -> Entry | None:
+    def _take_head(self, ignore_groups: bool = False, prefer: Any = NO_GROUP) -> Entry | None:
         """Remove and return the next ready entry (highest priority, then oldest; in a grouped
-        queue the oldest head of an unlocked group, or of any group with ``ignore_groups``)."""
+        queue the next of group ``prefer``, else the oldest head of an unlocked group, or of any
+        group with ``ignore_groups``)."""
         if self.grouped is not None:
-            entry = (self.grouped.take_oldest_any() if ignore_groups else self.grouped.take())
+            entry = (self.grouped.take_oldest_any() if ignore_groups
+                     else self.grouped.take(prefer))
             return None if entry is None else self._unready(entry)
         returned = self._returned
         while returned and returned[0][2].state != READY:
@@ -440,8 +536,11 @@ class Queue:
         best_fresh: Entry | None = None
         fresh_queue: deque | None = None
         for q in reversed(self._fresh):
-            while q and q[0].state != READY:
-                q.popleft()
+            while q and (q[0].__class__ is ColdRun or q[0].state != READY):
+                if q[0].__class__ is ColdRun:
+                    self._thaw_head(q)
+                else:
+                    q.popleft()
             if q:
                 best_fresh, fresh_queue = q[0], q
                 break
@@ -517,10 +616,10 @@ class Queue:
         finally:
             self._pumping = False
 
-    def _next_live(self) -> Entry | None:
+    def _next_live(self, prefer: Any = NO_GROUP) -> Entry | None:
         """The next ready entry that has not expired (expired ones are dead-lettered on the way)."""
         while True:
-            entry = self._take_head()
+            entry = self._take_head(prefer=prefer)
             if entry is None:
                 return None
             # Strictly past: a zero-TTL message may still go to a consumer in the same instant.
@@ -561,30 +660,23 @@ class Queue:
     def receive(self, max_count: int, visibility_ms: int) -> list[Delivery]:
         """Check out up to ``max_count`` ready messages without a consumer, each returning to the
         queue after ``visibility_ms`` unless settled (SQS ReceiveMessage; the receiver names them
-        later by message id, see :meth:`lease`). In a grouped queue one call may take several
-        messages of one group, in order."""
+        later by message id, see :meth:`lease`). In a grouped queue it takes as many messages of
+        one group as it can, in order, before it moves on to the next group (as SQS does)."""
         self.touch()
         now = self.host.now_ms()
         taken: list[Delivery] = []
-        groups = self.grouped
-        if groups is not None:
-            groups.batch = set()
-        try:
-            while len(taken) < max_count:
-                entry = self._next_live()
-                if entry is None:
-                    break
-                delivery = self._checkout(entry, None)
-                if groups is not None:
-                    groups.batch.add(entry.group)
-                if not entry.first_delivered_ms:
-                    entry.first_delivered_ms = now
-                self._leases[entry.msg_id] = delivery
-                self._set_deadline(delivery, now + visibility_ms)
-                taken.append(delivery)
-        finally:
-            if groups is not None:
-                groups.batch = None
+        group = NO_GROUP
+        while len(taken) < max_count:
+            entry = self._next_live(group)
+            if entry is None:
+                break
+            delivery = self._checkout(entry, None)
+            group = entry.group
+            if not entry.first_delivered_ms:
+                entry.first_delivered_ms = now
+            self._leases[entry.msg_id] = delivery
+            self._set_deadline(delivery, now + visibility_ms)
+            taken.append(delivery)
         return taken
 
     def lease(self, msg_id: int) -> Delivery | None:
@@ -607,6 +699,14 @@ class Queue:
         delivery = self._leases.get(msg_id)
         if delivery is not None:
             return self.settle(delivery, True, False)
+        for run in self._cold_runs():
+            size = run.remove(msg_id)
+            if size >= 0:
+                self.cold_count -= 1
+                self.ready_count -= 1
+                self.ready_bytes -= size
+                self.log.settle(msg_id)
+                return True
         for entry in self._ready_entries():
             if entry.msg_id == msg_id:
                 self._unready(entry)
@@ -695,8 +795,10 @@ class Queue:
             # settle a message that reached no dead-letter queue.
             log.error("queue '%s': cannot read message %d to dead-letter it: %s", self.name,
                       entry.msg_id, exc)
+            self._release(entry)
             return
         copied = self.host.dead_letter(self, message, reason)
+        self._release(entry)
         if not entry.on_disk or copied is None:
             self._forget(entry)
         else:
@@ -712,6 +814,8 @@ class Queue:
         self._forget(entry)
 
     def _forget(self, entry: Entry) -> None:
+        """The entry leaves the queue for good: out of the memory count, settled on disk."""
+        self._release(entry)
         if entry.on_disk:
             self.log.settle(entry.msg_id)
 
@@ -807,6 +911,9 @@ class Queue:
         """Mark deleted; returns the ready count. Consumers are told by the vhost."""
         count = self.ready_count
         self.purge()
+        for _, _, entry in self._delayed:
+            if entry.state == DELAYED:
+                self._release(entry)  # gone with the queue (unacked ones go when settled)
         self.deleted = True
         while self._ready_listeners:  # long polls end now
             self._ready_listeners.popleft()()
@@ -816,11 +923,19 @@ class Queue:
         if self.grouped is not None:
             entries = self.grouped.entries()
         else:
-            entries = [e for q in self._fresh for e in q if e.state == READY]
+            entries = [e for q in self._fresh for e in q
+                       if e.__class__ is not ColdRun and e.state == READY]
             entries += [e for _, _, e in self._returned if e.state == READY]
         entries.sort(key=lambda e: (-e.priority, e.msg_id))
         return entries
 
     def ready_messages(self) -> list[Message]:
         """Ready messages in delivery order (for tests and introspection)."""
-        return [self._load(e) for e in self._ready_entries()]
+        listed: list[tuple[int, Any]] = [(e.msg_id, e) for e in self._ready_entries()]
+        listed += [(msg_id, None) for run in self._cold_runs() for msg_id, _ in run.items()]
+        listed.sort(key=lambda item: (-(item[1].priority if item[1] else 0), item[0]))
+        return [self._load(e) if e is not None else decode_message(self.log.read(msg_id))
+                for msg_id, e in listed]
+
+    def _cold_runs(self) -> list[ColdRun]:
+        return [run for run in self._fresh[0] if run.__class__ is ColdRun]  # type: ignore

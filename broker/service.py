@@ -16,19 +16,23 @@ import os
 import resource
 import shutil
 import signal
+import ssl
 from typing import Any
 
 from aiohttp import web
 
-from manifold.config.settings import Settings
+from manifold.config.settings import ConfigError, Settings
 from manifold.persistence.filestore import FileStore
 
 from .core import Broker
+from .tls import server_context
 from .transport import Connection, ProtocolServer
 
 log = logging.getLogger("manifold")
 
 PROTOCOLS = ("amqp", "mqtt", "stomp")
+#: what the WebSocket listeners (ws, wss) carry
+WEBSOCKET_PROTOCOLS = ("mqtt", "stomp")
 #: settings section -> adapter package serving HTTP on that section's port
 HTTP_LISTENERS = {"http": "aws", "management": "management"}
 
@@ -55,6 +59,7 @@ class Service:
         self.http_runners: dict[str, web.AppRunner] = {}
         #: protocol -> port actually bound (useful with port 0)
         self.ports: dict[str, int] = {}
+        self.tls_context: ssl.SSLContext | None = None
         self._stopped = asyncio.Event()
         self._disk_timer: asyncio.TimerHandle | None = None
 
@@ -64,8 +69,10 @@ class Service:
         await self.broker.start()
         self.broker.memory.subscribe(self._memory_alarm)
         self._check_disk()
-        loop = asyncio.get_running_loop()
         server_settings = self.settings.server
+        tls = self.settings.tls
+        if tls.cert_file:
+            self.tls_context = server_context(tls)
         for protocol in PROTOCOLS:
             section = getattr(self.settings, protocol)
             adapter = load_adapter(protocol)
@@ -73,22 +80,60 @@ class Service:
                 continue
             server = adapter.make_server(self.broker, self.settings)
             self.servers[protocol] = server
-
-            def factory(protocol: str = protocol, server: ProtocolServer = server) -> Connection:
-                return Connection(protocol, server.new_session(), self.connections,
-                                  high_water_bytes=server_settings.output_high_water_bytes,
-                                  low_water_bytes=server_settings.output_low_water_bytes,
-                                  memory=self.broker.memory)
-
-            listener = await loop.create_server(factory, server_settings.bind, section.port,
-                                                reuse_address=True, backlog=1024)
-            self.listeners[protocol] = listener
-            self.ports[protocol] = listener.sockets[0].getsockname()[1]
+            await self._listen(protocol, section.port, server)
+            tls_port = getattr(tls, f"{protocol}s_port")
+            if self.tls_context is not None and tls_port:
+                await self._listen(f"{protocol}s", tls_port, server, tls=True)
+        ws = self.settings.websocket
+        if ws.enabled and any(p in self.servers for p in WEBSOCKET_PROTOCOLS):
+            await self._listen("ws", ws.port, None)
+            if self.tls_context is not None and tls.wss_port:
+                await self._listen("wss", tls.wss_port, None, tls=True)
         for section_name, adapter_name in HTTP_LISTENERS.items():
             await self._start_http(section_name, adapter_name)
         listening = ", ".join(f"{p} {server_settings.bind}:{port}" for p, port in self.ports.items())
         log.info("manifold listening: %s; data dir %s", listening or "no protocols",
                  os.path.abspath(server_settings.data_dir))
+
+    async def _listen(self, name: str, port: int, server: ProtocolServer | None,
+                      tls: bool = False) -> None:
+        """A listener named ``name`` (amqp, amqps, ws, wss...). ``server`` None: WebSocket, whose
+        handshake picks the MQTT or STOMP server."""
+        server_settings = self.settings.server
+        websocket = self.settings.websocket if server is None else None
+
+        def factory() -> Connection:
+            return Connection(name, server.new_session() if server is not None else None,
+                              self.connections,
+                              high_water_bytes=server_settings.output_high_water_bytes,
+                              low_water_bytes=server_settings.output_low_water_bytes,
+                              memory=self.broker.memory,
+                              # read per connection: a SIGHUP reload applies to new ones
+                              tls_context=self.tls_context if tls else None,
+                              handshake_timeout_s=self.settings.tls.handshake_timeout_s,
+                              websocket=websocket, open_session=self._websocket_session)
+
+        listener = await asyncio.get_running_loop().create_server(
+            factory, server_settings.bind, port, reuse_address=True, backlog=1024)
+        self.listeners[name] = listener
+        self.ports[name] = listener.sockets[0].getsockname()[1]
+
+    def _websocket_session(self, protocol: str) -> Any:
+        server = self.servers.get(protocol)
+        return server.new_session() if server is not None else None
+
+    def reload_tls(self) -> bool:
+        """Load the certificate and key again (SIGHUP): new connections use them, open ones keep
+        theirs. A file that cannot be loaded keeps the old certificate and logs why."""
+        if self.tls_context is None:
+            return False
+        try:
+            self.tls_context = server_context(self.settings.tls)
+        except ConfigError as exc:
+            log.error("TLS reload failed, keeping the old certificate: %s", exc)
+            return False
+        log.info("TLS certificate reloaded from %s", self.settings.tls.cert_file)
+        return True
 
     async def _start_http(self, section_name: str, adapter_name: str) -> None:
         section = getattr(self.settings, section_name)
@@ -142,6 +187,9 @@ class Service:
         for listener in self.listeners.values():
             listener.close()
         for conn in list(self.connections):
+            if conn.session is None:  # still in its TLS or WebSocket handshake
+                conn.abort("server shutdown")
+                continue
             try:
                 conn.session.going_away()
             except Exception:  # a broken session must not stop the shutdown of the others
@@ -164,6 +212,7 @@ class Service:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
         await self.start()
         await stop.wait()
         log.info("manifold shutting down")

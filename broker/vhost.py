@@ -57,8 +57,10 @@ def _gen_name(prefix: str = "amq.gen-") -> str:
 class VirtualHost:
     def __init__(self, name: str, *, store: Any = None, clock: Any = None,
                  consumer_timeout_ms: int = 0, resident_bytes: int | None = None,
-                 memory: Any = None):
+                 memory: Any = None, max_queues: int = 0):
         self.name = name
+        #: RabbitMQ's vhost limit: queues this vhost holds at most (0: no limit)
+        self.max_queues = max_queues
         self.memory = memory
         self.resident_bytes = resident_bytes
         self.store = store
@@ -258,6 +260,10 @@ class VirtualHost:
             self._check_equivalent(existing, durable, exclusive, auto_delete, arguments)
             existing.touch()
             return QueueInfo(name, existing.message_count, existing.consumer_count)
+        if self.max_queues and len(self.queues) >= self.max_queues:
+            # RabbitMQ's vhost limit max-queues: 406 PRECONDITION_FAILED
+            raise PreconditionFailed(f"cannot declare queue '{name}': queue limit in vhost "
+                                     f"'{self.name}' ({self.max_queues}) is reached")
         kind = arguments.get("x-queue-type", "classic")
         if kind in ("stream", "quorum"):
             for prop, bad in (("durable", not durable), ("exclusive", exclusive),
@@ -268,9 +274,8 @@ class VirtualHost:
                         f"{kind} queues must be durable, not exclusive and not auto-delete")
         queue: Queue | Stream
         if kind == "stream":
-            log = self.store.queue_log(self.name, name) if self.store else None
-            queue = Stream(self, self.name, name, arguments=arguments, durable=durable, log=log,
-                           memory=self.memory)
+            queue = Stream(self, self.name, name, arguments=arguments, durable=durable,
+                           store=self.store, memory=self.memory)
         else:
             log = self.store.queue_log(self.name, name) if (durable and self.store) else None
             queue = Queue(self, self.name, name, durable=durable,
@@ -538,6 +543,9 @@ class VirtualHost:
         return recovered
 
     def close(self) -> None:
+        for queue in self.queues.values():
+            if isinstance(queue, Stream):
+                queue.close()  # stored reader offsets acked since the last flush
         for _, handle in self._timers.values():
             handle.cancel()
         self._timers.clear()

@@ -6,6 +6,7 @@ Layout under the data directory (see FORMAT.md)::
     queues/<vhost>/<queue>/<base>.seg    a queue's log: ENQUEUE records and SETTLE tombstones
     state/<name>/<base>.seg              a state log (MQTT retained messages, sessions), same format
     dedup/<vhost>/<queue>/<base>.seg     a queue's deduplication window (same record format)
+    streams/<vhost>/<stream>/...         a stream's segments and indexes (streamlog.py)
 
 Writes never block the event loop: appends go into the log's open chunk, and one writer thread
 (:mod:`persistence.writer`) writes and fsyncs every dirty log in a batch. Under
@@ -24,16 +25,21 @@ small LRU caches, so thousands of durable queues need no file descriptor each.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import errno
 import logging
 import os
+import resource
 import urllib.parse
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator
 
 from .fs import FileSystem
-from .records import (ENQUEUE, FILE_HEADER_SIZE, RECORD_HEADER_SIZE, SETTLE, encode_record,
-                      file_header, parse_file_header, scan, segment_name)
+from .msgindex import SETTLED, SegmentIndex
+from .records import (ENQUEUE, FILE_HEADER_SIZE, RECORD_HEADER_SIZE, SETTLE, Walk,
+                      encode_record, file_header, parse_file_header, segment_name)
+from .streamlog import FileStreamLog
 from .writer import Batch, Chunk, Writer
 
 log = logging.getLogger("manifold.persistence")
@@ -43,9 +49,22 @@ FSYNC_POLICIES = ("always", "interval", "never")
 RETRY_DELAY_S = 0.05
 
 
+def _base_id(segment: "_Segment") -> int:
+    return segment.base_id
+
+
 def _fs_name(name: str) -> str:
     """A vhost or queue name as one safe path component (reversible)."""
     return urllib.parse.quote(name, safe="") or "%2F"
+
+
+def _descriptor_budget(wanted: int) -> int:
+    """Descriptors per cache (one for writing, one for reading): at most an eighth of the open
+    file limit, so client connections keep the rest."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, max(4, soft // 8)))
 
 
 class StoreError(OSError):
@@ -53,7 +72,7 @@ class StoreError(OSError):
 
 
 class _Segment:
-    __slots__ = ("base_id", "path", "live", "size", "poisoned")
+    __slots__ = ("base_id", "path", "live", "size", "poisoned", "index", "written")
 
     def __init__(self, base_id: int, path: str, size: int):
         self.base_id = base_id
@@ -64,6 +83,10 @@ class _Segment:
         self.size = size
         #: a write here could not be undone, or an fsync failed: nothing more is appended
         self.poisoned = False
+        #: where this segment's messages are (compact arrays, see msgindex.py)
+        self.index = SegmentIndex()
+        #: bytes of this file the writer has written (pread beyond this reads pending chunks)
+        self.written = size
 
 
 class FileQueueLog:
@@ -71,24 +94,24 @@ class FileQueueLog:
         self.store = store
         self.directory = directory
         self.segments: list[_Segment] = []
-        # msg_id -> (segment, byte position of its ENQUEUE record, payload length)
-        self._where: dict[int, tuple[_Segment, int, int]] = {}
         #: chunks ready for the writer, in order; the last one may still grow (the open chunk)
         self.chunks: list[Chunk] = []
+        #: chunks handed to the writer and not yet done (their bytes may not be in the file)
+        self._writing: list[Chunk] = []
         self.dropped = False
         self.recovery_problems: list[str] = []
         #: the highest record id ever written (settled or not), so ids are never reused
         self.max_id_seen = -1
 
     # ------------------------------------------------------------------ recovery
-    def recover(self, resident_bytes: int | None = None) -> list[tuple[int, bytes | None]]:
+    def recover(self, resident_bytes: int | None = None) -> Iterator[tuple[int, bytes | None]]:
         """Rebuild the unsettled set from the segments; truncate each at its first bad record.
 
-        Returns ``(msg_id, payload)`` in id order. Payloads past the first ``resident_bytes``
-        (None: no limit) are left on disk and returned as None: fetch them with :meth:`read`, so a
-        backlog larger than memory can be recovered."""
+        Yields ``(msg_id, payload)`` in id order. Payloads past the first ``resident_bytes``
+        (None: no limit) are left on disk and come as None: fetch them with :meth:`read`, so a
+        backlog larger than memory can be recovered. The scan is done before the first item;
+        the iterator holds nothing per message (a million messages are not a million tuples)."""
         fs = self.store.fs
-        live: dict[int, tuple[_Segment, int, int]] = {}
         try:
             names = sorted(n for n in fs.listdir(self.directory) if n.endswith(".seg"))
         except FileNotFoundError:
@@ -97,66 +120,97 @@ class FileQueueLog:
             path = os.path.join(self.directory, name)
             data = fs.read_file(path)  # one segment at a time (segment_bytes bounds it)
             base_id = parse_file_header(data)
-            result = scan(data)
             if base_id is None:
-                self.recovery_problems.append(f"{path}: {result.problem}; file removed")
+                self.recovery_problems.append(
+                    f"{path}: missing or unknown segment header; file removed")
                 fs.unlink(path)
                 continue
-            if result.problem is not None:
-                dropped = len(data) - result.good_bytes
-                self.recovery_problems.append(
-                    f"{path}: {result.problem}; truncated, {dropped} bytes dropped")
+            segment = _Segment(base_id, path, 0)
+            self.segments.append(segment)
+            walked = Walk(data)
+            for kind, msg_id, position, length in walked:
+                if msg_id > self.max_id_seen:
+                    self.max_id_seen = msg_id
+                if kind == ENQUEUE:
+                    segment.index.add(msg_id, position, length)
+                    segment.live += 1
+                elif kind == SETTLE:
+                    found = self._locate(msg_id)
+                    if found is not None:
+                        found[0].index.kill(found[1])
+                        found[0].live -= 1
+            del data
+            if walked.problem is not None:
+                self.recovery_problems.append(f"{path}: {walked.problem}; truncated, "
+                                              f"{walked.dropped} bytes dropped")
                 fd = fs.open(path, os.O_WRONLY)
                 try:
-                    fs.ftruncate(fd, result.good_bytes)
+                    fs.ftruncate(fd, walked.good_bytes)
                     fs.fsync(fd)
                 finally:
                     fs.close(fd)
-            segment = _Segment(base_id, path, result.good_bytes)
-            self.segments.append(segment)
-            for record in result.records:
-                self.max_id_seen = max(self.max_id_seen, record.msg_id)
-                if record.kind == ENQUEUE:
-                    live[record.msg_id] = (segment, record.position, len(record.payload))
-                    segment.live += 1
-                elif record.kind == SETTLE and record.msg_id in live:
-                    owner = live.pop(record.msg_id)[0]
-                    owner.live -= 1
+            segment.size = segment.written = walked.good_bytes
         for problem in self.recovery_problems:
             log.warning("recovery: %s", problem)
-        self._where = live
         self.store._unlink_later(self._compact())
-        out: list[tuple[int, bytes | None]] = []
+        return self._replay(resident_bytes)
+
+    def _replay(self, resident_bytes: int | None) -> Iterator[tuple[int, bytes | None]]:
         budget = resident_bytes
-        for msg_id in sorted(live):
-            length = live[msg_id][2]
-            if budget is None or length <= budget:
-                out.append((msg_id, self.read(msg_id)))
-                if budget is not None:
-                    budget -= length
-            else:
-                budget = 0  # keep the resident part a prefix of the queue
-                out.append((msg_id, None))
-        return out
+        for segment in list(self.segments):
+            index = segment.index
+            for i, msg_id in enumerate(index.ids):
+                length = index.lengths[i]
+                if length == SETTLED:
+                    continue
+                if budget is None or length <= budget:
+                    yield msg_id, self.read(msg_id)
+                    if budget is not None:
+                        budget -= length
+                else:
+                    budget = 0  # keep the resident part a prefix of the queue
+                    yield msg_id, None
+
+    def _locate(self, msg_id: int) -> tuple[_Segment, int] | None:
+        """The segment and slot of a live message. A segment holds ids from its base id up to
+        the next segment's (ids only grow; a rehomed chunk leaves its old segment)."""
+        segments = self.segments
+        i = bisect.bisect_right(segments, msg_id, key=_base_id) - 1
+        if i < 0:
+            return None
+        slot = segments[i].index.find(msg_id)
+        return (segments[i], slot) if slot >= 0 else None
 
     def size_of(self, msg_id: int) -> int:
-        return self._where[msg_id][2]
+        segment, slot = self._locate(msg_id)  # type: ignore[misc]
+        return segment.index.lengths[slot]
 
     def holds(self, msg_id: int) -> bool:
         """Whether the log has the message (its append did not fail, it is not settled)."""
-        return msg_id in self._where
+        return self._locate(msg_id) is not None
 
     def read(self, msg_id: int) -> bytes:
-        """The payload of a live message, from its segment. Only for messages whose append has
-        completed (its future resolved), or that were recovered."""
-        segment, position, length = self._where[msg_id]
-        return self.store._pread(segment.path, length, position + RECORD_HEADER_SIZE)
+        """The payload of a live message: from its segment file, or from the chunk that is
+        still on its way there."""
+        found = self._locate(msg_id)
+        if found is None:
+            raise KeyError(msg_id)
+        segment, slot = found
+        position = segment.index.positions[slot] + RECORD_HEADER_SIZE
+        length = segment.index.lengths[slot]
+        if position + length > segment.written:
+            for chunk in self._writing + self.chunks:
+                if chunk.segment is segment and chunk.start <= position < \
+                        chunk.start + len(chunk.data):
+                    at = position - chunk.start
+                    return bytes(chunk.data[at:at + length])
+        return self.store._pread(segment.path, length, position)
 
     # ------------------------------------------------------------------ writing (event loop side)
     def append(self, msg_id: int, data: bytes) -> asyncio.Future | None:
         chunk = self._chunk_for_append(msg_id)
         segment = chunk.segment
-        self._where[msg_id] = (segment, segment.size, len(data))
+        segment.index.add(msg_id, segment.size, len(data))
         self._add(chunk, encode_record(ENQUEUE, msg_id, data))
         segment.live += 1
         chunk.ids.append(msg_id)
@@ -170,10 +224,11 @@ class FileQueueLog:
         return future
 
     def settle(self, msg_id: int) -> None:
-        where = self._where.pop(msg_id, None)
-        if where is None or self.dropped:
+        found = self._locate(msg_id)
+        if found is None or self.dropped:
             return
-        where[0].live -= 1
+        found[0].index.kill(found[1])
+        found[0].live -= 1
         self._tombstone(msg_id)
 
     def _tombstone(self, msg_id: int) -> None:
@@ -196,7 +251,25 @@ class FileQueueLog:
         segment = self.segments[-1]
         chunk = Chunk(self, segment, segment.path, segment.size, False)
         chunks.append(chunk)
+        self._track(chunk)
         return chunk
+
+    def _track(self, chunk: Chunk) -> None:
+        """Learn when the chunk's bytes are in the file (whatever the fsync policy)."""
+        if self.store._loop is None:
+            return
+        done = self.store._loop.create_future()
+        chunk.waiters.insert(0, done)
+        done.add_done_callback(lambda f, c=chunk: self._written(c, f))
+
+    def _written(self, chunk: Chunk, done: Any) -> None:
+        try:
+            self._writing.remove(chunk)
+        except ValueError:
+            pass
+        if not done.cancelled() and done.exception() is None:
+            segment = chunk.segment
+            segment.written = max(segment.written, chunk.start + len(chunk.data))
 
     def _chunk_for_append(self, msg_id: int) -> Chunk:
         current = self.segments[-1] if self.segments else None
@@ -212,22 +285,25 @@ class FileQueueLog:
         path = os.path.join(self.directory, segment_name(base_id))
         segment = _Segment(base_id, path, FILE_HEADER_SIZE)
         self.segments.append(segment)
+        segment.written = 0
         chunk = Chunk(self, segment, path, 0, True)
         chunk.data += file_header(base_id)
         self.chunks.append(chunk)
+        self._track(chunk)
         return chunk
 
     def take_chunks(self) -> list[Chunk]:
         chunks, self.chunks = self.chunks, []
+        self._writing.extend(chunks)
         return chunks
 
     def chunk_failed(self, chunk: Chunk) -> None:
         """The writer could not store ``chunk``: forget what it held, make the log true again."""
         segment = chunk.segment
         for msg_id in chunk.ids:
-            where = self._where.get(msg_id)
-            if where is not None and where[0] is segment:
-                del self._where[msg_id]
+            slot = segment.index.find(msg_id)
+            if slot >= 0:
+                segment.index.kill(slot)
                 segment.live -= 1
         length = len(chunk.data)
         if chunk.rolled_back and not segment.poisoned:
@@ -246,11 +322,20 @@ class FileQueueLog:
             self._tombstone(msg_id)
 
     def _move(self, chunk: Chunk, segment: _Segment, delta: int) -> None:
-        where = self._where
+        """Shift the chunk's live messages by ``delta`` bytes, into ``segment`` if it is new."""
+        old = chunk.segment.index
+        first = None
         for msg_id in chunk.ids:
-            entry = where.get(msg_id)
-            if entry is not None and entry[0] is chunk.segment:
-                where[msg_id] = (segment, entry[1] + delta, entry[2])
+            slot = old.find(msg_id)
+            if slot < 0:
+                continue
+            if segment is chunk.segment:
+                old.positions[slot] += delta
+            else:
+                segment.index.add(msg_id, old.positions[slot] + delta, old.lengths[slot])
+                first = slot if first is None else first
+        if first is not None:
+            old.cut_from(first)  # the chunk was the old segment's tail
 
     def _rehome(self, chunk: Chunk) -> None:
         """Move a chunk meant for a poisoned segment into a new segment."""
@@ -261,14 +346,16 @@ class FileQueueLog:
         fresh = self._rotate(base)
         segment = fresh.segment
         offset = (FILE_HEADER_SIZE if chunk.create else 0) + chunk.start
+        for msg_id in chunk.ids:
+            if old.index.find(msg_id) >= 0:
+                old.live -= 1
+                segment.live += 1
         self._move(chunk, segment, FILE_HEADER_SIZE - offset)
         fresh.data += body
         segment.size += len(body)
-        fresh.ids, fresh.settles, fresh.waiters = chunk.ids, chunk.settles, chunk.waiters
-        for msg_id in chunk.ids:
-            if msg_id in self._where:
-                old.live -= 1
-                segment.live += 1
+        fresh.ids, fresh.settles = chunk.ids, chunk.settles
+        # The old chunk's own "written" tracker (first, if any) stays behind with it.
+        fresh.waiters += chunk.waiters[1:] if self.store._loop is not None else chunk.waiters
 
     def _compact(self) -> list[str]:
         """Forget the oldest segments whose messages are all settled (never the current one);
@@ -303,8 +390,9 @@ class FileStore:
         self.fsync_interval_ms = fsync_interval_ms
         self.segment_bytes = segment_bytes
         self.fs = fs or FileSystem()
-        self.max_open_files = max_open_files
-        self.writer = Writer(self.fs, max_open_files, sync=fsync != "never")
+        self._wanted_open_files = max_open_files
+        self.max_open_files = _descriptor_budget(max_open_files)
+        self.writer = Writer(self.fs, self.max_open_files, sync=fsync != "never")
         self._logs: dict[str, FileQueueLog] = {}
         self._dirty_logs: dict[FileQueueLog, None] = {}
         self._executor: ThreadPoolExecutor | None = None
@@ -319,23 +407,28 @@ class FileStore:
         self.last_error: OSError | None = None
 
     async def open(self) -> None:
+        # The limit may have been raised since __init__ (the service does it at start).
+        self.max_open_files = self.writer.max_open = _descriptor_budget(self._wanted_open_files)
         for directory in self.fs.makedirs(os.path.join(self.data_dir, "queues")):
             self.fs.fsync_dir(os.path.dirname(directory))
         self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="manifold-fsync")
 
     async def close(self) -> None:
+        retries = 3  # after failed batches: a few more tries, then give up (disk full)
         while self._has_work() or self._in_flight is not None:
             if self._in_flight is not None:
                 await asyncio.wait([self._in_flight])
                 # A batch that had already finished is awaited without a yield, while its done
                 # callback (which clears _in_flight) is still queued: give it its turn.
                 await asyncio.sleep(0)
-            elif self.last_error is not None:
-                log.error("closing with unwritten data: %s", self.last_error)
-                break
-            else:
-                self._kick()
+                continue
+            if self.last_error is not None:
+                if not retries:
+                    log.error("closing with unwritten data: %s", self.last_error)
+                    break
+                retries -= 1
+            self._kick()
         for fd in self._read_fds.values():
             self.fs.close(fd)
         self._read_fds.clear()
@@ -383,6 +476,14 @@ class FileStore:
         queue_log = FileQueueLog(self, directory)
         self._logs[directory] = queue_log
         return queue_log
+
+    def stream_log(self, vhost: str, stream: str, segment_bytes: int | None = None
+                   ) -> FileStreamLog:
+        """A stream's segments (persistence/streamlog.py); ``segment_bytes`` defaults to the
+        store's segment size."""
+        return FileStreamLog(self, os.path.join(self.data_dir, "streams", _fs_name(vhost),
+                                                _fs_name(stream)),
+                             segment_bytes or self.segment_bytes)
 
     def dedup_log(self, vhost: str, queue: str) -> FileQueueLog:
         """The log of a queue's deduplication window (same records as a queue log: each key is

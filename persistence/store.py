@@ -13,11 +13,13 @@ work-queue retention, acks and a dedup window) can implement it without the core
   retained messages, persistent sessions, QoS 2 packet ids; see ``broker/durable_map.py``).
 - ``dedup_log(vhost, queue)``: a log of the same kind for a queue's deduplication window (keys
   appended, settled when they age out), or None when nothing outlives the process.
+- ``stream_log(vhost, stream, segment_bytes)``: a stream's records on disk (see
+  ``persistence/streamlog.py``), or None: the stream then keeps its records in memory.
 - ``save_definitions`` / ``load_definitions``: the encoded durable exchanges, queues, bindings.
 """
 from __future__ import annotations
 
-from typing import Awaitable, Protocol
+from typing import Any, Awaitable, Protocol
 
 
 class QueueLog(Protocol):
@@ -36,6 +38,7 @@ class Store(Protocol):
     def queue_log(self, vhost: str, queue: str) -> QueueLog | None: ...
     def state_log(self, name: str) -> QueueLog | None: ...
     def dedup_log(self, vhost: str, queue: str) -> QueueLog | None: ...
+    def stream_log(self, vhost: str, stream: str, segment_bytes: int | None = None) -> Any: ...
     def save_definitions(self, data: bytes) -> None: ...
     def load_definitions(self) -> bytes | None: ...
 
@@ -60,6 +63,9 @@ class MemoryStore:
         return None
 
     def dedup_log(self, vhost: str, queue: str) -> QueueLog | None:
+        return None
+
+    def stream_log(self, vhost: str, stream: str, segment_bytes: int | None = None) -> Any:
         return None
 
     def save_definitions(self, data: bytes) -> None:

@@ -64,6 +64,8 @@ class Writer:
         self.max_open = max(1, max_open)
         self.sync = sync
         self._fds: OrderedDict[str, int] = OrderedDict()
+        #: directories created whose entry in their parent is not yet known to be durable
+        self._unsynced_dirs: set[str] = set()
 
     # ------------------------------------------------------------------ the batch
     def run(self, batch: Batch) -> None:
@@ -88,6 +90,11 @@ class Writer:
                     self.fs.fsync_dir(directory)
                 except OSError as exc:
                     self._fail(chunks, exc)
+                    continue
+                self._unsynced_dirs = {d for d in self._unsynced_dirs
+                                       if os.path.dirname(d) != directory}
+        else:
+            self._unsynced_dirs.clear()
         self._unlink(batch.unlinks)
 
     def _write_chunk(self, chunk: Chunk, touched: dict, new_entries: dict) -> None:
@@ -124,7 +131,10 @@ class Writer:
         made: list[str] = []
         if chunk.create:
             flags |= os.O_CREAT | os.O_TRUNC
-            made = fs.makedirs(directory)
+            # Remembered until their parents' fsync succeeds, even if this open fails.
+            self._unsynced_dirs.update(fs.makedirs(directory))
+            made = [d for d in self._unsynced_dirs
+                    if chunk.path.startswith(d + os.sep)]
         try:
             fd = fs.open(chunk.path, flags)
         except OSError as exc:

@@ -10,10 +10,13 @@ from typing import Any
 
 from . import firehose, kinesis, s3, sns, sqs
 from .http import AwsApi
+from .sigv4 import SigV4Verifier
 
 
 def make_http_app(broker: Any, settings: Any):
     api = AwsApi(broker, settings)
+    # Every request is signed (AWS Signature Version 4) with a key of [[access_keys]].
+    api.authenticate = SigV4Verifier(broker)
     # Each service module adds its handlers here.
     queues = sqs.install(api)
     streams = kinesis.install(api)

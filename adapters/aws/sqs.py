@@ -13,11 +13,40 @@ from aiohttp import web
 
 from . import sqs_messages, sqs_queues, sqs_redrive
 from .http import AwsApi, AwsError, AwsRequest
+from .sigv4 import require
 from .sqs_common import SqsContext
-from .sqs_protocol import decode_binaries, from_query, to_json, to_xml
+from .sqs_protocol import check_shapes, decode_binaries, from_query, to_json, to_xml
 
 OPERATIONS: dict[str, Any] = {**sqs_queues.OPERATIONS, **sqs_messages.OPERATIONS,
                               **sqs_redrive.OPERATIONS}
+
+
+#: the permission (RabbitMQ's model) an operation needs on its queue; see sigv4.require
+PERMISSIONS = {
+    "CreateQueue": "configure", "DeleteQueue": "configure", "SetQueueAttributes": "configure",
+    "TagQueue": "configure", "UntagQueue": "configure", "AddPermission": "configure",
+    "RemovePermission": "configure",
+    "SendMessage": "write", "SendMessageBatch": "write",
+    "ReceiveMessage": "read", "PurgeQueue": "read", "DeleteMessage": "read",
+    "DeleteMessageBatch": "read", "ChangeMessageVisibility": "read",
+    "ChangeMessageVisibilityBatch": "read",
+}
+
+
+def check_permission(ctx: SqsContext, request: AwsRequest, params: dict) -> None:
+    """AccessDenied unless the signing key's user has the permission the operation needs."""
+    action = PERMISSIONS.get(request.operation)
+    if action is None or request.grant is None:
+        return
+    if request.operation == "CreateQueue":
+        name = params.get("QueueName")
+    else:
+        try:
+            name = ctx.queue_name(request, params)
+        except AwsError:
+            return  # no queue named: the operation reports the missing parameter itself
+    if isinstance(name, str):
+        require(request, action, "queue", name)
 
 
 def install(api: AwsApi) -> SqsContext:
@@ -29,9 +58,11 @@ def install(api: AwsApi) -> SqsContext:
             raise AwsError("InvalidAction", f"The action {request.operation} is not valid for "
                            "this endpoint.", query_code="InvalidAction")
         if request.protocol == "query":
-            params = decode_binaries(from_query(request.params))
+            params = decode_binaries(check_shapes(from_query(request.params)))
+            check_permission(ctx, request, params)
             return to_xml(request.operation, await operation(ctx, request, params))
-        params = decode_binaries(request.params)
+        params = decode_binaries(check_shapes(request.params))
+        check_permission(ctx, request, params)
         return to_json(await operation(ctx, request, params))
 
     async def on_shutdown(_app: web.Application) -> None:

@@ -8,6 +8,7 @@ Both are SQS's, checked against botocore's sqs/2012-11-05 service model.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
@@ -22,6 +23,7 @@ VHOST = "/"
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 _BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 MAX_BATCH = 10
+ALARM_WAIT_S = 10
 
 # shape name -> query-protocol code (x-amzn-query-error / <Code>)
 _QUERY_CODES = {
@@ -154,6 +156,34 @@ class SqsContext:
         self.move_tasks: dict[str, Any] = {}       # task handle -> MoveTask
         self.long_polls: set = set()               # futures of waiting ReceiveMessage calls
         self.closing = False
+        self._blocked_sends: set = set()           # futures of sends held by a resource alarm
+        broker.memory.subscribe(self._alarm_changed)
+
+    def _alarm_changed(self, blocking: bool) -> None:
+        if not blocking:
+            for waiter in self._blocked_sends:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def publish_allowed(self) -> None:
+        """Hold a send while the memory or disk alarm blocks publishers (as AMQP connections are
+        no longer read); past ``ALARM_WAIT_S`` answer RequestThrottled, which the SDKs retry with
+        backoff."""
+        memory = self.broker.memory
+        if not memory.blocking:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        timer = loop.call_later(ALARM_WAIT_S, lambda: waiter.done() or waiter.set_result(None))
+        self._blocked_sends.add(waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._blocked_sends.discard(waiter)
+        if memory.blocking:
+            raise sqs_error("RequestThrottled", "The broker is short of memory or disk space; "
+                            "retry later.", 403)
 
     def next_sequence_number(self) -> str:
         """Increasing across the process and across restarts (it starts from the clock)."""

@@ -89,6 +89,8 @@ def _prepare(ctx: SqsContext, request: AwsRequest, name: str, queue: Any,
 
 async def send_message(ctx: SqsContext, request: AwsRequest, params: dict) -> dict:
     name = ctx.queue_name(request, params)
+    ctx.queue(name)
+    await ctx.publish_allowed()
     queue = ctx.queue(name)
     result, written = _prepare(ctx, request, name, queue, params)
     if written is not None:
@@ -98,8 +100,10 @@ async def send_message(ctx: SqsContext, request: AwsRequest, params: dict) -> di
 
 async def send_message_batch(ctx: SqsContext, request: AwsRequest, params: dict) -> dict:
     name = ctx.queue_name(request, params)
-    queue = ctx.queue(name)
+    ctx.queue(name)
     entries = check_batch(params.get("Entries"), "SendMessageBatch")
+    await ctx.publish_allowed()
+    queue = ctx.queue(name)
     total = 0
     for entry in entries:
         body = entry.get("MessageBody")

@@ -38,6 +38,86 @@ _INTEGERS = ("DelaySeconds", "MaxNumberOfMessages", "VisibilityTimeout", "WaitTi
              "MaxResults", "MaxNumberOfMessagesPerSecond")
 
 
+# Parameter name -> its JSON type in the 2012-11-05 model (the same names in every operation).
+_STRINGS = ("QueueName", "QueueUrl", "QueueNamePrefix", "NextToken", "QueueOwnerAWSAccountId",
+            "Label", "MessageBody", "MessageGroupId", "MessageDeduplicationId", "ReceiptHandle",
+            "ReceiveRequestAttemptId", "SourceArn", "DestinationArn", "TaskHandle", "Id")
+_STRING_LISTS = ("AttributeNames", "MessageSystemAttributeNames", "MessageAttributeNames",
+                 "TagKeys", "AWSAccountIds", "Actions")
+_STRING_MAPS = ("Attributes", "tags", "Tags")
+_ATTRIBUTE_MAPS = ("MessageAttributes", "MessageSystemAttributes")
+
+
+def _invalid(name: str, reason: str) -> AwsError:
+    return AwsError("InvalidParameterValue",
+                    f"Value for parameter {name} is invalid. Reason: {reason}.",
+                    query_code="InvalidParameterValue")
+
+
+def _text(name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise _invalid(name, "must be a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _invalid(name, "not valid Unicode text") from None
+
+
+def check_shapes(params: dict) -> dict:
+    """Type-check parameters against the model's shapes (JSON clients can send anything) so that
+    the operations meet only what they expect; JSON nulls count as absent."""
+    for name in [k for k, v in params.items() if v is None]:
+        del params[name]
+    for name, value in params.items():
+        if not isinstance(name, str):
+            raise _invalid(str(name), "unknown parameter")
+        _text(name, name)
+        if name in _STRINGS:
+            _text(name, value)
+        elif name in _INTEGERS:
+            if isinstance(value, bool) or not isinstance(value, (int, str)):
+                raise _invalid(name, "must be an integer")
+        elif name in _STRING_LISTS:
+            if not isinstance(value, list):
+                raise _invalid(name, "must be a list of strings")
+            for item in value:
+                _text(name, item)
+        elif name in _STRING_MAPS:
+            if not isinstance(value, dict):
+                raise _invalid(name, "must be a map of strings")
+            for key, item in value.items():
+                _text(name, key)
+                _text(name, item)
+        elif name in _ATTRIBUTE_MAPS:
+            _check_attribute_map(name, value)
+        elif name == "Entries":
+            if not isinstance(value, list):
+                raise _invalid(name, "must be a list of entries")
+            for entry in value:
+                if not isinstance(entry, dict):
+                    raise _invalid(name, "must be a list of entries")
+                check_shapes(entry)
+    return params
+
+
+def _check_attribute_map(name: str, value: Any) -> None:
+    if not isinstance(value, dict):
+        raise _invalid(name, "must be a map")
+    for key, item in value.items():
+        _text(name, key)
+        if not isinstance(item, dict):
+            raise _invalid(name, f"attribute {key} must be a structure")
+        for field in ("DataType", "StringValue"):
+            if item.get(field) is not None:
+                _text(name, item[field])
+        blob = item.get("BinaryValue")
+        if blob is not None and not isinstance(blob, (str, bytes, bytearray)):
+            raise _invalid(name, f"attribute {key} has a BinaryValue that is not a blob")
+        for field in ("StringListValues", "BinaryListValues"):
+            if item.get(field) is not None and not isinstance(item[field], list):
+                raise _invalid(name, f"attribute {key} has a {field} that is not a list")
+
+
 def _bad_binary() -> AwsError:
     return AwsError("InvalidParameterValue", "A Binary message attribute value is not valid "
                     "base64.", query_code="InvalidParameterValue")

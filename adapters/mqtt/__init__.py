@@ -4,10 +4,11 @@ from __future__ import annotations
 from typing import Any
 
 from .server import MqttServer
+from .session import MqttSession
 
 
 def make_server(broker: Any, settings: Any) -> MqttServer:
-    server = MqttServer(broker, settings)
+    server = MqttServer(broker, settings, MqttSession)
     server.load()  # retained messages and persistent sessions of an earlier run
     return server
 

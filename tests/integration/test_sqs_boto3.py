@@ -328,3 +328,23 @@ def test_retention_deletes_expired_messages(sqs, running_broker):
     sqs.send_message(QueueUrl=url, MessageBody="expires")
     time.sleep(0.2)
     assert "Messages" not in sqs.receive_message(QueueUrl=url)
+
+
+def test_sends_wait_while_a_resource_alarm_blocks_publishers(make_broker):
+    from concurrent.futures import ThreadPoolExecutor
+    running_broker = make_broker(server={"disk_free_limit_bytes": 0})  # no periodic disk check
+    sqs = sqs_client(running_broker)
+    url = sqs.create_queue(QueueName="alarm")["QueueUrl"]
+    memory = running_broker.broker.memory
+    running_broker.call(lambda: memory.set_disk_alarm(True))
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(sqs.send_message, QueueUrl=url, MessageBody="held")
+            time.sleep(0.5)
+            assert not pending.done()  # held, like an AMQP publisher's blocked connection
+            running_broker.call(lambda: memory.set_disk_alarm(False))
+            assert pending.result(10)["MessageId"]
+    finally:
+        running_broker.call(lambda: memory.set_disk_alarm(False))
+    (message,) = sqs.receive_message(QueueUrl=url)["Messages"]
+    assert message["Body"] == "held"

@@ -137,3 +137,39 @@ def test_fifo_queue_keeps_group_order_for_amqp_consumers(sqs, running_broker):
     finally:
         connection.close()
     assert bodies == [f"m{i}" for i in range(5)]
+
+
+def test_mqtt_publish_reaches_an_sqs_queue_bound_to_amq_topic(sqs, running_broker):
+    """MQTT publishes go to ``amq.topic``: an SQS queue bound there (here over AMQP) receives
+    them, with MQTT 5 user properties as message attributes."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties as MqttProperties
+
+    url = sqs.create_queue(QueueName="readings")["QueueUrl"]
+    connection, channel = amqp_channel(running_broker)
+    try:
+        channel.queue_bind("readings", "amq.topic", "sensors.*")
+    finally:
+        connection.close()
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                         client_id="sqs-interop", protocol=mqtt.MQTTv5)
+    connected = stdqueue.Queue()
+    client.on_connect = lambda c, u, flags, rc, props: connected.put(rc)
+    client.connect("127.0.0.1", running_broker.ports["mqtt"], keepalive=30)
+    client.loop_start()
+    try:
+        assert not connected.get(timeout=WAIT).is_failure
+        props = MqttProperties(PacketTypes.PUBLISH)
+        props.UserProperty = [("unit", "celsius")]
+        info = client.publish("sensors/t1", b"21.5", qos=1, properties=props)
+        info.wait_for_publish(timeout=WAIT)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    (message,) = sqs.receive_message(QueueUrl=url, MessageAttributeNames=["All"],
+                                     WaitTimeSeconds=5)["Messages"]
+    assert message["Body"] == "21.5"
+    assert message["MessageAttributes"]["unit"] == {"DataType": "String",
+                                                    "StringValue": "celsius"}

@@ -6,12 +6,23 @@ import base64
 import hashlib
 import xml.etree.ElementTree as ET
 
+from urllib.parse import urlencode
+
 import pytest
 import requests
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 NS = {"sqs": "http://queue.amazonaws.com/doc/2012-11-05/"}
-AUTH = ("AWS4-HMAC-SHA256 Credential=guest/20260101/us-east-1/sqs/aws4_request, "
-        "SignedHeaders=host;x-amz-date, Signature=0000")
+
+
+def signed_post(url: str, form: dict) -> requests.Response:
+    """POST the form signed with SigV4 (key guest/guest), as an SDK of the query era does."""
+    request = AWSRequest(method="POST", url=url, data=urlencode(form),
+                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+    SigV4Auth(Credentials("guest", "guest"), "sqs", "us-east-1").add_auth(request)
+    return requests.post(url, data=request.body, headers=dict(request.headers), timeout=30)
 
 
 @pytest.fixture
@@ -19,9 +30,8 @@ def call(running_broker):
     base = f"http://127.0.0.1:{running_broker.ports['http']}/"
 
     def call(action, path="", **params):
-        response = requests.post(base + path, data={"Action": action, "Version": "2012-11-05",
-                                                    **params},
-                                 headers={"Authorization": AUTH}, timeout=30)
+        response = signed_post(base + path, {"Action": action, "Version": "2012-11-05",
+                                             **params})
         return response.status_code, ET.fromstring(response.content)
     return call
 

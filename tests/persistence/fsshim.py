@@ -24,20 +24,40 @@ class PowerCutFS(FileSystem):
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
         self._lock = threading.Lock()
-        #: inode -> content at its last fsync
-        self._synced: dict[int, bytes] = {}
-        #: durable directory entries: path -> (inode, is_dir)
-        self._entries: dict[str, tuple[int, bool]] = {}
+        #: inode -> how many times a file was created with it (the kernel reuses inode numbers)
+        self._generation: dict[int, int] = {}
+        #: (inode, generation) -> content at its last fsync
+        self._synced: dict[tuple[int, int], bytes] = {}
+        #: durable directory entries: path -> ((inode, generation), is_dir)
+        self._entries: dict[str, tuple[tuple[int, int], bool]] = {}
         os.makedirs(self.root, exist_ok=True)
         for directory, dirs, files in os.walk(self.root):
             for name in dirs + files:
                 path = os.path.join(directory, name)
                 st = os.lstat(path)
-                self._entries[path] = (st.st_ino, stat.S_ISDIR(st.st_mode))
+                self._entries[path] = (self._file(st.st_ino), stat.S_ISDIR(st.st_mode))
                 if not stat.S_ISDIR(st.st_mode):
                     with open(path, "rb") as fh:
-                        self._synced[st.st_ino] = fh.read()
+                        self._synced[self._file(st.st_ino)] = fh.read()
         self.fsyncs = 0
+
+    def _file(self, ino: int) -> tuple[int, int]:
+        return ino, self._generation.get(ino, 0)
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        existed = os.path.exists(path)
+        fd = super().open(path, flags, mode)
+        if not existed:
+            ino = os.fstat(fd).st_ino
+            with self._lock:  # a new file: nothing of it is durable yet
+                self._generation[ino] = self._generation.get(ino, 0) + 1
+        return fd
+
+    def mkdir(self, path: str) -> None:
+        super().mkdir(path)
+        ino = os.stat(path).st_ino
+        with self._lock:
+            self._generation[ino] = self._generation.get(ino, 0) + 1
 
     def fsync(self, fd: int) -> None:
         super().fsync(fd)
@@ -46,7 +66,7 @@ class PowerCutFS(FileSystem):
         with open(f"/proc/self/fd/{fd}", "rb") as fh:
             content = fh.read()
         with self._lock:
-            self._synced[st.st_ino] = content
+            self._synced[self._file(st.st_ino)] = content
             self.fsyncs += 1
 
     def fsync_dir(self, path: str) -> None:
@@ -60,7 +80,7 @@ class PowerCutFS(FileSystem):
                     st = os.lstat(child)
                 except FileNotFoundError:
                     continue
-                present[child] = (st.st_ino, stat.S_ISDIR(st.st_mode))
+                present[child] = (self._file(st.st_ino), stat.S_ISDIR(st.st_mode))
             for child in [p for p in self._entries if os.path.dirname(p) == path]:
                 if child not in present:
                     del self._entries[child]
@@ -168,3 +188,11 @@ class FaultyFS(FileSystem):
         if fault is not None:
             self._raise(fault, target)
         super().replace(source, target)
+
+
+class FaultyPowerCutFS(FaultyFS, PowerCutFS):
+    """Both: faults on demand, and the record of what a power cut would keep."""
+
+    def __init__(self, root: str):
+        PowerCutFS.__init__(self, root)
+        FaultyFS.__init__(self)

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from manifold.adapters.mqtt import codec as c
 from manifold.adapters.mqtt.server import MqttServer
+from manifold.adapters.mqtt.session import MqttSession
 from manifold.broker.core import Broker
 from manifold.config.settings import Settings
 from tests.unit.test_mqtt_session import Client
@@ -27,7 +28,7 @@ ops = st.lists(st.one_of(
 def test_persistent_session_loses_nothing(tmp_path_factory, script, qos, version):
     async def run() -> None:
         cfg = Settings().replace("server", data_dir=str(tmp_path_factory.mktemp("mqtt")))
-        server = MqttServer(Broker(cfg), cfg)
+        server = MqttServer(Broker(cfg), cfg, MqttSession)
         props = {"session_expiry_interval": 600} if version == 5 else {}
 
         def connect() -> Client:

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from manifold.adapters.mqtt import codec as c
 from manifold.adapters.mqtt.server import MqttServer
+from manifold.adapters.mqtt.session import MqttSession
 from manifold.broker.core import Broker
 from manifold.config.settings import Settings
 from tests.unit.test_mqtt_session import Client
@@ -54,7 +55,7 @@ def test_subscriber_gets_exactly_the_matching_messages(tmp_path_factory, subs, p
     async def run() -> list:
         data_dir = tmp_path_factory.mktemp("mqtt")
         cfg = Settings().replace("server", data_dir=str(data_dir))
-        server = MqttServer(Broker(cfg), cfg)
+        server = MqttServer(Broker(cfg), cfg, MqttSession)
         sub = Client(server, version)
         sub.send(c.Connect("sub", protocol_level=version))
         sub.send(c.Subscribe(1, [(f, c.SubscriptionOptions(q)) for f, q in subs.items()]))

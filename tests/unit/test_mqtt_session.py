@@ -7,6 +7,7 @@ import pytest
 
 from manifold.adapters.mqtt import codec as c
 from manifold.adapters.mqtt.server import MqttServer
+from manifold.adapters.mqtt.session import MqttSession
 from manifold.broker.core import Broker
 from manifold.config.settings import Settings
 from tests.fakes import FakeConnection
@@ -37,7 +38,7 @@ class Client:
 @pytest.fixture
 def server(tmp_path):
     settings = Settings().replace("server", data_dir=str(tmp_path))
-    return MqttServer(Broker(settings), settings)
+    return MqttServer(Broker(settings), settings, MqttSession)
 
 
 async def settle() -> None:

@@ -1,0 +1,253 @@
+"""An AMQP channel: its consumers, unacked deliveries, publisher confirms and tx state.
+
+Channel states: absent --Channel.Open--> open --Channel.Close--> absent;
+open --channel exception--> (send Channel.Close) closing --Channel.CloseOk--> absent.
+While closing, every frame on that channel is discarded [AMQP 0-9-1 4.2.2, channel.close].
+The session (``session.py``) owns the channels and routes methods to them.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+from manifold.broker.consumer import Consumer, Delivery
+from manifold.broker.errors import PreconditionFailed
+from manifold.broker.message import Message
+
+from . import codec, replies
+from .codec import shortstr
+
+# Write out buffered frames once this much has piled up within one batch.
+FLUSH_BYTES = 256 * 1024
+
+_pack_tag = codec.struct.Struct(">QB").pack
+Encoded = codec.Encoded
+
+
+def _stream_header(message: Message, offset: int) -> bytes:
+    # Stream deliveries carry their position as the x-stream-offset header (RabbitMQ streams).
+    props = message.properties.copy()
+    headers = dict(props.headers or {})
+    headers["x-stream-offset"] = offset
+    props.headers = headers
+    return codec.content_header_payload(props, len(message.body))
+
+
+class AMQPConsumer(Consumer):
+    def __init__(self, channel: "Channel", tag: str, *, no_ack: bool, prefetch: int,
+                 exclusive: bool, arguments: dict, owner: Any):
+        super().__init__(tag, no_ack=no_ack, prefetch=prefetch, exclusive=exclusive,
+                         arguments=arguments, owner=owner)
+        self.channel = channel
+        self.ctag = shortstr(tag)
+        # Basic.Deliver frame start for this consumer, by length of exchange + routing key
+        self.prefixes: dict[int, bytes] = {}
+
+    def has_credit(self) -> bool:
+        if self.prefetch and self.in_flight >= self.prefetch:
+            return False
+        ch = self.channel
+        if ch.global_prefetch and not self.no_ack and len(ch.unacked) >= ch.global_prefetch:
+            return False
+        return ch.active and ch.session.conn.writable
+
+    def deliver(self, delivery: Delivery) -> None:
+        self.channel.deliver(self, delivery)
+
+    def cancelled(self, reason: str) -> None:
+        self.channel.server_cancel(self)
+
+    def delivery_timed_out(self, delivery: Delivery) -> None:
+        self.channel.delivery_timed_out(delivery)
+
+
+class Channel:
+    def __init__(self, session: Any, number: int):
+        self.session = session
+        self.number = number
+        self.closing = False
+        self.closed = False
+        self.active = True  # Channel.Flow
+        self.consumers: dict[str, AMQPConsumer] = {}
+        self.unacked: dict[int, Delivery] = {}
+        self.next_tag = 0
+        self.prefetch = 0         # Basic.Qos global=false: for consumers created afterwards
+        self.global_prefetch = 0  # Basic.Qos global=true: shared by the channel's consumers
+        self.last_queue = ""      # [AMQP 0-9-1 queue.bind/consume/get] empty name = last declared
+        # publisher confirms
+        self.confirm = False
+        self.publish_seq = 0
+        self.ack_upto = 0      # highest seq confirmed but not yet sent (sent as multiple=True)
+        self.ack_sent = 0
+        self.outstanding: set[int] = set()  # seqs waiting for disk
+        self.outstanding_order: deque[int] = deque()  # the same, oldest first (lazy deletion)
+        # transactions: None, or held publishes and settlements
+        self.tx: list | None = None
+        self.tx_settles: list = []
+        self.commit_wait: asyncio.Future | None = None  # the last Tx.Commit waiting for disk
+        # direct reply-to: this channel's token in the server's registry, if consuming it
+        self.reply_token: str | None = None
+
+    # ------------------------------------------------------------------ deliveries out
+    def deliver(self, consumer: AMQPConsumer, delivery: Delivery) -> None:
+        self.next_tag = tag = self.next_tag + 1
+        if not consumer.no_ack:
+            self.unacked[tag] = delivery
+        session = self.session
+        message = delivery.message
+        encoded = message.encoded
+        if type(encoded) is not Encoded:
+            encoded = message.encoded = Encoded.of(message)
+        body = message.body
+        size = len(body)
+        if delivery.offset is None and size <= session.body_chunk:
+            # Hot path: per-consumer prefix, the tag, and the per-header tail (exchange,
+            # routing key, content header frame, body frame header), shared by every delivery
+            # of equal-headed messages on the same channel number; then the body.
+            exrk_len = len(encoded.exchange_and_key)
+            prefix = consumer.prefixes.get(exrk_len)
+            if prefix is None:
+                prefix = consumer.prefixes[exrk_len] = codec.deliver_prefix(
+                    self.number, consumer.ctag, exrk_len)
+            session.out.append(b"".join((prefix, _pack_tag(tag, delivery.redelivered),
+                                         encoded.tail_for(self.number, size), body, b"\xce")))
+        else:
+            header = encoded.header
+            if delivery.offset is not None:
+                header = _stream_header(message, delivery.offset)
+            codec.deliver_frames(self.number, consumer.ctag, tag, delivery.redelivered,
+                                 encoded.exchange_and_key, header, body, session.frame_max,
+                                 session.out)
+        session.out_bytes += size + 64
+        if session.out_bytes >= FLUSH_BYTES:
+            session.flush()  # may pause us via conn.writable: that is the backpressure
+        elif not session._in_receive and not session._flush_scheduled:
+            session.schedule_flush()
+
+    def server_cancel(self, consumer: AMQPConsumer) -> None:
+        """The queue went away under a consumer: Basic.Cancel to clients that support it."""
+        if self.consumers.get(consumer.tag) is not consumer:
+            return
+        del self.consumers[consumer.tag]
+        session = self.session
+        if session.cancel_notify and not self.closing:
+            session.send(replies.basic_cancel(self.number, consumer.ctag))
+
+    def delivery_timed_out(self, delivery: Delivery) -> None:
+        for tag, d in self.unacked.items():
+            if d is delivery:
+                del self.unacked[tag]
+                break
+        if not self.closing:
+            timeout = getattr(delivery.queue, "consumer_timeout_ms", 0)
+            self.session.channel_error(
+                self, 406, f"PRECONDITION_FAILED - delivery acknowledgement on channel "
+                           f"{self.number} timed out. Timeout value used: {timeout} ms. This "
+                           "timeout value can be configured, see consumers doc guide to learn more",
+                0, 0)
+
+    # ------------------------------------------------------------------ settlement
+    def take(self, tag: int, multiple: bool) -> list[tuple[int, Delivery]]:
+        """Remove and return the deliveries an ack/nack names (RabbitMQ collect_acks rules:
+        the tag must be outstanding, except 0 with multiple = everything)."""
+        unacked = self.unacked
+        if multiple:
+            if tag == 0:
+                out = list(unacked.items())
+                unacked.clear()
+                return out
+            if tag not in unacked:
+                raise PreconditionFailed(f"unknown delivery tag {tag}")
+            keys = []
+            for key in unacked:
+                if key > tag:
+                    break
+                keys.append(key)
+            return [(k, unacked.pop(k)) for k in keys]
+        delivery = unacked.pop(tag, None)
+        if delivery is None:
+            raise PreconditionFailed(f"unknown delivery tag {tag}")
+        return [(tag, delivery)]
+
+    def settle(self, pairs: list[tuple[int, Delivery]], ack: bool, requeue: bool) -> None:
+        if self.tx is not None:
+            self.tx_settles.append((pairs, ack, requeue))
+            return
+        if ack:
+            for _, d in pairs:
+                d.ack()
+        else:
+            for _, d in pairs:
+                d.reject(requeue)
+        if self.global_prefetch:
+            self.resume_consumers()
+
+    def resume_consumers(self) -> None:
+        for consumer in list(self.consumers.values()):
+            consumer.resume()
+
+    # ------------------------------------------------------------------ confirms
+    def confirmed(self, seq: int) -> None:
+        if self.outstanding:
+            self.session.send(replies.basic_ack(self.number, seq, False))
+        else:
+            self.ack_upto = seq
+            self.session.confirm_dirty.add(self)
+
+    def flush_confirms(self) -> None:
+        if self.ack_upto > self.ack_sent:
+            self.session.out.append(replies.basic_ack(self.number, self.ack_upto, True))
+            self.ack_sent = self.ack_upto
+
+    def wait_done(self, seq: int, future: asyncio.Future) -> None:
+        outstanding = self.outstanding
+        outstanding.discard(seq)
+        order = self.outstanding_order
+        while order and order[0] not in outstanding:
+            order.popleft()
+        if self.closed or self.closing:
+            return
+        session = self.session
+        if future.cancelled() or future.exception() is not None:
+            session.send(replies.basic_nack(self.number, seq))
+        elif order and order[0] < seq:
+            # an older publish is still on its way to disk: a multiple ack would cover it
+            session.send(replies.basic_ack(self.number, seq, False))
+        else:
+            # everything up to seq is settled: fold into one multiple ack per batch
+            if seq > self.ack_upto:
+                self.ack_upto = seq
+            session.confirm_dirty.add(self)
+            if not session._flush_scheduled and not session._in_receive:
+                session.schedule_flush()
+
+    # ------------------------------------------------------------------ teardown
+    def cleanup(self) -> None:
+        """Channel closed or connection gone: cancel consumers, return unacked deliveries."""
+        self.cancel_consumers()
+        self.release()
+
+    def cancel_consumers(self) -> None:
+        vhost = self.session.vhost
+        consumers = list(self.consumers.values())
+        self.consumers.clear()
+        if vhost is not None:
+            for consumer in consumers:
+                vhost.cancel(consumer)
+        if self.reply_token is not None:
+            self.session.server.reply_to.pop(self.reply_token, None)
+            self.reply_token = None
+
+    def release(self) -> None:
+        """Return unacked (and tx-held) deliveries to their queues."""
+        vhost = self.session.vhost
+        deliveries = list(self.unacked.values())
+        self.unacked.clear()
+        for held, _ack, _requeue in self.tx_settles:
+            deliveries.extend(d for _, d in held)
+        self.tx_settles = []
+        self.tx = [] if self.tx is not None else None
+        if vhost is not None:
+            vhost.requeue(deliveries)
+        self.session.decoder.reset_channel(self.number)
