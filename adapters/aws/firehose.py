@@ -25,6 +25,7 @@ from manifold.broker.durable_map import DurableMap
 from .firehose_delivery import (BufferConsumer, KinesisSource, buffer_queue, encode_batch,
                                 object_key, post_http, record_message)
 from .http import ACCOUNT_ID, REGION, AwsApi, AwsError, AwsRequest
+from .sigv4 import require
 
 log = logging.getLogger("manifold.aws.firehose")
 
@@ -364,6 +365,12 @@ class Firehose:
                 "HasMoreTags": False}
 
 
+#: the permission (RabbitMQ's model) an operation needs on the queue ``firehose.NAME``
+PERMISSIONS = {"CreateDeliveryStream": "configure", "DeleteDeliveryStream": "configure",
+               "TagDeliveryStream": "configure", "UntagDeliveryStream": "configure",
+               "PutRecord": "write", "PutRecordBatch": "write"}
+
+
 def install(api: AwsApi, objects: Any, kinesis: Any) -> Firehose:
     firehose = Firehose(api.broker, api.settings, objects, kinesis)
     operations = {
@@ -382,6 +389,10 @@ def install(api: AwsApi, objects: Any, kinesis: Any) -> Firehose:
         operation = operations.get(request.operation)
         if operation is None:
             raise AwsError("UnknownOperationException", f"{request.operation} is not supported")
+        action = PERMISSIONS.get(request.operation)
+        name = request.params.get("DeliveryStreamName")
+        if action is not None and isinstance(name, str):
+            require(request, action, "queue", buffer_queue(name))
         return await operation(request.params)
 
     async def on_startup(_app: web.Application) -> None:

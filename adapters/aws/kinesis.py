@@ -21,6 +21,7 @@ from manifold.broker.errors import BrokerError
 from manifold.broker.message import Message, Properties
 
 from .http import ACCOUNT_ID, AwsApi, AwsError, AwsRequest
+from .sigv4 import require
 from .kinesis_shards import (MAX_HASH_KEY, KinesisStream, hash_key_of, invalid, make_iterator,
                              parse_iterator, parse_sequence_number, sequence_number)
 
@@ -445,6 +446,31 @@ class Kinesis:
                 "CurrentShardCount": current, "TargetShardCount": target}
 
 
+#: the permission (RabbitMQ's model) an operation needs, checked on the stream's name as a queue
+PERMISSIONS = {
+    "CreateStream": "configure", "DeleteStream": "configure", "SplitShard": "configure",
+    "MergeShards": "configure", "UpdateShardCount": "configure",
+    "IncreaseStreamRetentionPeriod": "configure", "DecreaseStreamRetentionPeriod": "configure",
+    "AddTagsToStream": "configure", "RemoveTagsFromStream": "configure",
+    "PutRecord": "write", "PutRecords": "write", "GetShardIterator": "read", "GetRecords": "read",
+}
+
+
+def check_permission(request: AwsRequest) -> None:
+    action = PERMISSIONS.get(request.operation)
+    if action is None or request.grant is None:
+        return
+    p = request.params
+    name = p.get("StreamName")
+    arn = p.get("StreamARN")
+    if not name and isinstance(arn, str) and ":stream/" in arn:
+        name = arn.rsplit(":stream/", 1)[1]
+    if request.operation == "GetRecords":
+        name = parse_iterator(p.get("ShardIterator"))[0]
+    if isinstance(name, str):
+        require(request, action, "queue", name)
+
+
 def install(api: AwsApi) -> Kinesis:
     kinesis = Kinesis(api.broker, api.settings)
     operations = {
@@ -472,6 +498,7 @@ def install(api: AwsApi) -> Kinesis:
         operation = operations.get(request.operation)
         if operation is None:
             raise AwsError("UnknownOperationException", f"{request.operation} is not supported")
+        check_permission(request)
         try:
             return await operation(request.params)
         except BrokerError as exc:  # a core refusal (e.g. a shard stream deleted over AMQP)
