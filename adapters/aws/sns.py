@@ -111,6 +111,12 @@ class Sns:
         if wait is not None:
             await wait
 
+    def _background(self, coroutine: Any) -> None:
+        """A one-shot send (confirmation, unsubscribe notice) that the caller does not wait for."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
     def _start_worker(self, sub: Subscription) -> None:
         if sub.queue not in self.vhost.queues:
             self.vhost.declare_queue(sub.queue, durable=True)
@@ -317,9 +323,7 @@ class Sns:
         if sub.confirmed:
             self._start_worker(sub)
             return {"SubscriptionArn": sub.arn}
-        task = asyncio.get_running_loop().create_task(self.sender.confirm_request(sub))
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
+        self._background(self.sender.confirm_request(sub))
         return {"SubscriptionArn": sub.arn if p.get("ReturnSubscriptionArn") in ("true", True)
                 else "pending confirmation"}
 
@@ -351,6 +355,8 @@ class Sns:
             raise AwsError("AuthorizationError", "The subscription requires an authenticated "
                            "Unsubscribe (AuthenticateOnUnsubscribe)", 403)
         await self._remove_subscription(sub)
+        if sub.protocol in HTTP_PROTOCOLS and sub.confirmed:
+            self._background(self.sender.unsubscribed(sub))
         return {}
 
     def _list(self, subs: list[Subscription], p: dict) -> dict:

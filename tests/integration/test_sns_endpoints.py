@@ -94,6 +94,10 @@ def test_http_subscription_confirmation_and_signed_notifications(running_broker,
     with urllib.request.urlopen(envelope["UnsubscribeURL"], timeout=5) as response:
         assert response.status == 200
     assert sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"] == []
+    (headers, body), = wait_for(lambda: endpoint.of_type("UnsubscribeConfirmation"))
+    notice = json.loads(body)
+    assert notice["TopicArn"] == topic and "SubscribeURL" in notice
+    verify_signature(notice)
 
 
 def test_http_retries_then_dead_letter_queue(running_broker):
