@@ -25,3 +25,10 @@ def test_functions_tables_are_read_and_checked():
 def test_environment_cannot_name_functions_as_a_section():
     with pytest.raises(ConfigError, match="unknown section"):
         from_env({"MANIFOLD_FUNCTIONS_NAME": "x"}, from_mapping({}))
+
+
+def test_smtp_url_flag(monkeypatch):
+    from manifold.broker.cli import build_parser, settings_from_args
+    monkeypatch.delenv("MANIFOLD_SNS_SMTP_URL", raising=False)
+    args = build_parser().parse_args(["serve", "--smtp-url", "smtp://127.0.0.1:2525"])
+    assert settings_from_args(args).sns.smtp_url == "smtp://127.0.0.1:2525"
