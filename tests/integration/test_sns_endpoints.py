@@ -254,3 +254,20 @@ def test_firehose_and_sms_subscriptions(running_broker):
     outbox = wait_for(lambda: list(running_broker.call(
         lambda: running_broker.service.http_runners["http"].app[SNS_KEY].sender.outbox)))
     assert outbox[0]["endpoint"] == "+15555550100" and outbox[0]["message"] == "archived"
+
+
+def test_topic_delivery_policy_applies_to_http_subscriptions(running_broker):
+    endpoint = HttpEndpoint(status_for=lambda n: 200 if n == 1 else 500)
+    try:
+        sns = aws_client(running_broker, "sns")
+        topic = sns.create_topic(Name="policy", Attributes={"DeliveryPolicy": json.dumps({
+            "http": {"defaultHealthyRetryPolicy": {"minDelayTarget": 1, "maxDelayTarget": 1,
+                                                   "numRetries": 1}}})})["TopicArn"]
+        sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=endpoint.url)
+        confirm_by_get(endpoint)
+        sns.publish(TopicArn=topic, Message="twice")
+        wait_for(lambda: len(endpoint.of_type("Notification")) == 2, timeout=10)
+        time.sleep(1.5)
+        assert len(endpoint.of_type("Notification")) == 2  # one try, one retry, then dropped
+    finally:
+        endpoint.close()
