@@ -106,6 +106,15 @@ def _buffering(stream: DeliveryStream, config: dict) -> None:
     stream.interval_s = interval
 
 
+def _described(config: dict) -> dict:
+    """The destination configuration as Describe shows it: the endpoint's AccessKey is secret."""
+    endpoint = config.get("EndpointConfiguration")
+    if isinstance(endpoint, dict) and "AccessKey" in endpoint:
+        return {**config, "EndpointConfiguration": {k: v for k, v in endpoint.items()
+                                                    if k != "AccessKey"}}
+    return config
+
+
 class Firehose:
     def __init__(self, broker: Any, settings: Any, objects: Any, kinesis: Any):
         self.vhost = broker.vhosts[VHOST]
@@ -276,7 +285,7 @@ class Firehose:
             "DeliveryStreamStatus": "ACTIVE", "DeliveryStreamType": stream.kind,
             "VersionId": "1", "CreateTimestamp": stream.created_ms / 1000,
             "Destinations": [{"DestinationId": "destinationId-000000000001",
-                              key: stream.config}],
+                              key: _described(stream.config)}],
             "HasMoreDestinations": False}
         if stream.destination == "s3":
             description["Destinations"][0]["S3DestinationDescription"] = stream.config
