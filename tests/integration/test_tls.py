@@ -255,3 +255,48 @@ def test_sighup_reload_keeps_connections(make_broker, pki):
     assert messages.get(timeout=WAIT).payload == b"still here"
     first_client.loop_stop()
     first_client.disconnect()
+
+
+def test_daemon_reloads_certificate_on_sighup(tmp_path, pki):
+    """``kill -HUP``: new connections get the new certificate, the open one stays."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    cert, key = pki.server
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "manifold.broker.cli", "serve", "--data-dir",
+         str(tmp_path / "data"), "--amqp-port", "0", "--mqtt-port", "0", "--stomp-port", "0",
+         "--http-port", "0", "--management-port", "0", "--ws-port", "0",
+         "--tls-cert", str(cert), "--tls-key", str(key), "--mqtts-port", str(port),
+         "--amqps-port", "0", "--stomps-port", "0", "--wss-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        line = ""
+        while "manifold listening" not in line and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+        assert re.search(rf"mqtts [\d.]+:{port}", line), line
+        old_client, rc, messages = paho_connect(port, pki.client_context(), "guest", "guest")
+        assert rc == 0
+        new_cert, _ = pki.issue("localhost", server=True)  # rewrites both files
+        os.kill(proc.pid, signal.SIGHUP)
+        while "TLS certificate reloaded" not in line and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw:
+            with pki.client_context().wrap_socket(raw, server_hostname="localhost") as tls:
+                served = tls.getpeercert(binary_form=True)
+        assert served == ssl.PEM_cert_to_DER_cert(new_cert.read_text())
+        subscribed = queue.Queue()
+        old_client.on_subscribe = lambda *a: subscribed.put(True)
+        old_client.subscribe("hup/t", 0)
+        subscribed.get(timeout=WAIT)
+        old_client.publish("hup/t", b"after reload")
+        assert messages.get(timeout=WAIT).payload == b"after reload"
+        old_client.loop_stop()
+        old_client.disconnect()
+    finally:
+        proc.terminate()
+        proc.wait(10)
