@@ -383,14 +383,15 @@ class AccessControl:
         EXTERNAL mechanism) or ``[tls] identity_as_username`` and no password, it names the user
         and no password is checked."""
         address = peer_host or ""
-        if identity is not None and (external or (self.identity_as_username and not password)):
+        if identity is not None and self.identity_as_username and (external or not password):
             account = self.accounts.get(identity)
             if account is None:
                 raise LoginRefused(f"certificate identity '{identity}' is not a user",
                                    self.backoff.failed(address))
             return self._check_loopback(account.user, peer_host)
         if external:
-            raise LoginRefused("EXTERNAL login needs a verified client certificate",
+            raise LoginRefused("EXTERNAL login needs a verified client certificate and [tls] "
+                               "identity_as_username",
                                self.backoff.failed(address))
         account = self.accounts.get(username or "")
         if account is None or password is None or not self._password_ok(account, password):

@@ -217,7 +217,7 @@ def users_connected(rb) -> list[str]:
 
 
 def test_amqp_external_mechanism(make_broker, pki):
-    rb = tls_broker(make_broker, pki)
+    rb = tls_broker(make_broker, pki, identity_as_username=True)
     rb.call(lambda: rb.broker.access.add_user("device1", "unused-password"))
     rb.call(lambda: rb.broker.access.set_permissions("device1", "/", ".*", ".*", ".*"))
 

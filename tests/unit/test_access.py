@@ -145,6 +145,9 @@ def test_identity_login():
                                     tls={"identity_as_username": True}))
     assert access.authenticate(None, None, "10.0.0.1", identity="device1").name == "device1"
     assert access.authenticate("x", None, "10.0.0.1", identity="device1", external=True)
+    off = AccessControl(settings(users=[{"name": "device1", "password_hash": HASH}]))
+    with pytest.raises(LoginRefused):  # identity_as_username is off: no password-less login
+        off.authenticate(None, None, "10.0.0.1", identity="device1", external=True)
     with pytest.raises(LoginRefused):
         access.authenticate(None, None, "10.0.0.1", identity="stranger")
     with pytest.raises(LoginRefused):
