@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
+import re
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 import time
 
 import aio_pika
@@ -259,11 +264,6 @@ def test_sighup_reload_keeps_connections(make_broker, pki):
 
 def test_daemon_reloads_certificate_on_sighup(tmp_path, pki):
     """``kill -HUP``: new connections get the new certificate, the open one stays."""
-    import os
-    import re
-    import signal
-    import subprocess
-    import sys
     cert, key = pki.server
     port = free_port()
     proc = subprocess.Popen(

@@ -4,12 +4,9 @@ frames, as a browser's stomp.js does)."""
 from __future__ import annotations
 
 import queue
-import ssl
 
-import paho.mqtt.client as mqtt
 import pytest
 import websocket  # websocket-client
-from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.integration.test_tls import paho_connect
 from tests.pki import free_port, make_pki
