@@ -15,11 +15,13 @@ import sys
 import time
 
 import aio_pika
+import boto3
 import paho.mqtt.client as mqtt
 import pika
 import pika.exceptions
 import pytest
 import stomp
+from botocore.config import Config
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.pki import free_port, make_pki
@@ -300,3 +302,18 @@ def test_daemon_reloads_certificate_on_sighup(tmp_path, pki):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_aws_api_over_https_with_boto3(make_broker, pki):
+    rb = tls_broker(make_broker, pki, https=True)
+    sqs = boto3.client("sqs", endpoint_url=f"https://localhost:{rb.ports['http']}",
+                       region_name="us-east-1", aws_access_key_id="guest",
+                       aws_secret_access_key="guest", verify=str(pki.ca_cert),
+                       config=Config(retries={"max_attempts": 1}))
+    url = sqs.create_queue(QueueName="over-https")["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="secret")
+    assert sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1)["Messages"][0]["Body"] == "secret"
+    # plaintext HTTP on that port gets nothing
+    with socket.create_connection(("127.0.0.1", rb.ports["http"]), timeout=WAIT) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert not sock.recv(100).startswith(b"HTTP/1.1 200")
