@@ -60,6 +60,8 @@ class Service:
         #: protocol -> port actually bound (useful with port 0)
         self.ports: dict[str, int] = {}
         self.tls_context: ssl.SSLContext | None = None
+        #: the HTTP listeners' context with [tls] https
+        self.https_context: ssl.SSLContext | None = None
         self._stopped = asyncio.Event()
         self._disk_timer: asyncio.TimerHandle | None = None
 
@@ -129,7 +131,10 @@ class Service:
             return False
         try:
             self.tls_context = server_context(self.settings.tls)
-        except ConfigError as exc:
+            if self.https_context is not None:
+                tls = self.settings.tls
+                self.https_context.load_cert_chain(tls.cert_file, tls.key_file or None)
+        except (ConfigError, OSError) as exc:  # ssl.SSLError is an OSError
             log.error("TLS reload failed, keeping the old certificate: %s", exc)
             return False
         log.info("TLS certificate reloaded from %s", self.settings.tls.cert_file)
@@ -144,8 +149,13 @@ class Service:
         app["service"] = self
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
+        https = self.tls_context is not None and self.settings.tls.https
+        if https and self.https_context is None:
+            # One context for the HTTP listeners, reloaded in place on SIGHUP (aiohttp keeps the
+            # object it was given; new handshakes see the new certificate).
+            self.https_context = server_context(self.settings.tls)
         site = web.TCPSite(runner, self.settings.server.bind, section.port, reuse_address=True,
-                           backlog=1024)
+                           backlog=1024, ssl_context=self.https_context if https else None)
         await site.start()
         self.http_runners[section_name] = runner
         self.ports[section_name] = runner.addresses[0][1]

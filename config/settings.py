@@ -165,6 +165,8 @@ class TlsSettings:
     mqtts_port: int = 8883
     stomps_port: int = 61614
     wss_port: int = 15676
+    # The AWS API ([http]) and management listeners speak HTTPS on their own ports instead of HTTP.
+    https: bool = False
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,8 @@ class ConnectionMethods:
         }
         # EXTERNAL (the verified TLS client certificate's CN is the user, as RabbitMQ's
         # rabbitmq-auth-mechanism-ssl) only when there is such a certificate.
-        mechanisms = "PLAIN AMQPLAIN" + (" EXTERNAL" if self.conn.tls_identity else "")
+        external = self.conn.tls_identity and self.broker.access.identity_as_username
+        mechanisms = "PLAIN AMQPLAIN" + (" EXTERNAL" if external else "")
         payload = (b"\x00\x09" + codec.encode_table(props) + codec.longstr(mechanisms) +
                    codec.longstr("en_US"))
         self.out.append(replies.connection_start(payload))
