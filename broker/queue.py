@@ -196,6 +196,10 @@ class Queue:
         self.ready_bytes = 0
         self.unacked_count = 0
         self.delayed_count = 0
+        #: cumulative counters read by the management API and /metrics (rates are their deltas)
+        self.published_total = 0
+        self.delivered_total = 0
+        self.acked_total = 0
         self.consumers: list[Consumer] = []
         self._rr = 0
         self._had_consumers = False
@@ -293,6 +297,7 @@ class Queue:
             priority = min(props.priority or 0, self.max_priority)
         entry = Entry(self._next_id, message, priority)
         self._next_id += 1
+        self.published_total += 1
         self._arrived(entry)
         if self.grouped is not None:
             entry.group = props.headers.get(GROUP_HEADER) if props.headers else None
@@ -721,6 +726,7 @@ class Queue:
     def _checkout(self, entry: Entry, consumer: Consumer | None) -> Delivery:
         self._load(entry)
         entry.delivery_count += 1
+        self.delivered_total += 1
         redelivered = entry.delivery_count > 1
         if consumer is None or not consumer.no_ack:
             entry.state = UNACKED
@@ -851,6 +857,7 @@ class Queue:
             heapq.heapify(self._timeouts)
         if ack:
             entry.state = GONE
+            self.acked_total += 1
             self._forget(entry)
         elif requeue:
             self._return(entry)

@@ -145,6 +145,8 @@ class ManagementSettings:
     """The management HTTP API, /metrics and the dashboard, on RabbitMQ's 15672."""
     enabled: bool = True
     port: int = 15672
+    # How often rates and the dashboard's 10-minute history are sampled.
+    sample_interval_s: float = 5.0
 
 
 @dataclass(frozen=True)

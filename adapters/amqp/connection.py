@@ -146,6 +146,7 @@ class ConnectionMethods:
         name = m.virtual_host or "/"
         self.vhost = self.broker.open_vhost(name, self.user, self.conn)  # 530 NOT_ALLOWED
         self.grant = self.broker.grant(self.user, name)
+        self.conn.opened(self.user.name, name)
         if not self.heartbeat:
             self.conn.set_keepalive(None, None, None, None)
         self.send(replies.connection_open_ok())
