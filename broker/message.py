@@ -1,7 +1,7 @@
 """The one message model every protocol translates into and out of.
 
 Field names follow AMQP 0-9-1 basic properties, the richest of the three protocols' property sets;
-SEMANTICS.md and adapters/INTEROP.md say how MQTT 5 properties and STOMP headers map onto them.
+adapters/INTEROP.md says how MQTT 5 properties and STOMP headers map onto them.
 """
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ _FLUSH_BYTES = 64 * 1024
 
 
 def publish_qos(message: Message) -> int:
-    """The QoS a message was published with (COMMON.md: other protocols: 1 if persistent)."""
+    """The QoS a message was published with (adapters/INTEROP.md: other protocols: 1 if persistent)."""
     if type(message) is MqttMessage:
         return message.qos
     headers = message.properties.headers
@@ -56,7 +56,7 @@ def publish_qos(message: Message) -> int:
 
 
 def properties_from_mqtt(props: dict, qos: int) -> Properties:
-    """MQTT 5 PUBLISH properties -> core properties (COMMON.md mapping)."""
+    """MQTT 5 PUBLISH properties -> core properties (adapters/INTEROP.md mapping)."""
     if not props:
         return _PLAIN_PROPERTIES[qos]
     headers: dict[str, Any] = {"x-mqtt-publish-qos": qos}
