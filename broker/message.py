@@ -79,7 +79,9 @@ class Message:
         self.body = body
         self.properties = properties
         self.encoded = encoded
-        # Arrival time in the broker (ms since the epoch); set by the core on publish.
+        # Arrival time in the broker (ms since the epoch), 0 if unknown: set by
+        # VirtualHost.publish for messages with an ``expiration``, by the MQTT adapter for all
+        # its messages, and by streams.
         self.timestamp_ms = timestamp_ms
 
     @property

@@ -379,6 +379,10 @@ class VirtualHost:
         if ex.internal:
             raise AccessRefused(f"cannot publish to internal exchange '{exchange}' in vhost "
                                 f"'{self.name}'")
+        if not message.timestamp_ms and message.properties.expiration is not None:
+            # The publish time, from which a consumer is told how much of the lifetime is left
+            # (MQTT 5 Message Expiry Interval [MQTT-3.3.2-6]); read only for expiring messages.
+            message.timestamp_ms = self.clock.now_ms()
         routed = 0
         rejected = False
         waits = None
