@@ -24,6 +24,13 @@ from .message_codec import decode_message, encode_message
 READY, DELAYED, UNACKED, GONE = range(4)
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 QUEUE_TYPES = ("classic", "quorum", "stream")
+DEAD_LETTER_STRATEGIES = ("at-most-once", "at-least-once")
+# RabbitMQ 4.x quorum queues dead-letter a message after 20 returns unless x-delivery-limit says
+# otherwise (-1: no limit).
+QUORUM_DELIVERY_LIMIT = 20
+# At-least-once dead-lettering: how long a message that no dead-letter queue took waits in its
+# source queue before it is offered again.
+DEAD_LETTER_RETRY_MS = 5_000
 # Arguments that RabbitMQ checks for equivalence on redeclare, plus Manifold's.
 INTEGER_ARGUMENTS = ("x-message-ttl", "x-expires", "x-max-length", "x-max-length-bytes",
                      "x-max-priority", "x-delivery-limit", "x-consumer-timeout", "x-delay")
@@ -32,7 +39,8 @@ INTEGER_ARGUMENTS = ("x-message-ttl", "x-expires", "x-max-length", "x-max-length
 class QueueHost(Protocol):
     def now_ms(self) -> int: ...
     def schedule(self, queue: Any, when_ms: int) -> None: ...
-    def dead_letter(self, queue: Any, message: Message, reason: str) -> None: ...
+    def dead_letter(self, queue: Any, message: Message, reason: str,
+                    settled: Any = None) -> None: ...
     def queue_unused(self, queue: Any) -> None: ...
 
 
@@ -81,8 +89,14 @@ def _int_argument(queue: str, vhost: str, args: dict, key: str, low: int = 0,
 
 def validate_arguments(name: str, vhost: str, args: dict) -> None:
     for key in INTEGER_ARGUMENTS:
-        _int_argument(name, vhost, args, key,
-                      low=1 if key == "x-expires" else 0, high=255 if key == "x-max-priority" else None)
+        low = 1 if key == "x-expires" else -1 if key == "x-delivery-limit" else 0
+        _int_argument(name, vhost, args, key, low=low,
+                      high=255 if key == "x-max-priority" else None)
+    strategy = args.get("x-dead-letter-strategy")
+    if strategy is not None and strategy not in DEAD_LETTER_STRATEGIES:
+        raise PreconditionFailed(f"invalid arg 'x-dead-letter-strategy' for queue '{name}' in "
+                                 f"vhost '{vhost}': {strategy!r}; accepted: "
+                                 f"{', '.join(DEAD_LETTER_STRATEGIES)}")
     overflow = args.get("x-overflow")
     if overflow is not None and overflow not in OVERFLOW_MODES:
         raise PreconditionFailed(f"invalid arg 'x-overflow' for queue '{name}' in vhost "
@@ -115,7 +129,6 @@ def parse_expiration(value: Any) -> int | None:
 
 
 class Queue:
-    kind = "classic"
     is_exchange = False
 
     def __init__(self, host: QueueHost, vhost: str, name: str, *, durable: bool = False,
@@ -133,6 +146,9 @@ class Queue:
         self.log = log
         args = self.arguments
         validate_arguments(name, vhost, args)
+        #: "classic" or "quorum": a quorum queue is a classic one with RabbitMQ's quorum-queue
+        #: delivery limit default and at-least-once dead-lettering (adapters/amqp/MAPPING.md)
+        self.kind: str = args.get("x-queue-type", "classic")
         self.message_ttl: int | None = args.get("x-message-ttl")
         self.expires_ms: int | None = args.get("x-expires")
         self.max_length: int | None = args.get("x-max-length")
@@ -141,7 +157,17 @@ class Queue:
         self.dlx: str | None = args.get("x-dead-letter-exchange")
         self.dlrk: str | None = args.get("x-dead-letter-routing-key")
         self.max_priority: int = args.get("x-max-priority") or 0
-        self.delivery_limit: int | None = args.get("x-delivery-limit")
+        limit = args.get("x-delivery-limit")
+        if limit is None and self.kind == "quorum":
+            limit = QUORUM_DELIVERY_LIMIT
+        self.delivery_limit: int | None = None if limit is None or limit < 0 else limit
+        # RabbitMQ: at-least-once dead-lettering is for quorum queues with reject-publish
+        # overflow (else the source could not hold messages the targets have not taken yet).
+        self.dead_letter_at_least_once = (
+            self.kind == "quorum" and args.get("x-dead-letter-strategy") == "at-least-once" and
+            self.overflow == "reject-publish")
+        #: dead-lettered messages no target has taken yet: (retry at ms, entry, message, reason)
+        self._dead_letter_held: deque[tuple[int, Entry, Message, str]] = deque()
         self.delay_ms: int = args.get("x-delay") or 0
         # x-single-active-consumer: only the oldest consumer gets messages; the next takes over
         # when it goes (ordered processing with failover, RabbitMQ's SAC).
@@ -294,7 +320,9 @@ class Queue:
         return any(c.has_credit() for c in self.consumers)
 
     def _full(self, extra_bytes: int) -> bool:
-        return ((self.max_length is not None and self.ready_count >= self.max_length) or
+        # messages held for at-least-once dead-lettering still take room [RabbitMQ]
+        count = self.ready_count + len(self._dead_letter_held)
+        return ((self.max_length is not None and count >= self.max_length) or
                 (self.max_length_bytes is not None and
                  self.ready_bytes + extra_bytes > self.max_length_bytes))
 
@@ -522,9 +550,28 @@ class Queue:
 
     def _drop(self, entry: Entry, reason: str) -> None:
         entry.state = GONE
+        if self.dlx is not None and self.dead_letter_at_least_once:
+            self._dead_letter_at_least_once(entry, self._load(entry), reason)
+            return
         self._forget(entry)
         if self.dlx is not None:
             self.host.dead_letter(self, self._load(entry), reason)
+
+    def _dead_letter_at_least_once(self, entry: Entry, message: Message, reason: str) -> None:
+        """The message stays in this queue's log until the dead-letter queues hold it (on disk,
+        for durable ones); if none takes it (no route, a refusal, a failed write) it is held
+        and offered again after DEAD_LETTER_RETRY_MS [RabbitMQ x-dead-letter-strategy]."""
+        def settled(taken: bool) -> None:
+            if self.deleted:
+                return
+            if taken:
+                self._forget(entry)
+                return
+            retry_at = self.host.now_ms() + DEAD_LETTER_RETRY_MS
+            self._dead_letter_held.append((retry_at, entry, message, reason))
+            self.host.schedule(self, retry_at)
+
+        self.host.dead_letter(self, message, reason, settled)
 
     def _forget(self, entry: Entry) -> None:
         if entry.on_disk:
@@ -583,6 +630,10 @@ class Queue:
                 self._unready(entry)
                 self._drop(entry, "expired")
                 entry.message = None  # it may wait in a deque until the head reaches it
+        held = self._dead_letter_held
+        while held and held[0][0] <= now:
+            _, entry, message, reason = held.popleft()
+            self._dead_letter_at_least_once(entry, message, reason)
         timeouts = self._timeouts
         while timeouts and timeouts[0][0] <= now:
             _, _, delivery = heapq.heappop(timeouts)
@@ -601,7 +652,8 @@ class Queue:
             self.host.schedule(self, nxt)
 
     def next_deadline(self) -> int | None:
-        deadlines = [heap[0][0] for heap in (self._delayed, self._expiries, self._timeouts) if heap]
+        deadlines = [heap[0][0] for heap in (self._delayed, self._expiries, self._timeouts,
+                                             self._dead_letter_held) if heap]
         if self.expires_ms and not self.consumers:
             deadlines.append(self.last_used_ms + self.expires_ms)
         return min(deadlines) if deadlines else None

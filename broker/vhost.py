@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import logging
 import os
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Callable
 
 from .clock import LoopClock
 from .consumer import Consumer, Delivery
@@ -19,6 +20,8 @@ from .exchanges import EXCHANGE_TYPES, DefaultExchange, Exchange, make_exchange
 from .message import Message
 from .queue import Queue
 from .stream import Stream
+
+log = logging.getLogger("manifold.broker")
 
 STANDARD_EXCHANGES = (("amq.direct", "direct"), ("amq.fanout", "fanout"),
                       ("amq.topic", "topic"), ("amq.headers", "headers"), ("amq.match", "headers"))
@@ -100,11 +103,18 @@ class VirtualHost:
         if self.queues.get(queue.name) is queue:
             self._delete_queue(queue)
 
-    def dead_letter(self, queue: Queue, message: Message, reason: str) -> None:
+    def dead_letter(self, queue: Queue, message: Message, reason: str,
+                    settled: Callable[[bool], None] | None = None) -> None:
         """Republish to the queue's dead-letter exchange with an ``x-death`` record, RabbitMQ style
-        (most recent first; a repeat of the same queue and reason increments its ``count``)."""
+        (most recent first; a repeat of the same queue and reason increments its ``count``).
+
+        ``settled`` (at-least-once dead-lettering) is called once: True when the message is in
+        at least one dead-letter queue, on disk for durable ones (or was dropped by the cycle
+        rule below), False when no queue took it or a write failed."""
         exchange = self.exchanges.get(queue.dlx or "")
         if exchange is None or queue.dlx is None:
+            if settled is not None:
+                settled(False)
             return
         props = message.properties.copy()
         headers = props.headers if props.headers is not None else {}
@@ -137,12 +147,27 @@ class VirtualHost:
         dead = Message(exchange.name, routing_key, message.body, props)
         dead_queues = {d.get("queue") for d in deaths}
         cycle_safe = any(d.get("reason") == "rejected" for d in deaths)
+        taken = cycled = 0
+        waits = []
         for target in self._targets(exchange, routing_key, headers):
             # RabbitMQ's cycle rule: a message that comes back to a queue it already died in,
             # with no client rejection on the way, is dropped instead of looping forever.
             if target.name in dead_queues and not cycle_safe:
+                cycled += 1
                 continue
-            target.enqueue(dead)
+            outcome = target.enqueue(dead)
+            if outcome is not False:
+                taken += 1
+                if outcome is not True:
+                    waits.append(outcome)
+        if settled is None:
+            return
+        if not taken or not waits:
+            settled(bool(taken or cycled))
+            return
+        written = asyncio.gather(*waits)
+        written.add_done_callback(
+            lambda f: settled(not f.cancelled() and f.exception() is None))
 
     # ================================================================ exchanges
     def _exchange(self, name: str) -> Exchange:
@@ -266,7 +291,8 @@ class VirtualHost:
                           exclusive_owner=owner if exclusive else None, auto_delete=auto_delete,
                           arguments=arguments, consumer_timeout_ms=self.consumer_timeout_ms,
                           log=log, resident_bytes=self.resident_bytes, memory=self.memory)
-            queue.kind = kind
+            if kind == "quorum":
+                _log_quorum_differences(queue, self.name)
         self.queues[name] = queue
         self._durable_changed(queue)
         return QueueInfo(name, 0, 0)
@@ -477,3 +503,16 @@ class VirtualHost:
         for _, handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
+
+
+def _log_quorum_differences(queue: Queue, vhost: str) -> None:
+    """What a user migrating from RabbitMQ quorum queues gets instead (adapters/amqp/MAPPING.md)."""
+    at_least_once = queue.arguments.get("x-dead-letter-strategy") == "at-least-once"
+    log.info("queue '%s' in vhost '%s': x-queue-type quorum is a single-node durable queue here "
+             "(no replication); delivery limit %s; dead-lettering %s", queue.name, vhost,
+             queue.delivery_limit if queue.delivery_limit is not None else "none",
+             "at-least-once" if queue.dead_letter_at_least_once else "at-most-once")
+    if at_least_once and not queue.dead_letter_at_least_once:
+        log.warning("queue '%s' in vhost '%s': x-dead-letter-strategy at-least-once needs "
+                    "x-overflow reject-publish; using at-most-once, "
+                    "as RabbitMQ does", queue.name, vhost)

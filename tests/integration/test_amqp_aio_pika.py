@@ -616,3 +616,26 @@ async def test_an_adversarial_topic_binding_does_not_stall_publishing(running_br
         assert m.body == b"hit"
         await m.ack()
         assert await trap.get(fail=False, timeout=T) is None
+
+
+async def test_quorum_queue_delivery_limit_dead_letters_the_poison_message(running_broker):
+    conn = await connect(running_broker)
+    async with conn:
+        ch = await conn.channel()
+        dlx = await ch.declare_exchange("poison-dlx", ExchangeType.FANOUT)
+        dead = await ch.declare_queue("poison-dead", durable=True)
+        await dead.bind(dlx)
+        q = await ch.declare_queue("poison-quorum", durable=True, arguments={
+            "x-queue-type": "quorum", "x-delivery-limit": 1,
+            "x-dead-letter-exchange": "poison-dlx"})
+        await ch.default_exchange.publish(Message(b"poison"), routing_key=q.name)
+        for attempt in range(2):
+            m = await q.get(timeout=T)
+            assert m.body == b"poison" and m.redelivered == (attempt > 0)
+            await m.nack(requeue=True)
+        assert await q.get(fail=False, timeout=T) is None
+        m = await dead.get(timeout=T)
+        assert m.body == b"poison"
+        death = m.headers["x-death"][0]
+        assert (death["reason"], death["queue"]) == ("delivery_limit", "poison-quorum")
+        await m.ack()
