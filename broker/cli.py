@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import sys
 
 from manifold.config.settings import ConfigError, load
 
+from .access import hash_password
 from .service import Service
 
 
@@ -27,7 +29,35 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--management-port", type=int, metavar="PORT",
                        help="management API, /metrics and dashboard (15672; 0 disables)")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain): opens the "
+                       "TLS listeners beside the plaintext ones")
+    serve.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    serve.add_argument("--tls-ca", metavar="FILE", help="PEM CA bundle client certificates are "
+                       "verified against")
+    for name, default in (("amqps", 5671), ("mqtts", 8883), ("stomps", 61614), ("wss", 15676)):
+        serve.add_argument(f"--{name}-port", type=int, metavar="PORT",
+                           help=f"{name} port with a certificate ({default}; 0 disables)")
+    serve.add_argument("--ws-port", type=int, metavar="PORT",
+                       help="MQTT and STOMP over WebSocket (15675; 0 disables)")
+    sub.add_parser("hash-password", help="print a password hash for [[users]] password_hash "
+                   "(prompts on a terminal, else reads one line from stdin)")
     return parser
+
+
+def hash_password_command() -> int:
+    """Prompt (or read stdin), print the scrypt hash as the last word on stdout."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("manifold: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("manifold: empty password", file=sys.stderr)
+        return 1
+    print(f"password_hash: {hash_password(password)}")
+    return 0
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -40,6 +70,15 @@ def settings_from_args(args: argparse.Namespace):
         port = getattr(args, f"{listener}_port")
         if port is not None:
             settings = settings.replace(listener, port=port)
+    tls = {k: v for k, v in (("cert_file", args.tls_cert), ("key_file", args.tls_key),
+                             ("ca_file", args.tls_ca)) if v is not None}
+    tls.update({f"{name}_port": getattr(args, f"{name}_port")
+                for name in ("amqps", "mqtts", "stomps", "wss")
+                if getattr(args, f"{name}_port") is not None})
+    if tls:
+        settings = settings.replace("tls", **tls)
+    if args.ws_port is not None:
+        settings = settings.replace("websocket", port=args.ws_port, enabled=args.ws_port != 0)
     for listener in ("http", "management"):  # port 0 here disables, as in the docs
         port = getattr(args, f"{listener}_port")
         if port is not None:
@@ -57,6 +96,8 @@ def install_event_loop_policy() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "hash-password":
+        return hash_password_command()
     try:
         settings = settings_from_args(args)
     except ConfigError as exc:
@@ -70,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"manifold: cannot start: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:  # found while starting (user table, TLS files)
+        print(f"manifold: configuration error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -50,7 +50,7 @@ class Delivery:
     """One hand-out of a message to a consumer (or to a basic.get). Settle it exactly once with
     :meth:`ack` or :meth:`reject`; a late settle of a delivery that timed out returns False."""
 
-    __slots__ = ("queue", "entry", "consumer", "redelivered", "settled", "offset")
+    __slots__ = ("queue", "entry", "consumer", "redelivered", "settled", "offset", "deadline")
 
     def __init__(self, queue: Any, entry: Any, consumer: Consumer | None, redelivered: bool,
                  settled: bool = False, offset: int | None = None):
@@ -61,6 +61,8 @@ class Delivery:
         self.settled = settled
         #: position in a stream (delivered as the ``x-stream-offset`` header), else None
         self.offset = offset
+        #: when the queue takes it back unless settled (ms; 0: never)
+        self.deadline = 0
 
     @property
     def message(self) -> "Message":
@@ -70,6 +72,21 @@ class Delivery:
     def delivery_count(self) -> int:
         """How many times this message was handed out before this delivery."""
         return self.entry.delivery_count - 1
+
+    @property
+    def msg_id(self) -> int:
+        """The message's id in its queue: stable for its life there, across broker restarts."""
+        return self.entry.msg_id
+
+    @property
+    def receive_count(self) -> int:
+        """How many times the message was handed out, this delivery included."""
+        return self.entry.delivery_count
+
+    @property
+    def first_delivered_ms(self) -> int:
+        """When the message was first handed out by :meth:`Queue.receive` (0: unknown)."""
+        return self.entry.first_delivered_ms
 
     def ack(self) -> bool:
         return self.queue.settle(self, True, False)

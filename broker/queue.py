@@ -13,15 +13,24 @@ by (priority, arrival id) consulted before the fresh tail.
 from __future__ import annotations
 
 import heapq
+import logging
 from collections import deque
 from typing import Any, Awaitable, Protocol
 
+from .coldrun import ColdRun
 from .consumer import Consumer, Delivery
 from .errors import PreconditionFailed, ResourceLocked
+from .groups import NO_GROUP, MessageGroups
 from .message import Message
 from .message_codec import decode_message, encode_message
 
+log = logging.getLogger("manifold.queue")
+
 READY, DELAYED, UNACKED, GONE = range(4)
+#: what an ordinary entry costs in memory besides its body (Entry, Message, Properties, its
+#: index, heap and deque slots, allocator slack), measured with 64-byte bodies; counted against
+#: the resident budget and by the memory alarm for every message the queue holds in memory
+ENTRY_OVERHEAD_BYTES = 400
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 QUEUE_TYPES = ("classic", "quorum", "stream")
 DEAD_LETTER_STRATEGIES = ("at-most-once", "at-least-once")
@@ -32,6 +41,9 @@ QUORUM_DELIVERY_LIMIT = 20
 # source queue before it is offered again.
 DEAD_LETTER_RETRY_MS = 5_000
 # Arguments that RabbitMQ checks for equivalence on redeclare, plus Manifold's.
+#: header naming a message's group in queues with ``x-message-groups`` (SQS FIFO MessageGroupId)
+GROUP_HEADER = "x-message-group-id"
+DEAD_LETTER_REASONS = ("rejected", "expired", "maxlen", "delivery_limit")
 INTEGER_ARGUMENTS = ("x-message-ttl", "x-expires", "x-max-length", "x-max-length-bytes",
                      "x-max-priority", "x-delivery-limit", "x-consumer-timeout", "x-delay")
 
@@ -39,8 +51,7 @@ INTEGER_ARGUMENTS = ("x-message-ttl", "x-expires", "x-max-length", "x-max-length
 class QueueHost(Protocol):
     def now_ms(self) -> int: ...
     def schedule(self, queue: Any, when_ms: int) -> None: ...
-    def dead_letter(self, queue: Any, message: Message, reason: str,
-                    settled: Any = None) -> None: ...
+    def dead_letter(self, queue: Any, message: Message, reason: str) -> bool | Any: ...
     def queue_unused(self, queue: Any) -> None: ...
 
 
@@ -55,8 +66,8 @@ class QueueLog(Protocol):
 class Entry:
     """One message in one queue. ``message`` is None while the body lives only on disk (paged
     out); ``on_disk`` says the queue's log holds it (a persistent message in a durable queue)."""
-    __slots__ = ("msg_id", "message", "priority", "size", "state", "delivery_count",
-                 "expires_at", "ready_at", "returns", "on_disk")
+    __slots__ = ("msg_id", "message", "priority", "size", "state", "delivery_count", "counted",
+                 "expires_at", "ready_at", "returns", "on_disk", "group", "first_delivered_ms")
 
     def __init__(self, msg_id: int, message: Message | None, priority: int, size: int = -1):
         self.msg_id = msg_id
@@ -64,11 +75,16 @@ class Entry:
         self.priority = priority
         self.size = len(message.body) if message is not None else size
         self.on_disk = False
+        #: counted in the memory alarm (from arrival until it leaves the queue for good)
+        self.counted = False
         self.state = READY
         self.delivery_count = 0
         self.expires_at = 0
         self.ready_at = 0
         self.returns = 0
+        #: the message group (``x-message-group-id`` header) in a grouped queue, else None
+        self.group: Any = None
+        self.first_delivered_ms = 0
 
     def __lt__(self, other: "Entry") -> bool:  # heap tie-break
         return self.msg_id < other.msg_id
@@ -105,6 +121,12 @@ def validate_arguments(name: str, vhost: str, args: dict) -> None:
     if sac is not None and not isinstance(sac, bool):
         raise PreconditionFailed(f"invalid arg 'x-single-active-consumer' for queue '{name}' in "
                                  f"vhost '{vhost}': {sac!r}; accepted: true or false")
+    reasons = args.get("x-dead-letter-reasons")
+    if reasons is not None and (not isinstance(reasons, (list, tuple)) or
+                                any(r not in DEAD_LETTER_REASONS for r in reasons)):
+        raise PreconditionFailed(f"invalid arg 'x-dead-letter-reasons' for queue '{name}' in "
+                                 f"vhost '{vhost}': {reasons!r}; accepted: a list of "
+                                 f"{', '.join(DEAD_LETTER_REASONS)}")
     kind = args.get("x-queue-type")
     if kind is not None and kind not in QUEUE_TYPES:
         raise PreconditionFailed(f"invalid arg 'x-queue-type' for queue '{name}' in vhost "
@@ -144,41 +166,21 @@ class Queue:
         self.auto_delete = auto_delete
         self.arguments = dict(arguments or {})
         self.log = log
-        args = self.arguments
-        validate_arguments(name, vhost, args)
+        #: settings applied after declaration (RabbitMQ's policies; SQS queue attributes): they
+        #: override the arguments but take no part in the redeclare equivalence check
+        self.policy: dict = {}
+        self._default_consumer_timeout_ms = consumer_timeout_ms
+        self._resident_bytes_setting = resident_bytes
+        validate_arguments(name, vhost, self.arguments)
         #: "classic" or "quorum": a quorum queue is a classic one with RabbitMQ's quorum-queue
         #: delivery limit default and at-least-once dead-lettering (adapters/amqp/MAPPING.md)
-        self.kind: str = args.get("x-queue-type", "classic")
-        self.message_ttl: int | None = args.get("x-message-ttl")
-        self.expires_ms: int | None = args.get("x-expires")
-        self.max_length: int | None = args.get("x-max-length")
-        self.max_length_bytes: int | None = args.get("x-max-length-bytes")
-        self.overflow: str = args.get("x-overflow", "drop-head")
-        self.dlx: str | None = args.get("x-dead-letter-exchange")
-        self.dlrk: str | None = args.get("x-dead-letter-routing-key")
-        self.max_priority: int = args.get("x-max-priority") or 0
-        limit = args.get("x-delivery-limit")
-        if limit is None and self.kind == "quorum":
-            limit = QUORUM_DELIVERY_LIMIT
-        self.delivery_limit: int | None = None if limit is None or limit < 0 else limit
-        # RabbitMQ: at-least-once dead-lettering is for quorum queues with reject-publish
-        # overflow (else the source could not hold messages the targets have not taken yet).
-        self.dead_letter_at_least_once = (
-            self.kind == "quorum" and args.get("x-dead-letter-strategy") == "at-least-once" and
-            self.overflow == "reject-publish")
-        #: dead-lettered messages no target has taken yet: (retry at ms, entry, message, reason)
+        self.kind: str = self.arguments.get("x-queue-type", "classic")
+        #: dead-lettered messages no queue has taken yet: (retry at ms, entry, message, reason)
         self._dead_letter_held: deque[tuple[int, Entry, Message, str]] = deque()
-        self.delay_ms: int = args.get("x-delay") or 0
-        # x-single-active-consumer: only the oldest consumer gets messages; the next takes over
-        # when it goes (ordered processing with failover, RabbitMQ's SAC).
-        self.single_active: bool = bool(args.get("x-single-active-consumer", False))
+        self.max_priority: int = self.arguments.get("x-max-priority") or 0
         #: round-robin position per consumer priority (x-priority consumer argument)
         self._rr_by_priority: dict[int, int] = {}
-        timeout = args.get("x-consumer-timeout")
-        self.consumer_timeout_ms: int = consumer_timeout_ms if timeout is None else timeout
-        # Past this many bytes of ready bodies in memory, bodies that are safely on disk leave
-        # memory (RabbitMQ's lazy mode is the limit 0); None keeps everything resident.
-        self.resident_limit: int | None = 0 if args.get("x-queue-mode") == "lazy" else resident_bytes
+        self._configure()
         self.resident_bytes = 0
         #: the broker's MemoryBudget (or None): told about every resident body byte
         self.memory = memory
@@ -191,6 +193,8 @@ class Queue:
         self._timeouts: list[tuple[int, int, Delivery]] = []
         self._timeout_seq = 0
         self.ready_count = 0
+        #: ready messages waiting in cold runs (no entry object; see coldrun.py)
+        self.cold_count = 0
         self.ready_bytes = 0
         self.unacked_count = 0
         self.delayed_count = 0
@@ -199,9 +203,70 @@ class Queue:
         self._had_consumers = False
         self._pumping = False
         self.deleted = False
+        #: consumer-less deliveries with a deadline (``receive``), by message id
+        self._leases: dict[int, Delivery] = {}
+        #: callables waiting for a message to become ready (long polls), woken one per message
+        self._ready_listeners: deque = deque()
+        self.grouped: MessageGroups | None = None
+        self._set_grouped(bool(self.arguments.get("x-message-groups")))
         self.last_used_ms = host.now_ms()
         if self.expires_ms:
             host.schedule(self, self.last_used_ms + self.expires_ms)
+
+    def _configure(self) -> None:
+        args = {**self.arguments, **self.policy}
+        self.message_ttl: int | None = args.get("x-message-ttl")
+        self.expires_ms: int | None = args.get("x-expires")
+        self.max_length: int | None = args.get("x-max-length")
+        self.max_length_bytes: int | None = args.get("x-max-length-bytes")
+        self.overflow: str = args.get("x-overflow", "drop-head")
+        self.dlx: str | None = args.get("x-dead-letter-exchange")
+        self.dlrk: str | None = args.get("x-dead-letter-routing-key")
+        reasons = args.get("x-dead-letter-reasons")
+        #: why a message may be dead-lettered (None: for every reason, as in RabbitMQ)
+        self.dead_letter_reasons: frozenset | None = None if reasons is None else frozenset(reasons)
+        limit = args.get("x-delivery-limit")
+        if limit is None and self.kind == "quorum":
+            limit = QUORUM_DELIVERY_LIMIT
+        self.delivery_limit: int | None = None if limit is None or limit < 0 else limit
+        # RabbitMQ: at-least-once dead-lettering is for quorum queues with reject-publish
+        # overflow (else the source could not hold messages the targets have not taken yet).
+        self.dead_letter_at_least_once = (
+            self.kind == "quorum" and args.get("x-dead-letter-strategy") == "at-least-once" and
+            self.overflow == "reject-publish")
+        self.delay_ms: int = args.get("x-delay") or 0
+        # x-single-active-consumer: only the oldest consumer gets messages; the next takes over
+        # when it goes (ordered processing with failover, RabbitMQ's SAC).
+        self.single_active: bool = bool(args.get("x-single-active-consumer", False))
+        timeout = args.get("x-consumer-timeout")
+        self.consumer_timeout_ms: int = (self._default_consumer_timeout_ms if timeout is None
+                                         else timeout)
+        # Past this many bytes of ready bodies in memory, bodies that are safely on disk leave
+        # memory (RabbitMQ's lazy mode is the limit 0); None keeps everything resident.
+        self.resident_limit: int | None = (0 if args.get("x-queue-mode") == "lazy"
+                                           else self._resident_bytes_setting)
+
+    def _set_grouped(self, grouped: bool) -> None:
+        if grouped and self.grouped is None:
+            self.grouped = MessageGroups()
+        elif not grouped:
+            self.grouped = None
+
+    def set_policy(self, policy: dict) -> None:
+        """Replace the policy (validated like arguments). ``x-message-groups`` changes only while
+        the queue is empty (it chooses the queue's structures); ``x-max-priority`` never does."""
+        validate_arguments(self.name, self.vhost, {**self.arguments, **policy})
+        grouped = bool({**self.arguments, **policy}.get("x-message-groups"))
+        if grouped != (self.grouped is not None) and (
+                self.ready_count or self.unacked_count or self.delayed_count):
+            raise PreconditionFailed(f"queue '{self.name}' in vhost '{self.vhost}': message "
+                                     "grouping cannot change while the queue holds messages")
+        self.policy = dict(policy)
+        self._configure()
+        self._set_grouped(bool({**self.arguments, **self.policy}.get("x-message-groups")))
+        if self.expires_ms and not self.consumers:
+            self.host.schedule(self, self.last_used_ms + self.expires_ms)
+        self._trim()
 
     # ---------------------------------------------------------------- introspection
     @property
@@ -238,6 +303,9 @@ class Queue:
             priority = min(props.priority or 0, self.max_priority)
         entry = Entry(self._next_id, message, priority)
         self._next_id += 1
+        self._arrived(entry)
+        if self.grouped is not None:
+            entry.group = props.headers.get(GROUP_HEADER) if props.headers else None
         ttl = self._ttl_of(message)
         result: bool | Awaitable[None] = True
         if self.log is not None and message.properties.delivery_mode == 2:
@@ -265,7 +333,8 @@ class Queue:
             # RabbitMQ: a zero TTL message is delivered only if a consumer can take it right now.
             self._drop(entry, "expired")
             return result
-        if not self.ready_count and self.consumers and not self._pumping:
+        if (not self.ready_count and self.consumers and not self._pumping
+                and self.grouped is None):
             # Nothing waiting ahead of it: hand it straight to a consumer with credit.
             consumer = self._pick_consumer()
             if consumer is not None:
@@ -277,7 +346,14 @@ class Queue:
                 if self.ready_count:  # the consumer returned something while we held the pump
                     self.pump()
                 return result
-        self._fresh[priority].append(entry)
+        if self._may_freeze(entry):
+            self._release(entry)  # a cold message is 12 bytes in a run, not an entry
+            self._freeze(entry.msg_id, entry.size, 0)
+            if self.consumers:
+                self.pump()
+            self._trim()
+            return result
+        self._push_ready(entry, False)
         self._became_ready(entry)
         if self.consumers:
             self.pump()
@@ -288,22 +364,91 @@ class Queue:
             result.add_done_callback(lambda future, e=entry: self._page_out(e, future))
         return result
 
+    def _may_freeze(self, entry: Entry) -> bool:
+        """Whether a new ready message waits as 12 bytes in a cold run (see coldrun.py): its body
+        is in the log, the queue is past its resident budget, and nothing about it needs a
+        look before delivery."""
+        if (not entry.on_disk or self.resident_limit is None or self.max_priority or
+                self.grouped is not None or entry.expires_at):
+            return False
+        # An ordinary entry costs its body and some 400 bytes of objects: both count, or a
+        # million small messages would all stay "resident" within a 64 MiB budget.
+        hot = self.ready_count - self.cold_count
+        return (self.resident_bytes + entry.size + hot * ENTRY_OVERHEAD_BYTES >
+                self.resident_limit)
+
+    def _freeze(self, msg_id: int, size: int, delivery_count: int) -> None:
+        fresh = self._fresh[0]
+        run = fresh[-1] if fresh else None
+        if (run.__class__ is not ColdRun or run.full() or  # type: ignore[union-attr]
+                run.delivery_count != delivery_count):  # type: ignore[union-attr]
+            run = ColdRun(delivery_count)
+            fresh.append(run)  # type: ignore[arg-type]
+        run.append(msg_id, size)  # type: ignore[union-attr]
+        self.cold_count += 1
+        if self._ready_listeners:
+            self._ready_listeners.popleft()()
+        self.ready_count += 1
+        self.ready_bytes += size
+
+    def _thaw_head(self, fresh: deque) -> None:
+        """Turn the cold run at the head of ``fresh`` into ordinary entries, one at a time."""
+        while fresh and fresh[0].__class__ is ColdRun:
+            run = fresh[0]
+            if not run:
+                fresh.popleft()
+                continue
+            msg_id, size = run.pop()
+            self.cold_count -= 1
+            if not run:
+                fresh.popleft()
+            if not self.log.holds(msg_id):
+                # Its write failed (the publisher was refused): it never joined the queue.
+                self.ready_count -= 1
+                self.ready_bytes -= size
+                continue
+            entry = Entry(msg_id, None, 0, size)
+            entry.on_disk = True
+            entry.state = READY
+            entry.delivery_count = run.delivery_count
+            self._arrived(entry)
+            fresh.appendleft(entry)
+            return
+
     def _page_out(self, entry: Entry, written: Any) -> None:
         if (entry.state == READY and entry.message is not None and not written.cancelled()
                 and written.exception() is None):
             entry.message = None
             self._resident(-entry.size)
+            self._count(entry, -entry.size)
 
     def _resident(self, delta: int) -> None:
+        """Bytes of ready bodies in memory (what the resident limit pages out)."""
         self.resident_bytes += delta
-        if self.memory is not None:
+
+    def _count(self, entry: Entry, delta: int) -> None:
+        """The memory alarm counts every body the queue holds in memory, ready or unacked, plus
+        a per-entry overhead, from arrival until the entry leaves for good."""
+        if self.memory is not None and entry.counted:
             self.memory.add(delta)
+
+    def _arrived(self, entry: Entry) -> None:
+        entry.counted = True
+        self._count(entry, ENTRY_OVERHEAD_BYTES + (entry.size if entry.message is not None
+                                                   else 0))
+
+    def _release(self, entry: Entry) -> None:
+        if entry.counted:
+            self._count(entry, -ENTRY_OVERHEAD_BYTES - (entry.size if entry.message is not None
+                                                        else 0))
+            entry.counted = False
 
     def _load(self, entry: Entry) -> Message:
         """The entry's message, read back from disk if it was paged out."""
         message = entry.message
         if message is None:
             message = entry.message = decode_message(self.log.read(entry.msg_id))
+            self._count(entry, entry.size)
             if entry.state == READY:
                 self._resident(entry.size)
         return message
@@ -326,7 +471,19 @@ class Queue:
                 (self.max_length_bytes is not None and
                  self.ready_bytes + extra_bytes > self.max_length_bytes))
 
+    def _push_ready(self, entry: Entry, returned: bool) -> None:
+        """File a ready entry: in its group, or at its arrival place (``returned``: it was out
+        before, so it goes before the fresh tail), or at the fresh tail."""
+        if self.grouped is not None:
+            self.grouped.push(entry)
+        elif returned:
+            heapq.heappush(self._returned, (-entry.priority, entry.msg_id, entry))
+        else:
+            self._fresh[entry.priority].append(entry)
+
     def _became_ready(self, entry: Entry) -> None:
+        if self._ready_listeners:
+            self._ready_listeners.popleft()()
         entry.state = READY
         self.ready_count += 1
         self.ready_bytes += entry.size
@@ -341,7 +498,7 @@ class Queue:
         if self.max_length is None and self.max_length_bytes is None:
             return
         while self._over_limit():
-            head = self._take_head()
+            head = self._take_head(ignore_groups=True)
             if head is None:
                 break
             self._drop(head, "maxlen")
@@ -357,8 +514,18 @@ class Queue:
         if self.log is None:
             return 0
         now = self.host.now_ms()
-        records = self.log.recover(None if self.max_priority else self.resident_limit)
+        # Priorities and groups are inside the message: those queues read every body back.
+        records = self.log.recover(None if self.max_priority or self.grouped is not None
+                                   else self.resident_limit)
+        count = 0
+        last_id = 0
         for msg_id, data in records:
+            count += 1
+            last_id = msg_id
+            if data is None and self.message_ttl is None:
+                # Past the resident budget: 12 bytes in a cold run (the body stays on disk).
+                self._freeze(msg_id, self.log.size_of(msg_id), 1)
+                continue
             if data is None:
                 entry = Entry(msg_id, None, 0, self.log.size_of(msg_id))
                 ttl = self.message_ttl
@@ -367,26 +534,40 @@ class Queue:
                 priority = min(message.properties.priority or 0, self.max_priority)
                 entry = Entry(msg_id, message, priority)
                 ttl = self._ttl_of(message)
+                if self.grouped is not None and message.properties.headers:
+                    entry.group = message.properties.headers.get(GROUP_HEADER)
             entry.on_disk = True
+            self._arrived(entry)
+            # It may have been delivered before the restart: redelivered=true / DUP, as
+            # RabbitMQ marks recovered messages.
+            entry.delivery_count = 1
             if ttl is not None:
                 entry.expires_at = now + ttl
-            self._fresh[entry.priority].append(entry)
+            self._push_ready(entry, False)
             self._became_ready(entry)
-        self._next_id = max(self._next_id, getattr(self.log, "max_id_seen", 0) + 1,
-                            records[-1][0] + 1 if records else 1)
-        return len(records)
+        self._next_id = max(self._next_id, getattr(self.log, "max_id_seen", 0) + 1, last_id + 1)
+        return count
 
     # ---------------------------------------------------------------- dequeue
-    def _take_head(self) -> Entry | None:
-        """Remove and return the next ready entry (highest priority, then oldest)."""
+    def _take_head(self, ignore_groups: bool = False, prefer: Any = NO_GROUP) -> Entry | None:
+        """Remove and return the next ready entry (highest priority, then oldest; in a grouped
+        queue the next of group ``prefer``, else the oldest head of an unlocked group, or of any
+        group with ``ignore_groups``)."""
+        if self.grouped is not None:
+            entry = (self.grouped.take_oldest_any() if ignore_groups
+                     else self.grouped.take(prefer))
+            return None if entry is None else self._unready(entry)
         returned = self._returned
         while returned and returned[0][2].state != READY:
             heapq.heappop(returned)
         best_fresh: Entry | None = None
         fresh_queue: deque | None = None
         for q in reversed(self._fresh):
-            while q and q[0].state != READY:
-                q.popleft()
+            while q and (q[0].__class__ is ColdRun or q[0].state != READY):
+                if q[0].__class__ is ColdRun:
+                    self._thaw_head(q)
+                else:
+                    q.popleft()
             if q:
                 best_fresh, fresh_queue = q[0], q
                 break
@@ -462,10 +643,10 @@ class Queue:
         finally:
             self._pumping = False
 
-    def _next_live(self) -> Entry | None:
+    def _next_live(self, prefer: Any = NO_GROUP) -> Entry | None:
         """The next ready entry that has not expired (expired ones are dead-lettered on the way)."""
         while True:
-            entry = self._take_head()
+            entry = self._take_head(prefer=prefer)
             if entry is None:
                 return None
             # Strictly past: a zero-TTL message may still go to a consumer in the same instant.
@@ -481,20 +662,95 @@ class Queue:
         if consumer is None or not consumer.no_ack:
             entry.state = UNACKED
             self.unacked_count += 1
+            if self.grouped is not None:
+                self.grouped.lock(entry.group)
             delivery = Delivery(self, entry, consumer, redelivered)
             if consumer is not None:
                 consumer.in_flight += 1
                 if self.consumer_timeout_ms:
-                    deadline = self.host.now_ms() + self.consumer_timeout_ms
-                    self._timeout_seq += 1
-                    heapq.heappush(self._timeouts, (deadline, self._timeout_seq, delivery))
-                    self.host.schedule(self, deadline)
+                    self._set_deadline(delivery, self.host.now_ms() + self.consumer_timeout_ms)
         else:
             delivery = Delivery(self, entry, consumer, redelivered, settled=True)
             self._forget(entry)
         if consumer is not None:
             consumer.deliver(delivery)
         return delivery
+
+    def _set_deadline(self, delivery: Delivery, deadline: int) -> None:
+        """Return ``delivery`` to the queue at ``deadline`` unless settled before; a later call
+        replaces the deadline (the heap keeps the old item, skipped when it comes up)."""
+        delivery.deadline = deadline
+        self._timeout_seq += 1
+        heapq.heappush(self._timeouts, (deadline, self._timeout_seq, delivery))
+        self.host.schedule(self, deadline)
+
+    def receive(self, max_count: int, visibility_ms: int) -> list[Delivery]:
+        """Check out up to ``max_count`` ready messages without a consumer, each returning to the
+        queue after ``visibility_ms`` unless settled (SQS ReceiveMessage; the receiver names them
+        later by message id, see :meth:`lease`). In a grouped queue it takes as many messages of
+        one group as it can, in order, before it moves on to the next group (as SQS does)."""
+        self.touch()
+        now = self.host.now_ms()
+        taken: list[Delivery] = []
+        group = NO_GROUP
+        while len(taken) < max_count:
+            entry = self._next_live(group)
+            if entry is None:
+                break
+            delivery = self._checkout(entry, None)
+            group = entry.group
+            if not entry.first_delivered_ms:
+                entry.first_delivered_ms = now
+            self._leases[entry.msg_id] = delivery
+            self._set_deadline(delivery, now + visibility_ms)
+            taken.append(delivery)
+        return taken
+
+    def lease(self, msg_id: int) -> Delivery | None:
+        """The unsettled :meth:`receive` delivery of message ``msg_id``, if any."""
+        return self._leases.get(msg_id)
+
+    def change_deadline(self, delivery: Delivery, timeout_ms: int) -> bool:
+        """Move an unsettled delivery's return deadline to ``timeout_ms`` from now (0 returns it
+        at once). False if it was already settled."""
+        if delivery.settled:
+            return False
+        if timeout_ms <= 0:
+            return self.settle(delivery, False, True)
+        self._set_deadline(delivery, self.host.now_ms() + timeout_ms)
+        return True
+
+    def withdraw(self, msg_id: int) -> bool:
+        """Remove message ``msg_id`` for good, whether leased or ready (a delete naming a message
+        whose lease was lost, e.g. by a restart). A scan over the ready messages: rare path."""
+        delivery = self._leases.get(msg_id)
+        if delivery is not None:
+            return self.settle(delivery, True, False)
+        for run in self._cold_runs():
+            size = run.remove(msg_id)
+            if size >= 0:
+                self.cold_count -= 1
+                self.ready_count -= 1
+                self.ready_bytes -= size
+                self.log.settle(msg_id)
+                return True
+        for entry in self._ready_entries():
+            if entry.msg_id == msg_id:
+                self._unready(entry)
+                self._forget(entry)
+                return True
+        return False
+
+    def add_ready_listener(self, listener: Any) -> None:
+        """Call ``listener()`` once, when a message next becomes ready (one listener per message,
+        in the order they were added). Remove it with :meth:`remove_ready_listener` if unused."""
+        self._ready_listeners.append(listener)
+
+    def remove_ready_listener(self, listener: Any) -> None:
+        try:
+            self._ready_listeners.remove(listener)
+        except ValueError:
+            pass
 
     def get(self, no_ack: bool) -> Delivery | None:
         """AMQP Basic.Get / SQS ReceiveMessage without a consumer."""
@@ -521,6 +777,10 @@ class Queue:
         consumer = delivery.consumer
         if consumer is not None:
             consumer.in_flight -= 1
+        elif self._leases.get(entry.msg_id) is delivery:
+            del self._leases[entry.msg_id]
+        if self.grouped is not None:
+            self.grouped.unlock(entry.group)
         # Settled deliveries stay in the timeout heap until their deadline (30 min by default),
         # keeping their messages alive; drop them once they are the majority (amortised O(1)).
         if len(self._timeouts) > 2 * self.unacked_count + 64:
@@ -544,36 +804,69 @@ class Queue:
             return
         if self.deleted:
             return
-        heapq.heappush(self._returned, (-entry.priority, entry.msg_id, entry))
+        self._push_ready(entry, True)
         self._became_ready(entry)
         self._trim()
 
     def _drop(self, entry: Entry, reason: str) -> None:
+        """Discard or dead-letter an entry, whether its body is in memory or only on disk."""
         entry.state = GONE
-        if self.dlx is not None and self.dead_letter_at_least_once:
-            self._dead_letter_at_least_once(entry, self._load(entry), reason)
+        if self.dlx is None or (self.dead_letter_reasons is not None
+                                and reason not in self.dead_letter_reasons):
+            self._forget(entry)
+            return
+        try:
+            message = self._load(entry)  # before the settle: a paged-out body is read back
+        except (OSError, KeyError, ValueError) as exc:
+            # Unreadable: keep the original on disk (it returns after a restart) rather than
+            # settle a message that reached no dead-letter queue.
+            log.error("queue '%s': cannot read message %d to dead-letter it: %s", self.name,
+                      entry.msg_id, exc)
+            self._release(entry)
+            return
+        copied = self.host.dead_letter(self, message, reason)
+        self._release(entry)
+        if self.dead_letter_at_least_once:
+            self._dead_lettered(entry, message, reason, copied)
+        elif not entry.on_disk or copied is True or copied is False:
+            self._forget(entry)
+        else:
+            # The dead-letter copy is durable before the original is settled: a crash between
+            # the two leaves the message in both queues, never in neither.
+            copied.add_done_callback(lambda done, e=entry: self._copy_stored(e, done))
+
+    def _copy_stored(self, entry: Entry, done: Any) -> None:
+        if done.cancelled() or done.exception() is not None:
+            log.error("queue '%s': dead-letter copy of message %d not stored; the original "
+                      "stays on disk", self.name, entry.msg_id)
             return
         self._forget(entry)
-        if self.dlx is not None:
-            self.host.dead_letter(self, self._load(entry), reason)
 
-    def _dead_letter_at_least_once(self, entry: Entry, message: Message, reason: str) -> None:
-        """The message stays in this queue's log until the dead-letter queues hold it (on disk,
-        for durable ones); if none takes it (no route, a refusal, a failed write) it is held
-        and offered again after DEAD_LETTER_RETRY_MS [RabbitMQ x-dead-letter-strategy]."""
-        def settled(taken: bool) -> None:
-            if self.deleted:
-                return
-            if taken:
-                self._forget(entry)
-                return
-            retry_at = self.host.now_ms() + DEAD_LETTER_RETRY_MS
-            self._dead_letter_held.append((retry_at, entry, message, reason))
-            self.host.schedule(self, retry_at)
+    def _dead_lettered(self, entry: Entry, message: Message, reason: str, copied: Any) -> None:
+        """At-least-once [RabbitMQ x-dead-letter-strategy]: the original is settled once a
+        dead-letter queue holds the copy (on disk, for durable ones); if none took it (no
+        route, a refusal, a failed write) it is held and offered again after
+        DEAD_LETTER_RETRY_MS. ``copied`` is what ``host.dead_letter`` returned."""
+        if copied is True:
+            self._forget(entry)
+        elif copied is False:
+            self._hold_dead_letter(entry, message, reason)
+        else:
+            copied.add_done_callback(
+                lambda done: self._forget(entry)
+                if not done.cancelled() and done.exception() is None
+                else self._hold_dead_letter(entry, message, reason))
 
-        self.host.dead_letter(self, message, reason, settled)
+    def _hold_dead_letter(self, entry: Entry, message: Message, reason: str) -> None:
+        if self.deleted:
+            return
+        retry_at = self.host.now_ms() + DEAD_LETTER_RETRY_MS
+        self._dead_letter_held.append((retry_at, entry, message, reason))
+        self.host.schedule(self, retry_at)
 
     def _forget(self, entry: Entry) -> None:
+        """The entry leaves the queue for good: out of the memory count, settled on disk."""
+        self._release(entry)
         if entry.on_disk:
             self.log.settle(entry.msg_id)
 
@@ -620,7 +913,7 @@ class Queue:
             _, _, entry = heapq.heappop(delayed)
             if entry.state == DELAYED:
                 self.delayed_count -= 1
-                heapq.heappush(self._returned, (-entry.priority, entry.msg_id, entry))
+                self._push_ready(entry, True)
                 self._became_ready(entry)
                 self._trim()
         expiries = self._expiries
@@ -633,11 +926,12 @@ class Queue:
         held = self._dead_letter_held
         while held and held[0][0] <= now:
             _, entry, message, reason = held.popleft()
-            self._dead_letter_at_least_once(entry, message, reason)
+            self._dead_lettered(entry, message, reason,
+                                self.host.dead_letter(self, message, reason))
         timeouts = self._timeouts
         while timeouts and timeouts[0][0] <= now:
-            _, _, delivery = heapq.heappop(timeouts)
-            if not delivery.settled:
+            deadline, _, delivery = heapq.heappop(timeouts)
+            if not delivery.settled and delivery.deadline == deadline:
                 self.settle(delivery, False, True)
                 if delivery.consumer is not None:
                     delivery.consumer.delivery_timed_out(delivery)
@@ -663,7 +957,7 @@ class Queue:
         """Drop every ready message (not unacked or delayed ones, as in RabbitMQ)."""
         count = 0
         while True:
-            entry = self._take_head()
+            entry = self._take_head(ignore_groups=True)
             if entry is None:
                 break
             self._forget(entry)
@@ -674,12 +968,31 @@ class Queue:
         """Mark deleted; returns the ready count. Consumers are told by the vhost."""
         count = self.ready_count
         self.purge()
+        for _, _, entry in self._delayed:
+            if entry.state == DELAYED:
+                self._release(entry)  # gone with the queue (unacked ones go when settled)
         self.deleted = True
+        while self._ready_listeners:  # long polls end now
+            self._ready_listeners.popleft()()
         return count
+
+    def _ready_entries(self) -> list[Entry]:
+        if self.grouped is not None:
+            entries = self.grouped.entries()
+        else:
+            entries = [e for q in self._fresh for e in q
+                       if e.__class__ is not ColdRun and e.state == READY]
+            entries += [e for _, _, e in self._returned if e.state == READY]
+        entries.sort(key=lambda e: (-e.priority, e.msg_id))
+        return entries
 
     def ready_messages(self) -> list[Message]:
         """Ready messages in delivery order (for tests and introspection)."""
-        entries = [e for q in self._fresh for e in q if e.state == READY]
-        entries += [e for _, _, e in self._returned if e.state == READY]
-        entries.sort(key=lambda e: (-e.priority, e.msg_id))
-        return [self._load(e) for e in entries]
+        listed: list[tuple[int, Any]] = [(e.msg_id, e) for e in self._ready_entries()]
+        listed += [(msg_id, None) for run in self._cold_runs() for msg_id, _ in run.items()]
+        listed.sort(key=lambda item: (-(item[1].priority if item[1] else 0), item[0]))
+        return [self._load(e) if e is not None else decode_message(self.log.read(msg_id))
+                for msg_id, e in listed]
+
+    def _cold_runs(self) -> list[ColdRun]:
+        return [run for run in self._fresh[0] if run.__class__ is ColdRun]  # type: ignore

@@ -13,20 +13,26 @@ import importlib
 import importlib.util
 import logging
 import os
+import resource
+import shutil
 import signal
+import ssl
 from typing import Any
 
 from aiohttp import web
 
-from manifold.config.settings import Settings
+from manifold.config.settings import ConfigError, Settings
 from manifold.persistence.filestore import FileStore
 
 from .core import Broker
+from .tls import server_context
 from .transport import Connection, ProtocolServer
 
 log = logging.getLogger("manifold")
 
 PROTOCOLS = ("amqp", "mqtt", "stomp")
+#: what the WebSocket listeners (ws, wss) carry
+WEBSOCKET_PROTOCOLS = ("mqtt", "stomp")
 #: settings section -> adapter package serving HTTP on that section's port
 HTTP_LISTENERS = {"http": "aws", "management": "management"}
 
@@ -46,21 +52,27 @@ class Service:
         self.broker = broker or Broker(settings, store=FileStore(
             settings.server.data_dir, fsync=persistence.fsync,
             fsync_interval_ms=persistence.fsync_interval_ms,
-            segment_bytes=persistence.segment_bytes))
+            segment_bytes=persistence.segment_bytes, max_open_files=persistence.max_open_files))
         self.connections: set[Connection] = set()
         self.listeners: dict[str, asyncio.base_events.Server] = {}
         self.servers: dict[str, ProtocolServer] = {}
         self.http_runners: dict[str, web.AppRunner] = {}
         #: protocol -> port actually bound (useful with port 0)
         self.ports: dict[str, int] = {}
+        self.tls_context: ssl.SSLContext | None = None
         self._stopped = asyncio.Event()
+        self._disk_timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
+        raise_open_files_limit(self.settings.server.open_files_limit)
         os.makedirs(self.settings.server.data_dir, exist_ok=True)
         await self.broker.start()
         self.broker.memory.subscribe(self._memory_alarm)
-        loop = asyncio.get_running_loop()
+        self._check_disk()
         server_settings = self.settings.server
+        tls = self.settings.tls
+        if tls.cert_file:
+            self.tls_context = server_context(tls)
         for protocol in PROTOCOLS:
             section = getattr(self.settings, protocol)
             adapter = load_adapter(protocol)
@@ -68,22 +80,60 @@ class Service:
                 continue
             server = adapter.make_server(self.broker, self.settings)
             self.servers[protocol] = server
-
-            def factory(protocol: str = protocol, server: ProtocolServer = server) -> Connection:
-                return Connection(protocol, server.new_session(), self.connections,
-                                  high_water_bytes=server_settings.output_high_water_bytes,
-                                  low_water_bytes=server_settings.output_low_water_bytes,
-                                  memory=self.broker.memory)
-
-            listener = await loop.create_server(factory, server_settings.bind, section.port,
-                                                reuse_address=True, backlog=1024)
-            self.listeners[protocol] = listener
-            self.ports[protocol] = listener.sockets[0].getsockname()[1]
+            await self._listen(protocol, section.port, server)
+            tls_port = getattr(tls, f"{protocol}s_port")
+            if self.tls_context is not None and tls_port:
+                await self._listen(f"{protocol}s", tls_port, server, tls=True)
+        ws = self.settings.websocket
+        if ws.enabled and any(p in self.servers for p in WEBSOCKET_PROTOCOLS):
+            await self._listen("ws", ws.port, None)
+            if self.tls_context is not None and tls.wss_port:
+                await self._listen("wss", tls.wss_port, None, tls=True)
         for section_name, adapter_name in HTTP_LISTENERS.items():
             await self._start_http(section_name, adapter_name)
         listening = ", ".join(f"{p} {server_settings.bind}:{port}" for p, port in self.ports.items())
         log.info("manifold listening: %s; data dir %s", listening or "no protocols",
                  os.path.abspath(server_settings.data_dir))
+
+    async def _listen(self, name: str, port: int, server: ProtocolServer | None,
+                      tls: bool = False) -> None:
+        """A listener named ``name`` (amqp, amqps, ws, wss...). ``server`` None: WebSocket, whose
+        handshake picks the MQTT or STOMP server."""
+        server_settings = self.settings.server
+        websocket = self.settings.websocket if server is None else None
+
+        def factory() -> Connection:
+            return Connection(name, server.new_session() if server is not None else None,
+                              self.connections,
+                              high_water_bytes=server_settings.output_high_water_bytes,
+                              low_water_bytes=server_settings.output_low_water_bytes,
+                              memory=self.broker.memory,
+                              # read per connection: a SIGHUP reload applies to new ones
+                              tls_context=self.tls_context if tls else None,
+                              handshake_timeout_s=self.settings.tls.handshake_timeout_s,
+                              websocket=websocket, open_session=self._websocket_session)
+
+        listener = await asyncio.get_running_loop().create_server(
+            factory, server_settings.bind, port, reuse_address=True, backlog=1024)
+        self.listeners[name] = listener
+        self.ports[name] = listener.sockets[0].getsockname()[1]
+
+    def _websocket_session(self, protocol: str) -> Any:
+        server = self.servers.get(protocol)
+        return server.new_session() if server is not None else None
+
+    def reload_tls(self) -> bool:
+        """Load the certificate and key again (SIGHUP): new connections use them, open ones keep
+        theirs. A file that cannot be loaded keeps the old certificate and logs why."""
+        if self.tls_context is None:
+            return False
+        try:
+            self.tls_context = server_context(self.settings.tls)
+        except ConfigError as exc:
+            log.error("TLS reload failed, keeping the old certificate: %s", exc)
+            return False
+        log.info("TLS certificate reloaded from %s", self.settings.tls.cert_file)
+        return True
 
     async def _start_http(self, section_name: str, adapter_name: str) -> None:
         section = getattr(self.settings, section_name)
@@ -100,19 +150,46 @@ class Service:
         self.http_runners[section_name] = runner
         self.ports[section_name] = runner.addresses[0][1]
 
-    def _memory_alarm(self, alarm: bool) -> None:
-        log.warning("memory alarm %s: %d bytes of message bodies in memory (high water %d)",
-                    "set" if alarm else "cleared", self.broker.memory.used_bytes,
-                    self.broker.memory.high_water_bytes)
+    def _memory_alarm(self, blocking: bool) -> None:
+        memory = self.broker.memory
+        log.warning("resource alarm %s: memory %s (%d bytes of message bodies, high water %d), "
+                    "disk %s", "set" if blocking else "cleared",
+                    "over" if memory.alarm else "ok", memory.used_bytes,
+                    memory.high_water_bytes, "low" if memory.disk_alarm else "ok")
         for conn in list(self.connections):
             if conn.publishing:
-                conn.set_blocked(alarm)
+                conn.set_blocked(blocking)
+
+    def _check_disk(self) -> None:
+        """The disk alarm: publishers wait while the data directory's file system has less free
+        space than ``disk_free_limit_bytes`` (RabbitMQ's disk_free_limit)."""
+        server = self.settings.server
+        if not server.disk_free_limit_bytes:
+            return
+        try:
+            free = shutil.disk_usage(server.data_dir).free
+        except OSError as exc:
+            log.error("cannot read free disk space of %s: %s", server.data_dir, exc)
+        else:
+            low = free < server.disk_free_limit_bytes
+            if low != self.broker.memory.disk_alarm:
+                log.warning("disk alarm %s: %d bytes free on %s (limit %d)",
+                            "set" if low else "cleared", free, server.data_dir,
+                            server.disk_free_limit_bytes)
+            self.broker.memory.set_disk_alarm(low)
+        self._disk_timer = asyncio.get_running_loop().call_later(
+            server.disk_check_interval_ms / 1000, self._check_disk)
 
     async def stop(self) -> None:
         """Stop accepting, say goodbye in each protocol's words, flush, close."""
+        if self._disk_timer is not None:
+            self._disk_timer.cancel()
         for listener in self.listeners.values():
             listener.close()
         for conn in list(self.connections):
+            if conn.session is None:  # still in its TLS or WebSocket handshake
+                conn.abort("server shutdown")
+                continue
             try:
                 conn.session.going_away()
             except Exception:  # a broken session must not stop the shutdown of the others
@@ -135,7 +212,22 @@ class Service:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
         await self.start()
         await stop.wait()
         log.info("manifold shutting down")
         await self.stop()
+
+
+def raise_open_files_limit(wanted: int) -> None:
+    """Raise the soft RLIMIT_NOFILE towards ``wanted`` (never above the hard limit): every client
+    connection is a descriptor. The store itself needs only a bounded few."""
+    if not wanted:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit to %d: %s", target, exc)

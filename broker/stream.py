@@ -8,14 +8,16 @@ Model: rabbitmq/osiris ``offset_spec()`` and ``retention_spec()``.
 """
 from __future__ import annotations
 
-import bisect
 import datetime
 import re
 import time
 from collections import deque
 from typing import Any
 
+from manifold.persistence.streamlog import MemoryStreamLog
+
 from .consumer import Consumer, Delivery
+from .durable_map import DurableMap
 from .errors import PreconditionFailed
 from .message import Message
 from .message_codec import decode_message, encode_message
@@ -29,22 +31,38 @@ def parse_interval_s(value: str) -> int | None:
     return int(match.group(1)) * _UNIT_S[match.group(2)] if match else None
 
 
+#: the tail of the stream kept in memory for readers that keep up (records not yet written to
+#: disk stay in it whatever its size)
+TAIL_CACHE_BYTES = 4 * 1024 * 1024
+#: a reader behind the tail reads this much from disk at a time (its read-ahead)
+READ_AHEAD_BYTES = 256 * 1024
+#: disk bytes one pump may read for one reader before it yields to the event loop
+PUMP_DISK_BYTES = 4 * 1024 * 1024
+#: stored offsets of named readers are written at most this often (and when a reader leaves)
+OFFSET_FLUSH_MS = 200
+#: default segment size of a stream (RabbitMQ's x-stream-max-segment-size-bytes is 500 MB)
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+
+
 class _Record:
+    """One record handed to a reader (a Delivery's ``entry``)."""
     __slots__ = ("offset", "timestamp_ms", "message", "delivery_count")
 
     def __init__(self, offset: int, timestamp_ms: int, message: Message):
         self.offset = offset
         self.timestamp_ms = timestamp_ms
         self.message = message
-        self.delivery_count = 0
+        self.delivery_count = 1
 
 
 class _Reader:
-    __slots__ = ("position", "reference")
+    __slots__ = ("position", "reference", "ahead")
 
     def __init__(self, position: int, reference: str | None):
         self.position = position
         self.reference = reference
+        #: records read from disk ahead of ``position``: (offset, timestamp_ms, payload)
+        self.ahead: deque[tuple[int, int, bytes]] = deque()
 
 
 class Stream:
@@ -54,12 +72,9 @@ class Stream:
     auto_delete = False
 
     def __init__(self, host: Any, vhost: str, name: str, *, arguments: dict | None = None,
-                 durable: bool = True, log: Any = None, memory: Any = None):
+                 durable: bool = True, store: Any = None, memory: Any = None):
         self.host = host
         self.memory = memory
-        #: the store's log (record id = offset); every record is written, whatever its
-        #: delivery mode, as RabbitMQ streams do; retention settles the records it trims
-        self.log = log
         self.vhost = vhost
         self.name = name
         self.durable = durable
@@ -74,19 +89,33 @@ class Stream:
                     f"{max_age!r}; accepted: a number followed by Y, M, D, h, m or s")
             self.max_age_ms = seconds * 1000
         self.max_bytes: int | None = self.arguments.get("x-max-length-bytes")
-        self._records: deque[_Record] = deque()
-        self._first_offset = 0
-        self._next_offset = 0
-        self._bytes = 0
+        segment_bytes = self.arguments.get("x-stream-max-segment-size-bytes")
+        if segment_bytes is not None and (isinstance(segment_bytes, bool) or
+                                          not isinstance(segment_bytes, int) or segment_bytes < 1):
+            raise PreconditionFailed(
+                f"invalid arg 'x-stream-max-segment-size-bytes' for queue '{name}' in vhost "
+                f"'{vhost}': {segment_bytes!r} must be a positive integer")
+        #: the records: on disk (persistence/streamlog.py) or, without a data directory, in
+        #: memory; every record is written whatever its delivery mode, as RabbitMQ streams do
+        self.log: Any = store.stream_log(vhost, name, segment_bytes) if store is not None else None
+        if self.log is None:
+            self.log = MemoryStreamLog(segment_bytes or DEFAULT_SEGMENT_BYTES, memory)
+        self.log.on_written = self._evict
+        self._offsets = DurableMap(self.log.offsets_log)
+        self._cache: deque[_Record] = deque()
+        self._cache_bytes = 0
+        self._last_ts = 0
         self.consumers: list[Consumer] = []
         self._readers: dict[Consumer, _Reader] = {}
         self.stored_offsets: dict[str, int] = {}
+        self._unflushed: set[str] = set()
+        self._flush_at: int | None = None
         self.deleted = False
 
     # ---------------------------------------------------------------- introspection
     @property
     def message_count(self) -> int:
-        return len(self._records)
+        return self.log.next_offset - self.log.first_offset
 
     @property
     def consumer_count(self) -> int:
@@ -94,11 +123,11 @@ class Stream:
 
     @property
     def first_offset(self) -> int:
-        return self._first_offset
+        return self.log.first_offset
 
     @property
     def next_offset(self) -> int:
-        return self._next_offset
+        return self.log.next_offset
 
     def check_owner(self, owner: Any) -> None:
         pass
@@ -109,103 +138,139 @@ class Stream:
     # ---------------------------------------------------------------- append
     def enqueue(self, message: Message) -> Any:
         """Append; returns True, or an awaitable that resolves once the record is on disk."""
-        now = self.host.now_ms()
-        record = _Record(self._next_offset, now, message)
-        result: Any = True
-        if self.log is not None:
-            stamped = Message(message.exchange, message.routing_key, message.body,
-                              message.properties, timestamp_ms=now)
-            result = self.log.append(record.offset, encode_message(stamped)) or True
-        self._next_offset += 1
-        self._records.append(record)
-        self._account(len(message.body))
+        # Stamps never go back, so the timestamp index stays sorted if the wall clock does.
+        now = self._last_ts = max(self.host.now_ms(), self._last_ts)
+        offset = self.log.next_offset
+        stamped = Message(message.exchange, message.routing_key, message.body,
+                          message.properties, timestamp_ms=now)
+        result = self.log.append(offset, now, encode_message(stamped)) or True
+        self._cache.append(_Record(offset, now, stamped))
+        self._cache_account(len(message.body))
+        self._evict()
         self._apply_retention(now)
         if self.consumers:
             self.pump()
         return result
 
-    def recover(self) -> int:
-        """Reload the records kept on disk (offsets and timestamps as they were)."""
-        if self.log is None:
-            return 0
-        records = self.log.recover()
-        for offset, data in records:
-            message = decode_message(data)
-            self._records.append(_Record(offset, message.timestamp_ms, message))
-            self._account(len(message.body))
-        if records:
-            self._first_offset = records[0][0]
-        # Offsets never go back, even when retention emptied the stream.
-        self._next_offset = max(getattr(self.log, "max_id_seen", -1) + 1,
-                                records[-1][0] + 1 if records else 0)
-        self._first_offset = self._first_offset if records else self._next_offset
-        self._apply_retention(self.host.now_ms())
-        return len(records)
-
-    def _account(self, delta: int) -> None:
-        self._bytes += delta
+    def _cache_account(self, delta: int) -> None:
+        self._cache_bytes += delta
         if self.memory is not None:
             self.memory.add(delta)
 
+    def _evict(self) -> None:
+        """Keep the tail cache within its budget, but never drop a record not yet on disk."""
+        cache = self._cache
+        written = self.log.written_offset
+        while cache and self._cache_bytes > TAIL_CACHE_BYTES and cache[0].offset <= written:
+            self._cache_account(-len(cache.popleft().message.body))
+
+    def recover(self) -> int:
+        """Reopen the segments (offsets and timestamps as they were) and the stored offsets."""
+        self.log.recover()
+        self.stored_offsets = {str(k): int(v) for k, v in self._offsets.load().items()}
+        self._apply_retention(self.host.now_ms())
+        return self.message_count
+
     def _apply_retention(self, now: int) -> None:
-        records = self._records
-        while len(records) > 1 and (
-                (self.max_bytes is not None and self._bytes > self.max_bytes) or
-                (self.max_age_ms is not None and records[0].timestamp_ms < now - self.max_age_ms)):
-            gone = records.popleft()
-            self._account(-len(gone.message.body))
-            self._first_offset = gone.offset + 1
-            if self.log is not None:
-                self.log.settle(gone.offset)
-        if self.max_age_ms is not None and records:
-            self.host.schedule(self, records[0].timestamp_ms + self.max_age_ms + 1)
+        oldest = now - self.max_age_ms if self.max_age_ms is not None else None
+        if self.max_bytes is not None or oldest is not None:
+            self.log.trim(self.max_bytes, oldest)
+        if self.max_age_ms is not None and self.message_count:
+            self.host.schedule(self, now + max(1000, self.max_age_ms // 10))
 
     def tick(self) -> None:
-        self._apply_retention(self.host.now_ms())
+        now = self.host.now_ms()
+        self._apply_retention(now)
+        if self._flush_at is not None and now >= self._flush_at:
+            self._flush_offsets()
+        elif self._flush_at is not None:
+            self.host.schedule(self, self._flush_at)
+        self._evict()
+        if self.consumers:
+            self.pump()
 
     # ---------------------------------------------------------------- read
     def resolve_offset(self, spec: Any) -> int:
         """Where a reader with this ``x-stream-offset`` starts (osiris ``offset_spec()``)."""
+        first, nxt = self.log.first_offset, self.log.next_offset
         if spec is None or spec == "next":
-            return self._next_offset
+            return nxt
         if spec == "first":
-            return self._first_offset
+            return first
         if spec == "last":
-            return max(self._first_offset, self._next_offset - 1)
+            return max(first, nxt - 1)
         if isinstance(spec, datetime.datetime):
             return self._offset_at_ms(int(spec.timestamp() * 1000))
         if isinstance(spec, bool):
             raise PreconditionFailed(f"invalid x-stream-offset {spec!r}")
         if isinstance(spec, int):
-            return min(max(spec, self._first_offset), self._next_offset)
+            return min(max(spec, first), nxt)
         if isinstance(spec, str):
             seconds = parse_interval_s(spec)
             if seconds is not None:
                 return self._offset_at_ms(int(time.time() * 1000) - seconds * 1000)
             if spec.isdigit():
-                return min(max(int(spec), self._first_offset), self._next_offset)
+                return min(max(int(spec), first), nxt)
         raise PreconditionFailed(
             f"invalid x-stream-offset {spec!r}; accepted: first, last, next, an offset, a "
             "timestamp or an interval such as 1h")
 
     def _offset_at_ms(self, timestamp_ms: int) -> int:
         """The first record published at or after ``timestamp_ms``."""
-        keys = [r.timestamp_ms for r in self._records]
-        index = bisect.bisect_left(keys, timestamp_ms)
-        return self._first_offset + index if index < len(keys) else self._next_offset
+        offset = self.log.offset_at(timestamp_ms)
+        if offset < self.log.next_offset:
+            return offset
+        for record in self._cache:  # the tail not yet on disk
+            if record.timestamp_ms >= timestamp_ms:
+                return record.offset
+        return self.log.next_offset
 
     def read(self, offset: int, limit: int) -> list[tuple[int, int, Message]]:
         """(offset, timestamp_ms, message) from ``offset``, at most ``limit`` of them."""
-        start = max(offset, self._first_offset) - self._first_offset
-        out = []
-        for i in range(start, min(start + limit, len(self._records))):
-            r = self._records[i]
-            out.append((r.offset, r.timestamp_ms, r.message))
+        out: list[tuple[int, int, Message]] = []
+        reader = _Reader(max(offset, self.log.first_offset), None)
+        while len(out) < limit:
+            record = self._next_record(reader)
+            if record is None:
+                break
+            out.append((record.offset, record.timestamp_ms, record.message))
         return out
+
+    def _next_record(self, reader: _Reader) -> _Record | None:
+        """The record at the reader's position (or the first after a gap), and advance it: from
+        the tail cache, else from the reader's read-ahead, else from disk."""
+        log = self.log
+        if reader.position < log.first_offset:
+            reader.position = log.first_offset  # retention deleted its segment
+        position = reader.position
+        if position >= log.next_offset:
+            return None
+        cache = self._cache
+        if cache and position >= cache[0].offset:
+            record = cache[position - cache[0].offset]
+            reader.position = record.offset + 1
+            reader.ahead.clear()
+            return record
+        ahead = reader.ahead
+        while ahead and ahead[0][0] < position:
+            ahead.popleft()
+        if not ahead:
+            ahead.extend(log.read(position, READ_AHEAD_BYTES))
+            if not ahead:
+                if cache:  # a gap (a lost write): go on at the tail
+                    reader.position = cache[0].offset
+                    return self._next_record(reader)
+                return None
+        offset, timestamp_ms, payload = ahead.popleft()
+        reader.position = offset + 1
+        return _Record(offset, timestamp_ms, decode_message(payload))
 
     def add_consumer(self, consumer: Consumer) -> None:
         args = consumer.arguments
-        reference = args.get("x-stream-reference")
+        # RabbitMQ's name for a named reader is x-stream-reference; x-stream-reader is accepted
+        reference = args.get("x-stream-reference", args.get("x-stream-reader"))
+        if reference is not None:
+            reference = str(reference)
         if reference is not None and reference in self.stored_offsets:
             position = self.stored_offsets[reference] + 1
         else:
@@ -218,24 +283,33 @@ class Stream:
     def remove_consumer(self, consumer: Consumer) -> None:
         if consumer in self.consumers:
             self.consumers.remove(consumer)
-        self._readers.pop(consumer, None)
+        reader = self._readers.pop(consumer, None)
+        if reader is not None and reader.reference in self._unflushed:
+            self._flush_offsets()
 
     def pump(self) -> None:
         for consumer in list(self.consumers):
             reader = self._readers.get(consumer)
             if reader is None:
                 continue
-            while consumer.has_credit() and reader.position < self._next_offset:
-                reader.position = max(reader.position, self._first_offset)
-                record = self._records[reader.position - self._first_offset]
-                reader.position += 1
-                record.delivery_count += 1
+            disk_budget = PUMP_DISK_BYTES
+            while consumer.has_credit() and reader.position < self.log.next_offset:
+                from_disk = not self._cache or reader.position < self._cache[0].offset
+                record = self._next_record(reader)
+                if record is None:
+                    break
+                if from_disk:
+                    disk_budget -= len(record.message.body) + 64
                 delivery = Delivery(self, record, consumer, False, settled=consumer.no_ack,
                                     offset=record.offset)
                 if not consumer.no_ack:
                     consumer.in_flight += 1
                 consumer.deliver(delivery)
                 if self.deleted or consumer not in self._readers:
+                    break
+                if disk_budget <= 0:
+                    # A reader far behind must not hold the loop: go on at the next turn.
+                    self.host.schedule(self, self.host.now_ms())
                     break
 
     def settle(self, delivery: Delivery, ack: bool, requeue: bool, pump: bool = True) -> bool:
@@ -254,8 +328,25 @@ class Stream:
         return True
 
     def store_offset(self, reference: str, offset: int) -> None:
+        """Remember a named reader's offset; it is written through the store (coalesced: at
+        most every OFFSET_FLUSH_MS, and when the reader goes)."""
         if offset > self.stored_offsets.get(reference, -1):
             self.stored_offsets[reference] = offset
+            self._unflushed.add(reference)
+            if self._flush_at is None:
+                self._flush_at = self.host.now_ms() + OFFSET_FLUSH_MS
+                self.host.schedule(self, self._flush_at)
+
+    def _flush_offsets(self) -> None:
+        for reference in self._unflushed:
+            self._offsets.put(reference, self.stored_offsets[reference])
+        self._unflushed.clear()
+        self._flush_at = None
+
+    def close(self) -> None:
+        """The broker stops: write what named readers acked since the last flush."""
+        if self._unflushed:
+            self._flush_offsets()
 
     def query_offset(self, reference: str) -> int | None:
         return self.stored_offsets.get(reference)
@@ -270,10 +361,12 @@ class Stream:
 
     def delete(self) -> int:
         self.deleted = True
-        count = len(self._records)
-        self._records.clear()
-        self._account(-self._bytes)
+        count = self.message_count
+        self._cache.clear()
+        self._cache_account(-self._cache_bytes)
+        for reader in self._readers.values():
+            reader.ahead.clear()
         return count
 
     def ready_messages(self) -> list[Message]:
-        return [r.message for r in self._records]
+        return [m for _, _, m in self.read(self.log.first_offset, self.message_count)]

@@ -11,7 +11,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import ssl
 from typing import Any, Callable, Protocol
+
+from .tls import TlsLayer
+from .websocket import WebSocketLayer
 
 log = logging.getLogger("manifold.connection")
 
@@ -41,8 +45,14 @@ class ProtocolServer(Protocol):
 
 
 class Connection(asyncio.Protocol):
-    def __init__(self, protocol: str, session: Session, registry: set, *,
-                 high_water_bytes: int, low_water_bytes: int, memory: Any = None):
+    def __init__(self, protocol: str, session: Session | None, registry: set, *,
+                 high_water_bytes: int, low_water_bytes: int, memory: Any = None,
+                 tls_context: ssl.SSLContext | None = None, handshake_timeout_s: float = 10.0,
+                 websocket: Any = None,
+                 open_session: Callable[[str], Session | None] | None = None):
+        """``tls_context`` runs TLS under the session (broker/tls.py); ``websocket`` (the
+        [websocket] settings) runs a WebSocket handshake and framing under it, and
+        ``open_session(protocol)`` then makes the session for the protocol the handshake chose."""
         self.id = next(_ids)
         self.protocol = protocol
         self.session = session
@@ -70,6 +80,25 @@ class Connection(asyncio.Protocol):
         self.memory = memory
         self.publishing = False
         self.blocked = False
+        #: called once when the connection ends (e.g. a vhost's connection-limit release)
+        self._close_callbacks: list[Callable[[], None]] = []
+        #: output held back by the login back-off (see hold_output), and a close waiting on it
+        self._held: list | None = None
+        self._held_close: str | None = None
+        #: CN of the client's verified TLS certificate, None without one
+        self.tls_identity: str | None = None
+        # TLS / WebSocket layers under the session; the session starts once they are ready.
+        self._tls = None
+        self._tls_context = tls_context
+        self._ws = None
+        self._ws_settings = websocket
+        self._open_session = open_session
+        self._layered = tls_context is not None or websocket is not None
+        self._handshake_timeout_s = handshake_timeout_s
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._ping_timer: asyncio.TimerHandle | None = None
+        #: the "open" line was logged (the session started): failed handshakes log one line
+        self._announced = False
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: Any) -> None:
@@ -81,13 +110,104 @@ class Connection(asyncio.Protocol):
             self.peer = (str(peer[0]), int(peer[1]))
         transport.set_write_buffer_limits(high=self.high_water_bytes, low=self.low_water_bytes)
         self.registry.add(self)
-        log.info("open %s#%d from %s:%d", self.protocol, self.id, *self.peer)
-        self.session.connection_made(self)
+        if not self._layered:
+            self._start_session()
+            return
+        if self._tls_context is not None:
+            self._tls = TlsLayer(self._tls_context, self._write_raw)
+        if self._ws_settings is not None:
+            self._ws = WebSocketLayer(self._ws_settings, self._write_below_ws, self._ws_opened,
+                                      self._ws_settings_protocols())
+        self._handshake_timer = self._loop.call_later(self._handshake_timeout_s,
+                                                      self._handshake_timed_out)
+
+    def _start_session(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        self._announced = True
+        via = f" over TLS {self._tls.version}" if self._tls is not None else ""
+        via += " over WebSocket" if self._ws is not None else ""
+        log.info("open %s#%d from %s:%d%s", self.protocol, self.id, *self.peer, via)
+        self.session.connection_made(self)  # type: ignore[union-attr]
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        if not self._announced and not self.closed:
+            self.abort(f"{'TLS' if self._tls is not None else 'WebSocket'} handshake timeout "
+                       f"({self._handshake_timeout_s:g} s)")
 
     def data_received(self, data: bytes) -> None:
         self.last_read = self._loop.time()  # type: ignore[union-attr]
-        if not self.closed:
-            self.session.data_received(data)
+        if self.closed:
+            return
+        if self._layered:
+            data = self._unwrap(data)
+            if not data or self.session is None or self.closed:
+                return
+        self.session.data_received(data)
+
+    def _unwrap(self, data: bytes) -> bytes:
+        """Raw bytes -> session bytes through TLS and/or WebSocket; starts the session."""
+        tls = self._tls
+        if tls is not None:
+            ready = tls.handshake_done
+            try:
+                data = tls.receive(data)
+            except ssl.SSLError as exc:
+                what = "TLS error" if ready else "TLS handshake failed"
+                self.abort(f"{what}: {exc.reason or exc}")
+                return b""
+            if not ready and tls.handshake_done:
+                self.tls_identity = tls.identity
+                if self._ws is None:
+                    self._start_session()
+            if not data:
+                return b""
+        ws = self._ws
+        if ws is not None:
+            data = ws.receive(data)
+            if ws.error is not None:
+                self.close(ws.error)
+                return b""
+            if ws.closed:
+                self.close(ws.close_reason)
+        return data
+
+    def _ws_settings_protocols(self) -> list[str]:
+        return list(getattr(self._ws_settings, "protocols", ("mqtt", "stomp")))
+
+    def _ws_opened(self, protocol: str) -> bool:
+        session = self._open_session(protocol) if self._open_session is not None else None
+        if session is None:
+            return False
+        self.protocol = protocol
+        self.session = session
+        self._start_session()
+        interval = getattr(self._ws_settings, "ping_interval_s", 0)
+        if interval:
+            self._ping_timer = self._loop.call_later(interval, self._ws_ping, interval)
+        return True
+
+    def _ws_ping(self, interval: float) -> None:
+        """Ping a silent WebSocket client; drop one silent for two intervals."""
+        self._ping_timer = None
+        if self.closed or self._ws is None:
+            return
+        silent = self._loop.time() - self.last_read  # type: ignore[union-attr]
+        if silent >= 2 * interval:
+            self.abort(f"websocket ping timeout ({interval:g} s)")
+            return
+        if silent >= interval:
+            self._ws.ping()
+        self._ping_timer = self._loop.call_later(interval, self._ws_ping, interval)
+
+    def _write_raw(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def _write_below_ws(self, data: bytes) -> None:
+        self._write_raw(self._tls.wrap(data) if self._tls is not None else data)
 
     def eof_received(self) -> bool | None:
         if self.close_reason is None:
@@ -100,10 +220,51 @@ class Connection(asyncio.Protocol):
         self.closed = True
         self.writable = False
         self._cancel_timer()
+        for timer in (self._handshake_timer, self._ping_timer):
+            if timer is not None:
+                timer.cancel()
         self.registry.discard(self)
+        if not self._announced and self._layered:
+            # One line for a connection that never got past TLS/WebSocket (a plaintext client
+            # on a TLS port, an untrusted certificate, a port scan).
+            log.warning("%s connection from %s:%d ended before its handshake: %s",
+                        self.protocol, *self.peer, self.close_reason)
+            return
         log.info("close %s#%d from %s:%d: %s", self.protocol, self.id, *self.peer,
                  self.close_reason)
-        self.session.connection_lost()
+        callbacks, self._close_callbacks = self._close_callbacks, []
+        for callback in callbacks:
+            callback()
+        self.session.connection_lost()  # type: ignore[union-attr]
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once when the connection ends."""
+        if self.closed:
+            callback()
+        else:
+            self._close_callbacks.append(callback)
+
+    def hold_output(self, delay_s: float) -> None:
+        """Keep what is written next (a login refusal) and a following close back for
+        ``delay_s``, reading nothing meanwhile: the failed-login back-off of broker/access.py.
+        Only a refusal is written while held, so the held output stays small."""
+        if delay_s <= 0 or self.closed or self._loop is None or self._held is not None:
+            return
+        self._held = []
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self._loop.call_later(delay_s, self._release_held)
+
+    def _release_held(self) -> None:
+        held, self._held = self._held or [], None
+        if self.closed or self.transport is None:
+            return
+        if held:
+            self.writelines(held)
+        if self._held_close is not None:
+            self.close(self._held_close)
+        elif not self._reading_paused:
+            self.transport.resume_reading()
 
     def pause_writing(self) -> None:
         # The client is not reading fast enough: stop reading its input and stop delivering to it.
@@ -134,14 +295,14 @@ class Connection(asyncio.Protocol):
         """Sessions call this when their client publishes: the memory alarm applies to it."""
         if not self.publishing:
             self.publishing = True
-            if self.memory is not None and self.memory.alarm:
+            if self.memory is not None and self.memory.blocking:
                 self.set_blocked(True)
 
     def set_blocked(self, blocked: bool) -> None:
         if blocked == self.blocked or self.closed:
             return
         self.blocked = blocked
-        log.warning("%s %s#%d from %s:%d: memory alarm", "blocking" if blocked else "unblocking",
+        log.warning("%s %s#%d from %s:%d: resource alarm", "blocking" if blocked else "unblocking",
                     self.protocol, self.id, *self.peer)
         notify = getattr(self.session, "blocked", None)
         if notify is not None:
@@ -157,15 +318,33 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if self.closed or transport is None:
             return
-        transport.write(data)
+        if self._held is not None:
+            self._held.append(bytes(data))
+            return
+        if self._layered:
+            self._write_layered(data)
+        else:
+            transport.write(data)
         self._wrote(transport)
 
     def writelines(self, chunks: list) -> None:
         transport = self.transport
         if self.closed or transport is None:
             return
-        transport.writelines(chunks)
+        if self._held is not None:
+            self._held.extend(bytes(chunk) for chunk in chunks)
+            return
+        if self._layered:
+            self._write_layered(b"".join(chunks))
+        else:
+            transport.writelines(chunks)
         self._wrote(transport)
+
+    def _write_layered(self, data: bytes | bytearray | memoryview) -> None:
+        if self._ws is not None:
+            self._ws.wrap(data)
+        else:
+            self._write_raw(self._tls.wrap(bytes(data)))  # type: ignore[union-attr]
 
     def _wrote(self, transport: asyncio.Transport) -> None:
         self.last_write = self._loop.time()  # type: ignore[union-attr]
@@ -174,8 +353,13 @@ class Connection(asyncio.Protocol):
 
     def close(self, reason: str) -> None:
         """Flush what was written, then close."""
+        if self._held is not None:
+            self._held_close = reason
+            return
         if self.close_reason is None:
             self.close_reason = reason
+        if self._ws is not None and self.transport is not None and not self.closed:
+            self._ws.close()  # the WebSocket closing handshake before the TCP close
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 

@@ -11,10 +11,11 @@ import base64
 import datetime
 import logging
 import os
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable
 
 from .clock import LoopClock
 from .consumer import Consumer, Delivery
+from .dedup import DedupWindow
 from .errors import (AccessRefused, CommandInvalid, NotFound, PreconditionFailed)
 from .exchanges import EXCHANGE_TYPES, DefaultExchange, Exchange, make_exchange
 from .message import Message
@@ -59,8 +60,10 @@ def _gen_name(prefix: str = "amq.gen-") -> str:
 class VirtualHost:
     def __init__(self, name: str, *, store: Any = None, clock: Any = None,
                  consumer_timeout_ms: int = 0, resident_bytes: int | None = None,
-                 memory: Any = None):
+                 memory: Any = None, max_queues: int = 0):
         self.name = name
+        #: RabbitMQ's vhost limit: queues this vhost holds at most (0: no limit)
+        self.max_queues = max_queues
         self.memory = memory
         self.resident_bytes = resident_bytes
         self.store = store
@@ -71,6 +74,7 @@ class VirtualHost:
         for ex_name, kind in STANDARD_EXCHANGES:
             self.exchanges[ex_name] = make_exchange(ex_name, kind, durable=True)
         self._timers: dict[Any, tuple[int, Any]] = {}
+        self._dedup: dict[str, DedupWindow] = {}
         self._exchange_bindings = 0
         #: called after a durable exchange, queue or binding changed (the broker saves them)
         self.on_definitions_changed: Any = None
@@ -103,19 +107,15 @@ class VirtualHost:
         if self.queues.get(queue.name) is queue:
             self._delete_queue(queue)
 
-    def dead_letter(self, queue: Queue, message: Message, reason: str,
-                    settled: Callable[[bool], None] | None = None) -> None:
+    def dead_letter(self, queue: Queue, message: Message, reason: str) -> bool | Any:
         """Republish to the queue's dead-letter exchange with an ``x-death`` record, RabbitMQ style
         (most recent first; a repeat of the same queue and reason increments its ``count``).
-
-        ``settled`` (at-least-once dead-lettering) is called once: True when the message is in
-        at least one dead-letter queue, on disk for durable ones (or was dropped by the cycle
-        rule below), False when no queue took it or a write failed."""
+        Returns False if no queue took the copy (no route, refused; a copy dropped by the cycle
+        rule counts as taken), True if the queues hold it, or a future that resolves once every
+        durable copy is on disk."""
         exchange = self.exchanges.get(queue.dlx or "")
         if exchange is None or queue.dlx is None:
-            if settled is not None:
-                settled(False)
-            return
+            return False
         props = message.properties.copy()
         headers = props.headers if props.headers is not None else {}
         deaths = [dict(d) for d in headers.get("x-death") or [] if isinstance(d, dict)]
@@ -141,33 +141,30 @@ class VirtualHost:
         headers["x-last-death-reason"] = reason
         headers["x-last-death-exchange"] = message.exchange
         props.headers = headers
-        # The TTL that expired the message must not expire it again downstream.
+        # The TTL that expired the message must not expire it again downstream, nor its delay
+        # delay it again.
         props.expiration = None
+        headers.pop("x-delay", None)
         routing_key = queue.dlrk if queue.dlrk is not None else message.routing_key
         dead = Message(exchange.name, routing_key, message.body, props)
         dead_queues = {d.get("queue") for d in deaths}
         cycle_safe = any(d.get("reason") == "rejected" for d in deaths)
-        taken = cycled = 0
         waits = []
+        taken = False
         for target in self._targets(exchange, routing_key, headers):
             # RabbitMQ's cycle rule: a message that comes back to a queue it already died in,
             # with no client rejection on the way, is dropped instead of looping forever.
             if target.name in dead_queues and not cycle_safe:
-                cycled += 1
+                taken = True
                 continue
             outcome = target.enqueue(dead)
             if outcome is not False:
-                taken += 1
+                taken = True
                 if outcome is not True:
                     waits.append(outcome)
-        if settled is None:
-            return
-        if not taken or not waits:
-            settled(bool(taken or cycled))
-            return
-        written = asyncio.gather(*waits)
-        written.add_done_callback(
-            lambda f: settled(not f.cancelled() and f.exception() is None))
+        if not waits:
+            return taken
+        return waits[0] if len(waits) == 1 else asyncio.gather(*waits)
 
     # ================================================================ exchanges
     def _exchange(self, name: str) -> Exchange:
@@ -272,6 +269,10 @@ class VirtualHost:
             self._check_equivalent(existing, durable, exclusive, auto_delete, arguments)
             existing.touch()
             return QueueInfo(name, existing.message_count, existing.consumer_count)
+        if self.max_queues and len(self.queues) >= self.max_queues:
+            # RabbitMQ's vhost limit max-queues: 406 PRECONDITION_FAILED
+            raise PreconditionFailed(f"cannot declare queue '{name}': queue limit in vhost "
+                                     f"'{self.name}' ({self.max_queues}) is reached")
         kind = arguments.get("x-queue-type", "classic")
         if kind in ("stream", "quorum"):
             for prop, bad in (("durable", not durable), ("exclusive", exclusive),
@@ -282,9 +283,8 @@ class VirtualHost:
                         f"{kind} queues must be durable, not exclusive and not auto-delete")
         queue: Queue | Stream
         if kind == "stream":
-            log = self.store.queue_log(self.name, name) if self.store else None
-            queue = Stream(self, self.name, name, arguments=arguments, durable=durable, log=log,
-                           memory=self.memory)
+            queue = Stream(self, self.name, name, arguments=arguments, durable=durable,
+                           store=self.store, memory=self.memory)
         else:
             log = self.store.queue_log(self.name, name) if (durable and self.store) else None
             queue = Queue(self, self.name, name, durable=durable,
@@ -332,14 +332,18 @@ class VirtualHost:
 
     def _delete_queue(self, queue: Any) -> int:
         self.queues.pop(queue.name, None)
-        self._durable_changed(queue)
         timer = self._timers.pop(queue, None)
         if timer is not None:
             timer[1].cancel()
         for exchange in list(self.exchanges.values()):
             if exchange.unbind_all(queue):
                 self._maybe_auto_delete(exchange)
+        # Saved after the unbinding: saved bindings to the deleted queue would stop the restart.
+        self._durable_changed(queue)
         count = queue.delete()
+        window = self._dedup.pop(queue.name, None)
+        if window is not None:
+            window.drop()
         log = getattr(queue, "log", None)
         if log is not None:
             log.drop()
@@ -347,6 +351,56 @@ class VirtualHost:
             queue.consumers.remove(consumer)
             consumer.cancelled(f"queue '{queue.name}' in vhost '{self.name}' was deleted")
         return count
+
+    def set_queue_policy(self, name: str, policy: dict) -> None:
+        """Replace the policy of queue ``name``: settings that override its declare arguments
+        (TTL, delay, dead-lettering, delivery limit, message groups...) without taking part in the
+        redeclare equivalence check, so that clients declaring the queue plainly still can."""
+        queue = self.queue(name)
+        if not hasattr(queue, "set_policy"):
+            raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' takes no policy")
+        queue.set_policy(policy)
+        self._durable_changed(queue)
+
+    def receive(self, name: str, max_count: int, timeout_ms: int) -> list[Delivery]:
+        """Up to ``max_count`` messages checked out without a consumer; each returns to the queue
+        ``timeout_ms`` later unless settled (see ``Queue.receive``)."""
+        return self._work_queue(name).receive(max_count, timeout_ms)
+
+    def lease(self, name: str, msg_id: int) -> Delivery | None:
+        return self._work_queue(name).lease(msg_id)
+
+    def withdraw(self, name: str, msg_id: int) -> bool:
+        return self._work_queue(name).withdraw(msg_id)
+
+    @staticmethod
+    def change_deadline(delivery: Delivery, timeout_ms: int) -> bool:
+        """Give an unsettled delivery ``timeout_ms`` more before it returns (0: return it now)."""
+        return delivery.queue.change_deadline(delivery, timeout_ms)
+
+    def wait_ready(self, name: str, listener: Any) -> None:
+        """Call ``listener()`` once when a message of queue ``name`` next becomes ready (or the
+        queue is deleted). Long polls use it instead of polling; see :meth:`stop_waiting`."""
+        self._work_queue(name).add_ready_listener(listener)
+
+    def stop_waiting(self, name: str, listener: Any) -> None:
+        queue = self.queues.get(name)
+        if isinstance(queue, Queue):
+            queue.remove_ready_listener(listener)
+
+    def _work_queue(self, name: str) -> Queue:
+        queue = self.queue(name)
+        if not isinstance(queue, Queue):
+            raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' is a stream")
+        return queue
+
+    def dedup_window(self, name: str, window_ms: int) -> DedupWindow:
+        """The deduplication window of queue ``name`` (persisted through the store)."""
+        window = self._dedup.get(name)
+        if window is None:
+            log = self.store.dedup_log(self.name, name) if self.store is not None else None
+            window = self._dedup[name] = DedupWindow(log, self.clock, window_ms)
+        return window
 
     def purge_queue(self, name: str, owner: Any = None) -> int:
         return self.queue(name, owner).purge()
@@ -405,10 +459,6 @@ class VirtualHost:
         if ex.internal:
             raise AccessRefused(f"cannot publish to internal exchange '{exchange}' in vhost "
                                 f"'{self.name}'")
-        if not message.timestamp_ms and message.properties.expiration is not None:
-            # The publish time, from which a consumer is told how much of the lifetime is left
-            # (MQTT 5 Message Expiry Interval [MQTT-3.3.2-6]); read only for expiring messages.
-            message.timestamp_ms = self.clock.now_ms()
         routed = 0
         rejected = False
         waits = None
@@ -471,7 +521,8 @@ class VirtualHost:
         standard = {"", *(name for name, _ in STANDARD_EXCHANGES)}
         exchanges = [[e.name, e.kind, e.auto_delete, e.internal, e.arguments]
                      for e in self.exchanges.values() if e.name not in standard and durable(e)]
-        queues = [[q.name, q.auto_delete, q.arguments] for q in self.queues.values() if durable(q)]
+        queues = [[q.name, q.auto_delete, q.arguments, getattr(q, "policy", {})]
+                  for q in self.queues.values() if durable(q)]
         bindings = []
         for exchange in self.exchanges.values():
             if exchange.name == "" or not exchange.durable:
@@ -489,8 +540,10 @@ class VirtualHost:
         for name, kind, auto_delete, internal, arguments in definitions.get("exchanges", []):
             self.declare_exchange(name, kind, durable=True, auto_delete=auto_delete,
                                   internal=internal, arguments=arguments)
-        for name, auto_delete, arguments in definitions.get("queues", []):
+        for name, auto_delete, arguments, *rest in definitions.get("queues", []):
             self.declare_queue(name, durable=True, auto_delete=auto_delete, arguments=arguments)
+            if rest and rest[0]:
+                self.queues[name].set_policy(rest[0])
             recovered += self.queues[name].recover()
         for source, kind, dest, routing_key, arguments in definitions.get("bindings", []):
             if kind == "exchange":
@@ -500,6 +553,9 @@ class VirtualHost:
         return recovered
 
     def close(self) -> None:
+        for queue in self.queues.values():
+            if isinstance(queue, Stream):
+                queue.close()  # stored reader offsets acked since the last flush
         for _, handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
@@ -514,5 +570,5 @@ def _log_quorum_differences(queue: Queue, vhost: str) -> None:
              "at-least-once" if queue.dead_letter_at_least_once else "at-most-once")
     if at_least_once and not queue.dead_letter_at_least_once:
         log.warning("queue '%s' in vhost '%s': x-dead-letter-strategy at-least-once needs "
-                    "x-overflow reject-publish; using at-most-once, "
-                    "as RabbitMQ does", queue.name, vhost)
+                    "x-overflow reject-publish; using at-most-once, as RabbitMQ does",
+                    queue.name, vhost)

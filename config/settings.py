@@ -18,12 +18,49 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class User:
+class UserSpec:
+    """A ``[[users]]`` table. ``password_hash`` comes from ``manifold hash-password``; a plaintext
+    ``password`` is accepted for local setups (the broker logs a warning)."""
     name: str
-    password: str
-    # RabbitMQ's rule for guest: allowed only from loopback addresses.
-    loopback_only: bool = False
-    vhosts: tuple[str, ...] = ("/",)
+    password_hash: str = ""
+    password: str = ""
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VhostSpec:
+    """A ``[[vhosts]]`` table; limits as RabbitMQ's vhost limits (0 means no limit)."""
+    name: str
+    max_connections: int = 0
+    max_queues: int = 0
+
+
+@dataclass(frozen=True)
+class PermissionSpec:
+    """A ``[[permissions]]`` table: regular expressions over resource names, as in RabbitMQ."""
+    user: str
+    vhost: str = "/"
+    configure: str = ""
+    write: str = ""
+    read: str = ""
+
+
+@dataclass(frozen=True)
+class TopicPermissionSpec:
+    """A ``[[topic_permissions]]`` table: regular expressions over routing keys of one exchange."""
+    user: str
+    vhost: str = "/"
+    exchange: str = "amq.topic"
+    write: str = ""
+    read: str = ""
+
+
+@dataclass(frozen=True)
+class AccessKeySpec:
+    """An ``[[access_keys]]`` table: an AWS access key id and secret signing as ``user``."""
+    user: str
+    id: str
+    secret: str
 
 
 @dataclass(frozen=True)
@@ -38,10 +75,23 @@ class ServerSettings:
     # Memory alarm: above this many bytes of message bodies in memory, connections that publish
     # are no longer read until consumers drain below 80% of it (0 disables).
     memory_high_water_bytes: int = 1024 * 1024 * 1024
+    # Disk alarm: below this many free bytes on the data directory's file system, connections
+    # that publish are no longer read until space comes back (0 disables).
+    disk_free_limit_bytes: int = 256 * 1024 * 1024
+    disk_check_interval_ms: int = 1000
+    # Raise the soft open-file limit to this (capped by the hard limit) at start; 0 leaves it.
+    open_files_limit: int = 65536
     shutdown_grace_s: float = 3.0
-    # Users, as "name:password" entries; guest/guest is always loopback-only.
+    # Users, as "name:password" entries (the older form of [[users]]; such users may use every
+    # vhost). guest/guest is always loopback-only.
     users: tuple[str, ...] = ("guest:guest",)
+    # false removes the default guest user (RabbitMQ's loopback-only guest/guest).
+    guest_user: bool = True
     vhosts: tuple[str, ...] = ("/",)
+    # Failed logins from one address before each further one is slowed down.
+    login_failures_free: int = 10
+    # Longest delay put on a failed login (the back-off grows up to this).
+    login_backoff_max_s: float = 2.0
     log_level: str = "info"
 
 
@@ -96,6 +146,38 @@ class ManagementSettings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """PEM certificate and key; with them the TLS listeners open beside the plaintext ones."""
+    cert_file: str = ""
+    key_file: str = ""
+    # CA bundle that client certificates are verified against.
+    ca_file: str = ""
+    min_version: str = "1.2"
+    # none: no client certificate asked; optional: verified when sent; required: must be sent.
+    verify: str = "optional"
+    # A verified client certificate's CN logs in without a password (AMQP EXTERNAL, MQTT and
+    # STOMP without a password), like Mosquitto's use_identity_as_username.
+    identity_as_username: bool = False
+    handshake_timeout_s: float = 10.0
+    amqps_port: int = 5671
+    mqtts_port: int = 8883
+    stomps_port: int = 61614
+    wss_port: int = 15676
+
+
+@dataclass(frozen=True)
+class WebSocketSettings:
+    """MQTT and STOMP over WebSocket (``wss_port`` is in [tls])."""
+    enabled: bool = True
+    port: int = 15675
+    # Origins a browser may connect from; empty accepts every origin.
+    allowed_origins: tuple[str, ...] = ()
+    max_message_bytes: int = 16 * 1024 * 1024 + 64 * 1024
+    # Ping a silent client this often (0 disables).
+    ping_interval_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class QueueSettings:
     # Default consumer (visibility) timeout: 30 min as in RabbitMQ; 0 disables.
     consumer_timeout_ms: int = 30 * 60 * 1000
@@ -111,6 +193,35 @@ class PersistenceSettings:
     fsync: str = "always"
     fsync_interval_ms: int = 200
     segment_bytes: int = 64 * 1024 * 1024
+    # Segment files kept open for writing, and as many for reading: never one per queue (capped
+    # at an eighth of the open-file limit, so connections keep the rest).
+    max_open_files: int = 256
+
+
+@dataclass(frozen=True)
+class KinesisSettings:
+    # A shard iterator expires this long after GetShardIterator/GetRecords issued it (AWS: 5 min).
+    iterator_ttl_s: int = 300
+
+
+@dataclass(frozen=True)
+class SnsSettings:
+    # SMTP relay for email/email-json subscriptions, "smtp://HOST:PORT"; empty: email is refused.
+    smtp_url: str = ""
+    smtp_from: str = "no-reply@sns.amazonaws.com"
+    # How long one HTTP/HTTPS or lambda-url delivery attempt may take (AWS: 15 s).
+    http_timeout_s: float = 15.0
+
+
+@dataclass(frozen=True)
+class FunctionSettings:
+    """A ``[[functions]]`` entry: what an SNS ``lambda`` subscription to
+    ``arn:aws:lambda:REGION:ACCOUNT:function:NAME`` runs. Exactly one of ``command`` (a program
+    given the event JSON on stdin; exit status 0 is success) and ``url`` (POSTed the event)."""
+    name: str
+    command: str = ""
+    url: str = ""
+    timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -123,6 +234,18 @@ class Settings:
     management: ManagementSettings = field(default_factory=ManagementSettings)
     queues: QueueSettings = field(default_factory=QueueSettings)
     persistence: PersistenceSettings = field(default_factory=PersistenceSettings)
+    kinesis: KinesisSettings = field(default_factory=KinesisSettings)
+    sns: SnsSettings = field(default_factory=SnsSettings)
+    #: ``[[functions]]`` tables (SNS lambda subscriptions), by name
+    functions: tuple[FunctionSettings, ...] = ()
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
+    # Arrays of tables ([[users]] ...): who may log in and what they may touch.
+    users: tuple[UserSpec, ...] = ()
+    vhosts: tuple[VhostSpec, ...] = ()
+    permissions: tuple[PermissionSpec, ...] = ()
+    topic_permissions: tuple[TopicPermissionSpec, ...] = ()
+    access_keys: tuple[AccessKeySpec, ...] = ()
 
     def replace(self, section: str, **values: Any) -> "Settings":
         """A copy with some keys of one section changed (values are validated)."""
@@ -130,23 +253,60 @@ class Settings:
         checked = {k: _coerce(section, current, k, v) for k, v in values.items()}
         return dataclasses.replace(self, **{section: dataclasses.replace(current, **checked)})
 
-    def users(self) -> dict[str, User]:
-        out = {}
-        for entry in self.server.users:
-            name, _, password = entry.partition(":")
-            out[name] = User(name, password, loopback_only=(name == "guest"), vhosts=self.server.vhosts)
-        return out
+    def with_tables(self, name: str, tables: Any) -> "Settings":
+        """A copy with one array of tables (``users``, ``permissions``...) replaced."""
+        return dataclasses.replace(self, **{name: _tables(name, tables)})
+
+    def vhost_specs(self) -> tuple[VhostSpec, ...]:
+        """``[server] vhosts`` names plus ``[[vhosts]]`` tables, each name once."""
+        specs = {name: VhostSpec(name) for name in self.server.vhosts}
+        for spec in self.vhosts:
+            specs[spec.name] = spec
+        return tuple(specs.values())
+
+
+#: array-of-tables name -> the dataclass of one table
+_TABLES: dict[str, type] = {"users": UserSpec, "vhosts": VhostSpec, "permissions": PermissionSpec,
+                            "topic_permissions": TopicPermissionSpec, "access_keys": AccessKeySpec}
+
+
+def _tables(name: str, tables: Any) -> tuple:
+    kind = _TABLES[name]
+    if isinstance(tables, Mapping) or not isinstance(tables, (list, tuple)):
+        raise ConfigError(f"'{name}' must be an array of tables ([[{name}]])")
+    out = []
+    for i, table in enumerate(tables):
+        if isinstance(table, kind):
+            out.append(table)
+            continue
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"[[{name}]] entry {i + 1} must be a table")
+        fields = {f.name: f for f in dataclasses.fields(kind)}
+        required = [f for f, spec in fields.items()
+                    if spec.default is dataclasses.MISSING]
+        missing = [f for f in required if f not in table]
+        if missing:
+            raise ConfigError(f"[[{name}]] entry {i + 1} lacks '{missing[0]}'")
+        sample = kind(**{f: "" for f in required})
+        values = {key: _coerce(name, sample, key, value) for key, value in table.items()}
+        out.append(kind(**values))
+    return tuple(out)
 
 
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("persistence", "fsync"): ("always", "interval", "never"),
     ("server", "log_level"): ("debug", "info", "warning", "error"),
+    ("tls", "min_version"): ("1.2", "1.3"),
+    ("tls", "verify"): ("none", "optional", "required"),
 }
 
 
 def _coerce(section: str, current: Any, key: str, value: Any) -> Any:
     names = {f.name: f for f in dataclasses.fields(current)}
     if key not in names:
+        if section in _TABLES:
+            raise ConfigError(f"unknown key '{key}' in [[{section}]]; accepted keys: "
+                              f"{', '.join(sorted(names))}")
         raise ConfigError(
             f"unknown key '{section}.{key}'; accepted keys: {', '.join(sorted(names))}")
     expected = type(getattr(current, key))
@@ -167,9 +327,9 @@ def _coerce(section: str, current: Any, key: str, value: Any) -> Any:
             value = int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"bad value {value!r} for {where}; accepted: an integer") from None
-        if value < 0 or (key == "port" and value > 65535):
+        if value < 0 or (key.endswith("port") and value > 65535):
             raise ConfigError(f"bad value {value!r} for {where}; accepted: 0 to "
-                              f"{65535 if key == 'port' else 'any positive integer'}")
+                              f"{65535 if key.endswith('port') else 'any positive integer'}")
     elif expected is float:
         try:
             value = float(value)
@@ -192,13 +352,46 @@ def _coerce(section: str, current: Any, key: str, value: Any) -> Any:
 
 
 def _sections() -> dict[str, Any]:
-    return {f.name: f for f in dataclasses.fields(Settings)}
+    return {f.name: f for f in dataclasses.fields(Settings) if f.name != "functions"}
+
+
+def _functions(values: Any) -> tuple[FunctionSettings, ...]:
+    """``[[functions]]``: an array of tables with ``name`` and ``command`` or ``url``."""
+    if not isinstance(values, list):
+        raise ConfigError("'functions' must be an array of tables ([[functions]])")
+    out = []
+    accepted = {f.name for f in dataclasses.fields(FunctionSettings)}
+    for i, entry in enumerate(values):
+        where = f"functions[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"'{where}' must be a table")
+        unknown = set(entry) - accepted
+        if unknown:
+            raise ConfigError(f"unknown key '{where}.{sorted(unknown)[0]}'; accepted keys: "
+                              f"{', '.join(sorted(accepted))}")
+        if not isinstance(entry.get("name"), str) or not entry["name"]:
+            raise ConfigError(f"'{where}.name' is required (a string)")
+        if bool(entry.get("command")) == bool(entry.get("url")):
+            raise ConfigError(f"'{where}' needs exactly one of 'command' and 'url'")
+        try:
+            out.append(FunctionSettings(name=entry["name"], command=str(entry.get("command", "")),
+                                        url=str(entry.get("url", "")),
+                                        timeout_s=float(entry.get("timeout_s", 30.0))))
+        except (TypeError, ValueError):
+            raise ConfigError(f"bad value for '{where}.timeout_s'; accepted: a number") from None
+    return tuple(out)
 
 
 def from_mapping(data: Mapping[str, Any], base: Settings | None = None) -> Settings:
     settings = base or Settings()
     sections = _sections()
     for section, values in data.items():
+        if section == "functions":
+            settings = dataclasses.replace(settings, functions=_functions(values))
+            continue
+        if section in _TABLES:
+            settings = settings.with_tables(section, values)
+            continue
         if section not in sections:
             raise ConfigError(
                 f"unknown section '{section}'; accepted sections: {', '.join(sorted(sections))}")
@@ -216,7 +409,7 @@ def from_env(environ: Mapping[str, str], base: Settings) -> Settings:
             continue
         rest = name[len("MANIFOLD_"):].lower()
         section, _, key = rest.partition("_")
-        if section not in sections:
+        if section not in sections or section in _TABLES:
             raise ConfigError(f"unknown section in environment variable {name}; accepted "
                               f"sections: {', '.join(sorted(sections))}")
         base = base.replace(section, **{key: value})

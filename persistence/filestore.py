@@ -1,31 +1,56 @@
-"""Durable queues on disk: append-only segment files per queue, group-committed fsyncs.
+"""Durable queues on disk: append-only segment files per log, group-committed fsyncs.
 
 Layout under the data directory (see FORMAT.md)::
 
     definitions.bin                      durable exchanges, queues, bindings (atomic replace)
     queues/<vhost>/<queue>/<base>.seg    a queue's log: ENQUEUE records and SETTLE tombstones
+    state/<name>/<base>.seg              a state log (MQTT retained messages, sessions), same format
+    dedup/<vhost>/<queue>/<base>.seg     a queue's deduplication window (same record format)
+    streams/<vhost>/<stream>/...         a stream's segments and indexes (streamlog.py)
 
-Writes never block the event loop: appends go into the log's pending buffer, and one writer
-thread writes and fsyncs every dirty log in a batch. Under ``fsync = "always"`` an append's future
-resolves after the fsync that covers it (group commit: one fsync covers everything written since
-the previous one); under ``"interval"`` after the next periodic fsync; under ``"never"`` at once.
-Compaction deletes the oldest segments once every message they hold is settled.
+Writes never block the event loop: appends go into the log's open chunk, and one writer thread
+(:mod:`persistence.writer`) writes and fsyncs every dirty log in a batch. Under
+``fsync = "always"`` an append's future resolves after the fsync that covers it (group commit);
+under ``"interval"`` after the next periodic fsync; under ``"never"`` at once.
+
+A confirm is a promise, so a failure is never swallowed: a chunk whose write, fsync or directory
+fsync failed fails the futures of its appends (the adapters turn that into a negative answer).
+The loop then repairs the log before anything else is written: if the writer truncated the file
+back to where the chunk began, the log's offsets are moved back by the chunk's length; otherwise
+(a failed fsync, a failed truncate, a new file that could not be made durable) the segment is
+poisoned and the next bytes go to a new segment, as PostgreSQL learned to do after fsync errors.
+SETTLE tombstones of a failed chunk are appended again. Files are opened on demand and kept in
+small LRU caches, so thousands of durable queues need no file descriptor each.
 """
 from __future__ import annotations
 
 import asyncio
+import bisect
+import errno
 import logging
 import os
-import shutil
+import resource
 import urllib.parse
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator
 
-from .records import (ENQUEUE, RECORD_HEADER_SIZE, SETTLE, encode_record, file_header,
-                      parse_file_header, scan, segment_name)
+from .fs import FileSystem
+from .msgindex import SETTLED, SegmentIndex
+from .records import (ENQUEUE, FILE_HEADER_SIZE, RECORD_HEADER_SIZE, SETTLE, Walk,
+                      encode_record, file_header, parse_file_header, segment_name)
+from .streamlog import FileStreamLog
+from .writer import Batch, Chunk, Writer
 
 log = logging.getLogger("manifold.persistence")
 
 FSYNC_POLICIES = ("always", "interval", "never")
+#: after a failed batch, wait this long before the next one (a full disk is not retried in a spin)
+RETRY_DELAY_S = 0.05
+
+
+def _base_id(segment: "_Segment") -> int:
+    return segment.base_id
 
 
 def _fs_name(name: str) -> str:
@@ -33,29 +58,35 @@ def _fs_name(name: str) -> str:
     return urllib.parse.quote(name, safe="") or "%2F"
 
 
+def _descriptor_budget(wanted: int) -> int:
+    """Descriptors per cache (one for writing, one for reading): at most an eighth of the open
+    file limit, so client connections keep the rest."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, max(4, soft // 8)))
+
+
+class StoreError(OSError):
+    """A write the store could not make durable; the append it covers was not stored."""
+
+
 class _Segment:
-    __slots__ = ("base_id", "path", "live", "size", "read_fd")
+    __slots__ = ("base_id", "path", "live", "size", "poisoned", "index", "written")
 
     def __init__(self, base_id: int, path: str, size: int):
         self.base_id = base_id
         self.path = path
+        #: ENQUEUE records in this segment that are not settled
         self.live = 0
-        #: bytes of this file handed to the writer (or found on disk at recovery)
+        #: bytes of this file: written, handed to the writer, or waiting in an open chunk
         self.size = size
-        self.read_fd: int | None = None
-
-    def pread(self, length: int, position: int) -> bytes:
-        if self.read_fd is None:
-            self.read_fd = os.open(self.path, os.O_RDONLY)
-        data = os.pread(self.read_fd, length, position)
-        if len(data) != length:
-            raise OSError(f"{self.path}: short read at byte {position}")
-        return data
-
-    def close(self) -> None:
-        if self.read_fd is not None:
-            os.close(self.read_fd)
-            self.read_fd = None
+        #: a write here could not be undone, or an fsync failed: nothing more is appended
+        self.poisoned = False
+        #: where this segment's messages are (compact arrays, see msgindex.py)
+        self.index = SegmentIndex()
+        #: bytes of this file the writer has written (pread beyond this reads pending chunks)
+        self.written = size
 
 
 class FileQueueLog:
@@ -63,225 +94,382 @@ class FileQueueLog:
         self.store = store
         self.directory = directory
         self.segments: list[_Segment] = []
-        # msg_id -> (segment, byte position of its ENQUEUE record, payload length)
-        self._where: dict[int, tuple[_Segment, int, int]] = {}
-        self._fd: int | None = None
-        self.pending = bytearray()
-        self.waiters: list[asyncio.Future] = []
+        #: chunks ready for the writer, in order; the last one may still grow (the open chunk)
+        self.chunks: list[Chunk] = []
+        #: chunks handed to the writer and not yet done (their bytes may not be in the file)
+        self._writing: list[Chunk] = []
         self.dropped = False
         self.recovery_problems: list[str] = []
         #: the highest record id ever written (settled or not), so ids are never reused
         self.max_id_seen = -1
-        os.makedirs(directory, exist_ok=True)
 
     # ------------------------------------------------------------------ recovery
-    def recover(self, resident_bytes: int | None = None) -> list[tuple[int, bytes | None]]:
+    def recover(self, resident_bytes: int | None = None) -> Iterator[tuple[int, bytes | None]]:
         """Rebuild the unsettled set from the segments; truncate each at its first bad record.
 
-        Returns ``(msg_id, payload)`` in id order. Payloads past the first ``resident_bytes``
-        (None: no limit) are left on disk and returned as None: fetch them with :meth:`read`, so a
-        backlog larger than memory can be recovered."""
-        live: dict[int, tuple[_Segment, int, int]] = {}
-        names = sorted(n for n in os.listdir(self.directory) if n.endswith(".seg"))
+        Yields ``(msg_id, payload)`` in id order. Payloads past the first ``resident_bytes``
+        (None: no limit) are left on disk and come as None: fetch them with :meth:`read`, so a
+        backlog larger than memory can be recovered. The scan is done before the first item;
+        the iterator holds nothing per message (a million messages are not a million tuples)."""
+        fs = self.store.fs
+        try:
+            names = sorted(n for n in fs.listdir(self.directory) if n.endswith(".seg"))
+        except FileNotFoundError:
+            names = []
         for name in names:
             path = os.path.join(self.directory, name)
-            with open(path, "rb") as fh:
-                data = fh.read()  # one segment at a time (segment_bytes bounds it)
+            data = fs.read_file(path)  # one segment at a time (segment_bytes bounds it)
             base_id = parse_file_header(data)
-            result = scan(data)
             if base_id is None:
-                self.recovery_problems.append(f"{path}: {result.problem}; file removed")
-                os.unlink(path)
-                continue
-            if result.problem is not None:
-                dropped = len(data) - result.good_bytes
                 self.recovery_problems.append(
-                    f"{path}: {result.problem}; truncated, {dropped} bytes dropped")
-                with open(path, "r+b") as fh:
-                    fh.truncate(result.good_bytes)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            segment = _Segment(base_id, path, result.good_bytes)
+                    f"{path}: missing or unknown segment header; file removed")
+                fs.unlink(path)
+                continue
+            segment = _Segment(base_id, path, 0)
             self.segments.append(segment)
-            for record in result.records:
-                self.max_id_seen = max(self.max_id_seen, record.msg_id)
-                if record.kind == ENQUEUE:
-                    live[record.msg_id] = (segment, record.position, len(record.payload))
+            walked = Walk(data)
+            for kind, msg_id, position, length in walked:
+                if msg_id > self.max_id_seen:
+                    self.max_id_seen = msg_id
+                if kind == ENQUEUE:
+                    segment.index.add(msg_id, position, length)
                     segment.live += 1
-                elif record.kind == SETTLE and record.msg_id in live:
-                    owner = live.pop(record.msg_id)[0]
-                    owner.live -= 1
+                elif kind == SETTLE:
+                    found = self._locate(msg_id)
+                    if found is not None:
+                        found[0].index.kill(found[1])
+                        found[0].live -= 1
+            del data
+            if walked.problem is not None:
+                self.recovery_problems.append(f"{path}: {walked.problem}; truncated, "
+                                              f"{walked.dropped} bytes dropped")
+                fd = fs.open(path, os.O_WRONLY)
+                try:
+                    fs.ftruncate(fd, walked.good_bytes)
+                    fs.fsync(fd)
+                finally:
+                    fs.close(fd)
+            segment.size = segment.written = walked.good_bytes
         for problem in self.recovery_problems:
             log.warning("recovery: %s", problem)
-        self._where = live
-        self._compact()
-        if self.segments:
-            # Go on appending (settle tombstones, new messages) to the newest segment.
-            self.store._reopen(self, self.segments[-1].path)
-        out: list[tuple[int, bytes | None]] = []
+        self.store._unlink_later(self._compact())
+        return self._replay(resident_bytes)
+
+    def _replay(self, resident_bytes: int | None) -> Iterator[tuple[int, bytes | None]]:
         budget = resident_bytes
-        for msg_id in sorted(live):
-            length = live[msg_id][2]
-            if budget is None or length <= budget:
-                out.append((msg_id, self.read(msg_id)))
-                if budget is not None:
-                    budget -= length
-            else:
-                budget = 0  # keep the resident part a prefix of the queue
-                out.append((msg_id, None))
-        return out
+        for segment in list(self.segments):
+            index = segment.index
+            for i, msg_id in enumerate(index.ids):
+                length = index.lengths[i]
+                if length == SETTLED:
+                    continue
+                if budget is None or length <= budget:
+                    yield msg_id, self.read(msg_id)
+                    if budget is not None:
+                        budget -= length
+                else:
+                    budget = 0  # keep the resident part a prefix of the queue
+                    yield msg_id, None
+
+    def _locate(self, msg_id: int) -> tuple[_Segment, int] | None:
+        """The segment and slot of a live message. A segment holds ids from its base id up to
+        the next segment's (ids only grow; a rehomed chunk leaves its old segment)."""
+        segments = self.segments
+        i = bisect.bisect_right(segments, msg_id, key=_base_id) - 1
+        if i < 0:
+            return None
+        slot = segments[i].index.find(msg_id)
+        return (segments[i], slot) if slot >= 0 else None
 
     def size_of(self, msg_id: int) -> int:
-        return self._where[msg_id][2]
+        segment, slot = self._locate(msg_id)  # type: ignore[misc]
+        return segment.index.lengths[slot]
+
+    def holds(self, msg_id: int) -> bool:
+        """Whether the log has the message (its append did not fail, it is not settled)."""
+        return self._locate(msg_id) is not None
 
     def read(self, msg_id: int) -> bytes:
-        """The payload of a live message, from its segment. Only for messages whose append has
-        completed (its future resolved), or that were recovered."""
-        segment, position, length = self._where[msg_id]
-        return segment.pread(length, position + RECORD_HEADER_SIZE)
+        """The payload of a live message: from its segment file, or from the chunk that is
+        still on its way there."""
+        found = self._locate(msg_id)
+        if found is None:
+            raise KeyError(msg_id)
+        segment, slot = found
+        position = segment.index.positions[slot] + RECORD_HEADER_SIZE
+        length = segment.index.lengths[slot]
+        if position + length > segment.written:
+            for chunk in self._writing + self.chunks:
+                if chunk.segment is segment and chunk.start <= position < \
+                        chunk.start + len(chunk.data):
+                    at = position - chunk.start
+                    return bytes(chunk.data[at:at + length])
+        return self.store._pread(segment.path, length, position)
 
     # ------------------------------------------------------------------ writing (event loop side)
     def append(self, msg_id: int, data: bytes) -> asyncio.Future | None:
-        self._ensure_segment(msg_id)
-        segment = self.segments[-1]
-        # Bytes go out in order, so the record lands after what was handed out and pending.
-        self._where[msg_id] = (segment, segment.size + len(self.pending), len(data))
+        chunk = self._chunk_for_append(msg_id)
+        segment = chunk.segment
+        segment.index.add(msg_id, segment.size, len(data))
+        self._add(chunk, encode_record(ENQUEUE, msg_id, data))
         segment.live += 1
-        self.pending += encode_record(ENQUEUE, msg_id, data)
-        return self.store._dirty(self, wait=True)
+        chunk.ids.append(msg_id)
+        if msg_id > self.max_id_seen:
+            self.max_id_seen = msg_id
+        future = None
+        if self.store.fsync != "never":
+            future = self.store._loop.create_future()  # type: ignore[union-attr]
+            chunk.waiters.append(future)
+        self.store._dirty(self)
+        return future
 
     def settle(self, msg_id: int) -> None:
-        where = self._where.pop(msg_id, None)
-        if where is None or self.dropped:
+        found = self._locate(msg_id)
+        if found is None or self.dropped:
             return
-        where[0].live -= 1
-        self.pending += encode_record(SETTLE, msg_id)
-        self.store._dirty(self, wait=False)
+        found[0].index.kill(found[1])
+        found[0].live -= 1
+        self._tombstone(msg_id)
 
-    def _ensure_segment(self, msg_id: int) -> None:
-        current = self.segments[-1] if self.segments else None
-        if current is not None and current.size + len(self.pending) < self.store.segment_bytes:
+    def _tombstone(self, msg_id: int) -> None:
+        chunk = self._open_chunk()
+        self._add(chunk, encode_record(SETTLE, msg_id))
+        chunk.settles.append(msg_id)
+        self.store._dirty(self)
+
+    def _add(self, chunk: Chunk, record: bytes) -> None:
+        chunk.data += record
+        chunk.segment.size += len(record)
+
+    def _open_chunk(self) -> Chunk:
+        """The chunk new records join: the current segment's, started if need be."""
+        chunks = self.chunks
+        if chunks and chunks[-1].segment is self.segments[-1]:
+            return chunks[-1]
+        if not self.segments or self.segments[-1].poisoned:
+            return self._rotate(self.max_id_seen + 1)
+        segment = self.segments[-1]
+        chunk = Chunk(self, segment, segment.path, segment.size, False)
+        chunks.append(chunk)
+        self._track(chunk)
+        return chunk
+
+    def _track(self, chunk: Chunk) -> None:
+        """Learn when the chunk's bytes are in the file (whatever the fsync policy)."""
+        if self.store._loop is None:
             return
-        # Rotate: the new segment is named by the first message id it holds.
-        path = os.path.join(self.directory, segment_name(msg_id))
-        self.store._rotate(self, path, msg_id)
+        done = self.store._loop.create_future()
+        chunk.waiters.insert(0, done)
+        done.add_done_callback(lambda f, c=chunk: self._written(c, f))
+
+    def _written(self, chunk: Chunk, done: Any) -> None:
+        try:
+            self._writing.remove(chunk)
+        except ValueError:
+            pass
+        if not done.cancelled() and done.exception() is None:
+            segment = chunk.segment
+            segment.written = max(segment.written, chunk.start + len(chunk.data))
+
+    def _chunk_for_append(self, msg_id: int) -> Chunk:
+        current = self.segments[-1] if self.segments else None
+        if current is None or current.poisoned or current.size >= self.store.segment_bytes:
+            # Rotate: the new segment is named by the first message id it holds.
+            return self._rotate(msg_id)
+        return self._open_chunk()
+
+    def _rotate(self, base_id: int) -> Chunk:
+        """Start a new segment file; its header goes out with its first chunk."""
+        if self.segments:
+            base_id = max(base_id, self.segments[-1].base_id + 1)  # names stay unique
+        path = os.path.join(self.directory, segment_name(base_id))
+        segment = _Segment(base_id, path, FILE_HEADER_SIZE)
+        self.segments.append(segment)
+        segment.written = 0
+        chunk = Chunk(self, segment, path, 0, True)
+        chunk.data += file_header(base_id)
+        self.chunks.append(chunk)
+        self._track(chunk)
+        return chunk
+
+    def take_chunks(self) -> list[Chunk]:
+        chunks, self.chunks = self.chunks, []
+        self._writing.extend(chunks)
+        return chunks
+
+    def chunk_failed(self, chunk: Chunk) -> None:
+        """The writer could not store ``chunk``: forget what it held, make the log true again."""
+        segment = chunk.segment
+        for msg_id in chunk.ids:
+            slot = segment.index.find(msg_id)
+            if slot >= 0:
+                segment.index.kill(slot)
+                segment.live -= 1
+        length = len(chunk.data)
+        if chunk.rolled_back and not segment.poisoned:
+            # The file ends where the chunk began again: later records move back by its length.
+            segment.size -= length
+            for later in self.chunks:
+                if later.segment is segment:
+                    later.start -= length
+                    self._move(later, segment, -length)
+        else:
+            segment.poisoned = True
+            for later in self.chunks:
+                if later.segment is segment:
+                    self._rehome(later)
+        for msg_id in chunk.settles:  # an ack must not come back after a restart
+            self._tombstone(msg_id)
+
+    def _move(self, chunk: Chunk, segment: _Segment, delta: int) -> None:
+        """Shift the chunk's live messages by ``delta`` bytes, into ``segment`` if it is new."""
+        old = chunk.segment.index
+        first = None
+        for msg_id in chunk.ids:
+            slot = old.find(msg_id)
+            if slot < 0:
+                continue
+            if segment is chunk.segment:
+                old.positions[slot] += delta
+            else:
+                segment.index.add(msg_id, old.positions[slot] + delta, old.lengths[slot])
+                first = slot if first is None else first
+        if first is not None:
+            old.cut_from(first)  # the chunk was the old segment's tail
+
+    def _rehome(self, chunk: Chunk) -> None:
+        """Move a chunk meant for a poisoned segment into a new segment."""
+        old = chunk.segment
+        body = bytes(chunk.data[FILE_HEADER_SIZE:] if chunk.create else chunk.data)
+        base = chunk.ids[0] if chunk.ids else self.max_id_seen + 1
+        self.chunks.remove(chunk)
+        fresh = self._rotate(base)
+        segment = fresh.segment
+        offset = (FILE_HEADER_SIZE if chunk.create else 0) + chunk.start
+        for msg_id in chunk.ids:
+            if old.index.find(msg_id) >= 0:
+                old.live -= 1
+                segment.live += 1
+        self._move(chunk, segment, FILE_HEADER_SIZE - offset)
+        fresh.data += body
+        segment.size += len(body)
+        fresh.ids, fresh.settles = chunk.ids, chunk.settles
+        # The old chunk's own "written" tracker (first, if any) stays behind with it.
+        fresh.waiters += chunk.waiters[1:] if self.store._loop is not None else chunk.waiters
 
     def _compact(self) -> list[str]:
-        """Delete the oldest segments whose messages are all settled (never the current one)."""
+        """Forget the oldest segments whose messages are all settled (never the current one);
+        returns their paths, for the writer to unlink."""
         gone = []
         while len(self.segments) > 1 and self.segments[0].live == 0:
             segment = self.segments.pop(0)
-            segment.close()
+            self.store._forget_read(segment.path)
             gone.append(segment.path)
-        for path in gone:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
         return gone
 
     def drop(self) -> None:
         self.dropped = True
-        self.pending.clear()
-        for waiter in self.waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self.waiters.clear()
+        for chunk in self.chunks:
+            for waiter in chunk.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)  # the queue is gone: nothing left to store
+        self.chunks.clear()
         for segment in self.segments:
-            segment.close()
+            self.store._forget_read(segment.path)
         self.store._forget(self)
-        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class FileStore:
     def __init__(self, data_dir: str, *, fsync: str = "always", fsync_interval_ms: int = 200,
-                 segment_bytes: int = 64 * 1024 * 1024):
+                 segment_bytes: int = 64 * 1024 * 1024, fs: FileSystem | None = None,
+                 max_open_files: int = 64):
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}")
         self.data_dir = data_dir
         self.fsync = fsync
         self.fsync_interval_ms = fsync_interval_ms
         self.segment_bytes = segment_bytes
+        self.fs = fs or FileSystem()
+        self._wanted_open_files = max_open_files
+        self.max_open_files = _descriptor_budget(max_open_files)
+        self.writer = Writer(self.fs, self.max_open_files, sync=fsync != "never")
         self._logs: dict[str, FileQueueLog] = {}
-        self._fds: dict[FileQueueLog, int] = {}
         self._dirty_logs: dict[FileQueueLog, None] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._in_flight: asyncio.Future | None = None
         self._scheduled = False
-        self._closing: list[int] = []
-        # (fd, bytes) still owed to a segment that a rotation just retired
-        self._pre_rotation: list[tuple[int, bytes]] = []
-        self._definitions: bytes = b""
-        self._definitions_queued = False
-        self._definitions_jobs: set[asyncio.Future] = set()
+        self._definitions: bytes | None = None      # waiting to be written
+        self._removals: list[str] = []              # directories of dropped logs
+        self._unlinks: list[str] = []               # compacted segment files
+        self._read_fds: OrderedDict[str, int] = OrderedDict()
+        #: the last batch's error, if it failed (for the disk alarm and the logs)
+        self.last_error: OSError | None = None
 
     async def open(self) -> None:
-        os.makedirs(os.path.join(self.data_dir, "queues"), exist_ok=True)
+        # The limit may have been raised since __init__ (the service does it at start).
+        self.max_open_files = self.writer.max_open = _descriptor_budget(self._wanted_open_files)
+        for directory in self.fs.makedirs(os.path.join(self.data_dir, "queues")):
+            self.fs.fsync_dir(os.path.dirname(directory))
         self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="manifold-fsync")
 
     async def close(self) -> None:
-        if self._definitions_jobs:
-            await asyncio.wait(list(self._definitions_jobs))
-        while self._dirty_logs or self._in_flight is not None:
+        retries = 3  # after failed batches: a few more tries, then give up (disk full)
+        while self._has_work() or self._in_flight is not None:
             if self._in_flight is not None:
                 await asyncio.wait([self._in_flight])
                 # A batch that had already finished is awaited without a yield, while its done
                 # callback (which clears _in_flight) is still queued: give it its turn.
                 await asyncio.sleep(0)
-            else:
-                self._kick()
-        for fd in list(self._fds.values()) + self._closing:
-            os.close(fd)
-        for queue_log in self._logs.values():
-            for segment in queue_log.segments:
-                segment.close()
-        self._fds.clear()
-        self._closing.clear()
+                continue
+            if self.last_error is not None:
+                if not retries:
+                    log.error("closing with unwritten data: %s", self.last_error)
+                    break
+                retries -= 1
+            self._kick()
+        for fd in self._read_fds.values():
+            self.fs.close(fd)
+        self._read_fds.clear()
         if self._executor is not None:
+            self._executor.submit(self.writer.close_all).result()
             self._executor.shutdown(wait=True)
+        else:
+            self.writer.close_all()
 
     # ------------------------------------------------------------------ definitions
     def _definitions_path(self) -> str:
         return os.path.join(self.data_dir, "definitions.bin")
 
     def save_definitions(self, data: bytes) -> None:
-        """Replace the definitions file, on the writer thread. Jobs on that thread run in order,
-        so definitions saved before a message's append are on disk before its confirm."""
+        """Replace the definitions file with the next batch, before that batch's records, so a
+        queue's definition is on disk before the confirm of any message published to it. A
+        failed write fails the whole batch's confirms and is tried again with the next one."""
         self._definitions = data
         if self._executor is None:
-            _write_definitions(self._definitions_path(), data, self.fsync != "never")
+            Writer(self.fs, 1, sync=self.fsync != "never").write_definitions(
+                self._definitions_path(), data)
+            self._definitions = None
             return
-        if self._definitions_queued:
-            return  # the job waiting in line will write the latest state when it runs
-        self._definitions_queued = True
-        job = self._loop.run_in_executor(  # type: ignore[union-attr]
-            self._executor, self._write_latest_definitions)
-        self._definitions_jobs.add(job)
-        job.add_done_callback(self._definitions_written)
-
-    def _write_latest_definitions(self) -> None:
-        # On the writer thread: take the flag down first, then read the state, so a save that
-        # comes in meanwhile either is in this write or queues a job of its own.
-        self._definitions_queued = False
-        _write_definitions(self._definitions_path(), self._definitions, self.fsync != "never")
-
-    def _definitions_written(self, job: asyncio.Future) -> None:
-        self._definitions_jobs.discard(job)
-        if not job.cancelled() and job.exception() is not None:
-            log.error("writing the definitions failed: %s", job.exception())
+        if self._in_flight is None:
+            self._schedule_kick()
 
     def load_definitions(self) -> bytes | None:
         try:
-            with open(self._definitions_path(), "rb") as fh:
-                return fh.read()
+            return self.fs.read_file(self._definitions_path())
         except FileNotFoundError:
             return None
 
     # ------------------------------------------------------------------ logs
     def queue_log(self, vhost: str, queue: str) -> FileQueueLog:
-        directory = os.path.join(self.data_dir, "queues", _fs_name(vhost), _fs_name(queue))
+        return self._log(os.path.join(self.data_dir, "queues", _fs_name(vhost), _fs_name(queue)))
+
+    def state_log(self, name: str) -> FileQueueLog:
+        """A log for durable state outside queues (MQTT retained messages and sessions)."""
+        return self._log(os.path.join(self.data_dir, "state", _fs_name(name)))
+
+    def _log(self, directory: str) -> FileQueueLog:
         existing = self._logs.get(directory)
         if existing is not None and not existing.dropped:
             return existing
@@ -289,129 +477,145 @@ class FileStore:
         self._logs[directory] = queue_log
         return queue_log
 
+    def stream_log(self, vhost: str, stream: str, segment_bytes: int | None = None
+                   ) -> FileStreamLog:
+        """A stream's segments (persistence/streamlog.py); ``segment_bytes`` defaults to the
+        store's segment size."""
+        return FileStreamLog(self, os.path.join(self.data_dir, "streams", _fs_name(vhost),
+                                                _fs_name(stream)),
+                             segment_bytes or self.segment_bytes)
+
+    def dedup_log(self, vhost: str, queue: str) -> FileQueueLog:
+        """The log of a queue's deduplication window (same records as a queue log: each key is
+        an ENQUEUE, settled once its window has passed)."""
+        return self._log(os.path.join(self.data_dir, "dedup", _fs_name(vhost), _fs_name(queue)))
+
     def _forget(self, queue_log: FileQueueLog) -> None:
         self._logs.pop(queue_log.directory, None)
         self._dirty_logs.pop(queue_log, None)
-        self._retire_fd(queue_log)
+        self._removals.append(queue_log.directory)
+        self._dirty_later()
 
-    def _reopen(self, queue_log: FileQueueLog, path: str) -> None:
-        self._retire_fd(queue_log)
-        self._fds[queue_log] = os.open(path, os.O_WRONLY | os.O_APPEND)
+    def _unlink_later(self, paths: list[str]) -> None:
+        if paths:
+            self._unlinks.extend(paths)
+            self._dirty_later()
 
-    def _retire_fd(self, queue_log: FileQueueLog) -> int | None:
-        """Stop appending to the log's current file; it is closed after the next batch (which
-        may still write to it). Returns that file descriptor."""
-        old = self._fds.pop(queue_log, None)
-        if old is not None:
-            self._closing.append(old)
-        return old
+    def _dirty_later(self) -> None:
+        if self._loop is not None and self._in_flight is None:
+            self._schedule_kick()
 
-    def _rotate(self, queue_log: FileQueueLog, path: str, base_id: int) -> None:
-        """Start a new segment; the header goes out with the next batch of that log."""
-        old = self._retire_fd(queue_log)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._fds[queue_log] = fd
-        # Records appended before the rotation belong to the old file: flush them there first.
-        if queue_log.pending and old is not None:
-            self._pre_rotation.append((old, bytes(queue_log.pending)))
-            queue_log.pending.clear()
-        queue_log.pending[:0] = file_header(base_id)
-        # size counts bytes handed to the writer; the header is still pending
-        queue_log.segments.append(_Segment(base_id, path, 0))
+    # ------------------------------------------------------------------ reading (event loop)
+    def _pread(self, path: str, length: int, position: int) -> bytes:
+        fds = self._read_fds
+        fd = fds.get(path)
+        if fd is None:
+            try:
+                fd = self.fs.open(path, os.O_RDONLY)
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE) or not fds:
+                    raise
+                self._close_reads()  # out of descriptors: give ours back and try once more
+                fd = self.fs.open(path, os.O_RDONLY)
+            fds[path] = fd
+            while len(fds) > self.max_open_files:
+                self.fs.close(fds.popitem(last=False)[1])
+        else:
+            fds.move_to_end(path)
+        data = self.fs.pread(fd, length, position)
+        if len(data) != length:
+            raise OSError(errno.EIO, f"{path}: short read at byte {position}")
+        return data
 
-    def _dirty(self, queue_log: FileQueueLog, wait: bool) -> asyncio.Future | None:
+    def _forget_read(self, path: str) -> None:
+        fd = self._read_fds.pop(path, None)
+        if fd is not None:
+            self.fs.close(fd)
+
+    def _close_reads(self) -> None:
+        for fd in self._read_fds.values():
+            self.fs.close(fd)
+        self._read_fds.clear()
+
+    # ------------------------------------------------------------------ batches
+    def _dirty(self, queue_log: FileQueueLog) -> None:
         self._dirty_logs[queue_log] = None
-        future = None
-        if wait and self.fsync != "never":
-            future = self._loop.create_future()  # type: ignore[union-attr]
-            queue_log.waiters.append(future)
         if self._in_flight is None:
             self._schedule_kick()
-        return future
 
-    def _schedule_kick(self) -> None:
+    def _has_work(self) -> bool:
+        return bool(self._dirty_logs or self._definitions is not None or self._removals or
+                    self._unlinks)
+
+    def _schedule_kick(self, delay_s: float = 0.0) -> None:
         """One pending batch at a time: now (always, never) or after the interval."""
         if self._scheduled:
             return
         self._scheduled = True
         if self.fsync == "interval":
-            self._loop.call_later(self.fsync_interval_ms / 1000, self._kick)  # type: ignore
+            delay_s = max(delay_s, self.fsync_interval_ms / 1000)
+        if delay_s:
+            self._loop.call_later(delay_s, self._kick)  # type: ignore[union-attr]
         else:
             self._loop.call_soon(self._kick)  # type: ignore[union-attr]
 
     def _kick(self) -> None:
-        """Hand every dirty log's pending bytes to the writer thread as one batch."""
+        """Hand everything waiting to the writer thread as one batch."""
         self._scheduled = False
-        if self._in_flight is not None or not self._dirty_logs:
+        if self._in_flight is not None or not self._has_work():
             return
-        batch = []
-        waiters: list[asyncio.Future] = []
+        batch = Batch(self._definitions_path() if self._definitions is not None else None,
+                      self._definitions)
+        self._definitions = None
         for queue_log in self._dirty_logs:
-            fd = self._fds.get(queue_log)
-            if fd is None or not queue_log.pending:
-                waiters.extend(queue_log.waiters)
-                queue_log.waiters = []
-                continue
-            data = bytes(queue_log.pending)
-            queue_log.pending.clear()
-            queue_log.segments[-1].size += len(data)
-            batch.append((fd, data))
-            waiters.extend(queue_log.waiters)
-            queue_log.waiters = []
+            batch.chunks.extend(queue_log.take_chunks())
         self._dirty_logs.clear()
-        pre, self._pre_rotation = self._pre_rotation, []
-        closing, self._closing = self._closing, []
+        batch.removals, self._removals = self._removals, []
+        batch.unlinks, self._unlinks = self._unlinks, []
+        # Segments emptied by settles in this batch can go once the batch is on disk.
         compact = [ql for ql in self._logs.values() if len(ql.segments) > 1 and
                    ql.segments[0].live == 0]
-        sync = self.fsync != "never"
         self._in_flight = self._loop.run_in_executor(  # type: ignore[union-attr]
-            self._executor, _write_batch, pre + batch, closing, sync)
-        self._in_flight.add_done_callback(lambda f: self._batch_done(f, waiters, compact))
+            self._executor, self.writer.run, batch)
+        self._in_flight.add_done_callback(lambda f: self._batch_done(f, batch, compact))
 
-    def _batch_done(self, future: asyncio.Future, waiters: list, compact: list) -> None:
+    def _batch_done(self, future: asyncio.Future, batch: Batch, compact: list) -> None:
         self._in_flight = None
-        error = future.exception()
-        for waiter in waiters:
-            if waiter.done():
-                continue
+        crash = future.exception()  # a bug in the writer: nothing in the batch is trusted
+        if crash is not None:
+            log.error("the writer thread failed: %r", crash)
+        failure: OSError | None = None
+        if batch.definitions_error is not None:
+            failure = batch.definitions_error
+            log.error("writing the definitions failed: %s; confirms wait until they are "
+                      "written", failure)
+            if self._definitions is None:
+                self._definitions = batch.definitions
+        for chunk in batch.chunks:
+            error = chunk.error or batch.definitions_error or (
+                StoreError(errno.EIO, f"writer failed: {crash!r}") if crash else None)
             if error is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(error)
-        if error is not None:
-            log.error("writing to the data directory failed: %s", error)
+                for waiter in chunk.waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                continue
+            failure = failure or error
+            if chunk.error is not None:
+                log.error("writing %s failed: %s (%s)", chunk.path, chunk.error,
+                          "rolled back" if chunk.rolled_back else "segment retired")
+            queue_log = chunk.log
+            if not queue_log.dropped:
+                if chunk.error is None:
+                    chunk.rolled_back = False  # written, but not confirmable: start afresh
+                queue_log.chunk_failed(chunk)
+                self._dirty_logs[queue_log] = None
+            for waiter in chunk.waiters:
+                if not waiter.done():
+                    waiter.set_exception(StoreError(error.errno or errno.EIO,
+                                                    f"not stored: {error}"))
+        self.last_error = failure
         for queue_log in compact:
-            queue_log._compact()
-        if self._dirty_logs:
-            self._schedule_kick()
-
-
-def _write_definitions(path: str, data: bytes, sync: bool) -> None:
-    """Atomic replace: write a temporary file, fsync it, rename it over the old one."""
-    tmp = path + ".tmp"
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        if sync:
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _write_batch(batch: list[tuple[int, bytes]], closing: list[int], sync: bool) -> None:
-    """Runs on the writer thread: write everything, fsync each file once, close retired files."""
-    touched: dict[int, None] = {}
-    for fd, data in batch:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        touched[fd] = None
-    if sync:
-        for fd in touched:
-            os.fsync(fd)
-    for fd in closing:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+            if not queue_log.dropped:
+                self._unlink_later(queue_log._compact())
+        if self._has_work():
+            self._schedule_kick(RETRY_DELAY_S if failure is not None else 0.0)

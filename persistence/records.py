@@ -29,6 +29,7 @@ _CRC_COVERED = 16
 
 ENQUEUE = 1  # payload: the encoded message
 SETTLE = 2   # payload: empty; msg_id names the enqueue it cancels
+STREAM = 3   # payload: timestamp_ms (u64) then the encoded message; msg_id is the stream offset
 MAX_PAYLOAD = 1 << 30
 
 
@@ -84,7 +85,8 @@ def scan(data: bytes) -> ScanResult:
         if end - pos < RECORD_HEADER_SIZE:
             return ScanResult(records, pos, f"torn record header at byte {pos}")
         magic, version, kind, _flags, length, msg_id, crc = RECORD_HEADER.unpack_from(data, pos)
-        if magic != RECORD_MAGIC or version != RECORD_VERSION or kind not in (ENQUEUE, SETTLE):
+        if (magic != RECORD_MAGIC or version != RECORD_VERSION or
+                kind not in (ENQUEUE, SETTLE, STREAM)):
             return ScanResult(records, pos, f"bad record header at byte {pos}")
         if length > MAX_PAYLOAD:
             return ScanResult(records, pos, f"implausible record length {length} at byte {pos}")
@@ -98,6 +100,54 @@ def scan(data: bytes) -> ScanResult:
         records.append(Record(kind, msg_id, bytes(payload), pos))
         pos = body_at + length
     return ScanResult(records, pos, None)
+
+
+class Walk:
+    """Iterate a segment's records as ``(kind, msg_id, position, payload_length)`` without
+    copying payloads (recovery of a long queue needs no object per message); after the loop,
+    ``good_bytes``, ``problem`` and ``dropped`` say where and why it stopped, as :func:`scan`."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.good_bytes = 0
+        self.problem: str | None = None
+        self.dropped = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int, int, int]]:
+        data = self.data
+        end = len(data)
+        if parse_file_header(data) is None:
+            self.problem = "missing or unknown segment header"
+            self.dropped = end
+            return
+        pos = FILE_HEADER_SIZE
+        view = memoryview(data)
+        crc = crc32c.crc32c
+        unpack = RECORD_HEADER.unpack_from
+        while pos < end:
+            if end - pos < RECORD_HEADER_SIZE:
+                self.problem = f"torn record header at byte {pos}"
+                break
+            magic, version, kind, _flags, length, msg_id, stored = unpack(data, pos)
+            if (magic != RECORD_MAGIC or version != RECORD_VERSION or
+                    kind not in (ENQUEUE, SETTLE, STREAM)):
+                self.problem = f"bad record header at byte {pos}"
+                break
+            if length > MAX_PAYLOAD:
+                self.problem = f"implausible record length {length} at byte {pos}"
+                break
+            body_at = pos + RECORD_HEADER_SIZE
+            if end - body_at < length:
+                self.problem = f"torn record at byte {pos}"
+                break
+            if crc(view[body_at:body_at + length], crc(view[pos:pos + _CRC_COVERED])) != stored:
+                self.problem = f"CRC mismatch in record at byte {pos}"
+                break
+            yield kind, msg_id, pos, length
+            pos = body_at + length
+        view.release()
+        self.good_bytes = pos
+        self.dropped = end - pos
 
 
 def iter_records(data: bytes) -> Iterator[Record]:

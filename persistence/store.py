@@ -9,11 +9,17 @@ work-queue retention, acks and a dedup window) can implement it without the core
   dropped, ``recover`` what was appended and never settled (in id order; past ``resident_bytes``
   the payloads stay on disk and come back as None), ``read`` one payload back (a body that was
   paged out of memory), ``drop`` the whole log when the queue is deleted.
+- ``state_log(name)``: a log of the same kind for durable state that is not a queue (MQTT
+  retained messages, persistent sessions, QoS 2 packet ids; see ``broker/durable_map.py``).
+- ``dedup_log(vhost, queue)``: a log of the same kind for a queue's deduplication window (keys
+  appended, settled when they age out), or None when nothing outlives the process.
+- ``stream_log(vhost, stream, segment_bytes)``: a stream's records on disk (see
+  ``persistence/streamlog.py``), or None: the stream then keeps its records in memory.
 - ``save_definitions`` / ``load_definitions``: the encoded durable exchanges, queues, bindings.
 """
 from __future__ import annotations
 
-from typing import Awaitable, Protocol
+from typing import Any, Awaitable, Protocol
 
 
 class QueueLog(Protocol):
@@ -21,6 +27,7 @@ class QueueLog(Protocol):
     def settle(self, msg_id: int) -> None: ...
     def recover(self, resident_bytes: int | None = None) -> list[tuple[int, bytes | None]]: ...
     def read(self, msg_id: int) -> bytes: ...
+    def holds(self, msg_id: int) -> bool: ...
     def size_of(self, msg_id: int) -> int: ...
     def drop(self) -> None: ...
 
@@ -29,6 +36,9 @@ class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     def queue_log(self, vhost: str, queue: str) -> QueueLog | None: ...
+    def state_log(self, name: str) -> QueueLog | None: ...
+    def dedup_log(self, vhost: str, queue: str) -> QueueLog | None: ...
+    def stream_log(self, vhost: str, stream: str, segment_bytes: int | None = None) -> Any: ...
     def save_definitions(self, data: bytes) -> None: ...
     def load_definitions(self) -> bytes | None: ...
 
@@ -47,6 +57,15 @@ class MemoryStore:
         pass
 
     def queue_log(self, vhost: str, queue: str) -> QueueLog | None:
+        return None
+
+    def state_log(self, name: str) -> QueueLog | None:
+        return None
+
+    def dedup_log(self, vhost: str, queue: str) -> QueueLog | None:
+        return None
+
+    def stream_log(self, vhost: str, stream: str, segment_bytes: int | None = None) -> Any:
         return None
 
     def save_definitions(self, data: bytes) -> None:

@@ -66,10 +66,13 @@ class RunningBroker:
 def broker_settings(tmp_path, **sections: dict) -> Settings:
     settings = Settings().replace("server", data_dir=str(tmp_path / "data"), bind="127.0.0.1",
                                   shutdown_grace_s=1.0)
-    for listener in ("amqp", "mqtt", "stomp", "http", "management"):
+    for listener in ("amqp", "mqtt", "stomp", "http", "management", "websocket"):
         settings = settings.replace(listener, port=0)
     for section, values in sections.items():
-        settings = settings.replace(section, **values)
+        if isinstance(values, list):  # an array of tables: users=[{...}], permissions=[...]
+            settings = settings.with_tables(section, values)
+        else:
+            settings = settings.replace(section, **values)
     return settings
 
 

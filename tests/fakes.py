@@ -19,6 +19,17 @@ class FakeConnection:
         self.close_reason: str | None = None
         self.keepalive: tuple = ()
         self.publishing = False
+        #: CN of a verified TLS client certificate (none here)
+        self.tls_identity: str | None = None
+        #: login back-off delays the session asked for, and close callbacks (vhost limits)
+        self.held: list[float] = []
+        self.close_callbacks: list = []
+
+    def hold_output(self, delay_s: float) -> None:
+        self.held.append(delay_s)
+
+    def on_close(self, callback: Any) -> None:
+        self.close_callbacks.append(callback)
 
     def write(self, data: Any) -> None:
         self.writes += 1

@@ -64,6 +64,7 @@ class BasicMethods:
         tag = m.consumer_tag or _gen_ctag()
         if tag in ch.consumers:
             raise AMQPError(530, f"NOT_ALLOWED - attempt to reuse consumer tag '{tag}'", True)
+        self.grant.read("queue", queue)
         target = self.vhost.queue(queue, owner=self)  # 404, or 405 for another's exclusive
         if target.consumers and (m.exclusive or any(c.exclusive for c in target.consumers)):
             # RabbitMQ reports an exclusive-consumer conflict as ACCESS_REFUSED, not 405
@@ -118,6 +119,7 @@ class BasicMethods:
 
     def _basic_get(self, ch: Channel, m: Any) -> None:
         queue = self._queue_name(ch, m.queue)
+        self.grant.read("queue", queue)
         delivery, remaining = self.vhost.get(queue, no_ack=bool(m.no_ack), owner=self)
         if delivery is None:
             self.out.append(replies.basic_get_empty(ch.number))
@@ -184,6 +186,11 @@ class BasicMethods:
             if props.user_id is not None and props.user_id != self.user.name:
                 raise PreconditionFailed(f"user_id property set to '{props.user_id}' but "
                                          f"authenticated user was '{self.user.name}'")
+            # Publishing needs write on the exchange and topic write on the routing key; the
+            # grant caches its decisions, so this is two dict lookups per message.
+            grant = self.grant
+            grant.write("exchange", ev.exchange)
+            grant.check_topic("write", ev.exchange, ev.routing_key)
             message = Message(ev.exchange, ev.routing_key, body, props, ev.encoded)
             if props.reply_to == REPLY_TO:
                 message = self._reply_to(ch, message)

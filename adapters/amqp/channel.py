@@ -85,6 +85,7 @@ class Channel:
         # transactions: None, or held publishes and settlements
         self.tx: list | None = None
         self.tx_settles: list = []
+        self.commit_wait: asyncio.Future | None = None  # the last Tx.Commit waiting for disk
         # direct reply-to: this channel's token in the server's registry, if consuming it
         self.reply_token: str | None = None
 

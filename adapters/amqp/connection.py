@@ -59,7 +59,10 @@ class ConnectionMethods:
             "cluster_name": "manifold",
             "capabilities": SERVER_CAPABILITIES,
         }
-        payload = (b"\x00\x09" + codec.encode_table(props) + codec.longstr("PLAIN AMQPLAIN") +
+        # EXTERNAL (the verified TLS client certificate's CN is the user, as RabbitMQ's
+        # rabbitmq-auth-mechanism-ssl) only when there is such a certificate.
+        mechanisms = "PLAIN AMQPLAIN" + (" EXTERNAL" if self.conn.tls_identity else "")
+        payload = (b"\x00\x09" + codec.encode_table(props) + codec.longstr(mechanisms) +
                    codec.longstr("en_US"))
         self.out.append(replies.connection_start(payload))
         self.state = AWAIT_START_OK
@@ -87,13 +90,19 @@ class ConnectionMethods:
                 raise AMQPError(403, f"ACCESS_REFUSED - malformed AMQPLAIN response: {exc}",
                                 True) from None
             username, password = str(table.get("LOGIN", "")), str(table.get("PASSWORD", ""))
+        elif mechanism == "EXTERNAL" and self.conn.tls_identity:
+            username, password = None, None
         else:
             raise AMQPError(503, f"COMMAND_INVALID - unknown authentication mechanism "
                                  f"'{mechanism}'", True)
         try:
-            self.user = self.broker.authenticate(username, password, self.conn.peer_host)
+            self.user = self.broker.authenticate(username, password, self.conn.peer_host,
+                                                 self.conn.tls_identity,
+                                                 external=mechanism == "EXTERNAL")
         except BrokerError as exc:
             log.info("AMQP login refused from %s: %s", self.conn.peer_host, exc.text)
+            # The failed-login back-off (per source address) holds the refusal back.
+            self.conn.hold_output(getattr(exc, "delay_s", 0.0))
             if caps.get("authentication_failure_close"):
                 raise AMQPError(403, f"ACCESS_REFUSED - Login was refused using authentication "
                                      f"mechanism {mechanism}. For details see the broker "
@@ -133,7 +142,9 @@ class ConnectionMethods:
         self.state = AWAIT_OPEN
 
     def _open(self, m: Any) -> None:
-        self.vhost = self.broker.open_vhost(m.virtual_host or "/", self.user)
+        name = m.virtual_host or "/"
+        self.vhost = self.broker.open_vhost(name, self.user, self.conn)  # 530 NOT_ALLOWED
+        self.grant = self.broker.grant(self.user, name)
         if not self.heartbeat:
             self.conn.set_keepalive(None, None, None, None)
         self.send(replies.connection_open_ok())

@@ -62,6 +62,8 @@ class AMQPSession(ConnectionMethods, EntityMethods, BasicMethods, TransactionMet
         self.state = AWAIT_HEADER
         self.user: Any = None
         self.vhost: Any = None
+        #: what the user may do in the vhost (broker/access.py Grant), set at Connection.Open
+        self.grant: Any = None
         self.channels: dict[int, Channel] = {}
         self.client_properties: dict = {}
         self.cancel_notify = False
@@ -165,7 +167,9 @@ class AMQPSession(ConnectionMethods, EntityMethods, BasicMethods, TransactionMet
         if not self.blocked_notify or self.state != OPEN:
             return
         if on:
-            self.out.append(replies.connection_blocked("low on memory"))
+            alarms = self.broker.memory
+            reason = "low on disk" if alarms.disk_alarm and not alarms.alarm else "low on memory"
+            self.out.append(replies.connection_blocked(reason))
         else:
             self.out.append(replies.connection_unblocked())
         self.flush()

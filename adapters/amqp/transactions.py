@@ -5,6 +5,7 @@ publishes and settlements until Tx.Commit [AMQP 0-9-1 tx; RabbitMQ confirms].
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from manifold.broker.errors import PreconditionFailed
@@ -37,6 +38,7 @@ class TransactionMethods:
             raise PreconditionFailed("channel is not transactional")
         publishes, settles = ch.tx, ch.tx_settles
         ch.tx, ch.tx_settles = [], []
+        waits = []
         for message, mandatory in publishes:
             if message.exchange or not message.routing_key.startswith(REPLY_PREFIX):
                 result = self.vhost.publish(message.exchange, message.routing_key, message)
@@ -44,6 +46,8 @@ class TransactionMethods:
                 result = self._reply(message)
             if not result.routed and mandatory:
                 self.basic_return(ch, message, 312, "NO_ROUTE")
+            if result.wait is not None:
+                waits.append(result.wait)
         held = ch.tx
         ch.tx = None  # settle for real
         try:
@@ -51,7 +55,31 @@ class TransactionMethods:
                 ch.settle(deliveries, ack, requeue)
         finally:
             ch.tx = held
-        self.out.append(replies.tx_commit_ok(ch.number))
+        # Commit-Ok is a promise like a confirm: it follows the fsync of every persistent
+        # message of the transaction, and commits are answered in order.
+        previous = ch.commit_wait
+        if previous is not None:
+            waits.append(previous)
+        if not waits:
+            self.out.append(replies.tx_commit_ok(ch.number))
+            return
+        future = asyncio.gather(*waits) if len(waits) > 1 else asyncio.ensure_future(waits[0])
+        ch.commit_wait = future
+        future.add_done_callback(lambda f, ch=ch: self._commit_stored(ch, f))
+
+    def _commit_stored(self, ch: Channel, future: asyncio.Future) -> None:
+        if ch.commit_wait is future:
+            ch.commit_wait = None
+        if ch.closing or ch.closed:
+            return
+        if future.cancelled() or future.exception() is not None:
+            error = "cancelled" if future.cancelled() else future.exception()
+            # No Commit-Ok for what is not on disk: the channel ends, the client knows the
+            # transaction's outcome is unknown (RabbitMQ closes the channel the same way).
+            self.channel_error(ch, 541, f"INTERNAL_ERROR - transaction not stored: {error}",
+                               90, 20)
+            return
+        self.send(replies.tx_commit_ok(ch.number))
 
     def _tx_rollback(self, ch: Channel, m: Any) -> None:
         if ch.tx is None:

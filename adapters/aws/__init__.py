@@ -8,10 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import firehose, kinesis, s3, sns, sqs
 from .http import AwsApi
+from .sigv4 import SigV4Verifier
 
 
 def make_http_app(broker: Any, settings: Any):
     api = AwsApi(broker, settings)
-    # Each service module adds its handlers here: ``from . import sqs; sqs.install(api)``.
+    # Every request is signed (AWS Signature Version 4) with a key of [[access_keys]].
+    api.authenticate = SigV4Verifier(broker)
+    # Each service module adds its handlers here.
+    queues = sqs.install(api)
+    streams = kinesis.install(api)
+    objects = s3.install(api)
+    deliveries = firehose.install(api, objects, streams)
+    sns.install(api, queues, deliveries)
     return api.app

@@ -59,6 +59,8 @@ class AwsRequest:
     access_key_id: str | None      # from the SigV4 Authorization header, if signed
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     json_target_prefix: str = ""   # e.g. "AmazonSQS", for the JSON error type
+    user: Any = None               # the signing key's user, set by the SigV4 check (sigv4.py)
+    grant: Any = None              # its rights; handlers check with sigv4.require(...)
 
     @property
     def peer(self) -> str | None:

@@ -13,6 +13,8 @@ from typing import Any, Callable, Protocol
 
 from manifold.broker.consumer import Consumer, Delivery
 from manifold.broker.message import Message, Properties
+from manifold.broker.message_codec import decode_value
+from manifold.broker.queue import ENTRY_OVERHEAD_BYTES
 
 from . import topics
 
@@ -259,13 +261,15 @@ class SessionState:
         if self.expiry_s != NEVER_EXPIRES:
             loop = asyncio.get_running_loop()
             self.expiry_timer = loop.call_later(self.expiry_s, self.server.expire, self)
-        self.server.save()
+        self.server.save_session(self, detached=True)
 
     def destroy(self) -> None:
         """End the session: its queue, subscriptions and in-flight state go [MQTT 4.1]."""
         if self.destroyed:
             return
         self.destroyed = True
+        if self.durable:
+            self.server.forget_session(self)
         if self.expiry_timer is not None:
             self.expiry_timer.cancel()
             self.expiry_timer = None
@@ -281,11 +285,11 @@ class SessionState:
             self.consumer = None
         self.conn = None
 
-    def to_record(self) -> dict:
+    def to_record(self, detached: bool = False) -> dict:
+        """What the store keeps of a persistent session (QoS 2 packet ids are kept apart)."""
         return {"client_id": self.client_id, "vhost": self.vhost.name, "expiry_s": self.expiry_s,
                 "subscriptions": [s.to_record() for s in self.subscriptions.values()],
-                "inbound_qos2": sorted(self.inbound_qos2), "next_pid": self.next_pid,
-                "detached_at": time.time()}
+                "next_pid": self.next_pid, "detached_at": time.time() if detached else None}
 
 
 class Retained:
@@ -313,17 +317,15 @@ class MqttServer:
         #: (vhost, group, filter) -> [queue name, member count]
         self.share_groups: dict[tuple, list] = {}
         self.will_timers: dict[str, asyncio.TimerHandle] = {}
-        self.data_dir = settings.server.data_dir
-        self._save_handle: asyncio.TimerHandle | None = None
+        self._memory = broker.memory
+        self._retained = broker.state_map("mqtt-retained")
+        self._sessions = broker.state_map("mqtt-sessions")
+        self._qos2 = broker.state_map("mqtt-qos2")
 
     def new_session(self) -> Any:
         return self.session_factory(self)
 
     async def close(self) -> None:
-        if self._save_handle is not None:
-            self._save_handle.cancel()
-            self._save_handle = None
-        self.save_now()
         for handle in self.will_timers.values():
             handle.cancel()
         self.will_timers.clear()
@@ -340,13 +342,11 @@ class MqttServer:
         if self.sessions.get(state.client_id) is state and state.conn is None:
             del self.sessions[state.client_id]
             state.destroy()
-            self.save()
 
     def end_session(self, state: SessionState) -> None:
         if self.sessions.get(state.client_id) is state:
             del self.sessions[state.client_id]
         state.destroy()
-        self.save()
 
     # ------------------------------------------------------------ shared subscriptions
     def join_share(self, state: SessionState, sub: Subscription) -> SessionConsumer:
@@ -358,7 +358,11 @@ class MqttServer:
             # A share name cannot contain "/" [MQTT-4.8.2-2], so the first "/" separates it
             # from the binding key unambiguously.
             name = f"mqtt-shared-{sub.group}/{sub.key}"
-            state.vhost.declare_queue(name, arguments=dict(QUEUE_ARGUMENTS))
+            # Durable when a persistent session starts the group, so QoS 1/2 messages for an
+            # offline group survive a restart; an existing queue (restored) is taken as it is.
+            existing = state.vhost.queues.get(name)
+            durable = existing.durable if existing is not None else state.durable
+            state.vhost.declare_queue(name, durable=durable, arguments=dict(QUEUE_ARGUMENTS))
             state.vhost.bind_queue(name, TOPIC_EXCHANGE, sub.key, None)
             entry = self.share_groups[key] = [name, 0]
         entry[1] += 1
@@ -388,14 +392,30 @@ class MqttServer:
             state.vhost.delete_queue(entry[0])
 
     # ------------------------------------------------------------ retained messages
-    def retain(self, topic: str, message: MqttMessage, expiry_s: int | None) -> None:
-        """[MQTT-3.3.1-5] store, replacing; [MQTT-3.3.1-10/11] an empty payload clears."""
+    def retain(self, topic: str, message: MqttMessage, expiry_s: int | None) -> Any:
+        """[MQTT-3.3.1-5] store, replacing; [MQTT-3.3.1-10/11] an empty payload clears. Only a
+        QoS 1/2 retained message is written to the store (QoS 0 promises nothing); returns the
+        awaitable of that write, or None."""
+        self._uncount(self.retained.get(topic))
         if not message.body:
-            self.retained.pop(topic, None)
-        else:
-            expires = None if expiry_s is None else self.now_ms() + expiry_s * 1000
-            self.retained[topic] = Retained(message, expires)
-        self.save()
+            if self.retained.pop(topic, None) is None:
+                return None
+            return self._retained.delete(topic)
+        expires = None if expiry_s is None else self.now_ms() + expiry_s * 1000
+        self.retained[topic] = Retained(message, expires)
+        self._memory.add(len(message.body) + ENTRY_OVERHEAD_BYTES)
+        if message.qos == 0:
+            if topic in self._retained:
+                return self._retained.delete(topic)  # an older durable value must not return
+            return None
+        return self._retained.put(topic, [message.body, message.qos,
+                                          _props_record(message.mqtt_properties), expires,
+                                          message.properties.as_dict()])
+
+    def _uncount(self, entry: Retained | None) -> None:
+        """Retained bodies count in the memory alarm like queued ones."""
+        if entry is not None:
+            self._memory.add(-len(entry.message.body) - ENTRY_OVERHEAD_BYTES)
 
     def retained_for(self, topic_filter: str) -> list[tuple[str, Retained]]:
         now = self.now_ms()
@@ -403,6 +423,8 @@ class MqttServer:
         for topic, entry in list(self.retained.items()):
             if entry.expires_at_ms is not None and entry.expires_at_ms <= now:
                 del self.retained[topic]  # message expiry applies to retained messages too
+                self._uncount(entry)
+                self._retained.delete(topic)
                 continue
             if topics.matches(topic_filter, topic):
                 out.append((topic, entry))
@@ -424,96 +446,149 @@ class MqttServer:
         if handle is not None:
             handle.cancel()
 
-    # ------------------------------------------------------------ persistence (msgpack)
-    def _path(self) -> str:
-        return os.path.join(self.data_dir, "mqtt-state.msgpack")
+    # ------------------------------------------------------------ persistence (the store)
+    # Retained messages, persistent sessions and QoS 2 packet ids live in the broker's store
+    # (append-only, fsynced, group-committed with the messages): a PUBACK for a retained message
+    # or a SUBACK in a persistent session waits for the write that covers it.
+    def save_session(self, state: SessionState, detached: bool = False) -> Any:
+        """Store a persistent session's subscriptions and expiry; returns an awaitable that
+        resolves once they are durable, or None (clean session, or an in-memory store)."""
+        if not state.durable or state.destroyed or not state.expiry_s:
+            return None
+        return self._sessions.put(state.client_id, state.to_record(detached))
+
+    def forget_session(self, state: SessionState) -> None:
+        self._sessions.delete(state.client_id)
+        for pid in list(state.inbound_qos2):
+            self._qos2.delete((state.client_id, pid))
+
+    def qos2_received(self, state: SessionState, pid: int) -> Any:
+        """[MQTT 4.3.3] the packet id of a QoS 2 PUBLISH is kept until PUBREL; for a persistent
+        session it is stored with the message, so a resend after a restart is not delivered
+        twice. Returns the awaitable of that write, or None."""
+        state.inbound_qos2.add(pid)
+        if not state.durable:
+            return None
+        return self._qos2.put((state.client_id, pid), 1)
+
+    def qos2_released(self, state: SessionState, pid: int) -> Any:
+        state.inbound_qos2.discard(pid)
+        if not state.durable:
+            return None
+        return self._qos2.delete((state.client_id, pid))
 
     def save(self) -> None:
-        """Coalesce saves: at most one snapshot write per second (the retained store can be large)."""
-        if self._save_handle is not None:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self._save_handle = loop.call_later(1.0, self._save_timer)
-
-    def _save_timer(self) -> None:
-        self._save_handle = None
-        self.save_now()
-
-    def save_now(self) -> None:
-        import msgpack
-        now = self.now_ms()
-        retained = []
-        for topic, entry in self.retained.items():
-            if entry.expires_at_ms is not None and entry.expires_at_ms <= now:
-                continue
-            m = entry.message
-            retained.append([topic, m.body, m.qos, _props_record(m.mqtt_properties),
-                             entry.expires_at_ms, m.properties.as_dict()])
-        sessions = [s.to_record() for s in self.sessions.values()
-                    if s.expiry_s and not s.destroyed]
-        data = {"version": 1, "retained": retained, "sessions": sessions}
-        try:
-            os.makedirs(self.data_dir, exist_ok=True)
-            tmp = self._path() + ".tmp"
-            with open(tmp, "wb") as fh:
-                fh.write(msgpack.packb(data, use_bin_type=True))
-            os.replace(tmp, self._path())
-        except OSError as exc:  # pragma: no cover - a full disk must not stop the broker
-            log.warning("cannot save MQTT state: %s", exc)
+        """Kept for callers from before the store: every change is written as it happens."""
 
     def load(self) -> None:
         """Restore retained messages and persistent sessions (subscriptions, QoS 2 packet ids)
-        written by an earlier run. Messages that were queued for an offline session survive only
-        if the core's store kept its durable queue."""
-        import msgpack
-        try:
-            with open(self._path(), "rb") as fh:
-                data = msgpack.unpackb(fh.read(), raw=False, strict_map_key=False)
-        except (OSError, ValueError, msgpack.UnpackException):
-            return
-        if not isinstance(data, dict) or data.get("version") != 1:
-            return
+        stored by an earlier run, then remove the durable session and shared-subscription queues
+        that no stored session uses any more (sessions that ended or expired)."""
         now = self.now_ms()
-        try:
-            for topic, body, qos, props, expires, amqp_props in data.get("retained", []):
+        retained = self._retained.load()
+        sessions = self._sessions.load()
+        stored_qos2 = self._qos2.load()
+        if not retained and not sessions:
+            self._import_snapshot(retained, sessions, stored_qos2)
+        for topic, record in retained.items():
+            try:
+                body, qos, props, expires, amqp_props = record
                 if expires is not None and expires <= now:
+                    self._retained.delete(topic)
                     continue
-                headers = amqp_props.get("headers")
-                properties = Properties(**{k: v for k, v in amqp_props.items() if k != "headers"},
-                                        headers=headers)
+                properties = Properties(**amqp_props)
                 msg = MqttMessage(TOPIC_EXCHANGE, topics.topic_to_key(topic), body, properties,
                                   origin=None, retain=True, qos=qos,
                                   mqtt_properties=_props_from_record(props), timestamp_ms=now)
                 self.retained[topic] = Retained(msg, expires)
+                self._memory.add(len(body) + ENTRY_OVERHEAD_BYTES)
+            except (TypeError, ValueError) as exc:
+                log.warning("ignoring unreadable retained message on %r: %s", topic, exc)
+        qos2: dict[str, set[int]] = {}
+        for (client_id, pid) in stored_qos2:
+            qos2.setdefault(client_id, set()).add(pid)
+        for client_id, rec in sessions.items():
+            try:
+                self._restore_session(rec, qos2.get(client_id, set()))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("ignoring unreadable MQTT session %r: %s", client_id, exc)
+        for client_id, pids in qos2.items():
+            if client_id not in self.sessions:
+                for pid in pids:
+                    self._qos2.delete((client_id, pid))
+        self._remove_orphan_queues()
+
+    def _import_snapshot(self, retained: dict, sessions: dict, qos2: dict) -> None:
+        """Once, on upgrade: move the state an older version kept in ``mqtt-state.msgpack``
+        into the store (and into the dicts being loaded), then rename the file to
+        ``mqtt-state.msgpack.imported``."""
+        path = os.path.join(self.settings.server.data_dir, "mqtt-state.msgpack")
+        if not os.path.exists(path):
+            return
+        waits = []
+        try:
+            with open(path, "rb") as fh:
+                data = decode_value(fh.read())
+            for topic, body, qos, props, expires, amqp_props in data.get("retained", []):
+                retained[topic] = [body, qos, props, expires, amqp_props]
+                waits.append(self._retained.put(topic, retained[topic]))
             for rec in data.get("sessions", []):
-                vhost = self.broker.vhosts.get(rec.get("vhost", "/"))
-                if vhost is None:
-                    continue
-                state = SessionState(self, rec["client_id"], vhost)
-                state.expiry_s = rec["expiry_s"]
-                state.durable = True
-                state.inbound_qos2 = set(rec.get("inbound_qos2", []))
-                state.next_pid = rec.get("next_pid", 1)
-                for r in rec.get("subscriptions", []):
-                    sub = Subscription.from_record(r)
-                    state.subscriptions[sub.topic_filter] = sub
-                    if sub.group is None:
-                        state.ensure_queue()
-                        vhost.bind_queue(state.queue_name, TOPIC_EXCHANGE, sub.key, None)
-                    else:
-                        state.shared[sub.topic_filter] = self.join_share(state, sub)
-                state.update_no_ack()
-                self.sessions[state.client_id] = state
-                if state.expiry_s != NEVER_EXPIRES:
-                    left = max(0.0, rec.get("detached_at", time.time()) + state.expiry_s
-                               - time.time())
-                    state.expiry_timer = asyncio.get_running_loop().call_later(
-                        left, self.expire, state)
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("ignoring unreadable MQTT state: %s", exc)
+                for pid in rec.pop("inbound_qos2", []):
+                    qos2[(rec["client_id"], pid)] = 1
+                    waits.append(self._qos2.put((rec["client_id"], pid), 1))
+                sessions[rec["client_id"]] = rec
+                waits.append(self._sessions.put(rec["client_id"], rec))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("cannot import %s: %s", path, exc)
+            return
+
+        def imported(done: Any = None) -> None:
+            if done is not None and (done.cancelled() or done.exception() is not None):
+                log.error("importing %s failed; it is kept", path)
+                return
+            os.replace(path, path + ".imported")
+            log.info("imported the MQTT state of %s into the store", path)
+
+        waits = [w for w in waits if w is not None]
+        if waits:  # the old file goes only once its content is durable in the store
+            asyncio.gather(*waits).add_done_callback(imported)
+        else:
+            imported()
+
+    def _restore_session(self, rec: dict, inbound_qos2: set[int]) -> None:
+        vhost = self.broker.vhosts.get(rec.get("vhost", "/"))
+        if vhost is None:
+            return
+        state = SessionState(self, rec["client_id"], vhost)
+        state.expiry_s = rec["expiry_s"]
+        state.durable = True
+        state.inbound_qos2 = inbound_qos2
+        state.next_pid = rec.get("next_pid", 1)
+        for r in rec.get("subscriptions", []):
+            sub = Subscription.from_record(r)
+            state.subscriptions[sub.topic_filter] = sub
+            if sub.group is None:
+                state.ensure_queue()
+                vhost.bind_queue(state.queue_name, TOPIC_EXCHANGE, sub.key, None)
+            else:
+                state.shared[sub.topic_filter] = self.join_share(state, sub)
+        state.update_no_ack()
+        self.sessions[state.client_id] = state
+        if state.expiry_s != NEVER_EXPIRES:
+            # Detached when stored, or (the broker stopped while it was connected) now.
+            detached_at = rec.get("detached_at") or time.time()
+            left = max(0.0, detached_at + state.expiry_s - time.time())
+            state.expiry_timer = asyncio.get_running_loop().call_later(left, self.expire, state)
+
+    def _remove_orphan_queues(self) -> None:
+        for vhost in self.broker.vhosts.values():
+            used = {s.queue_name for s in self.sessions.values() if s.vhost is vhost}
+            used.update(entry[0] for key, entry in self.share_groups.items() if key[0] == vhost.name)
+            for name in [n for n in vhost.queues if n.startswith(("mqtt-subscription-",
+                                                                   "mqtt-shared-"))]:
+                if name not in used:
+                    log.info("removing queue '%s' of an MQTT session that ended", name)
+                    vhost.delete_queue(name)
 
 
 def _props_record(props: dict | None) -> dict | None:

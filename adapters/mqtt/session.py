@@ -131,6 +131,8 @@ class MqttSession:
         self.client_id = ""
         self.vhost: Any = None
         self.user: Any = None
+        #: what the user may do in the vhost (broker/access.py Grant), set at CONNECT
+        self.grant: Any = None
         self.will: c.Will | None = None
         self.keep_alive = 0
         # Client limits (MQTT 5 CONNECT properties) and our own
@@ -334,9 +336,12 @@ class MqttSession:
         # Authentication with the users AMQP uses. No user name: RabbitMQ's default MQTT user.
         username, password = p.username, p.password
         vhost_name = "/"
-        if username is None:
+        # A verified client certificate's CN may stand in for user name and password ([tls]
+        # identity_as_username, as Mosquitto's use_identity_as_username); broker/access.py decides.
+        identity = self.conn.tls_identity
+        if username is None and identity is None:
             username, password = "guest", b"guest"
-        elif ":" in username:
+        elif username is not None and ":" in username:
             # RabbitMQ's "vhost:user" form
             maybe_vhost, _, rest = username.partition(":")
             if maybe_vhost in server.broker.vhosts:
@@ -346,17 +351,20 @@ class MqttSession:
         except UnicodeDecodeError:
             pw = None
         try:
-            user = server.broker.authenticate(username, pw, self.conn.peer_host)
+            user = server.broker.authenticate(username, pw, self.conn.peer_host, identity)
         except AccessRefused as exc:
+            # The failed-login back-off holds the CONNACK back (per source address).
+            self.conn.hold_output(getattr(exc, "delay_s", 0.0))
             self._refuse(c.CONNACK_BAD_CREDENTIALS, c.BAD_USER_NAME_OR_PASSWORD, exc.text,
                          "bad user name or password")
             return
         try:
-            self.vhost = server.broker.open_vhost(vhost_name, user)
+            self.vhost = server.broker.open_vhost(vhost_name, user, self.conn)
         except NotAllowed as exc:
             self._refuse(c.CONNACK_NOT_AUTHORIZED, c.NOT_AUTHORIZED, exc.text, exc.text)
             return
         self.user = user
+        self.grant = server.broker.grant(user, vhost_name)
         # Client identifier [MQTT-3.1.3-6/7/8]
         client_id = p.client_id
         assigned = None
@@ -402,6 +410,7 @@ class MqttSession:
         else:
             session_present = True  # [MQTT-3.2.2-2]
         state.expiry_s = granted_expiry
+        server.save_session(state)  # the CONNACK need not wait: nothing was promised yet
         self.state = state
         self.will = p.will
         self.state_name = CONNECTED
@@ -500,16 +509,25 @@ class MqttSession:
             if len(self._keys) >= 256:
                 self._keys.clear()
             self._keys[topic] = key
+        # Publishing needs write on amq.topic and topic write on the routing key (RabbitMQ).
+        grant = self.grant
+        grant.write("exchange", TOPIC_EXCHANGE)
+        grant.check_topic("write", TOPIC_EXCHANGE, key)
         message = MqttMessage(TOPIC_EXCHANGE, key, payload,
                               properties_from_mqtt(props, qos), origin=origin, retain=retain,
                               qos=qos, mqtt_properties=props or None,
                               timestamp_ms=self.server.now_ms(), topic=topic)
+        stored = None
         if retain:
-            self.server.retain(topic, message, props.get("message_expiry_interval")
-                               if props else None)
+            stored = self.server.retain(topic, message, props.get("message_expiry_interval")
+                                        if props else None)
         if self.conn is not None:
             self.conn.mark_publishing()
-        return vhost.publish(TOPIC_EXCHANGE, message.routing_key, message)
+        result = vhost.publish(TOPIC_EXCHANGE, message.routing_key, message)
+        if stored is not None:
+            # A PUBACK for a retained message means the retained copy is durable too.
+            result.wait = stored if result.wait is None else asyncio.gather(result.wait, stored)
+        return result
 
     def on_publish(self, p: c.Publish) -> None:
         topic = p.topic
@@ -559,6 +577,9 @@ class MqttSession:
                 return
         try:
             result = self._route(self.vhost, topic, p.payload, qos, p.retain, props, self.state)
+        except AccessRefused as exc:
+            self._publish_denied(p, exc.text)
+            return
         except BrokerError as exc:
             self._ack_publish_error(p, c.IMPLEMENTATION_SPECIFIC_ERROR, exc.text)
             return
@@ -569,6 +590,7 @@ class MqttSession:
             code = c.QUOTA_EXCEEDED
         elif result.routed == 0 and self.v5:
             code = c.NO_MATCHING_SUBSCRIBERS
+        wait = result.wait
         if qos == 1:
             if code:
                 packet = c.serialize(c.Puback(p.packet_id, code), self.version)  # type: ignore[arg-type]
@@ -576,9 +598,46 @@ class MqttSession:
                 packet = b"\x40\x02" + p.packet_id.to_bytes(2, "big")  # type: ignore[union-attr]
         else:
             if code < 0x80:
-                self.state.inbound_qos2.add(p.packet_id)  # type: ignore[union-attr,arg-type]
+                stored = self.server.qos2_received(self.state, p.packet_id)  # type: ignore[arg-type]
+                if stored is not None:
+                    wait = stored if wait is None else asyncio.gather(wait, stored)
             packet = c.serialize(c.Pubrec(p.packet_id, code), self.version)  # type: ignore[arg-type]
-        self._ack_after(result.wait, packet)
+        if wait is None:
+            self._ack_after(None, packet)
+            return
+        # A write that failed is never acknowledged: MQTT 5 gets reason 0x80 (the client may
+        # resend), MQTT 3.1.1 cannot refuse a PUBLISH, so the connection is closed and the
+        # client resends on reconnect [MQTT-4.4.0-1].
+        pid = p.packet_id
+        cls = c.Puback if qos == 1 else c.Pubrec
+
+        def refused() -> bytes | None:
+            if qos == 2:
+                self.server.qos2_released(self.state, pid)  # not stored: a resend is new
+            if not self.v5:
+                return None
+            return c.serialize(cls(pid, c.UNSPECIFIED_ERROR), c.MQTT_5)  # type: ignore[arg-type]
+
+        self._ack_after(wait, packet, refused)
+
+    def _publish_denied(self, p: c.Publish, text: str) -> None:
+        """MQTT 5: PUBACK/PUBREC 0x87 (not authorized). 3.1.1 has no negative ack: the message
+        is dropped and logged, and acknowledged so the client does not resend it; the connection
+        stays (as in Mosquitto)."""
+        log.warning("MQTT %s: PUBLISH to %r dropped: %s", self.client_id, p.topic, text)
+        if p.qos == 0:
+            return
+        pid = p.packet_id
+        if self.v5:
+            props = {"reason_string": text} if self.request_problem_info else None
+            cls = c.Puback if p.qos == 1 else c.Pubrec
+            packet = c.serialize(cls(pid, c.NOT_AUTHORIZED, props), c.MQTT_5)  # type: ignore
+        elif p.qos == 1:
+            packet = c.serialize(c.Puback(pid), self.version)  # type: ignore[arg-type]
+        else:
+            self.state.inbound_qos2.add(pid)  # type: ignore[union-attr,arg-type]
+            packet = c.serialize(c.Pubrec(pid), self.version)  # type: ignore[arg-type]
+        self._ack_after(None, packet)  # in order behind acks still waiting for an fsync
 
     def _ack_publish_error(self, p: c.Publish, code: int, text: str) -> None:
         if p.qos == 0:
@@ -592,27 +651,43 @@ class MqttSession:
         cls = c.Puback if p.qos == 1 else c.Pubrec
         self._send(c.serialize(cls(p.packet_id, code, props), c.MQTT_5))  # type: ignore[arg-type]
 
-    def _ack_after(self, wait: Any, packet: bytes) -> None:
-        """PUBACK/PUBREC once the message is safe; acknowledgements stay in order
-        [MQTT-4.6.0-2]."""
+    def _ack_after(self, wait: Any, packet: bytes, refused: Any = None, then: Any = None) -> None:
+        """PUBACK/PUBREC/PUBCOMP/SUBACK once what it acknowledges is safe; acknowledgements
+        stay in order [MQTT-4.6.0-2]. If the write fails, ``refused()`` gives the packet to send
+        instead, or None: then the connection is closed. ``then()`` runs after the packet went."""
         pending = self._pending_acks
         if wait is None and not pending:
             self._send(packet)
+            if then is not None:
+                then()
             return
-        entry = [wait is None, packet]
+        entry = [wait is None, packet, refused, then, None]
         if pending is None:
             pending = self._pending_acks = []
         pending.append(entry)
         if wait is not None:
-            def done(_: Any, entry: list = entry) -> None:
+            def done(future: Any, entry: list = entry) -> None:
                 entry[0] = True
+                if future.cancelled() or future.exception() is not None:
+                    entry[4] = future.exception() if not future.cancelled() else "cancelled"
                 self._drain_acks()
             asyncio.ensure_future(wait).add_done_callback(done)
 
     def _drain_acks(self) -> None:
         pending = self._pending_acks
         while pending and pending[0][0]:
-            self._send(pending.pop(0)[1])
+            _, packet, refused, then, error = pending.pop(0)
+            if error is not None:
+                packet = refused() if refused is not None else None
+                if packet is None:
+                    self._pending_acks = None
+                    self._close(f"could not store a message: {error}")
+                    return
+                self._send(packet)
+                continue
+            self._send(packet)
+            if then is not None:
+                then()
         if not pending:
             self._pending_acks = None
         self._flush()
@@ -620,12 +695,15 @@ class MqttSession:
     def on_pubrel(self, p: c.Pubrel) -> None:
         # MQTT §4.3.3: discard the packet id state, then PUBCOMP; an unknown id gets 0x92 (5.0).
         state = self.state
+        wait = None
         if p.packet_id in state.inbound_qos2:  # type: ignore[union-attr]
-            state.inbound_qos2.discard(p.packet_id)  # type: ignore[union-attr]
+            # PUBCOMP waits until the packet id is gone from the store too: a new PUBLISH that
+            # reuses it after a restart must not be taken for a resend.
+            wait = self.server.qos2_released(state, p.packet_id)  # type: ignore[arg-type]
             code = 0
         else:
             code = c.PACKET_IDENTIFIER_NOT_FOUND
-        self._send(c.serialize(c.Pubcomp(p.packet_id, code), self.version))
+        self._ack_after(wait, c.serialize(c.Pubcomp(p.packet_id, code), self.version))
 
     # ================================================================ outbound acks
     def on_puback(self, p: c.Puback) -> None:
@@ -727,7 +805,10 @@ class MqttSession:
                 delivery.ack()
             return
         pid = state.alloc_pid()  # type: ignore[union-attr]
-        if not self._send_publish(message, topic, qos, retain, sub_ids, pid, False):
+        # A message that may have been sent before (requeued, or recovered after a restart)
+        # goes out with DUP=1.
+        if not self._send_publish(message, topic, qos, retain, sub_ids, pid,
+                                  delivery.redelivered):
             # too large for this client, or expired: dropped [MQTT-3.1.2-25]
             if not delivery.settled:
                 delivery.ack()
@@ -810,6 +891,15 @@ class MqttSession:
                 continue
             if group is not None and opts.no_local:
                 raise c.ProtocolError("No Local on a shared subscription")  # [MQTT-3.8.3-4]
+            # Read on amq.topic and topic read on the filter; never rights on the subscription
+            # queue the broker makes for the client (unlike RabbitMQ).
+            grant = self.grant
+            if not (grant.allowed("read", "exchange", TOPIC_EXCHANGE) and grant.topic_allowed(
+                    "read", TOPIC_EXCHANGE, topics.filter_to_key(inner))):
+                log.warning("MQTT %s: SUBSCRIBE to %r refused for user '%s'", self.client_id,
+                            topic_filter, grant.user)
+                codes.append(c.NOT_AUTHORIZED if self.v5 else 0x80)
+                continue
             sub = Subscription(topic_filter, inner, group, opts.qos, opts.no_local,
                                opts.retain_as_published, opts.retain_handling, sub_id)
             try:
@@ -820,14 +910,19 @@ class MqttSession:
                 continue
             codes.append(opts.qos)  # MQTT §3.9.3: granted QoS = requested (QoS 2 is supported)
             new_subs.append((sub, is_new))
-        self._send(c.serialize(c.Suback(p.packet_id, codes), self.version))
-        # Retained messages after the SUBACK [MQTT-3.3.1-9], not for shared subscriptions.
-        for sub, is_new in new_subs:
-            if sub.group is not None or sub.retain_handling == 2 or (
-                    sub.retain_handling == 1 and not is_new):
-                continue
-            self._send_retained(sub)
-        self.server.save()
+        def send_retained() -> None:
+            # Retained messages after the SUBACK [MQTT-3.3.1-9], not for shared subscriptions.
+            for sub, is_new in new_subs:
+                if sub.group is not None or sub.retain_handling == 2 or (
+                        sub.retain_handling == 1 and not is_new):
+                    continue
+                self._send_retained(sub)
+
+        # In a persistent session the SUBACK means the subscription is durable: it waits for
+        # the session's write (if that fails, no SUBACK: the connection closes).
+        stored = self.server.save_session(state) if new_subs else None
+        self._ack_after(stored, c.serialize(c.Suback(p.packet_id, codes), self.version),
+                        then=send_retained)
 
     def _send_retained(self, sub: Subscription) -> None:
         """Retained messages matching the filter go through the session queue, so they obey the
@@ -854,8 +949,8 @@ class MqttSession:
         for topic_filter in p.filters:
             existed = self.state.remove_subscription(topic_filter)  # type: ignore[union-attr]
             codes.append(c.SUCCESS if existed else c.NO_SUBSCRIPTION_EXISTED)
-        self._send(c.serialize(c.Unsuback(p.packet_id, codes), self.version))
-        self.server.save()
+        stored = self.server.save_session(self.state)  # type: ignore[arg-type]
+        self._ack_after(stored, c.serialize(c.Unsuback(p.packet_id, codes), self.version))
 
     # ================================================================ DISCONNECT
     def on_disconnect(self, p: c.Disconnect) -> None:

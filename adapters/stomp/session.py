@@ -124,6 +124,8 @@ class StompSession:
         self.state = CONNECTING
         self.version = "1.0"
         self.vhost: Any = None
+        #: what the user may do in the vhost (broker/access.py Grant), set at CONNECT
+        self.grant: Any = None
         self.user: Any = None
         self.subscriptions: dict[str, Subscription] = {}
         #: tag -> subscription, for ACK / NACK of deliveries not yet settled
@@ -340,14 +342,22 @@ class StompSession:
         # RabbitMQ's default_user: a CONNECT without login logs in as guest/guest.
         login = headers.get("login")
         passcode = headers.get("passcode")
-        if login is None:
+        conn = self.conn
+        # A verified client certificate's CN may stand in for login/passcode ([tls]
+        # identity_as_username); broker/access.py decides.
+        identity = conn.tls_identity if conn is not None else None
+        if login is None and identity is None:
             login, passcode = "guest", "guest" if passcode is None else passcode
-        peer = self.conn.peer_host if self.conn is not None else None
+        peer = conn.peer_host if conn is not None else None
         try:
-            user = self.broker.authenticate(login, passcode or "", peer)
+            user = self.broker.authenticate(login, passcode or "", peer, identity)
         except BrokerError as exc:
+            if conn is not None:  # the failed-login back-off holds the ERROR back
+                conn.hold_output(getattr(exc, "delay_s", 0.0))
             raise StompError("Bad CONNECT", exc.text) from None
-        vhost = self.broker.open_vhost(self._vhost_name(headers.get("host")), user)
+        vhost_name = self._vhost_name(headers.get("host"))
+        vhost = self.broker.open_vhost(vhost_name, user, conn)
+        self.grant = self.broker.grant(user, vhost_name)
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
@@ -431,6 +441,9 @@ class StompSession:
             # RabbitMQ: a temp queue named in reply-to is created (and subscribed) on this
             # connection; the header is rewritten so that replies route back to it.
             props.reply_to = "/reply-queue/" + self._temp_queue(reply_to[12:])
+        grant = self.grant
+        grant.write("exchange", exchange)
+        grant.check_topic("write", exchange, routing_key)
         message = Message(exchange, routing_key, frame.body, props)
         self.conn.mark_publishing()
         tx = headers.get("transaction")
@@ -476,6 +489,7 @@ class StompSession:
     def _declare_queue(self, name: str, headers: dict, on_send: bool = False) -> None:
         """/queue/<name>: a durable shared queue (RabbitMQ); ``durable``/``auto-delete``/
         ``exclusive`` headers and ``x-`` queue arguments as RabbitMQ reads them."""
+        self.grant.configure("queue", name)
         self.vhost.declare_queue(
             name, durable=headers.get("durable", "true").lower() != "false",
             auto_delete=headers.get("auto-delete") == "true",
@@ -530,14 +544,20 @@ class StompSession:
             args = queue_arguments(headers)
             if name not in vhost.queues or args:
                 self._declare_queue(name, headers)
+            self.grant.read("queue", name)
             queue = name
         elif kind == AMQ_QUEUE:
             vhost.declare_queue(name, passive=True, owner=self)  # never declared: 404 if absent
+            self.grant.read("queue", name)
             queue = name
         elif kind in (TOPIC, EXCHANGE):
             exchange = "amq.topic" if kind == TOPIC else name
             binding_key = name if kind == TOPIC else key
             vhost.declare_exchange(exchange, passive=True)
+            # Read on the exchange and topic read only: never rights on the subscription queue
+            # made here for the client (unlike RabbitMQ, which asks configure/write on it).
+            self.grant.read("exchange", exchange)
+            self.grant.check_topic("read", exchange, binding_key)
             durable = (headers.get("durable", headers.get("persistent", "false")).lower() == "true"
                        and headers.get("auto-delete", "false").lower() != "true")
             queue_name = headers.get("x-queue-name", "")

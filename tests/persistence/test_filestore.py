@@ -185,7 +185,7 @@ async def test_stream_records_offsets_and_stored_retention_survive_restart(tmp_p
     first, nxt = stream.first_offset, stream.next_offset
     assert first > 0 and nxt == 100  # retention trimmed the head
     await broker.close()
-    files = os.listdir(tmp_path / "queues" / "%2F" / "events")
+    files = [f for f in os.listdir(tmp_path / "streams" / "%2F" / "events") if f.endswith(".seg")]
     assert "00000000000000000000.seg" not in files and len(files) < 6, files  # trimmed: deleted
 
     broker, vhost = await open_broker(tmp_path, segment_bytes=2048)
@@ -253,3 +253,18 @@ async def test_close_right_after_a_batch_finished_does_not_spin(tmp_path):
         await asyncio.sleep(0)  # wake as soon as it is done: its callback has not run yet
     await store.close()
     assert store._in_flight is None
+
+
+async def test_recovered_messages_are_marked_redelivered(tmp_path):
+    broker, vhost = await open_broker(tmp_path)
+    vhost.declare_queue("q", durable=True)
+    await vhost.publish("", "q", persistent(b"maybe delivered")).wait
+    consumer = Recorder()
+    vhost.consume("q", consumer)
+    assert consumer.deliveries[0].redelivered is False  # delivered, never acked: the crash
+    await broker.close()
+    broker, vhost = await open_broker(tmp_path)
+    consumer = Recorder()
+    vhost.consume("q", consumer)
+    assert [d.redelivered for d in consumer.deliveries] == [True]
+    await broker.close()

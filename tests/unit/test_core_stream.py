@@ -72,19 +72,38 @@ def test_credit_applies_to_stream_readers():
     assert c.bodies() == [b"m0", b"m1", b"m2"]
 
 
-def test_retention_by_bytes_and_age():
-    vhost, clock = stream({"x-max-length-bytes": 8})
-    for body in ("aaaa", "bbbb", "cccc"):
-        send(vhost, "", "s", body)
+def test_retention_by_bytes_deletes_whole_segments():
+    # Stored records are about 125 bytes (100-byte bodies): two fill a 150-byte segment.
+    vhost, _ = stream({"x-max-length-bytes": 600, "x-stream-max-segment-size-bytes": 150})
+    for body in "abcd":
+        send(vhost, "", "s", body * 100)
     s = vhost.queues["s"]
-    assert s.first_offset == 1 and reader(vhost, "first").bodies() == [b"bbbb", b"cccc"]
-    vhost2, clock2 = make_vhost()
-    vhost2.declare_queue("s", durable=True, arguments={"x-queue-type": "stream", "x-max-age": "10s"})
-    send(vhost2, "", "s", "old")
-    clock2.advance(6_000)
-    send(vhost2, "", "s", "young")
-    clock2.advance(5_000)
-    assert [m.body for m in vhost2.queues["s"].ready_messages()] == [b"young"]
+    assert s.first_offset == 0  # under 600 bytes in two segments
+    send(vhost, "", "s", "e" * 100)  # starts a third segment: the first (a, b) goes whole
+    assert s.first_offset == 2
+    assert [b[:1] for b in reader(vhost, "first").bodies()] == [b"c", b"d", b"e"]
+
+
+def test_retention_by_age_deletes_segments_whose_newest_record_is_too_old():
+    vhost, clock = stream({"x-max-age": "10s", "x-stream-max-segment-size-bytes": 3})
+    send(vhost, "", "s", "old")
+    clock.advance(6_000)
+    send(vhost, "", "s", "young")
+    clock.advance(5_000)
+    assert [m.body for m in vhost.queues["s"].ready_messages()] == [b"young"]
+
+
+def test_a_reader_in_a_deleted_segment_moves_to_the_new_first_offset():
+    # one record per segment, about two records' worth kept
+    vhost, _ = stream({"x-max-length-bytes": 300, "x-stream-max-segment-size-bytes": 100})
+    send(vhost, "", "s", "a" * 100)
+    slow = reader(vhost, "first", prefetch=1)
+    assert slow.bodies() == [b"a" * 100]
+    for body in "bcd":
+        send(vhost, "", "s", body * 100)
+    assert vhost.queues["s"].first_offset == 2  # b's segment is gone while slow held a
+    slow.deliveries[0].ack()
+    assert [b[:1] for b in slow.bodies()] == [b"a", b"c"]
 
 
 def test_stored_offsets_resume_a_named_reader():
@@ -98,6 +117,8 @@ def test_stored_offsets_resume_a_named_reader():
     assert vhost.queues["s"].query_offset("app") == 1
     b = reader(vhost, "first", "b", arguments={"x-stream-reference": "app"})
     assert b.bodies() == [b"m2"]
+    c = reader(vhost, "first", "c", arguments={"x-stream-reader": "app"})  # the other name
+    assert c.bodies() == [b"m2"]
 
 
 def test_bad_offset_spec():

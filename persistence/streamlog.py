@@ -1,0 +1,479 @@
+"""A stream's records on disk: segment files, a sparse offset and timestamp index per segment.
+
+Layout (see FORMAT.md)::
+
+    streams/<vhost>/<stream>/<base-offset>.seg   STREAM records, offset order
+    streams/<vhost>/<stream>/<base-offset>.idx   the index of a sealed segment
+    streams/<vhost>/<stream>/offsets/            stored reader offsets (a state log)
+
+Memory per stream is the index: one ``(offset, timestamp, position)`` triple per
+``INDEX_EVERY_BYTES`` of records, in a flat ``array('q')`` per segment (osiris and Kafka keep the
+same sparse index). Records are read back with ``pread`` in bounded chunks, from the position the
+index gives, and only up to the bytes the writer thread has written. Retention deletes whole
+segments, oldest first, never the one being written. Writes ride on the file store's batches
+(group commit, fsync policy, failure handling) as chunks of this log.
+
+A sealed segment's index is written next to it when the next segment starts; a restart trusts an
+index only if its CRC holds and it covers exactly the segment file's current length, and scans
+the segment otherwise (the segment being written is always scanned).
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import struct
+import sys
+from array import array
+from collections import deque
+from typing import Any, Awaitable
+
+import crc32c
+
+from .records import (FILE_HEADER_SIZE, RECORD_HEADER, RECORD_HEADER_SIZE, RECORD_MAGIC, STREAM,
+                      encode_record, file_header, parse_file_header, scan, segment_name)
+from .writer import Chunk
+
+log = logging.getLogger("manifold.persistence")
+
+#: one sparse index entry per this many bytes of records (and one for each segment's first)
+INDEX_EVERY_BYTES = 64 * 1024
+_TIMESTAMP = struct.Struct(">Q")
+INDEX_MAGIC = b"MFIDX\x00"
+INDEX_VERSION = 1
+# magic(6) version(u16) base(u64) segment_bytes(u64) last_offset(q) first_ts(q) last_ts(q) count(u32)
+INDEX_HEADER = struct.Struct(">6sHQQqqqI")
+_ENTRY = struct.Struct(">qqq")
+
+
+def _big_endian(values: array) -> array:
+    """The array in big-endian byte order (its own inverse), as every integer on disk is."""
+    if sys.byteorder == "little":
+        values = array(values.typecode, values)
+        values.byteswap()
+    return values
+
+
+def _stream_payload(timestamp_ms: int, data: bytes) -> bytes:
+    return _TIMESTAMP.pack(timestamp_ms) + data
+
+
+class StreamSegment:
+    __slots__ = ("base", "path", "size", "written", "last_offset", "first_ts", "last_ts",
+                 "index", "poisoned")
+
+    def __init__(self, base: int, path: str, size: int):
+        self.base = base
+        self.path = path
+        #: bytes of the file, handed to the writer or not
+        self.size = size
+        #: bytes of the file the writer has written (readable with pread)
+        self.written = size
+        self.last_offset = base - 1
+        self.first_ts = 0
+        self.last_ts = 0
+        #: sparse index, flat: offset, timestamp_ms, byte position, offset, ...
+        self.index = array("q")
+        self.poisoned = False
+
+    def note(self, offset: int, timestamp_ms: int, position: int) -> None:
+        """Account a record at ``position``; index it if it starts a new index interval."""
+        index = self.index
+        if not index or position - index[-1] >= INDEX_EVERY_BYTES:
+            index.extend((offset, timestamp_ms, position))
+        if self.last_offset < self.base:
+            self.first_ts = timestamp_ms
+        self.last_offset = offset
+        self.last_ts = timestamp_ms
+
+    def position_for(self, offset: int) -> int:
+        """Byte position of the last indexed record at or before ``offset``."""
+        offsets = self.index[0::3]
+        i = bisect.bisect_right(offsets, offset) - 1
+        return self.index[3 * i + 2] if i >= 0 else FILE_HEADER_SIZE
+
+    def entry_before_time(self, timestamp_ms: int) -> int:
+        """Offset of the last indexed record stamped before ``timestamp_ms`` (the segment's
+        base if none): reading on from there finds the first record at or after it."""
+        stamps = self.index[1::3]
+        i = bisect.bisect_left(stamps, timestamp_ms) - 1
+        return self.index[3 * i] if i >= 0 else self.base
+
+    def encode_index(self) -> bytes:
+        body = _big_endian(self.index).tobytes()
+        head = INDEX_HEADER.pack(INDEX_MAGIC, INDEX_VERSION, self.base, self.size,
+                                 self.last_offset, self.first_ts, self.last_ts,
+                                 len(self.index) // 3)
+        data = head + body
+        return data + struct.pack(">I", crc32c.crc32c(data))
+
+    def load_index(self, data: bytes, file_size: int) -> bool:
+        """Take a stored index if it is intact and covers exactly the file as it is now."""
+        if len(data) < INDEX_HEADER.size + 4:
+            return False
+        if crc32c.crc32c(data[:-4]) != struct.unpack(">I", data[-4:])[0]:
+            return False
+        magic, version, base, size, last, first_ts, last_ts, count = INDEX_HEADER.unpack_from(data)
+        if (magic != INDEX_MAGIC or version != INDEX_VERSION or base != self.base or
+                size != file_size or len(data) != INDEX_HEADER.size + count * _ENTRY.size + 4):
+            return False
+        entries = array("q")
+        entries.frombytes(data[INDEX_HEADER.size:-4])
+        self.index = _big_endian(entries)
+        self.size = self.written = size
+        self.last_offset, self.first_ts, self.last_ts = last, first_ts, last_ts
+        return True
+
+
+def parse_records(data: bytes, position: int, start: int = 0) -> tuple[list, int]:
+    """Whole STREAM records in ``data`` (read from byte ``position`` of a segment), from index
+    ``start``: ``[(offset, timestamp_ms, payload)]`` and how many bytes they took. Stops at a
+    record cut short by the end of ``data``; a corrupt record raises (the file was truncated at
+    recovery, so this is a fault of the disk)."""
+    out = []
+    pos = start
+    end = len(data)
+    view = memoryview(data)
+    while end - pos >= RECORD_HEADER_SIZE:
+        magic, _v, kind, _f, length, offset, crc = RECORD_HEADER.unpack_from(data, pos)
+        if magic != RECORD_MAGIC or kind != STREAM:
+            raise OSError(f"bad stream record at byte {position + pos}")
+        body_at = pos + RECORD_HEADER_SIZE
+        if end - body_at < length:
+            break
+        if crc32c.crc32c(view[body_at:body_at + length], crc32c.crc32c(view[pos:pos + 16])) != crc:
+            raise OSError(f"CRC mismatch in stream record at byte {position + pos}")
+        timestamp_ms = _TIMESTAMP.unpack_from(data, body_at)[0]
+        out.append((offset, timestamp_ms, bytes(view[body_at + 8:body_at + length])))
+        pos = body_at + length
+    return out, pos - start
+
+
+class FileStreamLog:
+    """One stream's segments. Offsets are assigned by the caller, in order, from
+    :attr:`next_offset`; a record is readable from disk once :attr:`written_offset` reached it."""
+
+    def __init__(self, store: Any, directory: str, segment_bytes: int):
+        self.store = store
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        self.segments: list[StreamSegment] = []
+        self._bases: list[int] = []
+        self.chunks: list[Chunk] = []
+        self.dropped = False
+        self.next_offset = 0
+        #: the highest offset whose bytes are written to its segment file
+        self.written_offset = -1
+        self.total_bytes = 0
+        self.recovery_problems: list[str] = []
+        #: called when more records became readable from disk (the owner's cache may shrink)
+        self.on_written: Any = None
+        self.offsets_log = store._log(os.path.join(directory, "offsets"))
+
+    @property
+    def first_offset(self) -> int:
+        return self.segments[0].base if self.segments else self.next_offset
+
+    # ------------------------------------------------------------------ recovery
+    def recover(self) -> None:
+        fs = self.store.fs
+        try:
+            names = sorted(fs.listdir(self.directory))
+        except FileNotFoundError:
+            names = []
+        seg_names = [n for n in names if n.endswith(".seg")]
+        for i, name in enumerate(seg_names):
+            path = os.path.join(self.directory, name)
+            idx_name = name[:-4] + ".idx"
+            last = i == len(seg_names) - 1
+            segment = None
+            if not last and idx_name in names:
+                segment = self._from_index(path, os.path.join(self.directory, idx_name))
+            if segment is None:
+                segment = self._scan(path)
+            if segment is None:
+                continue
+            self.segments.append(segment)
+            self._bases.append(segment.base)
+            self.total_bytes += segment.size
+            self.next_offset = max(self.next_offset, segment.last_offset + 1, segment.base)
+        for problem in self.recovery_problems:
+            log.warning("recovery: %s", problem)
+        self.written_offset = self.next_offset - 1
+
+    def _from_index(self, path: str, idx_path: str) -> StreamSegment | None:
+        fs = self.store.fs
+        try:
+            size = os.stat(path).st_size
+            data = fs.read_file(idx_path)
+        except OSError:
+            return None
+        base = int(os.path.basename(path)[:-4])
+        segment = StreamSegment(base, path, size)
+        return segment if segment.load_index(data, size) else None
+
+    def _scan(self, path: str) -> StreamSegment | None:
+        fs = self.store.fs
+        data = fs.read_file(path)  # one segment at a time (the segment size bounds it)
+        base = parse_file_header(data)
+        result = scan(data)
+        if base is None:
+            self.recovery_problems.append(f"{path}: {result.problem}; file removed")
+            fs.unlink(path)
+            return None
+        if result.problem is not None:
+            self.recovery_problems.append(f"{path}: {result.problem}; truncated, "
+                                          f"{len(data) - result.good_bytes} bytes dropped")
+            fd = fs.open(path, os.O_WRONLY)
+            try:
+                fs.ftruncate(fd, result.good_bytes)
+                fs.fsync(fd)
+            finally:
+                fs.close(fd)
+        segment = StreamSegment(base, path, result.good_bytes)
+        for record in result.records:
+            if record.kind == STREAM:
+                segment.note(record.msg_id, _TIMESTAMP.unpack_from(record.payload)[0],
+                             record.position)
+        return segment
+
+    # ------------------------------------------------------------------ writing (event loop side)
+    def append(self, offset: int, timestamp_ms: int, data: bytes) -> Awaitable[None] | None:
+        segment = self.segments[-1] if self.segments else None
+        if segment is None or segment.poisoned or segment.size >= self.segment_bytes:
+            chunk = self._rotate(offset)
+            segment = chunk.segment
+        else:
+            chunk = self._open_chunk(segment)
+        record = encode_record(STREAM, offset, _stream_payload(timestamp_ms, data))
+        segment.note(offset, timestamp_ms, segment.size)
+        chunk.data += record
+        chunk.ids.append(offset)
+        segment.size += len(record)
+        self.total_bytes += len(record)
+        self.next_offset = offset + 1
+        future = None
+        if self.store.fsync != "never":
+            future = self.store._loop.create_future()
+            chunk.waiters.append(future)
+        self.store._dirty(self)
+        return future
+
+    def _open_chunk(self, segment: StreamSegment) -> Chunk:
+        if self.chunks and self.chunks[-1].segment is segment and self.chunks[-1].ids:
+            return self.chunks[-1]
+        return self._new_chunk(segment, segment.size, False)
+
+    def _new_chunk(self, segment: Any, start: int, create: bool, path: str = "") -> Chunk:
+        chunk = Chunk(self, segment, path or segment.path, start, create)
+        self.chunks.append(chunk)
+        # Learn when the bytes are in the file, whatever the fsync policy, to read them back.
+        done = self.store._loop.create_future()
+        chunk.waiters.append(done)
+        done.add_done_callback(lambda f, c=chunk: self._chunk_written(c, f))
+        return chunk
+
+    def _chunk_written(self, chunk: Chunk, future: Any) -> None:
+        if future.cancelled() or future.exception() is not None or not chunk.ids:
+            return
+        segment = chunk.segment
+        segment.written = max(segment.written, chunk.start + len(chunk.data))
+        self.written_offset = max(self.written_offset, chunk.ids[-1])
+        if self.on_written is not None:
+            self.on_written()
+
+    def _rotate(self, base: int) -> Chunk:
+        if self.segments:
+            sealed = self.segments[-1]
+            # The sealed segment's index goes out after its last records (same batch order).
+            self._new_chunk(sealed, 0, True, sealed.path[:-4] + ".idx").data += \
+                sealed.encode_index()
+            base = max(base, sealed.base + 1)
+        path = os.path.join(self.directory, segment_name(base))
+        segment = StreamSegment(base, path, FILE_HEADER_SIZE)
+        segment.written = 0
+        self.segments.append(segment)
+        self._bases.append(base)
+        self.total_bytes += FILE_HEADER_SIZE
+        chunk = self._new_chunk(segment, 0, True)
+        chunk.data += file_header(base)
+        return chunk
+
+    def take_chunks(self) -> list[Chunk]:
+        chunks, self.chunks = self.chunks, []
+        return chunks
+
+    def chunk_failed(self, chunk: Chunk) -> None:
+        """The writer could not store ``chunk``: its records are lost (their publishers were
+        refused); the segment takes no more records, and readers skip the gap."""
+        segment = chunk.segment
+        if not chunk.ids or not isinstance(segment, StreamSegment):
+            return  # an index file: a restart scans the segment instead
+        segment.poisoned = True
+        index = segment.index
+        while index and index[-1] >= chunk.start:
+            del index[-3:]
+
+    # ------------------------------------------------------------------ reading
+    def read(self, offset: int, max_bytes: int) -> list[tuple[int, int, bytes]]:
+        """Records from the first one at or after ``offset`` (up to :attr:`written_offset`),
+        about ``max_bytes`` of them (at least one)."""
+        segments = self.segments
+        i = max(0, bisect.bisect_right(self._bases, offset) - 1)
+        while i < len(segments):
+            segment = segments[i]
+            if segment.last_offset >= offset and segment.written > FILE_HEADER_SIZE:
+                records = self._read_segment(segment, offset, max_bytes)
+                if records:
+                    return records
+            i += 1
+        return []
+
+    def _read_segment(self, segment: StreamSegment, offset: int, max_bytes: int) -> list:
+        position = segment.position_for(offset)
+        out: list = []
+        while position < segment.written and not out:
+            length = min(max(max_bytes, 4096), segment.written - position)
+            data = self.store._pread(segment.path, length, position)
+            records, used = parse_records(data, position)
+            if not records:
+                # One record bigger than the chunk: read exactly it.
+                size = RECORD_HEADER.unpack_from(data, 0)[4] + RECORD_HEADER_SIZE
+                data = self.store._pread(segment.path, size, position)
+                records, used = parse_records(data, position)
+                if not records:
+                    raise OSError(f"{segment.path}: unreadable record at byte {position}")
+            out = [r for r in records if offset <= r[0] <= self.written_offset]
+            position += used
+            if records[-1][0] >= self.written_offset:
+                break
+        return out
+
+    def offset_at(self, timestamp_ms: int) -> int:
+        """The first record stamped at or after ``timestamp_ms`` (next_offset if none)."""
+        for segment in self.segments:
+            if segment.last_ts < timestamp_ms or segment.last_offset < segment.base:
+                continue
+            if segment.written <= FILE_HEADER_SIZE:
+                break  # not readable yet: the caller's cache holds the tail
+            offset = segment.entry_before_time(timestamp_ms)
+            while True:
+                records = self._read_segment(segment, offset, 64 * 1024)
+                if not records:
+                    break
+                for record_offset, stamp, _ in records:
+                    if stamp >= timestamp_ms:
+                        return record_offset
+                offset = records[-1][0] + 1
+        return self.next_offset
+
+    # ------------------------------------------------------------------ retention
+    def trim(self, max_bytes: int | None, oldest_ms: int | None) -> int:
+        """Delete whole segments from the head (never the one being written) while the stream is
+        over ``max_bytes`` or the segment's newest record is older than ``oldest_ms``. Returns
+        how many segments went."""
+        gone = []
+        segments = self.segments
+        while len(segments) > 1 and (
+                (max_bytes is not None and self.total_bytes > max_bytes) or
+                (oldest_ms is not None and segments[0].last_ts < oldest_ms)):
+            if segments[0].last_offset > self.written_offset:
+                break  # still being written: read from it, delete it later
+            segment = segments.pop(0)
+            self._bases.pop(0)
+            self.total_bytes -= segment.size
+            self.store._forget_read(segment.path)
+            gone += [segment.path, segment.path[:-4] + ".idx"]
+        if gone:
+            self.store._unlink_later(gone)
+        return len(gone) // 2
+
+    def drop(self) -> None:
+        self.dropped = True
+        for chunk in self.chunks:
+            for waiter in chunk.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        self.chunks.clear()
+        for segment in self.segments:
+            self.store._forget_read(segment.path)
+        self.offsets_log.drop()
+        self.store._forget(self)
+
+
+class MemoryStreamLog:
+    """The same interface with the records in memory, for a broker without a data directory;
+    segments (lists of records) keep retention whole-segment, as on disk."""
+
+    def __init__(self, segment_bytes: int, memory: Any = None):
+        self.segment_bytes = segment_bytes
+        self.memory = memory
+        self.segments: deque[list[tuple[int, int, bytes]]] = deque()
+        self._sizes: deque[int] = deque()
+        self.next_offset = 0
+        self.total_bytes = 0
+        self.offsets_log = None
+        self.on_written: Any = None
+
+    @property
+    def first_offset(self) -> int:
+        return self.segments[0][0][0] if self.segments else self.next_offset
+
+    @property
+    def written_offset(self) -> int:
+        return self.next_offset - 1
+
+    def recover(self) -> None:
+        pass
+
+    def append(self, offset: int, timestamp_ms: int, data: bytes) -> None:
+        if not self.segments or self._sizes[-1] >= self.segment_bytes:
+            self.segments.append([])
+            self._sizes.append(0)
+        self.segments[-1].append((offset, timestamp_ms, data))
+        self._sizes[-1] += len(data)
+        self._account(len(data))
+        self.next_offset = offset + 1
+        return None
+
+    def _account(self, delta: int) -> None:
+        self.total_bytes += delta
+        if self.memory is not None:
+            self.memory.add(delta)
+
+    def read(self, offset: int, max_bytes: int) -> list[tuple[int, int, bytes]]:
+        out: list = []
+        size = 0
+        for segment in self.segments:
+            if segment[-1][0] < offset:
+                continue
+            start = max(0, offset - segment[0][0])
+            for record in segment[start:]:
+                out.append(record)
+                size += len(record[2])
+                if size >= max_bytes:
+                    return out
+        return out
+
+    def offset_at(self, timestamp_ms: int) -> int:
+        for segment in self.segments:
+            if segment[-1][1] < timestamp_ms:
+                continue
+            stamps = [r[1] for r in segment]
+            return segment[bisect.bisect_left(stamps, timestamp_ms)][0]
+        return self.next_offset
+
+    def trim(self, max_bytes: int | None, oldest_ms: int | None) -> int:
+        count = 0
+        while len(self.segments) > 1 and (
+                (max_bytes is not None and self.total_bytes > max_bytes) or
+                (oldest_ms is not None and self.segments[0][-1][1] < oldest_ms)):
+            self.segments.popleft()
+            self._account(-self._sizes.popleft())
+            count += 1
+        return count
+
+    def drop(self) -> None:
+        self.segments.clear()
+        self._sizes.clear()
+        self._account(-self.total_bytes)

@@ -1,0 +1,80 @@
+"""What SQS state outlives a broker restart: queues with their attributes, messages, receipt
+handles (DeleteMessage still deletes), the FIFO deduplication window."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .sqs_helpers import sqs_client
+
+
+def restart(make_broker, broker):
+    broker.stop()
+    broker.stop = lambda: None  # the fixture's teardown must not stop it twice
+    return make_broker()
+
+
+def test_queue_attributes_and_messages_survive(make_broker):
+    broker = make_broker()
+    sqs = sqs_client(broker)
+    dlq = sqs.create_queue(QueueName="dead")["QueueUrl"]
+    url = sqs.create_queue(QueueName="keep", Attributes={
+        "VisibilityTimeout": "77", "RedrivePolicy": json.dumps({
+            "deadLetterTargetArn": "arn:aws:sqs:us-east-1:000000000000:dead",
+            "maxReceiveCount": 3})}, tags={"a": "b"})["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="persisted", MessageAttributes={
+        "n": {"DataType": "Number.float", "StringValue": "2.50"}})
+    broker = restart(make_broker, broker)
+    sqs = sqs_client(broker)
+    url = sqs.get_queue_url(QueueName="keep")["QueueUrl"]
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attrs["VisibilityTimeout"] == "77"
+    assert json.loads(attrs["RedrivePolicy"])["maxReceiveCount"] == 3
+    assert sqs.list_queue_tags(QueueUrl=url)["Tags"] == {"a": "b"}
+    (message,) = sqs.receive_message(QueueUrl=url, MessageAttributeNames=["All"])["Messages"]
+    assert message["Body"] == "persisted"
+    assert message["MessageAttributes"]["n"] == {"DataType": "Number.float",
+                                                 "StringValue": "2.50"}
+    dlq = sqs.get_queue_url(QueueName="dead")["QueueUrl"]
+    sources = sqs.list_dead_letter_source_queues(QueueUrl=dlq)["queueUrls"]
+    assert [u.rsplit("/", 1)[1] for u in sources] == ["keep"]
+
+
+def test_receipt_handle_from_before_a_restart_still_deletes(make_broker):
+    broker = make_broker()
+    sqs = sqs_client(broker)
+    url = sqs.create_queue(QueueName="handles")["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="one")
+    sqs.send_message(QueueUrl=url, MessageBody="two")
+    received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert [m["Body"] for m in received] == ["one", "two"]
+    broker = restart(make_broker, broker)
+    sqs = sqs_client(broker)
+    with pytest.raises(sqs.exceptions.MessageNotInflight):
+        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=received[0]["ReceiptHandle"],
+                                      VisibilityTimeout=5)
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=received[0]["ReceiptHandle"])
+    left = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert [m["Body"] for m in left] == ["two"]
+
+
+def test_fifo_deduplication_window_survives_a_restart(make_broker):
+    broker = make_broker()
+    sqs = sqs_client(broker)
+    url = sqs.create_queue(QueueName="once.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
+    first = sqs.send_message(QueueUrl=url, MessageBody="x", MessageGroupId="g",
+                             MessageDeduplicationId="order-1")
+    (message,) = sqs.receive_message(QueueUrl=url)["Messages"]
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    broker = restart(make_broker, broker)
+    sqs = sqs_client(broker)
+    again = sqs.send_message(QueueUrl=url, MessageBody="x", MessageGroupId="g",
+                             MessageDeduplicationId="order-1")
+    assert again["MessageId"] == first["MessageId"]
+    assert "Messages" not in sqs.receive_message(QueueUrl=url)
+    later = sqs.send_message(QueueUrl=url, MessageBody="y", MessageGroupId="g",
+                             MessageDeduplicationId="order-2")
+    assert int(later["SequenceNumber"]) > int(first["SequenceNumber"])
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["FifoQueue"])["Attributes"]
+    assert attrs == {"FifoQueue": "true"}
