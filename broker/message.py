@@ -85,19 +85,8 @@ class Message:
         self.timestamp_ms = timestamp_ms
 
     @property
-    def persistent(self) -> bool:
-        return self.properties.delivery_mode == 2
-
-    @property
     def headers(self) -> dict[str, Any]:
         return self.properties.headers or {}
-
-    def with_changes(self, *, exchange: str | None = None, routing_key: str | None = None,
-                     properties: Properties | None = None) -> "Message":
-        return Message(self.exchange if exchange is None else exchange,
-                       self.routing_key if routing_key is None else routing_key,
-                       self.body, self.properties if properties is None else properties,
-                       None, self.timestamp_ms)
 
     def __repr__(self) -> str:
         return (f"Message({self.exchange!r}, {self.routing_key!r}, {self.body[:32]!r}, "

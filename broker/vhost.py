@@ -27,8 +27,6 @@ log = logging.getLogger("manifold.broker")
 STANDARD_EXCHANGES = (("amq.direct", "direct"), ("amq.fanout", "fanout"),
                       ("amq.topic", "topic"), ("amq.headers", "headers"), ("amq.match", "headers"))
 
-Exchange.is_exchange = True  # destinations tell queues from exchanges by this flag
-
 
 class QueueInfo:
     __slots__ = ("name", "message_count", "consumer_count")
@@ -216,7 +214,7 @@ class VirtualHost:
         self.exchanges.pop(exchange.name, None)
         self._durable_changed(exchange)
         self._exchange_bindings -= sum(1 for b in exchange.bindings.values()
-                                       if getattr(b.destination, "is_exchange", False))
+                                       if b.destination.is_exchange)
         exchange.bindings.clear()
         for other in list(self.exchanges.values()):
             self._exchange_bindings -= other.unbind_all(exchange)
@@ -459,6 +457,10 @@ class VirtualHost:
         if ex.internal:
             raise AccessRefused(f"cannot publish to internal exchange '{exchange}' in vhost "
                                 f"'{self.name}'")
+        if not message.timestamp_ms and message.properties.expiration is not None:
+            # The publish time, from which a consumer is told how much of the lifetime is left
+            # (MQTT 5 Message Expiry Interval [MQTT-3.3.2-6]); read only for expiring messages.
+            message.timestamp_ms = self.clock.now_ms()
         routed = 0
         rejected = False
         waits = None

@@ -899,20 +899,6 @@ def deliver_prefix(channel: int, ctag: bytes, exchange_and_key_len: int) -> byte
     return _frame_header.pack(FRAME_METHOD, channel, size) + b"\x00\x3c\x00\x3c" + ctag
 
 
-def deliver_tail(channel: int, exchange_and_key: bytes, header_payload: bytes,
-                 body: bytes) -> bytes:
-    """Everything after a Basic.Deliver's delivery tag and redelivered bit: exchange, routing
-    key, frame end, the content header frame and one body frame (body within frame_max)."""
-    pack = _frame_header.pack
-    parts = [exchange_and_key, b"\xce", pack(FRAME_HEADER, channel, len(header_payload)),
-             header_payload]
-    if body:
-        parts.append(b"\xce" + pack(FRAME_BODY, channel, len(body)))
-        parts.append(body)
-    parts.append(b"\xce")
-    return b"".join(parts)
-
-
 def deliver_frames(channel: int, ctag: bytes, delivery_tag: int, redelivered: bool,
                    exchange_and_key: bytes, header_payload: bytes, body: bytes,
                    frame_max: int, out: list) -> None:

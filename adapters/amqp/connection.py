@@ -75,7 +75,6 @@ class ConnectionMethods:
         self.cancel_notify = bool(caps.get("consumer_cancel_notify"))
         self.blocked_notify = bool(caps.get("connection.blocked"))
         mechanism = m.mechanism or ""
-        self._mechanism = mechanism
         response = _as_bytes(m.response)
         if mechanism == "PLAIN":
             parts = response.split(b"\x00")
@@ -168,4 +167,3 @@ class ConnectionMethods:
 
     def _update_secret(self, m: Any) -> None:
         self.send(replies.connection_update_secret_ok())
-

@@ -147,7 +147,6 @@ class MqttSession:
         self._flush_scheduled = False
         self._pending_acks: list | None = None  # [ready, packet] in order, while waits run
         self._clean_disconnect = False
-        self._taken_over = False
         self._closing = False
         #: topic -> routing key, for the topics this client publishes to (bounded)
         self._keys: dict[str, str] = {}
@@ -391,7 +390,6 @@ class MqttSession:
         state = server.sessions.get(client_id)
         if state is not None and state.conn is not None:
             old = state.conn
-            old._taken_over = True
             old._disconnect(c.SESSION_TAKEN_OVER, "session taken over by a new connection")
             # Run its end now, so the session is free for this connection (its will follows the
             # normal rules: sent now without a delay, else cancelled just below).

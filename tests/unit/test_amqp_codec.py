@@ -15,7 +15,7 @@ from pamqp import frame as pframe
 from manifold.adapters.amqp import codec
 from manifold.adapters.amqp.codec import (NEED_DATA, PROTOCOL_HEADER, Ack, Decoder, FrameError, Heartbeat,
                                  Method, ProtocolHeaderMismatch, ProtocolHeaderReceived, Publish)
-from manifold.broker.message import Properties
+from manifold.broker.message import Message, Properties
 
 # Basic.Publish(exchange="ex", routing_key="rk", mandatory=True) on channel 1
 PUBLISH = (b"\x01\x00\x01\x00\x00\x00\x0d"            # method frame, channel 1, 13 bytes
@@ -239,13 +239,15 @@ def test_deliver_frames_match_the_spec_bytes():
     assert body.value == b"hi" and used == len(data)
 
 
-def test_prefix_and_tail_build_the_same_bytes_as_deliver_frames():
-    header = codec.content_header_payload(Properties(message_id="m"), 3)
+def test_prefix_and_cached_tail_build_the_same_bytes_as_deliver_frames():
+    # the delivery fast path of adapters/amqp/channel.py against the general one
+    message = Message("e", "k", b"abc", Properties(message_id="m"))
+    encoded = codec.Encoded.of(message)
     out: list = []
-    codec.deliver_frames(5, codec.shortstr("c"), 2, False, b"\x01e\x01k", header, b"abc",
-                         131072, out)
-    fast = (codec.deliver_prefix(5, codec.shortstr("c"), 4) + struct.pack(">QB", 2, False) +
-            codec.deliver_tail(5, b"\x01e\x01k", header, b"abc"))
+    codec.deliver_frames(5, codec.shortstr("c"), 2, False, encoded.exchange_and_key,
+                         encoded.header, b"abc", 131072, out)
+    fast = (codec.deliver_prefix(5, codec.shortstr("c"), len(encoded.exchange_and_key)) +
+            struct.pack(">QB", 2, False) + encoded.tail_for(5, 3) + b"abc" + b"\xce")
     assert fast == b"".join(bytes(x) for x in out)
 
 
