@@ -17,7 +17,7 @@ from typing import Any
 
 from manifold.broker.errors import BrokerError
 
-from . import codec, replies
+from . import codec, fields, replies
 from .codec import u32
 from .errors import AMQPError
 
@@ -62,7 +62,7 @@ class ConnectionMethods:
         # EXTERNAL (the verified TLS client certificate's CN is the user, as RabbitMQ's
         # rabbitmq-auth-mechanism-ssl) only when there is such a certificate.
         mechanisms = "PLAIN AMQPLAIN" + (" EXTERNAL" if self.conn.tls_identity else "")
-        payload = (b"\x00\x09" + codec.encode_table(props) + codec.longstr(mechanisms) +
+        payload = (b"\x00\x09" + fields.encode_table(props) + codec.longstr(mechanisms) +
                    codec.longstr("en_US"))
         self.out.append(replies.connection_start(payload))
         self.state = AWAIT_START_OK
@@ -84,7 +84,7 @@ class ConnectionMethods:
                 parts[2].decode("utf-8", "replace")
         elif mechanism == "AMQPLAIN":
             try:
-                table, _ = codec.decode_table(u32(len(response)) + response)
+                table, _ = fields.decode_table(u32(len(response)) + response)
             except (ValueError, IndexError) as exc:
                 raise AMQPError(403, f"ACCESS_REFUSED - malformed AMQPLAIN response: {exc}",
                                 True) from None
