@@ -29,6 +29,7 @@ from manifold.broker.message import Message, Properties
 
 from . import codec as c
 from . import topics
+from .decoder import MqttDecoder
 from .server import (NEVER_EXPIRES, TOPIC_EXCHANGE, MqttMessage, MqttServer, Outbound,
                      SessionState, Subscription)
 
@@ -122,7 +123,7 @@ class MqttSession:
     def __init__(self, server: MqttServer):
         self.server = server
         self.settings = server.mqtt
-        self.decoder = c.MqttDecoder("server", max_packet_size=self.settings.max_packet_bytes)
+        self.decoder = MqttDecoder("server", max_packet_size=self.settings.max_packet_bytes)
         self.conn: Any = None
         self.state_name = AWAIT_CONNECT
         self.version = c.MQTT_3_1_1

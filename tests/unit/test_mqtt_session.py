@@ -6,6 +6,7 @@ import asyncio
 import pytest
 
 from manifold.adapters.mqtt import codec as c
+from manifold.adapters.mqtt.decoder import MqttDecoder
 from manifold.adapters.mqtt.server import MqttServer
 from manifold.adapters.mqtt.session import MqttSession
 from manifold.broker.core import Broker
@@ -21,7 +22,7 @@ class Client:
         self.conn = FakeConnection()
         self.session.connection_made(self.conn)  # type: ignore[arg-type]
         self.version = version
-        self.decoder = c.MqttDecoder("client", version=version)
+        self.decoder = MqttDecoder("client", version=version)
 
     def send(self, packet: c.Packet) -> None:
         self.session.data_received(c.serialize(packet, self.version))
