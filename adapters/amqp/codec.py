@@ -45,7 +45,6 @@ _frame_header = struct.Struct(">BHI")
 _u16 = struct.Struct(">H")
 _u32 = struct.Struct(">I")
 _u64 = struct.Struct(">Q")
-_i64 = struct.Struct(">q")
 _two_u16 = struct.Struct(">HH")
 _content_header_head = struct.Struct(">HHQH")  # class, weight, body size, property flags
 _ack = struct.Struct(">QB")

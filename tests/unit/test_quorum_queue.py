@@ -134,18 +134,23 @@ class PendingStore:
         return lambda *a, **k: None
 
 
-async def test_at_least_once_settles_the_source_only_after_the_target_write():
-    vhost, _ = make_vhost(store=PendingStore())
-    store = vhost.store
+def _rejected_on_disk():
+    """A durable at-least-once quorum queue whose one persistent message was just rejected
+    into a durable dead-letter queue; writes complete when the test says so."""
+    vhost, clock = make_vhost(store=PendingStore())
     vhost.declare_exchange("dlx", "fanout")
     vhost.declare_queue("dead", durable=True)
     vhost.bind_queue("dead", "dlx", "")
     vhost.declare_queue("q", durable=True, arguments=AT_LEAST_ONCE)
     send(vhost, "", "q", "durable", delivery_mode=2)
-    store.logs["q"].pending[0].set_result(None)
     c = Recorder()
     vhost.consume("q", c)
     c.deliveries[0].reject(requeue=False)
+    return vhost.store, clock
+
+
+async def test_at_least_once_settles_the_source_only_after_the_target_write():
+    store, _ = _rejected_on_disk()
     assert store.logs["q"].settled == []  # the dead-letter queue's write is still pending
     store.logs["dead"].pending[0].set_result(None)
     await asyncio.sleep(0)
@@ -154,16 +159,7 @@ async def test_at_least_once_settles_the_source_only_after_the_target_write():
 
 
 async def test_at_least_once_retries_after_a_failed_target_write():
-    vhost, clock = make_vhost(store=PendingStore())
-    store = vhost.store
-    vhost.declare_exchange("dlx", "fanout")
-    vhost.declare_queue("dead", durable=True)
-    vhost.bind_queue("dead", "dlx", "")
-    vhost.declare_queue("q", durable=True, arguments=AT_LEAST_ONCE)
-    send(vhost, "", "q", "durable", delivery_mode=2)
-    c = Recorder()
-    vhost.consume("q", c)
-    c.deliveries[0].reject(requeue=False)
+    store, clock = _rejected_on_disk()
     store.logs["dead"].pending[0].set_exception(OSError("disk full"))
     await asyncio.sleep(0)
     await asyncio.sleep(0)
