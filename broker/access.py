@@ -191,6 +191,29 @@ class LoginBackoff:
         return min(self.max_s, BACKOFF_TARGET_S * (count - self.free) / steps)
 
 
+class HashBudget:
+    """Bounds the event-loop time spent in scrypt: at most ``share`` of each second. A password
+    hash is checked on the loop (adapters log in synchronously) when the in-memory HMAC of a
+    verified password does not answer (a user's first login since start, or a wrong password),
+    so without a bound a flood of wrong passwords could stall every client. Past the budget such
+    logins are refused at once; users who logged in before are not affected."""
+
+    def __init__(self, share: float = 0.25, clock: Callable[[], float] = time.monotonic):
+        self.share = share
+        self.clock = clock
+        self._window_start = 0.0
+        self._spent = 0.0
+
+    def allow(self) -> bool:
+        now = self.clock()
+        if now - self._window_start >= 1.0:
+            self._window_start, self._spent = now, 0.0
+        return self._spent < self.share
+
+    def charge(self, seconds: float) -> None:
+        self._spent += seconds
+
+
 class LoginRefused(AccessRefused):
     """A failed login; ``delay_s`` is how long the adapter holds its refusal back (back-off)."""
 
@@ -208,6 +231,7 @@ class AccessControl:
         self.backoff = LoginBackoff(server.login_failures_free, server.login_backoff_max_s, clock)
         self.identity_as_username = settings.tls.identity_as_username
         self._key = os.urandom(32)  # keys the in-memory password HMACs; never leaves the process
+        self.hash_budget = HashBudget(clock=clock)
         self.accounts: dict[str, _Account] = {}
         self.permissions: dict[tuple[str, str], Permission] = {}
         self.topic_permissions: dict[tuple[str, str], dict[str, TopicPermission]] = {}
@@ -396,14 +420,15 @@ class AccessControl:
         EXTERNAL mechanism) or ``[tls] identity_as_username`` and no password, it names the user
         and no password is checked."""
         address = peer_host or ""
-        if identity is not None and (external or (self.identity_as_username and not password)):
+        if identity is not None and self.identity_as_username and (external or not password):
             account = self.accounts.get(identity)
             if account is None:
                 raise LoginRefused(f"certificate identity '{identity}' is not a user",
                                    self.backoff.failed(address))
             return self._check_loopback(account.user, peer_host)
         if external:
-            raise LoginRefused("EXTERNAL login needs a verified client certificate",
+            raise LoginRefused("EXTERNAL login needs a verified client certificate and [tls] "
+                               "identity_as_username",
                                self.backoff.failed(address))
         account = self.accounts.get(username or "")
         if account is None or password is None or not self._password_ok(account, password):
@@ -421,14 +446,21 @@ class AccessControl:
         mac = self._mac(account.user.name, password)
         if account.verified is not None and hmac.compare_digest(mac, account.verified):
             return True
-        if account.hashing_algorithm:
+        if not account.password_hash:
+            return False
+        if not self.hash_budget.allow():
+            log.warning("login of '%s' refused unchecked: password hashing is over its share of "
+                        "the event loop (a flood of failed logins?)", account.user.name)
+            return False
+        start = time.perf_counter()
+        if account.hashing_algorithm:  # a hash imported from RabbitMQ's definitions
             ok = rabbit_hash.verify(account.password_hash, account.hashing_algorithm, password)
         else:
-            ok = bool(account.password_hash) and verify_password(account.password_hash, password)
+            ok = verify_password(account.password_hash, password)
+        self.hash_budget.charge(time.perf_counter() - start)
         if ok:
             account.verified = mac
-            return True
-        return False
+        return ok
 
     def user(self, name: str) -> User | None:
         account = self.accounts.get(name)

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--management-port", type=int, metavar="PORT",
                        help="management API, /metrics and dashboard (15672; 0 disables)")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--smtp-url", metavar="URL",
+                       help="SMTP relay for SNS email subscriptions, smtp://HOST:PORT")
     serve.add_argument("--log-format", choices=("text", "json"), default="text",
                        help="json: one JSON object per line, with the fields of each event")
     serve.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain): opens the "
@@ -118,6 +120,8 @@ def settings_from_args(args: argparse.Namespace):
         settings = settings.replace("tls", **tls)
     if args.ws_port is not None:
         settings = settings.replace("websocket", port=args.ws_port, enabled=args.ws_port != 0)
+    if args.smtp_url is not None:
+        settings = settings.replace("sns", smtp_url=args.smtp_url)
     for listener in ("http", "management"):  # port 0 here disables, as in the docs
         port = getattr(args, f"{listener}_port")
         if port is not None:

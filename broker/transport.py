@@ -413,10 +413,13 @@ class Connection(asyncio.Protocol):
         self._wrote(transport)
 
     def _write_layered(self, data: bytes | bytearray | memoryview) -> None:
-        if self._ws is not None:
-            self._ws.wrap(data)
-        else:
-            self._write_raw(self._tls.wrap(bytes(data)))  # type: ignore[union-attr]
+        try:
+            if self._ws is not None:
+                self._ws.wrap(data)
+            else:
+                self._write_raw(self._tls.wrap(bytes(data)))  # type: ignore[union-attr]
+        except ssl.SSLError as exc:  # the TLS session broke: this connection ends, nothing else
+            self.abort(f"TLS error: {exc.reason or exc}")
 
     def _wrote(self, transport: asyncio.Transport) -> None:
         self.last_write = self._loop.time()  # type: ignore[union-attr]

@@ -74,7 +74,6 @@ class AMQPSession(ConnectionMethods, EntityMethods, BasicMethods, TransactionMet
         self._in_receive = False
         self._flush_scheduled = False
         self._close_timer: asyncio.TimerHandle | None = None
-        self._mechanism = ""
 
     # ---------------------------------------------------------------- transport callbacks
     def connection_made(self, conn: Any) -> None:

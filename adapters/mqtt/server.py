@@ -114,10 +114,13 @@ class SessionConsumer(Consumer):
     """The session's consumer on its own queue or on a shared-subscription queue. Credit is the
     session's in-flight window (client Receive Maximum) and the connection's output buffer."""
 
-    def __init__(self, tag: str, state: "SessionState", share: Subscription | None):
+    def __init__(self, tag: str, state: "SessionState", share: Subscription | None,
+                 share_queue: str | None = None):
         super().__init__(tag, owner=state)
         self.state = state
+        #: the shared subscription and its group's queue, for a shared-subscription member
         self.share = share
+        self.share_queue = share_queue
 
     def has_credit(self) -> bool:
         conn = self.state.conn
@@ -247,7 +250,7 @@ class SessionState:
             self.vhost.consume(self.queue_name, self.consumer)
         for topic_filter, consumer in self.shared.items():
             if consumer.queue is None:
-                self.vhost.consume(consumer.share_queue, consumer)  # type: ignore[attr-defined]
+                self.vhost.consume(consumer.share_queue, consumer)
 
     def detach(self) -> None:
         """The connection ended; the session stays (persistent) until it expires."""
@@ -385,9 +388,8 @@ class MqttServer:
             state.vhost.bind_queue(name, TOPIC_EXCHANGE, sub.key, None)
             entry = self.share_groups[key] = [name, 0]
         entry[1] += 1
-        consumer = SessionConsumer(f"mqtt-{state.client_id}-{sub.topic_filter}", state, sub)
-        consumer.share_queue = entry[0]  # type: ignore[attr-defined]
-        consumer.no_ack = False
+        consumer = SessionConsumer(f"mqtt-{state.client_id}-{sub.topic_filter}", state, sub,
+                                   entry[0])
         if state.conn is not None:
             state.vhost.consume(entry[0], consumer)
         return consumer
