@@ -11,7 +11,6 @@ import asyncio
 import getpass
 import importlib
 import importlib.util
-import logging
 import sys
 from typing import Any
 

@@ -12,7 +12,7 @@ from aiohttp import web
 from manifold.broker import introspect
 
 from . import listing
-from .auth import MANAGEMENT_TAGS, require_admin, require_read
+from .auth import require_admin, require_read
 from .context import Context, body_json
 from .errors import json_error
 
@@ -396,5 +396,3 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/consumers", list_consumers)
     r.add_get("/api/consumers/{vhost}", list_consumers)
 
-
-__all__ = ["add_routes", "MANAGEMENT_TAGS"]
