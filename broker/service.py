@@ -35,6 +35,8 @@ PROTOCOLS = ("amqp", "mqtt", "stomp")
 WEBSOCKET_PROTOCOLS = ("mqtt", "stomp")
 #: settings section -> adapter package serving HTTP on that section's port
 HTTP_LISTENERS = {"http": "aws", "management": "management"}
+#: where an HTTP adapter's application finds the Service (its open connections, ports, servers)
+SERVICE_KEY: web.AppKey = web.AppKey("manifold.service", object)
 
 
 def load_adapter(name: str, entry_point: str = "make_server") -> Any | None:
@@ -146,7 +148,7 @@ class Service:
         if not section.enabled or adapter is None:
             return
         app = adapter.make_http_app(self.broker, self.settings)
-        app["service"] = self
+        app[SERVICE_KEY] = self
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         https = self.tls_context is not None and self.settings.tls.https

@@ -1,7 +1,7 @@
 """The management adapter: RabbitMQ's HTTP API, ``/metrics`` and the dashboard on one aiohttp app.
 
 ``broker/service.py`` finds this package by name and serves ``make_http_app(broker, settings)`` on
-``[management] port`` (15672), putting the Service in ``app["service"]`` (its open connections).
+``[management] port`` (15672), putting the Service in ``app[SERVICE_KEY]`` (its open connections).
 Modules: auth (basic auth, tags), api (queues, exchanges, bindings, publish, get), api_admin
 (overview, users, connections...), definitions (import/export), metrics (Prometheus), stats (rates
 and history), listing (paging, sorting, columns), dashboard (the web page), cli (``manifold``

@@ -9,6 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
+from manifold.broker.service import SERVICE_KEY
+
 from .auth import Principal, require_read, require_write
 from .errors import json_error
 
@@ -27,7 +29,7 @@ class Context:
 
     @property
     def service(self) -> Any:
-        return self.request.app.get("service")
+        return self.request.app.get(SERVICE_KEY)
 
     def connections(self) -> list:
         service = self.service
