@@ -31,9 +31,24 @@ def browser():
 
 
 def wait(driver, condition, timeout_s=15, what="the page"):
+    # The page re-renders its table every few seconds: an element found just before that is
+    # stale, so the condition is simply tried again.
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
-    return WebDriverWait(driver, timeout_s, poll_frequency=0.1).until(
+    return WebDriverWait(driver, timeout_s, poll_frequency=0.1,
+                         ignored_exceptions=[StaleElementReferenceException]).until(
         lambda d: condition(d), message=f"timed out waiting for {what}")
+
+
+def click_action(driver, row_key, action):
+    """Click a row's action button (retried if the table re-rendered in between)."""
+    from selenium.webdriver.common.by import By
+
+    def click(d):
+        d.find_element(By.CSS_SELECTOR, f'#table tbody tr[data-name="{row_key}"] '
+                                        f'button[data-action="{action}"]').click()
+        return True
+    wait(driver, click, what=f"the {action} button of {row_key}")
 
 
 def sign_in(driver, url):
@@ -80,8 +95,7 @@ def test_charts_queue_table_and_purge(make_broker, browser):
             assert canvas.size["width"] > 100 and canvas.size["height"] > 50
         assert browser.find_element(By.ID, "card-messages").text == "7"
         # purge from the page, with confirmation
-        row = browser.find_element(By.CSS_SELECTOR, '#table tbody tr[data-name="//dashboard-q"]')
-        row.find_element(By.CSS_SELECTOR, 'button[data-action="purge"]').click()
+        click_action(browser, "//dashboard-q", "purge")
         wait(browser, lambda d: d.find_element(By.ID, "dialog").is_displayed(),
              what="the confirmation dialog")
         assert "dashboard-q" in browser.find_element(By.ID, "dialog-title").text
@@ -117,6 +131,17 @@ def test_search_and_sort(make_broker, browser):
     wait(browser, lambda d: names(d) == ["//beta", "//gamma", "//alpha"], what="sorted rows")
     browser.find_element(By.ID, "search").send_keys("gam")
     wait(browser, lambda d: names(d) == ["//gamma"], what="the filtered row")
+    # a stream offers no get or purge (streams cannot be purged)
+    s.put(url + "/api/queues/%2F/log", json={"durable": True,
+                                             "arguments": {"x-queue-type": "stream"}},
+          timeout=TIMEOUT_S).raise_for_status()
+    search = browser.find_element(By.ID, "search")
+    search.clear()
+    search.send_keys("log")
+    wait(browser, lambda d: names(d) == ["//log"], what="the stream row")
+    wait(browser, lambda d: [b.get_attribute("data-action") for b in d.find_elements(
+        By.CSS_SELECTOR, '#table tbody tr[data-name="//log"] button')] == ["publish", "delete"],
+         what="only publish and delete on the stream row")
 
 
 def test_unreachable_broker_is_said_clearly(tmp_path, browser):

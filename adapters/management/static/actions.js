@@ -105,13 +105,14 @@ function confirmDanger(title, text, ok, run) {
 
 export function actionsFor(tab, refresh) {
   if (tab === "queues") {
+    // Streams are logs: read by consumers at an offset, never fetched with get nor purged.
     return (row) => [
-      { id: "get", label: "Get", run: () => getDialog(row, refresh) },
+      ...(row.type === "stream" ? [] : [{ id: "get", label: "Get", run: () => getDialog(row, refresh) }]),
       { id: "publish", label: "Publish", run: () => publishDialog(row.vhost, "", row.name, refresh) },
-      { id: "purge", label: "Purge", danger: true, run: () => confirmDanger(
+      ...(row.type === "stream" ? [] : [{ id: "purge", label: "Purge", danger: true, run: () => confirmDanger(
           `Purge ${row.name}?`, `All ${row.messages_ready} ready messages of queue '${row.name}' will be deleted. ` +
           "Unacknowledged messages stay.", "Purge", async () => {
-            await call("DELETE", `${queuePath(row)}/contents`); toast(`Queue ${row.name} purged`); refresh(); }) },
+            await call("DELETE", `${queuePath(row)}/contents`); toast(`Queue ${row.name} purged`); refresh(); }) }]),
       { id: "delete", label: "Delete", danger: true, run: () => confirmDanger(
           `Delete ${row.name}?`, `Queue '${row.name}' and its ${row.messages} messages will be deleted; ` +
           `its ${row.consumers} consumers are cancelled.`, "Delete", async () => {
