@@ -93,7 +93,8 @@ def test_charts_queue_table_and_purge(make_broker, browser):
             assert int(element.get_attribute("data-points")) >= 2
             canvas = element.find_element(By.TAG_NAME, "canvas")
             assert canvas.size["width"] > 100 and canvas.size["height"] > 50
-        assert browser.find_element(By.ID, "card-messages").text == "7"
+        wait(browser, lambda d: d.find_element(By.ID, "card-messages").text == "7",
+             what="the messages card to show 7")
         # purge from the page, with confirmation
         click_action(browser, "//dashboard-q", "purge")
         wait(browser, lambda d: d.find_element(By.ID, "dialog").is_displayed(),
