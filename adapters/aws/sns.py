@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import secrets
 import time
 import uuid
@@ -33,6 +34,8 @@ from .sns_model import (MAX_MESSAGE_BYTES, Subscription, Topic, check_endpoint,
                         check_message_attributes, check_subscription_attributes,
                         check_topic_attribute, check_topic_name, default_policy, invalid,
                         not_found, topic_name)
+
+log = logging.getLogger("manifold.aws.sns")
 
 VHOST = "/"
 #: the permission (RabbitMQ's model) an operation needs on the topic's exchange
@@ -475,12 +478,19 @@ class Sns:
         return result, waits
 
     async def publish(self, request: AwsRequest, p: dict) -> dict:
-        if p.get("PhoneNumber"):
+        target = p.get("TargetArn")
+        direct = p.get("PhoneNumber") or (
+            target if isinstance(target, str) and ":endpoint/" in target else None)
+        if direct:
+            # [SNS] a direct publish to a phone number or a platform endpoint: no carrier to
+            # reach, so it goes to the outbox (and the log), as LocalStack does
             text = p.get("Message")
             if not isinstance(text, str) or not text:
                 raise invalid("Empty message")
-            self.sender.outbox.append({"protocol": "sms", "endpoint": p["PhoneNumber"],
-                                       "message": text, "timestamp": _now_ms()})
+            self.sender.outbox.append({"protocol": "sms" if p.get("PhoneNumber") else
+                                       "application", "endpoint": direct, "message": text,
+                                       "timestamp": _now_ms()})
+            log.info("SNS direct publish to %s (outbox): %s", direct, text[:200])
             return {"MessageId": str(uuid.uuid4())}
         topic = self.topic(p.get("TopicArn") or p.get("TargetArn"))
         result, waits = self._prepare(topic, p)

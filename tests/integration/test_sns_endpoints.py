@@ -246,6 +246,13 @@ def test_firehose_and_sms_subscriptions(running_broker):
     outbox = wait_for(lambda: list(running_broker.call(
         lambda: running_broker.service.http_runners["http"].app[SNS_KEY].sender.outbox)))
     assert outbox[0]["endpoint"] == "+15555550100" and outbox[0]["message"] == "archived"
+    sns.publish(PhoneNumber="+15555550199", Message="direct sms")
+    device = f"arn:aws:sns:us-east-1:{ACCOUNT}:endpoint/GCM/app/0123"
+    sns.publish(TargetArn=device, Message="to a device")
+    outbox = running_broker.call(
+        lambda: list(running_broker.service.http_runners["http"].app[SNS_KEY].sender.outbox))
+    assert [(e["protocol"], e["endpoint"]) for e in outbox[-2:]] == [
+        ("sms", "+15555550199"), ("application", device)]
 
 
 def test_topic_delivery_policy_applies_to_http_subscriptions(running_broker):
