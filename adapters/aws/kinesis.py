@@ -21,7 +21,7 @@ from manifold.broker.errors import BrokerError
 from manifold.broker.message import Message, Properties
 
 from . import kinesis_fanout
-from .http import ACCOUNT_ID, AwsApi, AwsError, AwsRequest
+from .http import ACCOUNT_ID, WRONG_SHAPE, AwsApi, AwsError, AwsRequest, wrong_shape
 from .sigv4 import require
 from .kinesis_shards import (MAX_HASH_KEY, KinesisStream, hash_key_of, invalid, make_iterator,
                              parse_iterator, parse_sequence_number, sequence_number)
@@ -523,6 +523,8 @@ def install(api: AwsApi) -> Kinesis:
             return await operation(request.params)
         except BrokerError as exc:  # a core refusal (e.g. a shard stream deleted over AMQP)
             raise AwsError("ResourceNotFoundException", str(exc)) from None
+        except WRONG_SHAPE as exc:
+            raise wrong_shape(exc) from None
 
     async def on_shutdown(_app: Any) -> None:
         fanout.closing = True

@@ -26,7 +26,7 @@ from manifold.broker.errors import BrokerError
 
 from . import sns_wire
 from .attributes import to_message
-from .http import ACCOUNT_ID, AwsApi, AwsError, AwsRequest
+from .http import ACCOUNT_ID, WRONG_SHAPE, AwsApi, AwsError, AwsRequest
 from .sigv4 import require
 from .sns_delivery import (DEFAULT_RETRY, HTTP_PROTOCOLS, QUICK_RETRY, STRUCTURE_HEADER,
                            SUBJECT_HEADER, Sender, SubscriptionWorker)
@@ -564,7 +564,10 @@ def install(api: AwsApi, sqs: Any, firehose: Any) -> Sns:
         params = sns_wire.unflatten({k: v for k, v in request.params.items()
                                      if k not in ("Action", "Version")})
         sns.check_permission(request, params)
-        result = await operation(request, params)
+        try:
+            result = await operation(request, params)
+        except WRONG_SHAPE as exc:  # query values are text: a number or JSON that is not
+            raise AwsError("InvalidParameter", f"Invalid parameter: {exc}") from None
         xml = result if isinstance(result, str) else sns_wire.to_xml(result)
         return sns_wire.response(request.operation, xml, request.request_id)
 
