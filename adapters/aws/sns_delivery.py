@@ -108,13 +108,21 @@ class SubscriptionWorker(Consumer):
                 self.pending.clear()
                 self.in_progress = batch
                 if self.subscription.protocol in ("sqs", "firehose"):
-                    await asyncio.gather(*(self._one(d) for d in batch))
+                    await asyncio.gather(*(self._guarded(d) for d in batch))
                 else:  # one at a time: endpoints see notifications in order
                     for delivery in batch:
-                        await self._one(delivery)
+                        await self._guarded(delivery)
                 self.in_progress = []
                 for delivery in batch:
                     delivery.ack()
+
+    async def _guarded(self, delivery: Delivery) -> None:
+        """A message that breaks the worker (a bug, not a failed delivery) is logged and
+        dropped, so that the subscription's other messages still flow."""
+        try:
+            await self._one(delivery)
+        except Exception:
+            log.exception("SNS subscription %s: message dropped", self.subscription.arn)
 
     async def _one(self, delivery: Delivery) -> None:
         sub = self.subscription
