@@ -78,6 +78,8 @@ class ServerSettings:
     # Disk alarm: below this many free bytes on the data directory's file system, connections
     # that publish are no longer read until space comes back (0 disables).
     disk_free_limit_bytes: int = 256 * 1024 * 1024
+    # ... or this fraction of the file system's size, if that is more (0 disables the fraction).
+    disk_free_limit_ratio: float = 0.0
     disk_check_interval_ms: int = 1000
     # Raise the soft open-file limit to this (capped by the hard limit) at start; 0 leaves it.
     open_files_limit: int = 65536
@@ -143,6 +145,8 @@ class ManagementSettings:
     """The management HTTP API, /metrics and the dashboard, on RabbitMQ's 15672."""
     enabled: bool = True
     port: int = 15672
+    # How often rates and the dashboard's 10-minute history are sampled.
+    sample_interval_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,8 @@ class TlsSettings:
     mqtts_port: int = 8883
     stomps_port: int = 61614
     wss_port: int = 15676
+    # The AWS API ([http]) and management listeners speak HTTPS on their own ports instead of HTTP.
+    https: bool = False
 
 
 @dataclass(frozen=True)
