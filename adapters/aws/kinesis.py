@@ -66,10 +66,12 @@ class Kinesis:
         self._apply_retention(stream, shard)
 
     def _apply_retention(self, stream: KinesisStream, shard: Any) -> None:
-        core = self.vhost.queues.get(stream.queue_name(shard))
-        if core is not None and hasattr(core, "max_age_ms"):
-            core.max_age_ms = stream.retention_hours * 3600 * 1000
-            core.tick()
+        """The shard stream's max age = the retention period (a stream policy, so the AMQP
+        declare arguments stay as they were and the change is saved with the definitions)."""
+        name = stream.queue_name(shard)
+        wanted = {"x-max-age": f"{stream.retention_hours}h"}
+        if name in self.vhost.queues and getattr(self.vhost.queues[name], "policy", None) != wanted:
+            self.vhost.set_queue_policy(name, wanted)
 
     def core_stream(self, stream: KinesisStream, shard: Any) -> Any:
         return self.vhost.queue(stream.queue_name(shard))
