@@ -302,6 +302,7 @@ class Sns:
             protocol = protocol.lower()
         check_endpoint(protocol, endpoint)
         attributes = check_subscription_attributes(protocol, p.get("Attributes") or {})
+        self._check_targets(request, protocol, endpoint, attributes)
         if protocol == "lambda" and self.function(endpoint) is None:
             raise invalid(f"Lambda endpoint {endpoint}: no [[functions]] entry of that name")
         if protocol in ("email", "email-json") and not self.settings.sns.smtp_url:
@@ -329,6 +330,22 @@ class Sns:
         self._background(self.sender.confirm_request(sub))
         return {"SubscriptionArn": sub.arn if p.get("ReturnSubscriptionArn") in ("true", True)
                 else "pending confirmation"}
+
+    @staticmethod
+    def _check_targets(request: AwsRequest, protocol: str, endpoint: str,
+                       attributes: dict) -> None:
+        """Whoever subscribes a queue (or names a dead-letter queue) must be allowed to write
+        to it: deliveries go in on the subscriber's authority."""
+        targets = []
+        if protocol == "sqs":
+            targets.append(endpoint.rsplit(":", 1)[-1])
+        elif protocol == "firehose":
+            targets.append("firehose." + endpoint.rsplit("/", 1)[-1])
+        dead = attributes.get("RedrivePolicy")
+        if dead:
+            targets.append(json.loads(dead)["deadLetterTargetArn"].rsplit(":", 1)[-1])
+        for name in targets:
+            require(request, "write", "queue", name)
 
     async def confirm_subscription(self, request: AwsRequest, p: dict) -> dict:
         name = topic_name(p.get("TopicArn"))
@@ -397,6 +414,8 @@ class Sns:
         sub = self.subscription(p.get("SubscriptionArn"))
         name, value = p.get("AttributeName"), p.get("AttributeValue", "")
         merged = check_subscription_attributes(sub.protocol, {**sub.attributes, name: value})
+        if name == "RedrivePolicy":
+            self._check_targets(request, "", "", {name: value})
         sub.attributes = merged
         await self._put(("subscription", sub.id), sub.to_value())
         return {}
