@@ -69,6 +69,7 @@ def _decode_binary(attributes: dict) -> dict:
 class Sns:
     def __init__(self, broker: Any, settings: Any, sqs: Any, firehose: Any):
         self.vhost = broker.vhosts[VHOST]
+        self.outbox = broker.outbox  # sms and application deliveries (broker/outbox.py)
         self.settings = settings
         self.sqs = sqs
         self.firehose = firehose
@@ -506,7 +507,7 @@ class Sns:
             text = p.get("Message")
             if not isinstance(text, str) or not text:
                 raise invalid("Empty message")
-            self.sender.outbox.append({"protocol": "sms" if p.get("PhoneNumber") else
+            self.outbox.add({"protocol": "sms" if p.get("PhoneNumber") else
                                        "application", "endpoint": direct, "message": text,
                                        "timestamp": _now_ms()})
             log.info("SNS direct publish to %s (outbox): %s", direct, text[:200])
@@ -603,5 +604,5 @@ def install(api: AwsApi, sqs: Any, firehose: Any) -> Sns:
                          ("sns", "Unsubscribe")})
     api.app.on_startup.append(on_startup)
     api.app.on_shutdown.append(on_shutdown)
-    api.app[SNS_KEY] = sns  # the outbox (sms, application) for whoever shows it
+    api.app[SNS_KEY] = sns
     return sns
