@@ -76,6 +76,20 @@ class VirtualHost:
         self._exchange_bindings = 0
         #: called after a durable exchange, queue or binding changed (the broker saves them)
         self.on_definitions_changed: Any = None
+        if memory is not None and store is not None:
+            memory.subscribe(self._memory_alarm)
+
+    def _memory_alarm(self, alarm: bool) -> None:
+        if alarm:
+            # Not from inside the alarm's own listener loop: paging out clears the alarm.
+            self.clock.call_at(self.clock.now_ms(), self._page_out)
+
+    def _page_out(self) -> None:
+        """Memory is short: every queue lets go of the bodies it can read back from disk, so
+        publishers blocked by the alarm are let go again (RabbitMQ pages out the same way)."""
+        for queue in list(self.queues.values()):
+            if isinstance(queue, Queue):
+                queue.page_out()
 
     def _durable_changed(self, *things: Any) -> None:
         if self.on_definitions_changed is not None and all(
@@ -288,12 +302,20 @@ class VirtualHost:
             queue = Queue(self, self.name, name, durable=durable,
                           exclusive_owner=owner if exclusive else None, auto_delete=auto_delete,
                           arguments=arguments, consumer_timeout_ms=self.consumer_timeout_ms,
-                          log=log, resident_bytes=self.resident_bytes, memory=self.memory)
+                          log=log, resident_bytes=self.resident_bytes, memory=self.memory,
+                          spill_log=self._spill_log_for(name))
             if kind == "quorum":
                 _log_quorum_differences(queue, self.name)
         self.queues[name] = queue
         self._durable_changed(queue)
         return QueueInfo(name, 0, 0)
+
+    def _spill_log_for(self, name: str) -> Any:
+        """Opens the queue's spill log when it first needs one (most queues never do)."""
+        store = self.store
+        if store is None or getattr(store, "spill_log", None) is None:
+            return None
+        return lambda: store.spill_log(self.name, name)
 
     def _check_equivalent(self, queue: Any, durable: bool, exclusive: bool, auto_delete: bool,
                           arguments: dict) -> None:
@@ -345,6 +367,9 @@ class VirtualHost:
         log = getattr(queue, "log", None)
         if log is not None:
             log.drop()
+        spill = getattr(queue, "spill", None)
+        if spill is not None:
+            spill.drop()
         for consumer in list(queue.consumers):
             queue.consumers.remove(consumer)
             consumer.cancelled(f"queue '{queue.name}' in vhost '{self.name}' was deleted")

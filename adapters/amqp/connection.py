@@ -61,7 +61,8 @@ class ConnectionMethods:
         }
         # EXTERNAL (the verified TLS client certificate's CN is the user, as RabbitMQ's
         # rabbitmq-auth-mechanism-ssl) only when there is such a certificate.
-        mechanisms = "PLAIN AMQPLAIN" + (" EXTERNAL" if self.conn.tls_identity else "")
+        external = self.conn.tls_identity and self.broker.access.identity_as_username
+        mechanisms = "PLAIN AMQPLAIN" + (" EXTERNAL" if external else "")
         payload = (b"\x00\x09" + fields.encode_table(props) + codec.longstr(mechanisms) +
                    codec.longstr("en_US"))
         self.out.append(replies.connection_start(payload))
@@ -144,6 +145,7 @@ class ConnectionMethods:
         name = m.virtual_host or "/"
         self.vhost = self.broker.open_vhost(name, self.user, self.conn)  # 530 NOT_ALLOWED
         self.grant = self.broker.grant(self.user, name)
+        self.conn.opened(self.user.name, name)
         if not self.heartbeat:
             self.conn.set_keepalive(None, None, None, None)
         self.send(replies.connection_open_ok())

@@ -339,6 +339,25 @@ class MqttServer:
     def now_ms(self) -> int:
         return self.broker.clock.now_ms()
 
+    # ------------------------------------------------------------ for operators (read only)
+    def sessions_info(self) -> list[dict]:
+        """Sessions for the management API: client id, subscriptions, queued messages."""
+        out = []
+        for state in list(self.sessions.values()):
+            queue = state.vhost.queues.get(state.queue_name) if state.vhost else None
+            out.append({"client_id": state.client_id,
+                        "vhost": state.vhost.name if state.vhost else "",
+                        "connected": state.conn is not None, "expiry_s": state.expiry_s,
+                        "subscriptions": [{"topic_filter": sub.topic_filter, "qos": sub.qos}
+                                          for sub in state.subscriptions.values()],
+                        "queued_messages": queue.message_count if queue is not None else 0,
+                        "in_flight": len(state.outbound)})
+        return out
+
+    def retained_info(self) -> list[dict]:
+        return [{"topic": topic, "payload_bytes": len(r.message.body), "qos": r.message.qos}
+                for topic, r in list(self.retained.items())]
+
     # ------------------------------------------------------------ sessions
     def expire(self, state: SessionState) -> None:
         state.expiry_timer = None

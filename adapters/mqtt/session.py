@@ -139,6 +139,14 @@ class MqttSession(OutboundMethods):
         self._clean_disconnect = True  # a shutdown is not the client's failure: no will
         self._close("server shutdown")
 
+    def force_close(self, reason: str) -> None:
+        """Closed by an operator: MQTT 5 DISCONNECT 0x98 Administrative action with the reason
+        as reason string; 3.1.1 has no server DISCONNECT and just closes. The will is sent."""
+        if self.v5 and self.state_name == CONNECTED:
+            self._send(c.serialize(c.Disconnect(c.ADMINISTRATIVE_ACTION,
+                                                {"reason_string": reason}), c.MQTT_5))
+        self._close(f"closed by an operator: {reason}")
+
     def resume_writing(self) -> None:
         self._resume_consumers()
 
@@ -291,6 +299,7 @@ class MqttSession(OutboundMethods):
             return
         self.user = user
         self.grant = server.broker.grant(user, vhost_name)
+        self.conn.opened(user.name, self.vhost.name)
         # Client identifier [MQTT-3.1.3-6/7/8]
         client_id = p.client_id
         assigned = None
