@@ -1,5 +1,5 @@
-"""Every Markdown file the docs and the code name exists in the repository (SEMANTICS.md and
-COMMON.md were cited for months and never there)."""
+"""Every Markdown file the docs and the code name exists in the repository (two design notes
+outside it were cited as if they were in it)."""
 from __future__ import annotations
 
 import re
