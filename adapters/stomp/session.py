@@ -20,11 +20,11 @@ import asyncio
 import base64
 import hashlib
 import logging
-from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from manifold.broker.consumer import Consumer, Delivery
 from manifold.broker.errors import BrokerError
+from manifold.broker.in_order import InOrderReplies
 from manifold.broker.message import Message
 from manifold.broker.unacked import Unacked
 
@@ -134,7 +134,7 @@ class StompSession:
         #: /temp-queue/<label> -> server-named exclusive queue of this connection
         self.temp_queues: dict[str, str] = {}
         # RECEIPTs wait (in order) for the durability of the SENDs before them.
-        self._receipts: deque[list] = deque()
+        self._receipts = InOrderReplies(self._release_receipt)
         self._frame: Frame | None = None
         self._out: list[bytes] = []
         #: SEND destination -> (exchange, routing key, is a /queue/ to declare when missing)
@@ -309,29 +309,19 @@ class StompSession:
         """RECEIPT in frame order; it waits for ``wait`` (durability of a SEND) and for every
         receipt before it."""
         data = serialize(Frame("RECEIPT", {"receipt-id": receipt_id}), self.version)
-        if wait is None and not self._receipts:
-            self._write(data)
-            if close:
-                self._close("client sent DISCONNECT")
-            return
-        future = None
-        if wait is not None:
-            future = asyncio.ensure_future(wait)
-            future.add_done_callback(self._flush_receipts)
-        self._receipts.append([data, future, close])
+        self._receipts.add((data, close), wait)
 
-    def _flush_receipts(self, _future: Any = None) -> None:
-        queue = self._receipts
-        while queue and (queue[0][1] is None or queue[0][1].done()):
-            data, future, close = queue.popleft()
-            if self._failed:
-                continue  # an ERROR ended the session: no RECEIPT may follow it
-            if future is not None and not future.cancelled() and future.exception() is not None:
-                self.error("Internal error", f"message could not be stored: {future.exception()}")
-                return
-            self._write(data)
-            if close:
-                self._close("client sent DISCONNECT")
+    def _release_receipt(self, receipt: tuple, error: Any) -> bool:
+        data, close = receipt
+        if self._failed:
+            return True  # an ERROR ended the session: no RECEIPT may follow it
+        if error is not None:
+            self.error("Internal error", f"message could not be stored: {error}")
+            return False
+        self._write(data)
+        if close:
+            self._close("client sent DISCONNECT")
+        return True
 
     # ================================================================ CONNECT
     def on_connect(self, frame: Frame) -> None:
