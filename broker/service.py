@@ -174,18 +174,19 @@ class Service:
         """The disk alarm: publishers wait while the data directory's file system has less free
         space than ``disk_free_limit_bytes`` (RabbitMQ's disk_free_limit)."""
         server = self.settings.server
-        if not server.disk_free_limit_bytes:
+        if not server.disk_free_limit_bytes and not server.disk_free_limit_ratio:
             return
         try:
-            free = shutil.disk_usage(server.data_dir).free
+            usage = shutil.disk_usage(server.data_dir)
         except OSError as exc:
             log.error("cannot read free disk space of %s: %s", server.data_dir, exc)
         else:
-            low = free < server.disk_free_limit_bytes
+            limit = max(server.disk_free_limit_bytes,
+                        int(usage.total * server.disk_free_limit_ratio))
+            low = usage.free < limit
             if low != self.broker.memory.disk_alarm:
                 log.warning("disk alarm %s: %d bytes free on %s (limit %d)",
-                            "set" if low else "cleared", free, server.data_dir,
-                            server.disk_free_limit_bytes)
+                            "set" if low else "cleared", usage.free, server.data_dir, limit)
             self.broker.memory.set_disk_alarm(low)
         self._disk_timer = asyncio.get_running_loop().call_later(
             server.disk_check_interval_ms / 1000, self._check_disk)
