@@ -20,6 +20,7 @@ from .memory import MemoryBudget
 from .outbox import Outbox
 from .message_codec import decode_value, encode_value
 from .vhost import VirtualHost
+from .views import Views
 
 log = logging.getLogger("manifold")
 
@@ -35,6 +36,8 @@ class Broker:
         self.memory = MemoryBudget(self.settings.server.memory_high_water_bytes)
         #: SNS sms/application deliveries (no carrier): the management API shows them
         self.outbox = Outbox()
+        #: read-only views adapters offer the management API (broker/views.py)
+        self.views = Views()
         self.vhosts: dict[str, VirtualHost] = {}
         for name in self.access.vhost_limits:
             self._make_vhost(name)

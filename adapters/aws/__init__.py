@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import firehose, kinesis, s3, sns, sqs
+from . import firehose, kinesis, s3, sns, sqs, views
 from .http import AwsApi
 from .sigv4 import SigV4Verifier
 
@@ -22,5 +22,7 @@ def make_http_app(broker: Any, settings: Any):
     streams = kinesis.install(api)
     objects = s3.install(api)
     deliveries = firehose.install(api, objects, streams)
-    sns.install(api, queues, deliveries)
+    topics = sns.install(api, queues, deliveries)
+    # What the operator sees under /api/manifold/ (management API, through broker.views)
+    views.register(api, queues, topics, streams, deliveries)
     return api.app

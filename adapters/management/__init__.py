@@ -59,6 +59,7 @@ def make_http_app(broker: Any, settings: Any) -> web.Application:
     definitions.add_routes(app)
     metrics.add_routes(app)
     dashboard.add_routes(app)
+    api_admin.add_view_routes(app)
 
     async def start_sampler(app: web.Application) -> None:
         app[SAMPLER].start()

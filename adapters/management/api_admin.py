@@ -1,6 +1,7 @@
 """RabbitMQ management API: overview, whoami, vhosts, users, permissions, connections, channels,
 consumers, health checks; and Manifold's own ``/api/manifold/...`` (MQTT sessions, retained
-messages, streams)."""
+messages, streams, and the views adapters register on ``broker.views``: SQS queues, SNS topics,
+Kinesis and Firehose streams)."""
 from __future__ import annotations
 
 import platform
@@ -363,6 +364,29 @@ async def streams(request: web.Request) -> web.Response:
                                                    "first_offset", "last_offset", "readers",
                                                    "consumers")})
     return await listing.respond(request, rows)
+
+
+async def adapter_view(request: web.Request) -> web.Response:
+    """GET /api/manifold/{view}: a read-only view an adapter registered on ``broker.views``
+    (broker/views.py), e.g. ``sqs/queues``. They show every user's resources in one list, so
+    only ``monitoring`` and ``administrator`` users may read them (RabbitMQ's rule for
+    cluster-wide listings)."""
+    ctx = Context(request)
+    name = request.match_info["view"]
+    view = ctx.broker.views.get(name)
+    if view is None:
+        known = ", ".join(ctx.broker.views.names()) or "none (is the AWS API listener enabled?)"
+        raise json_error(404, "Object Not Found", f"no view '{name}'; known: {known}")
+    if not ctx.principal.sees_everything:
+        raise json_error(403, "not_authorised", f"user '{ctx.principal.name}' needs the "
+                                                "monitoring or administrator tag to read "
+                                                f"/api/manifold/{name}")
+    return await listing.respond(request, view())
+
+
+def add_view_routes(app: web.Application) -> None:
+    """Added after every other route: ``/api/manifold/{view}`` matches what they do not."""
+    app.router.add_get("/api/manifold/{view:.+}", adapter_view)
 
 
 def add_routes(app: web.Application) -> None:
