@@ -170,3 +170,38 @@ def test_phone_sized_screen_has_no_sideways_scroll(running_broker, browser):
     overflow = browser.execute_script(
         "return document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0
+
+
+def test_aws_tabs_show_sqs_sns_and_kinesis(running_broker, browser):
+    import json
+
+    from selenium.webdriver.common.by import By
+
+    from tests.integration.aws_helpers import aws_client
+    sqs = aws_client(running_broker, "sqs")
+    dlq_arn = sqs.get_queue_attributes(
+        QueueUrl=sqs.create_queue(QueueName="jobs-dlq")["QueueUrl"],
+        AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    jobs = sqs.create_queue(QueueName="jobs", Attributes={"RedrivePolicy": json.dumps(
+        {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"})})["QueueUrl"]
+    for _ in range(3):
+        sqs.send_message(QueueUrl=jobs, MessageBody="j")
+    sns = aws_client(running_broker, "sns")
+    topic = sns.create_topic(Name="news")["TopicArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=dlq_arn)
+    aws_client(running_broker, "kinesis").create_stream(StreamName="taps", ShardCount=2)
+    sign_in(browser, base_url(running_broker))
+
+    def open_tab(name):
+        browser.find_element(By.CSS_SELECTOR, f'.tabs button[data-tab="{name}"]').click()
+
+    open_tab("sqs")
+    wait(browser, lambda d: cell(d, "jobs", "approximate_number_of_messages") == "3",
+         what="the jobs queue with 3 visible messages")
+    assert cell(browser, "jobs", "redrive_policy") == "jobs-dlq after 5"
+    open_tab("sns")
+    wait(browser, lambda d: cell(d, "news", "subscriptions") == f"sqs: {dlq_arn}",
+         what="the news topic with its SQS subscription")
+    assert cell(browser, "news", "subscriptions_confirmed") == "1"
+    open_tab("kinesis")
+    wait(browser, lambda d: cell(d, "taps", "open_shards") == "2", what="the taps stream")

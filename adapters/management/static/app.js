@@ -94,6 +94,43 @@ const TABS = {
     ],
     key: (r) => `${r.vhost}/${r.name}`,
   },
+  // The AWS APIs' own state (served through broker.views; monitoring or administrator only).
+  sqs: {
+    path: "/api/manifold/sqs/queues",
+    columns: [
+      { key: "name", label: "Name" },
+      { key: "approximate_number_of_messages", label: "Visible", num: true, format: formatNumber },
+      { key: "approximate_number_of_messages_not_visible", label: "In flight", num: true, format: formatNumber },
+      { key: "approximate_number_of_messages_delayed", label: "Delayed", num: true, hidePhone: true, format: formatNumber },
+      { key: "visibility_timeout_s", label: "Visibility (s)", num: true, hidePhone: true },
+      { key: "fifo", label: "FIFO", format: yesNo, hidePhone: true },
+      { key: "redrive_policy", label: "Dead letters to", hidePhone: true,
+        format: (p) => (p && p.deadLetterTargetArn ? `${p.deadLetterTargetArn.split(":").pop()} after ${p.maxReceiveCount}` : "") },
+    ],
+    key: (r) => r.name,
+  },
+  sns: {
+    path: "/api/manifold/sns/topics",
+    columns: [
+      { key: "name", label: "Name" },
+      { key: "subscriptions_confirmed", label: "Confirmed", num: true },
+      { key: "subscriptions_pending", label: "Pending", num: true },
+      { key: "subscriptions", label: "Subscriptions", hidePhone: true,
+        format: (s) => (s || []).map((x) => `${x.protocol}: ${x.endpoint}${x.confirmed ? "" : " (pending)"}`).join(", ") },
+    ],
+    key: (r) => r.name,
+  },
+  kinesis: {
+    path: "/api/manifold/kinesis/streams",
+    columns: [
+      { key: "name", label: "Name" },
+      { key: "status", label: "Status", hidePhone: true },
+      { key: "open_shards", label: "Open shards", num: true },
+      { key: "shards", label: "Shards", num: true, format: (s) => (s || []).length },
+      { key: "retention_hours", label: "Retention (h)", num: true, hidePhone: true },
+    ],
+    key: (r) => r.name,
+  },
 };
 
 function setStatus(kind, text) {
