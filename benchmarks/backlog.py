@@ -226,46 +226,45 @@ async def stream_bench(gib: float, retention_mib: int) -> dict:
     size = 4096
     total = int(gib * (1 << 30)) // size
     args = {"x-queue-type": "stream", "x-max-length-bytes": retention_mib << 20}
-    peak = 0
-    read = 0
     try:
-        conn = await aio_pika.connect(url(peer))
-        async with conn:
-            channel = await conn.channel()
-            await channel.declare_queue("events", durable=True, arguments=args)
-            reader = await conn.channel()
-            await reader.set_qos(prefetch_count=1000)
-            rq = await reader.get_queue("events")
-
-            async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-                nonlocal read
-                read += 1
-                if read % 500 == 0:
-                    await message.ack(multiple=True)
-
-            await rq.consume(on_message, arguments={"x-stream-offset": "first"})
-            started = time.monotonic()
-            pending = []
-            body = b"s" * size
-            for i in range(total):
-                pending.append(channel.default_exchange.publish(aio_pika.Message(body), "events"))
-                if len(pending) >= WINDOW:
-                    await asyncio.gather(*pending)
-                    pending = []
-                    if i % (WINDOW * 10) == 0:
-                        peak = max(peak, group_rss(peer.proc.pid))
-            await asyncio.gather(*pending)
-            elapsed = time.monotonic() - started
-            read_during = read
-            peak = max(peak, group_rss(peer.proc.pid))
+        declare, _ = await connect(peer)
+        declare.transport.write(pframe.marshal(commands.Queue.Declare(
+            queue="events", durable=True, arguments=args), 1))
+        await expect(declare, commands.Queue.DeclareOk, 60)
+        reader, _ = await connect(peer, manual_ack=True)
+        reader.transport.write(pframe.marshal(commands.Basic.Qos(prefetch_count=1000), 1))
+        await expect(reader, commands.Basic.QosOk, 60)
+        reader.transport.write(pframe.marshal(commands.Basic.Consume(
+            queue="events", arguments={"x-stream-offset": "first"}), 1))
+        await expect(reader, commands.Basic.ConsumeOk, 60)
+        peak = group_rss(peer.proc.pid)
+        sampler = asyncio.create_task(sample_rss(peer))
+        # streams store every record (delivery mode 1 here); confirms pace the publisher
+        rate = await publish(peer, "events", total, b"s" * size, args, persistent=False)
+        read_during = reader.deliveries
+        elapsed = total / rate
+        sampler.cancel()
+        peak = max(peak, PEAKS.get(peer.proc.pid, 0))
+        reader.transport.close()
+        declare.transport.close()
         data = dir_bytes(peer.workdir / "data" / "streams")
-        return {"records": total, "bytes": total * size, "publish_rate": total / elapsed,
-                "publish_mib_s": total * size / elapsed / (1 << 20),
+        return {"records": total, "bytes": total * size, "publish_rate": rate,
+                "publish_mib_s": rate * size / (1 << 20),
                 "reader_rate": read_during / elapsed, "peak_rss": peak, "stream_dir_bytes": data,
                 "retention_bytes": retention_mib << 20}
     finally:
         peer.stop()
         peer.cleanup()
+
+
+PEAKS: dict[int, int] = {}
+
+
+async def sample_rss(peer: Peer) -> None:
+    pid = peer.proc.pid
+    while True:
+        PEAKS[pid] = max(PEAKS.get(pid, 0), group_rss(pid))
+        await asyncio.sleep(0.5)
 
 
 def main() -> None:
