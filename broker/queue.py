@@ -35,6 +35,13 @@ ENTRY_OVERHEAD_BYTES = 400
 PAGING_RATIO = 0.5
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 QUEUE_TYPES = ("classic", "quorum", "stream")
+DEAD_LETTER_STRATEGIES = ("at-most-once", "at-least-once")
+# RabbitMQ 4.x quorum queues dead-letter a message after 20 returns unless x-delivery-limit says
+# otherwise (-1: no limit).
+QUORUM_DELIVERY_LIMIT = 20
+# At-least-once dead-lettering: how long a message that no dead-letter queue took waits in its
+# source queue before it is offered again.
+DEAD_LETTER_RETRY_MS = 5_000
 # Arguments that RabbitMQ checks for equivalence on redeclare, plus Manifold's.
 #: header naming a message's group in queues with ``x-message-groups`` (SQS FIFO MessageGroupId)
 GROUP_HEADER = "x-message-group-id"
@@ -46,7 +53,7 @@ INTEGER_ARGUMENTS = ("x-message-ttl", "x-expires", "x-max-length", "x-max-length
 class QueueHost(Protocol):
     def now_ms(self) -> int: ...
     def schedule(self, queue: Any, when_ms: int) -> None: ...
-    def dead_letter(self, queue: Any, message: Message, reason: str) -> Any: ...
+    def dead_letter(self, queue: Any, message: Message, reason: str) -> bool | Any: ...
     def queue_unused(self, queue: Any) -> None: ...
 
 
@@ -110,8 +117,14 @@ def _int_argument(queue: str, vhost: str, args: dict, key: str, low: int = 0,
 
 def validate_arguments(name: str, vhost: str, args: dict) -> None:
     for key in INTEGER_ARGUMENTS:
-        _int_argument(name, vhost, args, key,
-                      low=1 if key == "x-expires" else 0, high=255 if key == "x-max-priority" else None)
+        low = 1 if key == "x-expires" else -1 if key == "x-delivery-limit" else 0
+        _int_argument(name, vhost, args, key, low=low,
+                      high=255 if key == "x-max-priority" else None)
+    strategy = args.get("x-dead-letter-strategy")
+    if strategy is not None and strategy not in DEAD_LETTER_STRATEGIES:
+        raise PreconditionFailed(f"invalid arg 'x-dead-letter-strategy' for queue '{name}' in "
+                                 f"vhost '{vhost}': {strategy!r}; accepted: "
+                                 f"{', '.join(DEAD_LETTER_STRATEGIES)}")
     overflow = args.get("x-overflow")
     if overflow is not None and overflow not in OVERFLOW_MODES:
         raise PreconditionFailed(f"invalid arg 'x-overflow' for queue '{name}' in vhost "
@@ -150,7 +163,6 @@ def parse_expiration(value: Any) -> int | None:
 
 
 class Queue:
-    kind = "classic"
     is_exchange = False
 
     def __init__(self, host: QueueHost, vhost: str, name: str, *, durable: bool = False,
@@ -172,6 +184,11 @@ class Queue:
         self._default_consumer_timeout_ms = consumer_timeout_ms
         self._resident_bytes_setting = resident_bytes
         validate_arguments(name, vhost, self.arguments)
+        #: "classic" or "quorum": a quorum queue is a classic one with RabbitMQ's quorum-queue
+        #: delivery limit default and at-least-once dead-lettering (adapters/amqp/MAPPING.md)
+        self.kind: str = self.arguments.get("x-queue-type", "classic")
+        #: dead-lettered messages no queue has taken yet: (retry at ms, entry, message, reason)
+        self._dead_letter_held: deque[tuple[int, Entry, Message, str]] = deque()
         self.max_priority: int = self.arguments.get("x-max-priority") or 0
         #: round-robin position per consumer priority (x-priority consumer argument)
         self._rr_by_priority: dict[int, int] = {}
@@ -196,6 +213,10 @@ class Queue:
         self.ready_bytes = 0
         self.unacked_count = 0
         self.delayed_count = 0
+        #: cumulative counters read by the management API and /metrics (rates are their deltas)
+        self.published_total = 0
+        self.delivered_total = 0
+        self.acked_total = 0
         self.consumers: list[Consumer] = []
         self._rr = 0
         self._had_consumers = False
@@ -223,7 +244,15 @@ class Queue:
         reasons = args.get("x-dead-letter-reasons")
         #: why a message may be dead-lettered (None: for every reason, as in RabbitMQ)
         self.dead_letter_reasons: frozenset | None = None if reasons is None else frozenset(reasons)
-        self.delivery_limit: int | None = args.get("x-delivery-limit")
+        limit = args.get("x-delivery-limit")
+        if limit is None and self.kind == "quorum":
+            limit = QUORUM_DELIVERY_LIMIT
+        self.delivery_limit: int | None = None if limit is None or limit < 0 else limit
+        # RabbitMQ: at-least-once dead-lettering is for quorum queues with reject-publish
+        # overflow (else the source could not hold messages the targets have not taken yet).
+        self.dead_letter_at_least_once = (
+            self.kind == "quorum" and args.get("x-dead-letter-strategy") == "at-least-once" and
+            self.overflow == "reject-publish")
         self.delay_ms: int = args.get("x-delay") or 0
         # x-single-active-consumer: only the oldest consumer gets messages; the next takes over
         # when it goes (ordered processing with failover, RabbitMQ's SAC).
@@ -293,6 +322,7 @@ class Queue:
             priority = min(props.priority or 0, self.max_priority)
         entry = Entry(self._next_id, message, priority)
         self._next_id += 1
+        self.published_total += 1
         self._arrived(entry)
         if self.grouped is not None:
             entry.group = props.headers.get(GROUP_HEADER) if props.headers else None
@@ -514,7 +544,9 @@ class Queue:
         return any(c.has_credit() for c in self.consumers)
 
     def _full(self, extra_bytes: int) -> bool:
-        return ((self.max_length is not None and self.ready_count >= self.max_length) or
+        # messages held for at-least-once dead-lettering still take room [RabbitMQ]
+        count = self.ready_count + len(self._dead_letter_held)
+        return ((self.max_length is not None and count >= self.max_length) or
                 (self.max_length_bytes is not None and
                  self.ready_bytes + extra_bytes > self.max_length_bytes))
 
@@ -721,6 +753,7 @@ class Queue:
     def _checkout(self, entry: Entry, consumer: Consumer | None) -> Delivery:
         self._load(entry)
         entry.delivery_count += 1
+        self.delivered_total += 1
         redelivered = entry.delivery_count > 1
         if consumer is None or not consumer.no_ack:
             entry.state = UNACKED
@@ -851,6 +884,7 @@ class Queue:
             heapq.heapify(self._timeouts)
         if ack:
             entry.state = GONE
+            self.acked_total += 1
             self._forget(entry)
         elif requeue:
             self._return(entry)
@@ -889,7 +923,9 @@ class Queue:
             return
         copied = self.host.dead_letter(self, message, reason)
         self._release(entry)
-        if not entry.on_disk or copied is None:
+        if self.dead_letter_at_least_once:
+            self._dead_lettered(entry, message, reason, copied)
+        elif not entry.on_disk or copied is True or copied is False:
             self._forget(entry)
         else:
             # The dead-letter copy is durable before the original is settled: a crash between
@@ -902,6 +938,28 @@ class Queue:
                       "stays on disk", self.name, entry.msg_id)
             return
         self._forget(entry)
+
+    def _dead_lettered(self, entry: Entry, message: Message, reason: str, copied: Any) -> None:
+        """At-least-once [RabbitMQ x-dead-letter-strategy]: the original is settled once a
+        dead-letter queue holds the copy (on disk, for durable ones); if none took it (no
+        route, a refusal, a failed write) it is held and offered again after
+        DEAD_LETTER_RETRY_MS. ``copied`` is what ``host.dead_letter`` returned."""
+        if copied is True:
+            self._forget(entry)
+        elif copied is False:
+            self._hold_dead_letter(entry, message, reason)
+        else:
+            copied.add_done_callback(
+                lambda done: self._forget(entry)
+                if not done.cancelled() and done.exception() is None
+                else self._hold_dead_letter(entry, message, reason))
+
+    def _hold_dead_letter(self, entry: Entry, message: Message, reason: str) -> None:
+        if self.deleted:
+            return
+        retry_at = self.host.now_ms() + DEAD_LETTER_RETRY_MS
+        self._dead_letter_held.append((retry_at, entry, message, reason))
+        self.host.schedule(self, retry_at)
 
     def _forget(self, entry: Entry) -> None:
         """The entry leaves the queue for good: out of the memory count, settled on disk."""
@@ -962,6 +1020,11 @@ class Queue:
                 self._unready(entry)
                 self._drop(entry, "expired")
                 entry.message = None  # it may wait in a deque until the head reaches it
+        held = self._dead_letter_held
+        while held and held[0][0] <= now:
+            _, entry, message, reason = held.popleft()
+            self._dead_lettered(entry, message, reason,
+                                self.host.dead_letter(self, message, reason))
         timeouts = self._timeouts
         while timeouts and timeouts[0][0] <= now:
             deadline, _, delivery = heapq.heappop(timeouts)
@@ -980,7 +1043,8 @@ class Queue:
             self.host.schedule(self, nxt)
 
     def next_deadline(self) -> int | None:
-        deadlines = [heap[0][0] for heap in (self._delayed, self._expiries, self._timeouts) if heap]
+        deadlines = [heap[0][0] for heap in (self._delayed, self._expiries, self._timeouts,
+                                             self._dead_letter_held) if heap]
         if self.expires_ms and not self.consumers:
             deadlines.append(self.last_used_ms + self.expires_ms)
         return min(deadlines) if deadlines else None

@@ -460,6 +460,12 @@ class FileStore:
             self.writer.close_all()
 
     # ------------------------------------------------------------------ definitions
+
+    @property
+    def fsync_latency(self) -> Any:
+        """The writer's fsync latency histogram (persistence/latency.py), read-only."""
+        return self.writer.fsync_latency
+
     def _definitions_path(self) -> str:
         return os.path.join(self.data_dir, "definitions.bin")
 
