@@ -14,7 +14,6 @@ from typing import Any
 from manifold.broker.service import SERVICE_KEY
 
 from .http import ACCOUNT_ID, AwsApi
-from .kinesis_shards import sequence_number
 from .sqs_common import queue_arn
 from .sqs_queues import DEFAULTS, FIFO_DEFAULTS, sqs_queue_names
 
@@ -101,47 +100,46 @@ def sns_topics(sns: Any) -> list[dict]:
 
 
 def _shard(stream: Any, shard: Any) -> dict:
+    numbers = shard.describe()["SequenceNumberRange"]  # as ListShards / DescribeStream say
     return {
         "id": shard.id,
         "hash_key_range": {"starting": str(shard.start_hash), "ending": str(shard.end_hash)},
         "parent": shard.parent, "adjacent_parent": shard.adjacent_parent,
         "open": shard.open,
-        "starting_sequence_number": sequence_number(shard.index, 0),
-        # as DescribeStream: the last record's sequence number once the shard closed
-        "ending_sequence_number": None if shard.open
-        else sequence_number(shard.index, max(shard.end_offset - 1, 0)),
+        "starting_sequence_number": numbers["StartingSequenceNumber"],
+        "ending_sequence_number": numbers.get("EndingSequenceNumber"),  # once closed
         "core_stream": stream.queue_name(shard),
     }
 
 
+def _kinesis_row(stream: Any) -> dict:
+    return {
+        "name": stream.name, "arn": stream.arn, "status": "ACTIVE", "mode": stream.mode,
+        "retention_hours": stream.retention_hours, "created_ms": stream.created_ms,
+        "open_shards": len(stream.open_shards()),
+        "shards": [_shard(stream, s) for s in stream.shards],
+        "consumers": sorted(stream.consumers), "tags": dict(stream.tags),
+    }
+
+
 def kinesis_streams(kinesis: Any) -> list[dict]:
-    rows = []
-    for name in sorted(kinesis.streams):
-        stream = kinesis.streams[name]
-        rows.append({
-            "name": name, "arn": stream.arn, "status": "ACTIVE", "mode": stream.mode,
-            "retention_hours": stream.retention_hours, "created_ms": stream.created_ms,
-            "open_shards": len(stream.open_shards()),
-            "shards": [_shard(stream, s) for s in stream.shards],
-            "consumers": sorted(stream.consumers), "tags": dict(stream.tags),
-        })
-    return rows
+    return [_kinesis_row(kinesis.streams[name]) for name in sorted(kinesis.streams)]
+
+
+def _firehose_row(stream: Any) -> dict:
+    return {
+        "name": stream.name, "arn": stream.arn, "status": "ACTIVE", "type": stream.kind,
+        "source_stream": stream.source_stream or None, "destination": stream.destination,
+        "bucket": stream.bucket or None, "prefix": stream.prefix,
+        # the endpoint URL only: its access key is a secret
+        "url": stream.url or None,
+        "buffer_size_bytes": stream.size_bytes, "buffer_interval_s": stream.interval_s,
+        "gzip": stream.gzip, "created_ms": stream.created_ms, "tags": dict(stream.tags),
+    }
 
 
 def firehose_streams(firehose: Any) -> list[dict]:
-    rows = []
-    for name in sorted(firehose.streams):
-        stream = firehose.streams[name]
-        rows.append({
-            "name": name, "arn": stream.arn, "status": "ACTIVE", "type": stream.kind,
-            "source_stream": stream.source_stream or None, "destination": stream.destination,
-            "bucket": stream.bucket or None, "prefix": stream.prefix,
-            # the endpoint URL only: its access key is a secret
-            "url": stream.url or None,
-            "buffer_size_bytes": stream.size_bytes, "buffer_interval_s": stream.interval_s,
-            "gzip": stream.gzip, "created_ms": stream.created_ms, "tags": dict(stream.tags),
-        })
-    return rows
+    return [_firehose_row(firehose.streams[name]) for name in sorted(firehose.streams)]
 
 
 def register(api: AwsApi, sqs: Any, sns: Any, kinesis: Any, firehose: Any) -> None:
