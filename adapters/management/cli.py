@@ -19,7 +19,12 @@ from .cli_client import EXIT_PARTIAL, CliError, Client, quote
 from .cli_output import Output
 
 LISTABLE = ("queues", "exchanges", "bindings", "connections", "channels", "consumers", "users",
-            "vhosts", "permissions", "streams")
+            "vhosts", "permissions", "streams", "sqs-queues", "sns-topics", "kinesis-streams",
+            "firehose-streams")
+#: Manifold's own lists (``/api/manifold/...``); "sqs-queues" is the view "sqs/queues"
+MANIFOLD_LISTS = {"streams": "/api/manifold/streams",
+                  **{k: "/api/manifold/" + k.replace("-", "/", 1)
+                     for k in ("sqs-queues", "sns-topics", "kinesis-streams", "firehose-streams")}}
 DEFAULTS = {"url": ("MANIFOLD_URL", "http://127.0.0.1:15672"), "user": ("MANIFOLD_USER", "guest"),
             "password": ("MANIFOLD_PASSWORD", "guest"), "vhost": ("MANIFOLD_VHOST", "/"),
             "format": ("MANIFOLD_FORMAT", "table")}
@@ -197,7 +202,7 @@ def cmd_status(c: Client, out: Output, args: argparse.Namespace) -> int:
 
 def cmd_list(c: Client, out: Output, args: argparse.Namespace) -> int:
     kind = args.kind
-    path = {"streams": "/api/manifold/streams"}.get(kind, f"/api/{kind}")
+    path = MANIFOLD_LISTS.get(kind, f"/api/{kind}")
     per_vhost = kind in ("queues", "exchanges", "bindings", "consumers", "streams")
     if per_vhost and not args.all_vhosts:
         path += f"/{quote(args.vhost)}"

@@ -28,6 +28,12 @@ COLUMNS = {
     "permissions": ["user", "vhost", "configure", "write", "read"],
     "streams": ["vhost", "name", "messages", "message_bytes", "first_offset", "last_offset",
                 "readers"],
+    "sqs-queues": ["name", "approximate_number_of_messages",
+                   "approximate_number_of_messages_not_visible", "visibility_timeout_s", "fifo",
+                   "redrive_policy.deadLetterTargetArn"],
+    "sns-topics": ["name", "subscriptions_confirmed", "subscriptions_pending", "fifo"],
+    "kinesis-streams": ["name", "status", "open_shards", "retention_hours", "mode"],
+    "firehose-streams": ["name", "type", "destination", "bucket", "url"],
 }
 #: short headings for long field names (the JSON output keeps RabbitMQ's names)
 LABELS = {"messages_ready": "ready", "messages_unacknowledged": "unacked",
@@ -35,9 +41,15 @@ LABELS = {"messages_ready": "ready", "messages_unacknowledged": "unacked",
           "message_stats.deliver_get_details.rate": "out/s", "destination_type": "dest type",
           "auto_delete": "auto del", "hashing_algorithm": "hashing", "consumer_count": "consumers",
           "prefetch_count": "prefetch", "channel_details.connection_name": "connection",
-          "message_bytes": "bytes", "recv_oct": "recv bytes", "send_oct": "sent bytes"}
+          "message_bytes": "bytes", "recv_oct": "recv bytes", "send_oct": "sent bytes",
+          "approximate_number_of_messages": "visible",
+          "approximate_number_of_messages_not_visible": "in flight",
+          "visibility_timeout_s": "visibility s",
+          "redrive_policy.deadLetterTargetArn": "dead letters",
+          "subscriptions_confirmed": "confirmed", "subscriptions_pending": "pending",
+          "open_shards": "open shards", "retention_hours": "retention h"}
 NUMERIC_HINTS = ("messages", "consumers", "rate", "oct", "channels", "count", "offset", "bytes",
-                 "readers")
+                 "readers", "timeout_s", "subscriptions_", "shards", "hours")
 
 
 def _get(row: dict, dotted: str) -> Any:

@@ -40,7 +40,8 @@ def test_sqs_queues_view(running_broker):
     assert orders["arn"] == sqs.get_queue_attributes(
         QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     assert rows["orders-dlq"]["arn"] == dlq_arn
-    assert orders["visibility_timeout_s"] == 45 and orders["attributes"]["VisibilityTimeout"] == "45"
+    assert orders["visibility_timeout_s"] == 45
+    assert orders["attributes"]["VisibilityTimeout"] == "45"
     assert orders["redrive_policy"]["deadLetterTargetArn"] == dlq_arn
     assert int(orders["redrive_policy"]["maxReceiveCount"]) == 3
     assert orders["fifo"] is False and rows["tasks.fifo"]["fifo"] is True
@@ -177,3 +178,18 @@ def test_views_accept_listing_parameters(running_broker):
                          params={"sort": "name", "sort_reverse": "true", "columns": "name,fifo"},
                          timeout=TIMEOUT_S)
     assert resp.json() == [{"name": n, "fifo": False} for n in ("c-queue", "b-queue", "a-queue")]
+
+
+def test_cli_lists_the_aws_views(running_broker):
+    from .test_cli import json_out, manifold
+    sqs = aws_client(running_broker, "sqs")
+    url = sqs.create_queue(QueueName="cli-q", Attributes={"VisibilityTimeout": "12"})["QueueUrl"]
+    aws_client(running_broker, "kinesis").create_stream(StreamName="cli-s", ShardCount=3)
+    queues = json_out(manifold(running_broker, "list", "sqs-queues", "-f", "json"))
+    assert [(q["name"], q["url"], q["visibility_timeout_s"]) for q in queues] == [
+        ("cli-q", url, 12)]
+    table = manifold(running_broker, "list", "kinesis-streams")
+    assert table.returncode == 0, table.stderr
+    assert "cli-s" in table.stdout and "open shards" in table.stdout
+    (row,) = [line.split() for line in table.stdout.splitlines() if "cli-s" in line]
+    assert row[:3] == ["cli-s", "ACTIVE", "3"]
