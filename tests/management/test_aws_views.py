@@ -193,3 +193,10 @@ def test_cli_lists_the_aws_views(running_broker):
     assert "cli-s" in table.stdout and "open shards" in table.stdout
     (row,) = [line.split() for line in table.stdout.splitlines() if "cli-s" in line]
     assert row[:3] == ["cli-s", "ACTIVE", "3"]
+
+
+def test_views_are_404_without_the_aws_listener(make_broker):
+    broker = make_broker(http={"enabled": False})
+    resp = view(broker, "sqs/queues")
+    assert resp.status_code == 404 and resp.json()["error"] == "Object Not Found"
+    assert "AWS API listener" in resp.json()["reason"]
