@@ -60,6 +60,8 @@ class Service:
         #: protocol -> port actually bound (useful with port 0)
         self.ports: dict[str, int] = {}
         self.tls_context: ssl.SSLContext | None = None
+        #: the HTTP listeners' context with [tls] https
+        self.https_context: ssl.SSLContext | None = None
         self._stopped = asyncio.Event()
         self._disk_timer: asyncio.TimerHandle | None = None
 
@@ -129,7 +131,10 @@ class Service:
             return False
         try:
             self.tls_context = server_context(self.settings.tls)
-        except ConfigError as exc:
+            if self.https_context is not None:
+                tls = self.settings.tls
+                self.https_context.load_cert_chain(tls.cert_file, tls.key_file or None)
+        except (ConfigError, OSError) as exc:  # ssl.SSLError is an OSError
             log.error("TLS reload failed, keeping the old certificate: %s", exc)
             return False
         log.info("TLS certificate reloaded from %s", self.settings.tls.cert_file)
@@ -144,8 +149,13 @@ class Service:
         app["service"] = self
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
+        https = self.tls_context is not None and self.settings.tls.https
+        if https and self.https_context is None:
+            # One context for the HTTP listeners, reloaded in place on SIGHUP (aiohttp keeps the
+            # object it was given; new handshakes see the new certificate).
+            self.https_context = server_context(self.settings.tls)
         site = web.TCPSite(runner, self.settings.server.bind, section.port, reuse_address=True,
-                           backlog=1024)
+                           backlog=1024, ssl_context=self.https_context if https else None)
         await site.start()
         self.http_runners[section_name] = runner
         self.ports[section_name] = runner.addresses[0][1]
@@ -164,18 +174,19 @@ class Service:
         """The disk alarm: publishers wait while the data directory's file system has less free
         space than ``disk_free_limit_bytes`` (RabbitMQ's disk_free_limit)."""
         server = self.settings.server
-        if not server.disk_free_limit_bytes:
+        if not server.disk_free_limit_bytes and not server.disk_free_limit_ratio:
             return
         try:
-            free = shutil.disk_usage(server.data_dir).free
+            usage = shutil.disk_usage(server.data_dir)
         except OSError as exc:
             log.error("cannot read free disk space of %s: %s", server.data_dir, exc)
         else:
-            low = free < server.disk_free_limit_bytes
+            limit = max(server.disk_free_limit_bytes,
+                        int(usage.total * server.disk_free_limit_ratio))
+            low = usage.free < limit
             if low != self.broker.memory.disk_alarm:
                 log.warning("disk alarm %s: %d bytes free on %s (limit %d)",
-                            "set" if low else "cleared", free, server.data_dir,
-                            server.disk_free_limit_bytes)
+                            "set" if low else "cleared", usage.free, server.data_dir, limit)
             self.broker.memory.set_disk_alarm(low)
         self._disk_timer = asyncio.get_running_loop().call_later(
             server.disk_check_interval_ms / 1000, self._check_disk)

@@ -111,6 +111,10 @@ class Stream:
         self._unflushed: set[str] = set()
         self._flush_at: int | None = None
         self.deleted = False
+        #: cumulative counters for the management API and /metrics (as on Queue)
+        self.published_total = 0
+        self.delivered_total = 0
+        self.acked_total = 0
 
     # ---------------------------------------------------------------- introspection
     @property
@@ -124,6 +128,15 @@ class Stream:
     @property
     def first_offset(self) -> int:
         return self.log.first_offset
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes the stream's log holds (segments on disk, or in memory)."""
+        return self.log.total_bytes
+
+    @property
+    def reader_count(self) -> int:
+        return len(self._readers)
 
     @property
     def next_offset(self) -> int:
@@ -144,6 +157,7 @@ class Stream:
         stamped = Message(message.exchange, message.routing_key, message.body,
                           message.properties, timestamp_ms=now)
         result = self.log.append(offset, now, encode_message(stamped)) or True
+        self.published_total += 1
         self._cache.append(_Record(offset, now, stamped))
         self._cache_account(len(message.body))
         self._evict()
@@ -300,6 +314,7 @@ class Stream:
                     break
                 if from_disk:
                     disk_budget -= len(record.message.body) + 64
+                self.delivered_total += 1
                 delivery = Delivery(self, record, consumer, False, settled=consumer.no_ack,
                                     offset=record.offset)
                 if not consumer.no_ack:
@@ -320,6 +335,8 @@ class Stream:
         consumer = delivery.consumer
         if consumer is not None:
             consumer.in_flight -= 1
+            if ack:
+                self.acked_total += 1
             reader = self._readers.get(consumer)
             if ack and reader is not None and reader.reference is not None:
                 self.store_offset(reader.reference, delivery.offset)

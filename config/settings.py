@@ -78,6 +78,8 @@ class ServerSettings:
     # Disk alarm: below this many free bytes on the data directory's file system, connections
     # that publish are no longer read until space comes back (0 disables).
     disk_free_limit_bytes: int = 256 * 1024 * 1024
+    # ... or this fraction of the file system's size, if that is more (0 disables the fraction).
+    disk_free_limit_ratio: float = 0.0
     disk_check_interval_ms: int = 1000
     # Raise the soft open-file limit to this (capped by the hard limit) at start; 0 leaves it.
     open_files_limit: int = 65536
@@ -143,6 +145,8 @@ class ManagementSettings:
     """The management HTTP API, /metrics and the dashboard, on RabbitMQ's 15672."""
     enabled: bool = True
     port: int = 15672
+    # How often rates and the dashboard's 10-minute history are sampled.
+    sample_interval_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,8 @@ class TlsSettings:
     mqtts_port: int = 8883
     stomps_port: int = 61614
     wss_port: int = 15676
+    # The AWS API ([http]) and management listeners speak HTTPS on their own ports instead of HTTP.
+    https: bool = False
 
 
 @dataclass(frozen=True)
@@ -255,7 +261,13 @@ class Settings:
 
     def with_tables(self, name: str, tables: Any) -> "Settings":
         """A copy with one array of tables (``users``, ``permissions``...) replaced."""
-        return dataclasses.replace(self, **{name: _tables(name, tables)})
+        parsed = _tables(name, tables)
+        if name == "functions":
+            for i, function in enumerate(parsed):
+                if bool(function.command) == bool(function.url):
+                    raise ConfigError(f"[[functions]] entry {i + 1} needs exactly one of "
+                                      "'command' and 'url'")
+        return dataclasses.replace(self, **{name: parsed})
 
     def vhost_specs(self) -> tuple[VhostSpec, ...]:
         """``[server] vhosts`` names plus ``[[vhosts]]`` tables, each name once."""
@@ -267,7 +279,8 @@ class Settings:
 
 #: array-of-tables name -> the dataclass of one table
 _TABLES: dict[str, type] = {"users": UserSpec, "vhosts": VhostSpec, "permissions": PermissionSpec,
-                            "topic_permissions": TopicPermissionSpec, "access_keys": AccessKeySpec}
+                            "topic_permissions": TopicPermissionSpec, "access_keys": AccessKeySpec,
+                            "functions": FunctionSettings}
 
 
 def _tables(name: str, tables: Any) -> tuple:
@@ -352,43 +365,13 @@ def _coerce(section: str, current: Any, key: str, value: Any) -> Any:
 
 
 def _sections() -> dict[str, Any]:
-    return {f.name: f for f in dataclasses.fields(Settings) if f.name != "functions"}
-
-
-def _functions(values: Any) -> tuple[FunctionSettings, ...]:
-    """``[[functions]]``: an array of tables with ``name`` and ``command`` or ``url``."""
-    if not isinstance(values, list):
-        raise ConfigError("'functions' must be an array of tables ([[functions]])")
-    out = []
-    accepted = {f.name for f in dataclasses.fields(FunctionSettings)}
-    for i, entry in enumerate(values):
-        where = f"functions[{i}]"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"'{where}' must be a table")
-        unknown = set(entry) - accepted
-        if unknown:
-            raise ConfigError(f"unknown key '{where}.{sorted(unknown)[0]}'; accepted keys: "
-                              f"{', '.join(sorted(accepted))}")
-        if not isinstance(entry.get("name"), str) or not entry["name"]:
-            raise ConfigError(f"'{where}.name' is required (a string)")
-        if bool(entry.get("command")) == bool(entry.get("url")):
-            raise ConfigError(f"'{where}' needs exactly one of 'command' and 'url'")
-        try:
-            out.append(FunctionSettings(name=entry["name"], command=str(entry.get("command", "")),
-                                        url=str(entry.get("url", "")),
-                                        timeout_s=float(entry.get("timeout_s", 30.0))))
-        except (TypeError, ValueError):
-            raise ConfigError(f"bad value for '{where}.timeout_s'; accepted: a number") from None
-    return tuple(out)
+    return {f.name: f for f in dataclasses.fields(Settings)}
 
 
 def from_mapping(data: Mapping[str, Any], base: Settings | None = None) -> Settings:
     settings = base or Settings()
     sections = _sections()
     for section, values in data.items():
-        if section == "functions":
-            settings = dataclasses.replace(settings, functions=_functions(values))
-            continue
         if section in _TABLES:
             settings = settings.with_tables(section, values)
             continue

@@ -6,6 +6,7 @@ Layout under the data directory (see FORMAT.md)::
     queues/<vhost>/<queue>/<base>.seg    a queue's log: ENQUEUE records and SETTLE tombstones
     state/<name>/<base>.seg              a state log (MQTT retained messages, sessions), same format
     dedup/<vhost>/<queue>/<base>.seg     a queue's deduplication window (same record format)
+    spill/<vhost>/<queue>/<base>.seg     transient messages paged out under memory pressure
     streams/<vhost>/<stream>/...         a stream's segments and indexes (streamlog.py)
 
 Writes never block the event loop: appends go into the log's open chunk, and one writer thread
@@ -98,18 +99,20 @@ class FileQueueLog:
         self.chunks: list[Chunk] = []
         #: chunks handed to the writer and not yet done (their bytes may not be in the file)
         self._writing: list[Chunk] = []
+        #: the segment of the last id found (see _locate)
+        self._last_hit: _Segment | None = None
         self.dropped = False
         self.recovery_problems: list[str] = []
         #: the highest record id ever written (settled or not), so ids are never reused
         self.max_id_seen = -1
 
     # ------------------------------------------------------------------ recovery
-    def recover(self, resident_bytes: int | None = None) -> Iterator[tuple[int, bytes | None]]:
+    def recover(self, resident_bytes: int | None = None) -> Iterator[tuple[int, bytes | int]]:
         """Rebuild the unsettled set from the segments; truncate each at its first bad record.
 
         Yields ``(msg_id, payload)`` in id order. Payloads past the first ``resident_bytes``
-        (None: no limit) are left on disk and come as None: fetch them with :meth:`read`, so a
-        backlog larger than memory can be recovered. The scan is done before the first item;
+        (None: no limit) are left on disk and come as their length (an int): fetch them with
+        :meth:`read`, so a backlog larger than memory can be recovered. The scan is done before the first item;
         the iterator holds nothing per message (a million messages are not a million tuples)."""
         fs = self.store.fs
         try:
@@ -155,7 +158,7 @@ class FileQueueLog:
         self.store._unlink_later(self._compact())
         return self._replay(resident_bytes)
 
-    def _replay(self, resident_bytes: int | None) -> Iterator[tuple[int, bytes | None]]:
+    def _replay(self, resident_bytes: int | None) -> Iterator[tuple[int, bytes | int]]:
         budget = resident_bytes
         for segment in list(self.segments):
             index = segment.index
@@ -169,17 +172,29 @@ class FileQueueLog:
                         budget -= length
                 else:
                     budget = 0  # keep the resident part a prefix of the queue
-                    yield msg_id, None
+                    yield msg_id, length  # the payload's length stands in for it
 
     def _locate(self, msg_id: int) -> tuple[_Segment, int] | None:
         """The segment and slot of a live message. A segment holds ids from its base id up to
         the next segment's (ids only grow; a rehomed chunk leaves its old segment)."""
+        last = self._last_hit  # recovery and draining look ids up in order: mostly one segment
+        if last is not None:
+            slot = last.index.find(msg_id)
+            if slot >= 0:
+                return last, slot
         segments = self.segments
         i = bisect.bisect_right(segments, msg_id, key=_base_id) - 1
-        if i < 0:
-            return None
-        slot = segments[i].index.find(msg_id)
-        return (segments[i], slot) if slot >= 0 else None
+        slot = segments[i].index.find(msg_id) if i >= 0 else -1
+        if slot >= 0:
+            self._last_hit = segments[i]
+            return segments[i], slot
+        # A spill log takes ids out of order (a page-out after newer spills): each of its
+        # segments is sorted, but their ranges overlap. A miss is rare: look in every one.
+        for segment in segments:
+            slot = segment.index.find(msg_id)
+            if slot >= 0:
+                return segment, slot
+        return None
 
     def size_of(self, msg_id: int) -> int:
         segment, slot = self._locate(msg_id)  # type: ignore[misc]
@@ -273,7 +288,9 @@ class FileQueueLog:
 
     def _chunk_for_append(self, msg_id: int) -> Chunk:
         current = self.segments[-1] if self.segments else None
-        if current is None or current.poisoned or current.size >= self.store.segment_bytes:
+        if (current is None or current.poisoned or current.size >= self.store.segment_bytes or
+                (current.index.ids and current.index.ids[-1] >= msg_id)):
+            # (an id out of order, in a spill log, starts a segment: each stays sorted)
             # Rotate: the new segment is named by the first message id it holds.
             return self._rotate(msg_id)
         return self._open_chunk()
@@ -363,6 +380,8 @@ class FileQueueLog:
         gone = []
         while len(self.segments) > 1 and self.segments[0].live == 0:
             segment = self.segments.pop(0)
+            if segment is self._last_hit:
+                self._last_hit = None
             self.store._forget_read(segment.path)
             gone.append(segment.path)
         return gone
@@ -409,6 +428,8 @@ class FileStore:
     async def open(self) -> None:
         # The limit may have been raised since __init__ (the service does it at start).
         self.max_open_files = self.writer.max_open = _descriptor_budget(self._wanted_open_files)
+        # Transient messages spilled by the last run are not kept across a restart.
+        self.fs.rmtree(os.path.join(self.data_dir, "spill"))
         for directory in self.fs.makedirs(os.path.join(self.data_dir, "queues")):
             self.fs.fsync_dir(os.path.dirname(directory))
         self._loop = asyncio.get_running_loop()
@@ -439,6 +460,12 @@ class FileStore:
             self.writer.close_all()
 
     # ------------------------------------------------------------------ definitions
+
+    @property
+    def fsync_latency(self) -> Any:
+        """The writer's fsync latency histogram (persistence/latency.py), read-only."""
+        return self.writer.fsync_latency
+
     def _definitions_path(self) -> str:
         return os.path.join(self.data_dir, "definitions.bin")
 
@@ -484,6 +511,11 @@ class FileStore:
         return FileStreamLog(self, os.path.join(self.data_dir, "streams", _fs_name(vhost),
                                                 _fs_name(stream)),
                              segment_bytes or self.segment_bytes)
+
+    def spill_log(self, vhost: str, queue: str) -> FileQueueLog:
+        """Where a queue puts transient messages past its resident budget (same record format;
+        removed at every start: transient messages do not survive a restart)."""
+        return self._log(os.path.join(self.data_dir, "spill", _fs_name(vhost), _fs_name(queue)))
 
     def dedup_log(self, vhost: str, queue: str) -> FileQueueLog:
         """The log of a queue's deduplication window (same records as a queue log: each key is

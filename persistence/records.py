@@ -148,7 +148,3 @@ class Walk:
         view.release()
         self.good_bytes = pos
         self.dropped = end - pos
-
-
-def iter_records(data: bytes) -> Iterator[Record]:
-    yield from scan(data).records

@@ -15,8 +15,8 @@ from manifold.broker.consumer import Consumer, Delivery
 from manifold.broker.errors import PreconditionFailed
 from manifold.broker.message import Message
 
-from . import codec, replies
-from .codec import shortstr
+from . import codec, fields, replies
+from .fields import shortstr
 
 # Write out buffered frames once this much has piled up within one batch.
 FLUSH_BYTES = 256 * 1024
@@ -31,7 +31,7 @@ def _stream_header(message: Message, offset: int) -> bytes:
     headers = dict(props.headers or {})
     headers["x-stream-offset"] = offset
     props.headers = headers
-    return codec.content_header_payload(props, len(message.body))
+    return fields.content_header_payload(props, len(message.body))
 
 
 class AMQPConsumer(Consumer):

@@ -83,6 +83,9 @@ class AwsApi:
         self.query_services: dict[str, Handler] = {}                  # service -> handler
         self.rest_handler: Handler | None = None
         self.authenticate: Authenticator | None = None
+        #: (service, operation) AWS serves without a signature: the SNS links a subscriber
+        #: follows (ConfirmSubscription carries its token; GetSigningCertificate is public)
+        self.unsigned: set[tuple[str, str]] = set()
         self.app = web.Application(client_max_size=settings.server.max_message_bytes + 1024 * 1024)
         self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self.on_close: list[Callable[[], Awaitable[None]]] = []
@@ -110,7 +113,8 @@ class AwsApi:
         except AwsError as exc:
             return error_response(exc, "query", "", str(uuid.uuid4()))
         try:
-            if self.authenticate is not None:
+            if self.authenticate is not None and \
+                    (request.service, request.operation) not in self.unsigned:
                 await self.authenticate(request)
             return await self._call(request)
         except AwsError as exc:

@@ -26,6 +26,7 @@ from manifold.broker.errors import BrokerError
 from . import sns_wire
 from .attributes import to_message
 from .http import ACCOUNT_ID, AwsApi, AwsError, AwsRequest
+from .sigv4 import require
 from .sns_delivery import (DEFAULT_RETRY, HTTP_PROTOCOLS, QUICK_RETRY, STRUCTURE_HEADER,
                            SUBJECT_HEADER, Sender, SubscriptionWorker)
 from .sns_model import (MAX_MESSAGE_BYTES, Subscription, Topic, check_endpoint,
@@ -34,6 +35,13 @@ from .sns_model import (MAX_MESSAGE_BYTES, Subscription, Topic, check_endpoint,
                         not_found, topic_name)
 
 VHOST = "/"
+#: the permission (RabbitMQ's model) an operation needs on the topic's exchange
+PERMISSIONS = {
+    "CreateTopic": "configure", "DeleteTopic": "configure", "SetTopicAttributes": "configure",
+    "TagResource": "configure", "UntagResource": "configure",
+    "SetSubscriptionAttributes": "configure",
+    "Publish": "write", "PublishBatch": "write", "Subscribe": "read",
+}
 DEDUP_WINDOW_MS = 5 * 60 * 1000
 MAX_BATCH = 10
 PAGE = 100
@@ -103,6 +111,12 @@ class Sns:
         if wait is not None:
             await wait
 
+    def _background(self, coroutine: Any) -> None:
+        """A one-shot send (confirmation, unsubscribe notice) that the caller does not wait for."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
     def _start_worker(self, sub: Subscription) -> None:
         if sub.queue not in self.vhost.queues:
             self.vhost.declare_queue(sub.queue, durable=True)
@@ -167,6 +181,23 @@ class Sns:
         if sub is None or sub.arn != arn:
             raise not_found("Subscription does not exist")
         return sub
+
+    def check_permission(self, request: AwsRequest, p: dict) -> None:
+        """AccessDenied unless the signing key's user may do this to the topic's exchange:
+        configure (topic and subscription changes), write (Publish), read (Subscribe)."""
+        action = PERMISSIONS.get(request.operation)
+        if action is None or request.grant is None:
+            return
+        if request.operation == "CreateTopic":
+            name = p.get("Name")
+        elif request.operation in ("SetSubscriptionAttributes",):
+            arn = p.get("SubscriptionArn")
+            name = arn.split(":")[5] if isinstance(arn, str) and arn.count(":") == 6 else None
+        else:
+            arn = p.get("TopicArn") or p.get("ResourceArn")
+            name = arn.split(":")[5] if isinstance(arn, str) and arn.count(":") == 5 else None
+        if isinstance(name, str):
+            require(request, action, "exchange", name)
 
     # -- topics --------------------------------------------------------------------------------
     async def create_topic(self, request: AwsRequest, p: dict) -> dict:
@@ -292,9 +323,7 @@ class Sns:
         if sub.confirmed:
             self._start_worker(sub)
             return {"SubscriptionArn": sub.arn}
-        task = asyncio.get_running_loop().create_task(self.sender.confirm_request(sub))
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
+        self._background(self.sender.confirm_request(sub))
         return {"SubscriptionArn": sub.arn if p.get("ReturnSubscriptionArn") in ("true", True)
                 else "pending confirmation"}
 
@@ -307,6 +336,8 @@ class Sns:
             if sub.topic == name and sub.token and sub.token == token:
                 if not sub.confirmed:
                     sub.confirmed = True
+                    sub.authenticate_on_unsubscribe = str(
+                        p.get("AuthenticateOnUnsubscribe", "")).lower() == "true"
                     await self._put(("subscription", sub.id), sub.to_value())
                     self._start_worker(sub)
                 return {"SubscriptionArn": sub.arn}
@@ -319,7 +350,13 @@ class Sns:
         await self._delete(("subscription", sub.id))
 
     async def unsubscribe(self, request: AwsRequest, p: dict) -> dict:
-        await self._remove_subscription(self.subscription(p.get("SubscriptionArn")))
+        sub = self.subscription(p.get("SubscriptionArn"))
+        if sub.authenticate_on_unsubscribe and request.user is None:
+            raise AwsError("AuthorizationError", "The subscription requires an authenticated "
+                           "Unsubscribe (AuthenticateOnUnsubscribe)", 403)
+        await self._remove_subscription(sub)
+        if sub.protocol in HTTP_PROTOCOLS and sub.confirmed:
+            self._background(self.sender.unsubscribed(sub))
         return {}
 
     def _list(self, subs: list[Subscription], p: dict) -> dict:
@@ -511,8 +548,12 @@ def install(api: AwsApi, sqs: Any, firehose: Any) -> Sns:
         if operation is None:
             raise AwsError("InvalidAction", f"The action {request.operation} is not valid for "
                            "this endpoint.")
+        if (request.service, request.operation) in api.unsigned and api.authenticate and (
+                "Authorization" in request.http.headers or "X-Amz-Signature" in request.http.query):
+            await api.authenticate(request)  # signed anyway: then the signature must hold
         params = sns_wire.unflatten({k: v for k, v in request.params.items()
                                      if k not in ("Action", "Version")})
+        sns.check_permission(request, params)
         result = await operation(request, params)
         xml = result if isinstance(result, str) else sns_wire.to_xml(result)
         return sns_wire.response(request.operation, xml, request.request_id)
@@ -524,6 +565,10 @@ def install(api: AwsApi, sqs: Any, firehose: Any) -> Sns:
         await sns.close()
 
     api.register_query("sns", handle)
+    # [SNS] SubscribeURL and UnsubscribeURL are plain links; the token (or the subscription's
+    # AuthenticateOnUnsubscribe) is what protects them, and the signing certificate is public.
+    api.unsigned.update({("sns", "ConfirmSubscription"), ("sns", "GetSigningCertificate"),
+                         ("sns", "Unsubscribe")})
     api.app.on_startup.append(on_startup)
     api.app.on_shutdown.append(on_shutdown)
     api.app[SNS_KEY] = sns  # the outbox (sms, application) for whoever shows it

@@ -139,7 +139,10 @@ class SubscriptionWorker(Consumer):
             try:
                 await self.sns.sender.send(sub, message, text, attributes)
                 return
-            except DeliveryFailed as exc:
+            except Exception as exc:  # a failed attempt, never a dead worker
+                if not isinstance(exc, DeliveryFailed):
+                    log.exception("SNS delivery to %s failed unexpectedly", sub.endpoint)
+                    exc = DeliveryFailed("InternalError", str(exc))
                 failure = exc
                 log.info("SNS delivery to %s (%s) failed, attempt %d: %s", sub.endpoint,
                          sub.protocol, attempt + 1, exc)
@@ -324,6 +327,28 @@ class Sender:
         except DeliveryFailed as exc:
             log.warning("SNS message to %s dropped: its dead-letter queue failed too: %s",
                         sub.endpoint, exc)
+
+    async def unsubscribed(self, sub: Any) -> None:
+        """[SNS] an HTTP/S endpoint hears of its unsubscription (UnsubscribeConfirmation); one
+        attempt. Its SubscribeURL does not restore the subscription here (the token is gone)."""
+        envelope = sns_wire.confirmation(sub.base_url, message_id=str(uuid.uuid4()),
+                                         topic_arn=sub.topic_arn, token=sub.token,
+                                         sent_ms=int(time.time() * 1000))
+        envelope["Type"] = "UnsubscribeConfirmation"
+        envelope["Message"] = (f"You have chosen to deactivate subscription {sub.arn}.\nTo "
+                               "cancel this operation and restore the subscription, visit the "
+                               "SubscribeURL included in this message.")
+        topic = self.sns.topics.get(sub.topic)
+        self.sns.signer.sign(envelope, topic.signature_version if topic else "1")
+        try:
+            await self.post(sub.endpoint, json.dumps(envelope), {
+                "x-amz-sns-message-type": "UnsubscribeConfirmation",
+                "x-amz-sns-message-id": envelope["MessageId"],
+                "x-amz-sns-topic-arn": sub.topic_arn, "x-amz-sns-subscription-arn": sub.arn,
+                "Content-Type": "text/plain; charset=UTF-8",
+                "User-Agent": "Amazon Simple Notification Service Agent"})
+        except DeliveryFailed as exc:
+            log.info("SNS UnsubscribeConfirmation to %s failed: %s", sub.endpoint, exc)
 
     async def confirm_request(self, sub: Any) -> None:
         """The SubscriptionConfirmation POST (http/https) or mail (email/email-json)."""

@@ -246,6 +246,15 @@ class StompSession:
             return
         self.error("Server shutting down", "Server shutting down", reason="server shutdown")
 
+    def force_close(self, reason: str) -> None:
+        """Closed by an operator: an ERROR frame whose message header carries the reason."""
+        if self.state == CLOSED:
+            if self.conn is not None:
+                self._close(f"closed by an operator: {reason}")
+            return
+        self.error(reason, f"Connection closed by an operator: {reason}",
+                   reason=f"closed by an operator: {reason}")
+
     def resume_writing(self) -> None:
         for sub in list(self.subscriptions.values()):
             sub.resume()
@@ -366,6 +375,8 @@ class StompSession:
         self.user = user
         self.vhost = vhost
         self.state = CONNECTED
+        if self.conn is not None:
+            self.conn.opened(user.name, vhost.name)
         out = {"server": self.server.server_header, "session": f"session-{self.session_id}"}
         if version != "1.0" or "accept-version" in headers:
             out["version"] = version

@@ -181,7 +181,7 @@ def start_daemon_with_fd_limit(data_dir, limit):
     proc = subprocess.Popen(
         [sys.executable, "-m", "manifold.broker.cli", "serve", "--data-dir", str(data_dir),
          "--amqp-port", "0", "--mqtt-port", "0", "--stomp-port", "0",
-         "--http-port", "0", "--management-port", "0"],
+         "--http-port", "0", "--management-port", "0", "--ws-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=lower_limit)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -233,3 +233,11 @@ def test_thousands_of_durable_queues_under_an_open_file_limit_of_256(tmp_path):
         conn.close()
     finally:
         stop_daemon(proc)
+
+
+def test_the_disk_limit_can_be_a_fraction_of_the_file_system(make_broker):
+    nearly_all = make_broker(server={"disk_free_limit_bytes": 0,
+                                     "disk_free_limit_ratio": 0.999999})
+    assert nearly_all.call(lambda: nearly_all.broker.memory.disk_alarm)
+    nothing = make_broker(server={"disk_free_limit_bytes": 0, "disk_free_limit_ratio": 0.0})
+    assert not nothing.call(lambda: nothing.broker.memory.disk_alarm)

@@ -241,3 +241,36 @@ def test_streams_and_records_survive_a_restart(make_broker):
                                ExplicitHashKey="5")
     assert int(again["SequenceNumber"]) > int(put["SequenceNumber"])
     assert kinesis.list_tags_for_stream(StreamName="keep")["Tags"] == [{"Key": "a", "Value": "b"}]
+
+
+def test_enhanced_fan_out_subscribe_to_shard(kinesis):
+    kinesis.create_stream(StreamName="efo", ShardCount=1)
+    arn = kinesis.describe_stream_summary(StreamName="efo")["StreamDescriptionSummary"]["StreamARN"]
+    consumer = kinesis.register_stream_consumer(StreamARN=arn, ConsumerName="app")["Consumer"]
+    assert consumer["ConsumerStatus"] == "ACTIVE"
+    with pytest.raises(kinesis.exceptions.ResourceInUseException):
+        kinesis.register_stream_consumer(StreamARN=arn, ConsumerName="app")
+    assert [c["ConsumerName"] for c in kinesis.list_stream_consumers(StreamARN=arn)["Consumers"]] \
+        == ["app"]
+    described = kinesis.describe_stream_consumer(ConsumerARN=consumer["ConsumerARN"])
+    assert described["ConsumerDescription"]["StreamARN"] == arn
+    for i in range(3):
+        kinesis.put_record(StreamName="efo", Data=b"e%d" % i, PartitionKey="k")
+    response = kinesis.subscribe_to_shard(ConsumerARN=consumer["ConsumerARN"],
+                                          ShardId="shardId-000000000000",
+                                          StartingPosition={"Type": "TRIM_HORIZON"})
+    got = []
+    events = response["EventStream"]
+    try:
+        for event in events:
+            page = event["SubscribeToShardEvent"]
+            got += [r["Data"] for r in page["Records"]]
+            if len(got) == 3:
+                assert page["ContinuationSequenceNumber"]
+                break
+    finally:
+        events.close()
+    assert got == [b"e0", b"e1", b"e2"]
+    kinesis.deregister_stream_consumer(ConsumerARN=consumer["ConsumerARN"])
+    with pytest.raises(kinesis.exceptions.ResourceNotFoundException):
+        kinesis.describe_stream_consumer(ConsumerARN=consumer["ConsumerARN"])

@@ -137,7 +137,11 @@ def persistent_subscriber(broker, proto, topic):
     sub.subacks.get(timeout=WAIT)
     sub.close()
     sub.disconnects.get(timeout=WAIT)
-    time.sleep(0.1)  # the broker sees the DISCONNECT and stores the detached session
+    sessions = broker.service.servers["mqtt"].sessions
+    deadline = time.monotonic() + WAIT
+    while broker.call(lambda: sessions["durable-sub"].conn is not None):  # detached, stored
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     quiet(broker)
 
 

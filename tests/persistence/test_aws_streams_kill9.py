@@ -1,7 +1,6 @@
 """What SNS Publish, Kinesis PutRecords and Firehose PutRecord answered survives `kill -9` of a
 real daemon: every subscriber gets each published message, every record is readable, every
 buffered Firehose record reaches S3."""
-import json
 import signal
 import time
 

@@ -22,13 +22,12 @@ class Daemon:
 
 
 def start_daemon(data_dir):
-    # A flag's port 0 disables that listener (a busy default port cannot stop the daemon); the
-    # environment's 0 asks for an ephemeral HTTP port.
-    env = {**os.environ, "MANIFOLD_HTTP_PORT": "0"}
+    # The flag's port 0 disables the listener; the environment's 0 asks for an ephemeral port.
+    env = {**os.environ, "MANIFOLD_HTTP_PORT": "0", "MANIFOLD_MANAGEMENT_PORT": "0",
+           "MANIFOLD_WEBSOCKET_PORT": "0"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "manifold.broker.cli", "serve", "--data-dir", str(data_dir),
-         "--amqp-port", "0", "--mqtt-port", "0", "--stomp-port", "0", "--management-port", "0",
-         "--ws-port", "0"],
+         "--amqp-port", "0", "--mqtt-port", "0", "--stomp-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
