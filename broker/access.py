@@ -569,11 +569,3 @@ class Grant:
                                 f"'{exchange}' in vhost '{self.vhost}' refused for user "
                                 f"'{self.user}'")
 
-
-def full_grant(user: str = "", vhost: str = "/") -> Grant:
-    """A grant that allows everything (for tests and internal callers)."""
-    access = AccessControl.__new__(AccessControl)
-    access.permissions = {(user, vhost): Permission(".*", ".*", ".*")}
-    access.topic_permissions = {}
-    access.generation = 0
-    return Grant(access, user, vhost)

@@ -17,6 +17,8 @@ import logging
 from collections import deque
 from typing import Any, Awaitable, Iterable, Protocol
 
+from manifold.persistence.records import FLAG_READ_ON_RECOVERY
+
 from .coldrun import ColdRun
 from .consumer import Consumer, Delivery
 from .errors import PreconditionFailed, ResourceLocked
@@ -59,7 +61,7 @@ class QueueHost(Protocol):
 
 class QueueLog(Protocol):
     """The slice of ``persistence`` a durable queue writes through (see persistence/store.py)."""
-    def append(self, msg_id: int, data: bytes) -> Awaitable[None] | None: ...
+    def append(self, msg_id: int, data: bytes, flags: int = 0) -> Awaitable[None] | None: ...
     def settle(self, msg_id: int) -> None: ...
     def recover(self, resident_bytes: int | None = None) -> Iterable[tuple[int, bytes | int]]: ...
     def read(self, msg_id: int) -> bytes: ...
@@ -330,7 +332,10 @@ class Queue:
         result: bool | Awaitable[None] = True
         if self.log is not None and message.properties.delivery_mode == 2:
             entry.on_disk = True
-            result = self.log.append(entry.msg_id, encode_message(message)) or True
+            # A per-message expiration is inside the message: recovery must read it even past
+            # the resident budget, or the message would outlive its TTL after a restart.
+            flags = FLAG_READ_ON_RECOVERY if props.expiration is not None else 0
+            result = self.log.append(entry.msg_id, encode_message(message), flags) or True
         delay = self.delay_ms
         headers = props.headers
         if headers and "x-delay" in headers:

@@ -111,6 +111,9 @@ class Stream:
         self._unflushed: set[str] = set()
         self._flush_at: int | None = None
         self.deleted = False
+        #: retention set after declaration (``vhost.set_queue_policy``), e.g. Kinesis's
+        #: Increase/DecreaseStreamRetentionPeriod; persisted with the definitions
+        self.policy: dict = {}
         #: cumulative counters for the management API and /metrics (as on Queue)
         self.published_total = 0
         self.delivered_total = 0
@@ -191,6 +194,31 @@ class Stream:
             self.log.trim(self.max_bytes, oldest)
         if self.max_age_ms is not None and self.message_count:
             self.host.schedule(self, now + max(1000, self.max_age_ms // 10))
+
+    def set_policy(self, policy: dict) -> None:
+        """``x-max-age`` / ``x-max-length-bytes`` overriding the declare arguments, without
+        taking part in the redeclare equivalence check. Retention applies at the next tick
+        (restore sets the policy before the log is recovered)."""
+        merged = {**self.arguments, **policy}
+        unknown = set(policy) - {"x-max-age", "x-max-length-bytes"}
+        if unknown:
+            raise PreconditionFailed(f"invalid policy key '{sorted(unknown)[0]}' for stream "
+                                     f"'{self.name}' in vhost '{self.vhost}'")
+        max_age = merged.get("x-max-age")
+        seconds = parse_interval_s(str(max_age)) if max_age is not None else None
+        if max_age is not None and seconds is None:
+            raise PreconditionFailed(
+                f"invalid arg 'x-max-age' for queue '{self.name}' in vhost '{self.vhost}': "
+                f"{max_age!r}; accepted: a number followed by Y, M, D, h, m or s")
+        max_bytes = merged.get("x-max-length-bytes")
+        if max_bytes is not None and (isinstance(max_bytes, bool) or
+                                      not isinstance(max_bytes, int) or max_bytes < 0):
+            raise PreconditionFailed(f"invalid arg 'x-max-length-bytes' for queue "
+                                     f"'{self.name}' in vhost '{self.vhost}': {max_bytes!r}")
+        self.policy = dict(policy)
+        self.max_age_ms = seconds * 1000 if seconds is not None else None
+        self.max_bytes = max_bytes
+        self.host.schedule(self, self.host.now_ms())
 
     def tick(self) -> None:
         now = self.host.now_ms()

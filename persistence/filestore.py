@@ -39,7 +39,8 @@ from typing import Any, Iterator
 from .fs import FileSystem
 from .msgindex import SETTLED, SegmentIndex
 from .records import (ENQUEUE, FILE_HEADER_SIZE, RECORD_HEADER_SIZE, SETTLE, Walk,
-                      encode_record, file_header, parse_file_header, segment_name)
+                      encode_record, file_header, parse_file_header, segment_name,
+                      FLAG_READ_ON_RECOVERY)
 from .streamlog import FileStreamLog
 from .writer import Batch, Chunk, Writer
 
@@ -115,6 +116,7 @@ class FileQueueLog:
         :meth:`read`, so a backlog larger than memory can be recovered. The scan is done before the first item;
         the iterator holds nothing per message (a million messages are not a million tuples)."""
         fs = self.store.fs
+        read_anyway: set[int] = set()  # flagged messages: their payload comes back past the budget
         try:
             names = sorted(n for n in fs.listdir(self.directory) if n.endswith(".seg"))
         except FileNotFoundError:
@@ -131,12 +133,14 @@ class FileQueueLog:
             segment = _Segment(base_id, path, 0)
             self.segments.append(segment)
             walked = Walk(data)
-            for kind, msg_id, position, length in walked:
+            for kind, msg_id, position, length, flags in walked:
                 if msg_id > self.max_id_seen:
                     self.max_id_seen = msg_id
                 if kind == ENQUEUE:
                     segment.index.add(msg_id, position, length)
                     segment.live += 1
+                    if flags & FLAG_READ_ON_RECOVERY:
+                        read_anyway.add(msg_id)
                 elif kind == SETTLE:
                     found = self._locate(msg_id)
                     if found is not None:
@@ -156,9 +160,10 @@ class FileQueueLog:
         for problem in self.recovery_problems:
             log.warning("recovery: %s", problem)
         self.store._unlink_later(self._compact())
-        return self._replay(resident_bytes)
+        return self._replay(resident_bytes, read_anyway)
 
-    def _replay(self, resident_bytes: int | None) -> Iterator[tuple[int, bytes | int]]:
+    def _replay(self, resident_bytes: int | None,
+                read_anyway: set[int]) -> Iterator[tuple[int, bytes | int]]:
         budget = resident_bytes
         for segment in list(self.segments):
             index = segment.index
@@ -170,6 +175,8 @@ class FileQueueLog:
                     yield msg_id, self.read(msg_id)
                     if budget is not None:
                         budget -= length
+                elif msg_id in read_anyway:
+                    yield msg_id, self.read(msg_id)
                 else:
                     budget = 0  # keep the resident part a prefix of the queue
                     yield msg_id, length  # the payload's length stands in for it
@@ -222,11 +229,12 @@ class FileQueueLog:
         return self.store._pread(segment.path, length, position)
 
     # ------------------------------------------------------------------ writing (event loop side)
-    def append(self, msg_id: int, data: bytes) -> asyncio.Future | None:
+    def append(self, msg_id: int, data: bytes, flags: int = 0) -> asyncio.Future | None:
+        """``flags``: FLAG_READ_ON_RECOVERY for a message recovery must read past the budget."""
         chunk = self._chunk_for_append(msg_id)
         segment = chunk.segment
         segment.index.add(msg_id, segment.size, len(data))
-        self._add(chunk, encode_record(ENQUEUE, msg_id, data))
+        self._add(chunk, encode_record(ENQUEUE, msg_id, data, flags))
         segment.live += 1
         chunk.ids.append(msg_id)
         if msg_id > self.max_id_seen:

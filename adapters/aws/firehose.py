@@ -24,7 +24,7 @@ from manifold.broker.durable_map import DurableMap
 
 from .firehose_delivery import (BufferConsumer, KinesisSource, buffer_queue, encode_batch,
                                 object_key, post_http, record_message)
-from .http import ACCOUNT_ID, REGION, AwsApi, AwsError, AwsRequest
+from .http import ACCOUNT_ID, REGION, WRONG_SHAPE, AwsApi, AwsError, AwsRequest, wrong_shape
 from .sigv4 import require
 
 log = logging.getLogger("manifold.aws.firehose")
@@ -402,7 +402,10 @@ def install(api: AwsApi, objects: Any, kinesis: Any) -> Firehose:
         name = request.params.get("DeliveryStreamName")
         if action is not None and isinstance(name, str):
             require(request, action, "queue", buffer_queue(name))
-        return await operation(request.params)
+        try:
+            return await operation(request.params)
+        except WRONG_SHAPE as exc:
+            raise wrong_shape(exc) from None
 
     async def on_startup(_app: web.Application) -> None:
         await firehose.start()

@@ -48,6 +48,17 @@ class AwsError(Exception):
         self.query_code = query_code or code
 
 
+#: what reading a parameter of the wrong shape raises in a handler (a list where a string goes,
+#: text where a number goes): the request's fault, answered as AWS answers a body it cannot
+#: deserialize, never as a 500
+WRONG_SHAPE = (TypeError, ValueError, AttributeError, KeyError, IndexError)
+
+
+def wrong_shape(exc: Exception) -> AwsError:
+    return AwsError("SerializationException", f"a request parameter has the wrong type or "
+                    f"shape ({type(exc).__name__}: {str(exc)[:200]})")
+
+
 @dataclass
 class AwsRequest:
     """What a handler needs to know about one call."""

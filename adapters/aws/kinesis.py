@@ -21,7 +21,7 @@ from manifold.broker.errors import BrokerError
 from manifold.broker.message import Message, Properties
 
 from . import kinesis_fanout
-from .http import ACCOUNT_ID, AwsApi, AwsError, AwsRequest
+from .http import ACCOUNT_ID, WRONG_SHAPE, AwsApi, AwsError, AwsRequest, wrong_shape
 from .sigv4 import require
 from .kinesis_shards import (MAX_HASH_KEY, KinesisStream, hash_key_of, invalid, make_iterator,
                              parse_iterator, parse_sequence_number, sequence_number)
@@ -66,10 +66,12 @@ class Kinesis:
         self._apply_retention(stream, shard)
 
     def _apply_retention(self, stream: KinesisStream, shard: Any) -> None:
-        core = self.vhost.queues.get(stream.queue_name(shard))
-        if core is not None and hasattr(core, "max_age_ms"):
-            core.max_age_ms = stream.retention_hours * 3600 * 1000
-            core.tick()
+        """The shard stream's max age = the retention period (a stream policy, so the AMQP
+        declare arguments stay as they were and the change is saved with the definitions)."""
+        name = stream.queue_name(shard)
+        wanted = {"x-max-age": f"{stream.retention_hours}h"}
+        if name in self.vhost.queues and getattr(self.vhost.queues[name], "policy", None) != wanted:
+            self.vhost.set_queue_policy(name, wanted)
 
     def core_stream(self, stream: KinesisStream, shard: Any) -> Any:
         return self.vhost.queue(stream.queue_name(shard))
@@ -523,6 +525,8 @@ def install(api: AwsApi) -> Kinesis:
             return await operation(request.params)
         except BrokerError as exc:  # a core refusal (e.g. a shard stream deleted over AMQP)
             raise AwsError("ResourceNotFoundException", str(exc)) from None
+        except WRONG_SHAPE as exc:
+            raise wrong_shape(exc) from None
 
     async def on_shutdown(_app: Any) -> None:
         fanout.closing = True

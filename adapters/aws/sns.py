@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import secrets
 import time
 import uuid
@@ -25,7 +26,7 @@ from manifold.broker.errors import BrokerError
 
 from . import sns_wire
 from .attributes import to_message
-from .http import ACCOUNT_ID, AwsApi, AwsError, AwsRequest
+from .http import ACCOUNT_ID, WRONG_SHAPE, AwsApi, AwsError, AwsRequest
 from .sigv4 import require
 from .sns_delivery import (DEFAULT_RETRY, HTTP_PROTOCOLS, QUICK_RETRY, STRUCTURE_HEADER,
                            SUBJECT_HEADER, Sender, SubscriptionWorker)
@@ -33,6 +34,8 @@ from .sns_model import (MAX_MESSAGE_BYTES, Subscription, Topic, check_endpoint,
                         check_message_attributes, check_subscription_attributes,
                         check_topic_attribute, check_topic_name, default_policy, invalid,
                         not_found, topic_name)
+
+log = logging.getLogger("manifold.aws.sns")
 
 VHOST = "/"
 #: the permission (RabbitMQ's model) an operation needs on the topic's exchange
@@ -66,6 +69,7 @@ def _decode_binary(attributes: dict) -> dict:
 class Sns:
     def __init__(self, broker: Any, settings: Any, sqs: Any, firehose: Any):
         self.vhost = broker.vhosts[VHOST]
+        self.outbox = broker.outbox  # sms and application deliveries (broker/outbox.py)
         self.settings = settings
         self.sqs = sqs
         self.firehose = firehose
@@ -299,6 +303,7 @@ class Sns:
             protocol = protocol.lower()
         check_endpoint(protocol, endpoint)
         attributes = check_subscription_attributes(protocol, p.get("Attributes") or {})
+        self._check_targets(request, protocol, endpoint, attributes)
         if protocol == "lambda" and self.function(endpoint) is None:
             raise invalid(f"Lambda endpoint {endpoint}: no [[functions]] entry of that name")
         if protocol in ("email", "email-json") and not self.settings.sns.smtp_url:
@@ -326,6 +331,22 @@ class Sns:
         self._background(self.sender.confirm_request(sub))
         return {"SubscriptionArn": sub.arn if p.get("ReturnSubscriptionArn") in ("true", True)
                 else "pending confirmation"}
+
+    @staticmethod
+    def _check_targets(request: AwsRequest, protocol: str, endpoint: str,
+                       attributes: dict) -> None:
+        """Whoever subscribes a queue (or names a dead-letter queue) must be allowed to write
+        to it: deliveries go in on the subscriber's authority."""
+        targets = []
+        if protocol == "sqs":
+            targets.append(endpoint.rsplit(":", 1)[-1])
+        elif protocol == "firehose":
+            targets.append("firehose." + endpoint.rsplit("/", 1)[-1])
+        dead = attributes.get("RedrivePolicy")
+        if dead:
+            targets.append(json.loads(dead)["deadLetterTargetArn"].rsplit(":", 1)[-1])
+        for name in targets:
+            require(request, "write", "queue", name)
 
     async def confirm_subscription(self, request: AwsRequest, p: dict) -> dict:
         name = topic_name(p.get("TopicArn"))
@@ -394,6 +415,8 @@ class Sns:
         sub = self.subscription(p.get("SubscriptionArn"))
         name, value = p.get("AttributeName"), p.get("AttributeValue", "")
         merged = check_subscription_attributes(sub.protocol, {**sub.attributes, name: value})
+        if name == "RedrivePolicy":
+            self._check_targets(request, "", "", {name: value})
         sub.attributes = merged
         await self._put(("subscription", sub.id), sub.to_value())
         return {}
@@ -475,12 +498,19 @@ class Sns:
         return result, waits
 
     async def publish(self, request: AwsRequest, p: dict) -> dict:
-        if p.get("PhoneNumber"):
+        target = p.get("TargetArn")
+        direct = p.get("PhoneNumber") or (
+            target if isinstance(target, str) and ":endpoint/" in target else None)
+        if direct:
+            # [SNS] a direct publish to a phone number or a platform endpoint: no carrier to
+            # reach, so it goes to the outbox (and the log), as LocalStack does
             text = p.get("Message")
             if not isinstance(text, str) or not text:
                 raise invalid("Empty message")
-            self.sender.outbox.append({"protocol": "sms", "endpoint": p["PhoneNumber"],
-                                       "message": text, "timestamp": _now_ms()})
+            self.outbox.add({"protocol": "sms" if p.get("PhoneNumber") else
+                                       "application", "endpoint": direct, "message": text,
+                                       "timestamp": _now_ms()})
+            log.info("SNS direct publish to %s (outbox): %s", direct, text[:200])
             return {"MessageId": str(uuid.uuid4())}
         topic = self.topic(p.get("TopicArn") or p.get("TargetArn"))
         result, waits = self._prepare(topic, p)
@@ -554,7 +584,10 @@ def install(api: AwsApi, sqs: Any, firehose: Any) -> Sns:
         params = sns_wire.unflatten({k: v for k, v in request.params.items()
                                      if k not in ("Action", "Version")})
         sns.check_permission(request, params)
-        result = await operation(request, params)
+        try:
+            result = await operation(request, params)
+        except WRONG_SHAPE as exc:  # query values are text: a number or JSON that is not
+            raise AwsError("InvalidParameter", f"Invalid parameter: {exc}") from None
         xml = result if isinstance(result, str) else sns_wire.to_xml(result)
         return sns_wire.response(request.operation, xml, request.request_id)
 
@@ -571,5 +604,5 @@ def install(api: AwsApi, sqs: Any, firehose: Any) -> Sns:
                          ("sns", "Unsubscribe")})
     api.app.on_startup.append(on_startup)
     api.app.on_shutdown.append(on_shutdown)
-    api.app[SNS_KEY] = sns  # the outbox (sms, application) for whoever shows it
+    api.app[SNS_KEY] = sns
     return sns

@@ -45,7 +45,6 @@ DEFAULT_RETRY = {"minDelayTarget": 20, "maxDelayTarget": 20, "numRetries": 3,
 #: other protocols (sqs, lambda, firehose...): a few quick retries before the dead-letter queue
 QUICK_RETRY = {**DEFAULT_RETRY, "minDelayTarget": 1, "maxDelayTarget": 5}
 HTTP_PROTOCOLS = ("http", "https")
-OUTBOX_SIZE = 1000
 
 
 class DeliveryFailed(Exception):
@@ -108,13 +107,21 @@ class SubscriptionWorker(Consumer):
                 self.pending.clear()
                 self.in_progress = batch
                 if self.subscription.protocol in ("sqs", "firehose"):
-                    await asyncio.gather(*(self._one(d) for d in batch))
+                    await asyncio.gather(*(self._guarded(d) for d in batch))
                 else:  # one at a time: endpoints see notifications in order
                     for delivery in batch:
-                        await self._one(delivery)
+                        await self._guarded(delivery)
                 self.in_progress = []
                 for delivery in batch:
                     delivery.ack()
+
+    async def _guarded(self, delivery: Delivery) -> None:
+        """A message that breaks the worker (a bug, not a failed delivery) is logged and
+        dropped, so that the subscription's other messages still flow."""
+        try:
+            await self._one(delivery)
+        except Exception:
+            log.exception("SNS subscription %s: message dropped", self.subscription.arn)
 
     async def _one(self, delivery: Delivery) -> None:
         sub = self.subscription
@@ -163,7 +170,6 @@ class Sender:
     def __init__(self, sns: Any):
         self.sns = sns
         self.session: aiohttp.ClientSession | None = None
-        self.outbox: deque[dict] = deque(maxlen=OUTBOX_SIZE)
 
     def _session(self) -> aiohttp.ClientSession:
         if self.session is None:
@@ -211,7 +217,7 @@ class Sender:
         else:  # sms, application: no carrier to reach; the outbox and the log show them
             entry = {"protocol": protocol, "endpoint": sub.endpoint, "message": text,
                      "subscription": sub.arn, "timestamp": int(time.time() * 1000)}
-            self.outbox.append(entry)
+            self.sns.outbox.add(entry)
             log.info("SNS %s to %s (outbox): %s", protocol, sub.endpoint, text[:200])
 
     async def _sqs(self, queue_arn: str, sub: Any, message: Any, body: str,

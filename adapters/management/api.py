@@ -400,8 +400,16 @@ async def delete_binding(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def get_outbox(request: web.Request) -> web.Response:
+    """GET /api/outbox: SNS sms/application deliveries (no carrier), oldest first."""
+    ctx = Context(request)
+    ctx.visible_vhosts("/")  # SNS topics live in vhost "/": reading them needs read on it
+    return web.json_response(ctx.broker.outbox.entries())
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
+    r.add_get("/api/outbox", get_outbox)
     r.add_get("/api/queues", list_queues)
     r.add_get("/api/queues/{vhost}", list_queues)
     r.add_get("/api/queues/{vhost}/{name}", get_queue)

@@ -26,6 +26,7 @@ import base64
 from typing import Any
 
 from manifold.broker.errors import AccessRefused, BrokerError, NotAllowed
+from manifold.broker.in_order import InOrderReplies
 
 from . import codec as c
 from . import topics
@@ -72,7 +73,8 @@ class MqttSession(OutboundMethods):
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._flush_scheduled = False
-        self._pending_acks: list | None = None  # [ready, packet] in order, while waits run
+        #: acknowledgements waiting, in order, for the writes they promise
+        self._acks = InOrderReplies(self._release_ack, self._flush)
         self._clean_disconnect = False
         self._closing = False
         #: topic -> routing key, for the topics this client publishes to (bounded)
@@ -589,42 +591,21 @@ class MqttSession(OutboundMethods):
         """PUBACK/PUBREC/PUBCOMP/SUBACK once what it acknowledges is safe; acknowledgements
         stay in order [MQTT-4.6.0-2]. If the write fails, ``refused()`` gives the packet to send
         instead, or None: then the connection is closed. ``then()`` runs after the packet went."""
-        pending = self._pending_acks
-        if wait is None and not pending:
-            self._send(packet)
-            if then is not None:
-                then()
-            return
-        entry = [wait is None, packet, refused, then, None]
-        if pending is None:
-            pending = self._pending_acks = []
-        pending.append(entry)
-        if wait is not None:
-            def done(future: Any, entry: list = entry) -> None:
-                entry[0] = True
-                if future.cancelled() or future.exception() is not None:
-                    entry[4] = future.exception() if not future.cancelled() else "cancelled"
-                self._drain_acks()
-            asyncio.ensure_future(wait).add_done_callback(done)
+        self._acks.add((packet, refused, then), wait)
 
-    def _drain_acks(self) -> None:
-        pending = self._pending_acks
-        while pending and pending[0][0]:
-            _, packet, refused, then, error = pending.pop(0)
-            if error is not None:
-                packet = refused() if refused is not None else None
-                if packet is None:
-                    self._pending_acks = None
-                    self._close(f"could not store a message: {error}")
-                    return
-                self._send(packet)
-                continue
+    def _release_ack(self, ack: tuple, error: Any) -> bool:
+        packet, refused, then = ack
+        if error is not None:
+            packet = refused() if refused is not None else None
+            if packet is None:
+                self._close(f"could not store a message: {error}")
+                return False
             self._send(packet)
-            if then is not None:
-                then()
-        if not pending:
-            self._pending_acks = None
-        self._flush()
+            return True
+        self._send(packet)
+        if then is not None:
+            then()
+        return True
 
     def on_pubrel(self, p: c.Pubrel) -> None:
         # MQTT §4.3.3: discard the packet id state, then PUBCOMP; an unknown id gets 0x92 (5.0).

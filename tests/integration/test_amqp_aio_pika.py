@@ -509,7 +509,7 @@ class SlowLog:
         self.loop = loop
         self.pending: list = []
 
-    def append(self, msg_id, message):
+    def append(self, msg_id, message, flags=0):
         future = self.loop.create_future()
         self.pending.append(future)
         return future

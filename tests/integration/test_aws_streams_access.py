@@ -38,6 +38,15 @@ def test_permissions_and_unsigned_links(make_broker):
     assert denied(lambda: app["sns"].create_topic(Name="other"))
     assert denied(lambda: reader["sns"].publish(TopicArn=topic, Message="x"))
     app["sns"].publish(TopicArn=topic, Message="x")
+    # subscribing a queue means writing to it: app may write only app-* queues
+    assert denied(lambda: app["sns"].subscribe(
+        TopicArn=topic, Protocol="sqs", Endpoint="arn:aws:sqs:us-east-1:000000000000:other"))
+    assert denied(lambda: app["sns"].subscribe(
+        TopicArn=topic, Protocol="sqs", Endpoint="arn:aws:sqs:us-east-1:000000000000:app-q",
+        Attributes={"RedrivePolicy": json.dumps(
+            {"deadLetterTargetArn": "arn:aws:sqs:us-east-1:000000000000:other-dlq"})}))
+    app["sns"].subscribe(TopicArn=topic, Protocol="sqs",
+                         Endpoint="arn:aws:sqs:us-east-1:000000000000:app-q")
     app["kinesis"].create_stream(StreamName="app-s", ShardCount=1)
     assert denied(lambda: app["kinesis"].create_stream(StreamName="other", ShardCount=1))
     assert denied(lambda: reader["kinesis"].put_record(StreamName="app-s", Data=b"x",

@@ -178,7 +178,7 @@ def test_split_and_merge(kinesis):
     assert summary["OpenShardCount"] == 1
 
 
-def test_retention_and_tags(kinesis):
+def test_retention_and_tags(running_broker, kinesis):
     kinesis.create_stream(StreamName="t", ShardCount=1)
     kinesis.increase_stream_retention_period(StreamName="t", RetentionPeriodHours=48)
     with pytest.raises(kinesis.exceptions.InvalidArgumentException):
@@ -188,6 +188,9 @@ def test_retention_and_tags(kinesis):
         kinesis.decrease_stream_retention_period(StreamName="t", RetentionPeriodHours=12)
     desc = kinesis.describe_stream_summary(StreamName="t")["StreamDescriptionSummary"]
     assert desc["RetentionPeriodHours"] == 36
+    shard = running_broker.call(lambda: running_broker.broker.vhosts["/"].queues[
+        "t.shardId-000000000000"])
+    assert running_broker.call(lambda: shard.max_age_ms) == 36 * 3600 * 1000
     kinesis.add_tags_to_stream(StreamName="t", Tags={"team": "a", "env": "dev"})
     kinesis.remove_tags_from_stream(StreamName="t", TagKeys=["env"])
     assert kinesis.list_tags_for_stream(StreamName="t")["Tags"] == [{"Key": "team", "Value": "a"}]
@@ -230,7 +233,10 @@ def test_streams_and_records_survive_a_restart(make_broker):
     put = kinesis.put_record(StreamName="keep", Data=b"durable", PartitionKey="p",
                              ExplicitHashKey="5")
     kinesis.add_tags_to_stream(StreamName="keep", Tags={"a": "b"})
+    kinesis.increase_stream_retention_period(StreamName="keep", RetentionPeriodHours=72)
     broker = restart(make_broker, broker)
+    stream = broker.call(lambda: broker.broker.vhosts["/"].queues["keep.shardId-000000000001"])
+    assert broker.call(lambda: stream.max_age_ms) == 72 * 3600 * 1000
     kinesis = aws_client(broker, "kinesis")
     shards = kinesis.list_shards(StreamName="keep")["Shards"]
     assert [s["ShardId"] for s in shards] == [f"shardId-00000000000{i}" for i in range(3)]

@@ -11,11 +11,11 @@ import time
 import urllib.request
 
 import pytest
+import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from manifold.adapters.aws.sns import SNS_KEY
 from .aws_helpers import aws_client, restart, wait_for
 from .sns_endpoints import HttpEndpoint, SmtpServer
 
@@ -243,9 +243,18 @@ def test_firehose_and_sms_subscriptions(running_broker):
     sns.publish(TopicArn=topic, Message="archived")
     key = wait_for(lambda: s3.list_objects_v2(Bucket="archive").get("Contents"))[0]["Key"]
     assert s3.get_object(Bucket="archive", Key=key)["Body"].read() == b"archived"
-    outbox = wait_for(lambda: list(running_broker.call(
-        lambda: running_broker.service.http_runners["http"].app[SNS_KEY].sender.outbox)))
+    outbox = wait_for(lambda: running_broker.call(running_broker.broker.outbox.entries))
     assert outbox[0]["endpoint"] == "+15555550100" and outbox[0]["message"] == "archived"
+    sns.publish(PhoneNumber="+15555550199", Message="direct sms")
+    device = f"arn:aws:sns:us-east-1:{ACCOUNT}:endpoint/GCM/app/0123"
+    sns.publish(TargetArn=device, Message="to a device")
+    # the management API shows the outbox
+    response = requests.get(f"http://127.0.0.1:{running_broker.ports['management']}/api/outbox",
+                            auth=("guest", "guest"), timeout=10)
+    assert response.status_code == 200
+    outbox = response.json()
+    assert [(e["protocol"], e["endpoint"]) for e in outbox[-2:]] == [
+        ("sms", "+15555550199"), ("application", device)]
 
 
 def test_topic_delivery_policy_applies_to_http_subscriptions(running_broker):

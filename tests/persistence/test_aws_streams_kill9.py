@@ -17,7 +17,9 @@ def kill(proc):
     proc.wait(10)
 
 
-def test_answered_publishes_records_and_buffers_survive_sigkill(tmp_path):
+def test_answered_publishes_records_and_buffers_survive_sigkill(tmp_path, monkeypatch):
+    # an ephemeral WebSocket port: the default 15675 may be taken by another broker on the host
+    monkeypatch.setenv("MANIFOLD_WEBSOCKET_PORT", "0")
     proc, daemon = start_daemon(tmp_path)
     published, kinesis_seqs = [], []
     try:

@@ -108,7 +108,7 @@ class PendingLog:
         self.pending: list[asyncio.Future] = []
         self.settled: list[int] = []
 
-    def append(self, msg_id, data):
+    def append(self, msg_id, data, flags=0):
         future = asyncio.get_running_loop().create_future()
         self.pending.append(future)
         return future
