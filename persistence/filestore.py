@@ -98,6 +98,8 @@ class FileQueueLog:
         self.chunks: list[Chunk] = []
         #: chunks handed to the writer and not yet done (their bytes may not be in the file)
         self._writing: list[Chunk] = []
+        #: segments holding an id below their base id (see _locate)
+        self._misnamed: set[_Segment] = set()
         self.dropped = False
         self.recovery_problems: list[str] = []
         #: the highest record id ever written (settled or not), so ids are never reused
@@ -132,6 +134,8 @@ class FileQueueLog:
                 if msg_id > self.max_id_seen:
                     self.max_id_seen = msg_id
                 if kind == ENQUEUE:
+                    if msg_id < base_id:
+                        self._misnamed.add(segment)
                     segment.index.add(msg_id, position, length)
                     segment.live += 1
                 elif kind == SETTLE:
@@ -152,6 +156,10 @@ class FileQueueLog:
             segment.size = segment.written = walked.good_bytes
         for problem in self.recovery_problems:
             log.warning("recovery: %s", problem)
+        if self.segments:
+            # New ids start at or above the newest segment's name (it may hold only tombstones,
+            # named above ids that never reached the disk): names stay the bounds _locate uses.
+            self.max_id_seen = max(self.max_id_seen, self.segments[-1].base_id - 1)
         self.store._unlink_later(self._compact())
         return self._replay(resident_bytes)
 
@@ -176,10 +184,17 @@ class FileQueueLog:
         the next segment's (ids only grow; a rehomed chunk leaves its old segment)."""
         segments = self.segments
         i = bisect.bisect_right(segments, msg_id, key=_base_id) - 1
-        if i < 0:
-            return None
-        slot = segments[i].index.find(msg_id)
-        return (segments[i], slot) if slot >= 0 else None
+        if i >= 0:
+            slot = segments[i].index.find(msg_id)
+            if slot >= 0:
+                return segments[i], slot
+        # Rare: after a failed write a segment can be named above the first id it holds (its
+        # name must sort after the retired one's); those few are looked at too.
+        for segment in self._misnamed:
+            slot = segment.index.find(msg_id)
+            if slot >= 0:
+                return segment, slot
+        return None
 
     def size_of(self, msg_id: int) -> int:
         segment, slot = self._locate(msg_id)  # type: ignore[misc]
@@ -210,6 +225,8 @@ class FileQueueLog:
     def append(self, msg_id: int, data: bytes) -> asyncio.Future | None:
         chunk = self._chunk_for_append(msg_id)
         segment = chunk.segment
+        if msg_id < segment.base_id:
+            self._misnamed.add(segment)
         segment.index.add(msg_id, segment.size, len(data))
         self._add(chunk, encode_record(ENQUEUE, msg_id, data))
         segment.live += 1
@@ -247,6 +264,7 @@ class FileQueueLog:
         if chunks and chunks[-1].segment is self.segments[-1]:
             return chunks[-1]
         if not self.segments or self.segments[-1].poisoned:
+            # Named above every id so far (recovery keeps new ids at or above it; see recover).
             return self._rotate(self.max_id_seen + 1)
         segment = self.segments[-1]
         chunk = Chunk(self, segment, segment.path, segment.size, False)
@@ -351,6 +369,8 @@ class FileQueueLog:
                 old.live -= 1
                 segment.live += 1
         self._move(chunk, segment, FILE_HEADER_SIZE - offset)
+        if chunk.ids and chunk.ids[0] < segment.base_id:
+            self._misnamed.add(segment)
         fresh.data += body
         segment.size += len(body)
         fresh.ids, fresh.settles = chunk.ids, chunk.settles
@@ -363,6 +383,7 @@ class FileQueueLog:
         gone = []
         while len(self.segments) > 1 and self.segments[0].live == 0:
             segment = self.segments.pop(0)
+            self._misnamed.discard(segment)
             self.store._forget_read(segment.path)
             gone.append(segment.path)
         return gone

@@ -181,7 +181,7 @@ def start_daemon_with_fd_limit(data_dir, limit):
     proc = subprocess.Popen(
         [sys.executable, "-m", "manifold.broker.cli", "serve", "--data-dir", str(data_dir),
          "--amqp-port", "0", "--mqtt-port", "0", "--stomp-port", "0",
-         "--http-port", "0", "--management-port", "0"],
+         "--http-port", "0", "--management-port", "0", "--ws-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=lower_limit)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

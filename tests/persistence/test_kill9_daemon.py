@@ -18,7 +18,7 @@ def start_daemon(data_dir):
     proc = subprocess.Popen(
         [sys.executable, "-m", "manifold.broker.cli", "serve", "--data-dir", str(data_dir),
          "--amqp-port", "0", "--mqtt-port", "0", "--stomp-port", "0",
-         "--http-port", "0", "--management-port", "0"],
+         "--http-port", "0", "--management-port", "0", "--ws-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
