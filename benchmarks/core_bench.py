@@ -6,7 +6,8 @@ Measures, on one thread with no sockets:
 - publish -> deliver -> ack through the default exchange to one consumer (messages/second);
 - fan-out through amq.topic to 10 queues;
 - topic matching with 10,000 bindings: cold (cache miss: trie walk) and warm (cached) lookups
-  per second, against the naive scan over every binding that the trie replaces.
+  per second, against the naive scan over every binding that the trie replaces;
+- publishes against bindings built to be slow (many ``#``), milliseconds per publish.
 Prints one JSON object.
 """
 from __future__ import annotations
@@ -104,6 +105,33 @@ def bench_topic_match(bindings: int, lookups: int) -> dict[str, float]:
             "naive_scan_lookups_per_s": round(naive, 1)}
 
 
+def bench_adversarial_publish(n: int) -> dict[str, float]:
+    """Publishes through amq.topic with bindings built to make a split-trying matcher
+    exponential: 19 '#' then a word (collapses to '#.z') against 40-word keys, and
+    '#.a.#.a...#.b' (64 '#', nothing to collapse) against 128-word, 255-byte keys. Every key
+    is distinct, so each publish is a cache miss. Milliseconds per publish, mean and worst."""
+    vhost = VirtualHost("/", clock=ManualClock())
+    vhost.declare_queue("trap")
+    vhost.bind_queue("trap", "amq.topic", ".".join(["#"] * 19 + ["z"]))
+    vhost.bind_queue("trap", "amq.topic", ".".join(["#", "a"] * 63 + ["#", "b"]))
+    cases = {"hash19_key40": lambda i: ".".join(["a"] * 39 + [f"y{i}"]),
+             "hash64_key128_255b": lambda i: ".".join(["a"] * 127 + [f"{i % 10}"])}
+    out: dict[str, float] = {}
+    for name, make_key in cases.items():
+        keys = [make_key(i) for i in range(n)]
+        worst = 0.0
+        start = time.perf_counter()
+        for key in keys:
+            t0 = time.perf_counter()
+            vhost.publish("amq.topic", key, Message("amq.topic", key, b"x"))
+            worst = max(worst, time.perf_counter() - t0)
+            vhost.exchanges["amq.topic"].trie._cache.clear()
+        mean = (time.perf_counter() - start) / n
+        out[f"{name}_ms_mean"] = round(mean * 1000, 3)
+        out[f"{name}_ms_worst"] = round(worst * 1000, 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=200_000)
@@ -113,6 +141,7 @@ def main() -> None:
         "publish_deliver_ack_msgs_per_s": round(bench_publish_deliver(args.messages)),
         "fanout_10_queues_publishes_per_s": round(bench_fanout(args.messages // 10)),
         f"topic_match_{args.bindings}_bindings": bench_topic_match(args.bindings, 5000),
+        "adversarial_topic_publish": bench_adversarial_publish(200),
     }
     print(json.dumps(result, indent=2))
 

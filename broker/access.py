@@ -19,7 +19,9 @@ Adapters call :meth:`AccessControl.authenticate`, then :meth:`AccessControl.gran
 error each adapter maps to its protocol), vhost refusals :class:`NotAllowed`.
 
 Passwords are kept as scrypt hashes (``hashlib.scrypt``, salted; PHC-style strings from
-``manifold hash-password``). Users, vhosts and permissions created at runtime (management API)
+``manifold hash-password``), or as the RabbitMQ hash a user was imported with (definitions from
+RabbitMQ: salted SHA-256, SHA-512 or MD5, see broker/password_hash.py), so a migrated user keeps
+their password. Users, vhosts and permissions created at runtime (management API)
 persist hashed in the store's ``access`` state log; plaintext never reaches the disk or the log.
 """
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any, Callable, Iterable
 
 from manifold.config.settings import ConfigError, Settings
 
+from . import password_hash as rabbit_hash
 from .durable_map import DurableMap
 from .errors import AccessRefused, NotAllowed
 
@@ -74,8 +77,22 @@ def hash_password(password: str) -> str:
     return f"$scrypt$ln={SCRYPT_LOG_N},r={SCRYPT_R},p={SCRYPT_P}${_b64(salt)}${_b64(digest)}"
 
 
+#: the hashing_algorithm of Manifold's own scrypt hashes in a definitions export
+SCRYPT_ALGORITHM = "manifold_scrypt"
+
+
 def valid_hash(stored: str) -> bool:
     return bool(_HASH_RE.match(stored))
+
+
+def check_hash(stored: str, algorithm: str) -> None:
+    """ValueError naming the problem unless ``stored`` is a hash this broker verifies: scrypt
+    (``manifold hash-password``) or one of RabbitMQ's (``rabbit_password_hashing_*``)."""
+    if algorithm in ("", SCRYPT_ALGORITHM):
+        if not valid_hash(stored):
+            raise ValueError("password_hash is not a hash from 'manifold hash-password'")
+    else:
+        rabbit_hash.check_hash(stored, algorithm)
 
 
 def verify_password(stored: str, password: str) -> bool:
@@ -105,6 +122,8 @@ class _Account:
     #: HMAC of the accepted password under this process's key: set for plaintext config passwords
     #: and after the first successful scrypt check, so later logins cost microseconds, not 100 ms
     verified: bytes | None = None
+    #: "" for scrypt; a RabbitMQ algorithm (rabbit_password_hashing_sha256...) for imported users
+    hashing_algorithm: str = ""
 
 
 @dataclass(frozen=True)
@@ -172,6 +191,29 @@ class LoginBackoff:
         return min(self.max_s, BACKOFF_TARGET_S * (count - self.free) / steps)
 
 
+class HashBudget:
+    """Bounds the event-loop time spent in scrypt: at most ``share`` of each second. A password
+    hash is checked on the loop (adapters log in synchronously) when the in-memory HMAC of a
+    verified password does not answer (a user's first login since start, or a wrong password),
+    so without a bound a flood of wrong passwords could stall every client. Past the budget such
+    logins are refused at once; users who logged in before are not affected."""
+
+    def __init__(self, share: float = 0.25, clock: Callable[[], float] = time.monotonic):
+        self.share = share
+        self.clock = clock
+        self._window_start = 0.0
+        self._spent = 0.0
+
+    def allow(self) -> bool:
+        now = self.clock()
+        if now - self._window_start >= 1.0:
+            self._window_start, self._spent = now, 0.0
+        return self._spent < self.share
+
+    def charge(self, seconds: float) -> None:
+        self._spent += seconds
+
+
 class LoginRefused(AccessRefused):
     """A failed login; ``delay_s`` is how long the adapter holds its refusal back (back-off)."""
 
@@ -189,6 +231,7 @@ class AccessControl:
         self.backoff = LoginBackoff(server.login_failures_free, server.login_backoff_max_s, clock)
         self.identity_as_username = settings.tls.identity_as_username
         self._key = os.urandom(32)  # keys the in-memory password HMACs; never leaves the process
+        self.hash_budget = HashBudget(clock=clock)
         self.accounts: dict[str, _Account] = {}
         self.permissions: dict[tuple[str, str], Permission] = {}
         self.topic_permissions: dict[tuple[str, str], dict[str, TopicPermission]] = {}
@@ -222,8 +265,10 @@ class AccessControl:
             if name != "guest" or password != "guest":
                 log.warning("user '%s' has a plaintext password in the configuration; use "
                             "password_hash from 'manifold hash-password'", name)
-            self.accounts[name] = self._plain_account(User(name, loopback_only=name == "guest"),
-                                                      password)
+            # Like RabbitMQ's guest, the "name:password" users administer the broker (they
+            # could do everything before tags existed).
+            self.accounts[name] = self._plain_account(
+                User(name, ("administrator",), loopback_only=name == "guest"), password)
             legacy.append(name)
         for spec in settings.users:
             if spec.name == "guest" and not settings.server.guest_user:
@@ -270,7 +315,8 @@ class AccessControl:
                 else:
                     self.accounts[rest[0]] = _Account(
                         User(rest[0], tuple(value["tags"]), loopback_only=rest[0] == "guest"),
-                        value["password_hash"])
+                        value["password_hash"],
+                        hashing_algorithm=value.get("hashing_algorithm", ""))
             elif kind == "permission":
                 if value is None:
                     self.permissions.pop((rest[0], rest[1]), None)
@@ -294,16 +340,31 @@ class AccessControl:
         return self._map.put(key, value) if self._map is not None else None
 
     def add_user(self, name: str, password: str | None = None, *, password_hash: str = "",
-                 tags: Iterable[str] = ()) -> Any:
-        """Create or replace a user (management API); only the scrypt hash is stored. Returns an
-        awaitable that resolves once it is on disk (or None without a store)."""
+                 hashing_algorithm: str = "", tags: Iterable[str] = ()) -> Any:
+        """Create or replace a user (management API); only a hash is stored: scrypt for a
+        password, or the RabbitMQ ``password_hash`` of an imported user with its
+        ``hashing_algorithm`` (ValueError if it cannot be verified). Returns an awaitable that
+        resolves once it is on disk (or None without a store)."""
         if password is not None:
-            password_hash = hash_password(password)
-        if not valid_hash(password_hash):
-            raise ValueError("a password or a password_hash from 'manifold hash-password' is needed")
-        user = User(name, tuple(tags), loopback_only=name == "guest")
-        self.accounts[name] = _Account(user, password_hash)
-        return self._persist(("user", name), {"password_hash": password_hash, "tags": list(tags)})
+            password_hash, hashing_algorithm = hash_password(password), ""
+        if hashing_algorithm == SCRYPT_ALGORITHM:
+            hashing_algorithm = ""
+        check_hash(password_hash, hashing_algorithm)
+        tags = tuple(tags)
+        user = User(name, tags, loopback_only=name == "guest")
+        self.accounts[name] = _Account(user, password_hash, hashing_algorithm=hashing_algorithm)
+        value = {"password_hash": password_hash, "tags": list(tags)}
+        if hashing_algorithm:
+            value["hashing_algorithm"] = hashing_algorithm
+        return self._persist(("user", name), value)
+
+    def password_hash_of(self, name: str) -> tuple[str, str]:
+        """(password_hash, hashing_algorithm) for a definitions export: "" for a user whose
+        password came in plaintext from the configuration (only its HMAC is in memory)."""
+        account = self.accounts[name]
+        if not account.password_hash:
+            return "", rabbit_hash.DEFAULT_ALGORITHM
+        return account.password_hash, account.hashing_algorithm or SCRYPT_ALGORITHM
 
     def delete_user(self, name: str) -> Any:
         """Remove a user with its permissions; open connections stay (as in RabbitMQ)."""
@@ -359,14 +420,15 @@ class AccessControl:
         EXTERNAL mechanism) or ``[tls] identity_as_username`` and no password, it names the user
         and no password is checked."""
         address = peer_host or ""
-        if identity is not None and (external or (self.identity_as_username and not password)):
+        if identity is not None and self.identity_as_username and (external or not password):
             account = self.accounts.get(identity)
             if account is None:
                 raise LoginRefused(f"certificate identity '{identity}' is not a user",
                                    self.backoff.failed(address))
             return self._check_loopback(account.user, peer_host)
         if external:
-            raise LoginRefused("EXTERNAL login needs a verified client certificate",
+            raise LoginRefused("EXTERNAL login needs a verified client certificate and [tls] "
+                               "identity_as_username",
                                self.backoff.failed(address))
         account = self.accounts.get(username or "")
         if account is None or password is None or not self._password_ok(account, password):
@@ -384,14 +446,38 @@ class AccessControl:
         mac = self._mac(account.user.name, password)
         if account.verified is not None and hmac.compare_digest(mac, account.verified):
             return True
-        if account.password_hash and verify_password(account.password_hash, password):
+        if not account.password_hash:
+            return False
+        if not self.hash_budget.allow():
+            log.warning("login of '%s' refused unchecked: password hashing is over its share of "
+                        "the event loop (a flood of failed logins?)", account.user.name)
+            return False
+        start = time.perf_counter()
+        if account.hashing_algorithm:  # a hash imported from RabbitMQ's definitions
+            ok = rabbit_hash.verify(account.password_hash, account.hashing_algorithm, password)
+        else:
+            ok = verify_password(account.password_hash, password)
+        self.hash_budget.charge(time.perf_counter() - start)
+        if ok:
             account.verified = mac
-            return True
-        return False
+        return ok
 
     def user(self, name: str) -> User | None:
         account = self.accounts.get(name)
         return account.user if account is not None else None
+
+    # ------------------------------------------------------------------ read-only views
+    def vhosts_of(self, name: str) -> set[str]:
+        """The vhosts the user has a permission entry on (may connect to)."""
+        return {vhost for user, vhost in self.permissions if user == name}
+
+    def list_permissions(self) -> list[tuple[str, str, Permission]]:
+        return [(user, vhost, perm) for (user, vhost), perm in self.permissions.items()]
+
+    def list_topic_permissions(self) -> list[tuple[str, str, str, TopicPermission]]:
+        return [(user, vhost, exchange, perm)
+                for (user, vhost), perms in self.topic_permissions.items()
+                for exchange, perm in perms.items()]
 
     # ------------------------------------------------------------------ vhosts
     def check_vhost(self, vhost: str, user: User) -> None:
@@ -483,11 +569,3 @@ class Grant:
                                 f"'{exchange}' in vhost '{self.vhost}' refused for user "
                                 f"'{self.user}'")
 
-
-def full_grant(user: str = "", vhost: str = "/") -> Grant:
-    """A grant that allows everything (for tests and internal callers)."""
-    access = AccessControl.__new__(AccessControl)
-    access.permissions = {(user, vhost): Permission(".*", ".*", ".*")}
-    access.topic_permissions = {}
-    access.generation = 0
-    return Grant(access, user, vhost)

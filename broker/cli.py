@@ -1,20 +1,32 @@
-"""``manifold``: the command line. ``manifold serve`` runs the daemon on embedded defaults."""
+"""``manifold``: the command line. ``manifold serve`` runs the daemon on embedded defaults.
+
+The operations subcommands (``status``, ``list``, ``declare``, ...) are a client of the management
+API and live in the management adapter; like broker/service.py, this module finds that package by
+name, so the core never imports an adapter.
+"""
 from __future__ import annotations
 
 import argparse
 import asyncio
 import getpass
-import logging
+import importlib
+import importlib.util
 import sys
+from typing import Any
 
 from manifold.config.settings import ConfigError, load
 
 from .access import hash_password
+from .logs import configure_logging
 from .service import Service
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="manifold", description="Manifold message broker")
+    parser = argparse.ArgumentParser(
+        prog="manifold", description="Manifold message broker",
+        epilog="Operations (a client of the management API): manifold status | list | declare "
+               "| delete | purge | publish | get | users | permissions | definitions | "
+               "messages | close; see manifold COMMAND --help.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the broker daemon")
     serve.add_argument("--config", metavar="FILE", help="TOML configuration file")
@@ -29,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--management-port", type=int, metavar="PORT",
                        help="management API, /metrics and dashboard (15672; 0 disables)")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--smtp-url", metavar="URL",
+                       help="SMTP relay for SNS email subscriptions, smtp://HOST:PORT")
+    serve.add_argument("--log-format", choices=("text", "json"), default="text",
+                       help="json: one JSON object per line, with the fields of each event")
     serve.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain): opens the "
                        "TLS listeners beside the plaintext ones")
     serve.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
@@ -60,6 +76,30 @@ def hash_password_command() -> int:
     return 0
 
 
+OPS_MODULE = "manifold.adapters.management.cli"
+#: options of the operations CLI that take a value (to find the first subcommand word)
+_OPS_VALUE_OPTIONS = {"--url", "--user", "-u", "--password", "-p", "--vhost", "-V", "--format",
+                      "-f"}
+
+
+def operations_cli() -> Any | None:
+    if importlib.util.find_spec(OPS_MODULE) is None:
+        return None
+    return importlib.import_module(OPS_MODULE)
+
+
+def first_word(argv: list[str]) -> str | None:
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in _OPS_VALUE_OPTIONS:
+            skip = True
+        elif not token.startswith("-"):
+            return token
+    return None
+
+
 def settings_from_args(args: argparse.Namespace):
     settings = load(args.config)
     server = {k: v for k, v in (("data_dir", args.data_dir), ("bind", args.bind),
@@ -79,6 +119,8 @@ def settings_from_args(args: argparse.Namespace):
         settings = settings.replace("tls", **tls)
     if args.ws_port is not None:
         settings = settings.replace("websocket", port=args.ws_port, enabled=args.ws_port != 0)
+    if args.smtp_url is not None:
+        settings = settings.replace("sns", smtp_url=args.smtp_url)
     for listener in ("http", "management"):  # port 0 here disables, as in the docs
         port = getattr(args, f"{listener}_port")
         if port is not None:
@@ -95,6 +137,12 @@ def install_event_loop_policy() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = first_word(argv)
+    if command is not None and command != "serve":
+        ops = operations_cli()
+        if ops is not None and command in ops.COMMANDS:
+            return ops.main(argv)
     args = build_parser().parse_args(argv)
     if args.command == "hash-password":
         return hash_password_command()
@@ -103,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"manifold: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.server.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.server.log_level, args.log_format)
     install_event_loop_policy()
     try:
         asyncio.run(Service(settings).run_until_signal())

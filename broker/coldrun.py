@@ -16,15 +16,17 @@ RUN_CAPACITY = 16384
 
 
 class ColdRun:
-    __slots__ = ("ids", "sizes", "head", "delivery_count")
+    __slots__ = ("ids", "sizes", "head", "delivery_count", "spilled")
 
-    def __init__(self, delivery_count: int = 0):
+    def __init__(self, delivery_count: int = 0, spilled: bool = False):
         self.ids = array("q")
         self.sizes = array("I")
         #: the next message to leave (the run is consumed from the front)
         self.head = 0
         #: what the thawed entries start with (1 for recovered messages: maybe delivered before)
         self.delivery_count = delivery_count
+        #: transient messages paged out to the queue's spill log (not its durable log)
+        self.spilled = spilled
 
     def __len__(self) -> int:
         return len(self.ids) - self.head

@@ -17,6 +17,7 @@ from .clock import LoopClock
 from .durable_map import DurableMap
 from .errors import NotAllowed
 from .memory import MemoryBudget
+from .outbox import Outbox
 from .message_codec import decode_value, encode_value
 from .vhost import VirtualHost
 
@@ -32,6 +33,8 @@ class Broker:
         #: users, permissions, vhost limits and access keys (broker/access.py)
         self.access = AccessControl(self.settings)
         self.memory = MemoryBudget(self.settings.server.memory_high_water_bytes)
+        #: SNS sms/application deliveries (no carrier): the management API shows them
+        self.outbox = Outbox()
         self.vhosts: dict[str, VirtualHost] = {}
         for name in self.access.vhost_limits:
             self._make_vhost(name)

@@ -36,23 +36,8 @@ class PreconditionFailed(BrokerError):
     name, amqp_code = "PRECONDITION_FAILED", 406
 
 
-class ResourceError(BrokerError):
-    name, amqp_code = "RESOURCE_ERROR", 506
-    connection_level = True
-
-
 class NotAllowed(BrokerError):
     name, amqp_code = "NOT_ALLOWED", 530
-    connection_level = True
-
-
-class NotImplementedByBroker(BrokerError):
-    name, amqp_code = "NOT_IMPLEMENTED", 540
-    connection_level = True
-
-
-class InternalError(BrokerError):
-    name, amqp_code = "INTERNAL_ERROR", 541
     connection_level = True
 
 

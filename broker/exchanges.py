@@ -38,6 +38,8 @@ class Binding:
 
 class Exchange:
     kind = "direct"
+    #: a binding's destination is an exchange or a queue (Queue and Stream say False)
+    is_exchange = True
 
     def __init__(self, name: str, *, durable: bool = True, auto_delete: bool = False,
                  internal: bool = False, arguments: dict | None = None):
@@ -48,11 +50,6 @@ class Exchange:
         self.arguments = arguments or {}
         self.bindings: dict[tuple, Binding] = {}
         self.alternate_exchange: str | None = self.arguments.get("alternate-exchange")
-
-    def equivalent(self, kind: str, durable: bool, auto_delete: bool, internal: bool,
-                   arguments: dict | None) -> bool:
-        return (kind, durable, auto_delete, internal, _freeze(arguments or {})) == (
-            self.kind, self.durable, self.auto_delete, self.internal, _freeze(self.arguments))
 
     def bind(self, destination: Any, routing_key: str, arguments: dict | None) -> bool:
         self.validate_binding(arguments or {})
@@ -77,9 +74,6 @@ class Exchange:
             del self.bindings[binding.key()]
             self._index_remove(binding)
         return len(gone)
-
-    def destinations_of(self, destination: Any) -> bool:
-        return any(b.destination is destination for b in self.bindings.values())
 
     def validate_binding(self, arguments: dict) -> None:
         """Raise PreconditionFailed for binding arguments this type cannot use."""

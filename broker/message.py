@@ -1,7 +1,7 @@
 """The one message model every protocol translates into and out of.
 
 Field names follow AMQP 0-9-1 basic properties, the richest of the three protocols' property sets;
-SEMANTICS.md and adapters/INTEROP.md say how MQTT 5 properties and STOMP headers map onto them.
+adapters/INTEROP.md says how MQTT 5 properties and STOMP headers map onto them.
 """
 from __future__ import annotations
 
@@ -79,23 +79,14 @@ class Message:
         self.body = body
         self.properties = properties
         self.encoded = encoded
-        # Arrival time in the broker (ms since the epoch); set by the core on publish.
+        # Arrival time in the broker (ms since the epoch), 0 if unknown: set by
+        # VirtualHost.publish for messages with an ``expiration``, by the MQTT adapter for all
+        # its messages, and by streams.
         self.timestamp_ms = timestamp_ms
-
-    @property
-    def persistent(self) -> bool:
-        return self.properties.delivery_mode == 2
 
     @property
     def headers(self) -> dict[str, Any]:
         return self.properties.headers or {}
-
-    def with_changes(self, *, exchange: str | None = None, routing_key: str | None = None,
-                     properties: Properties | None = None) -> "Message":
-        return Message(self.exchange if exchange is None else exchange,
-                       self.routing_key if routing_key is None else routing_key,
-                       self.body, self.properties if properties is None else properties,
-                       None, self.timestamp_ms)
 
     def __repr__(self) -> str:
         return (f"Message({self.exchange!r}, {self.routing_key!r}, {self.body[:32]!r}, "

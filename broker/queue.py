@@ -15,7 +15,9 @@ from __future__ import annotations
 import heapq
 import logging
 from collections import deque
-from typing import Any, Awaitable, Protocol
+from typing import Any, Awaitable, Iterable, Protocol
+
+from manifold.persistence.records import FLAG_READ_ON_RECOVERY
 
 from .coldrun import ColdRun
 from .consumer import Consumer, Delivery
@@ -31,8 +33,17 @@ READY, DELAYED, UNACKED, GONE = range(4)
 #: index, heap and deque slots, allocator slack), measured with 64-byte bodies; counted against
 #: the resident budget and by the memory alarm for every message the queue holds in memory
 ENTRY_OVERHEAD_BYTES = 400
+#: past this share of the memory high-water mark, queues page new messages out to disk
+PAGING_RATIO = 0.5
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 QUEUE_TYPES = ("classic", "quorum", "stream")
+DEAD_LETTER_STRATEGIES = ("at-most-once", "at-least-once")
+# RabbitMQ 4.x quorum queues dead-letter a message after 20 returns unless x-delivery-limit says
+# otherwise (-1: no limit).
+QUORUM_DELIVERY_LIMIT = 20
+# At-least-once dead-lettering: how long a message that no dead-letter queue took waits in its
+# source queue before it is offered again.
+DEAD_LETTER_RETRY_MS = 5_000
 # Arguments that RabbitMQ checks for equivalence on redeclare, plus Manifold's.
 #: header naming a message's group in queues with ``x-message-groups`` (SQS FIFO MessageGroupId)
 GROUP_HEADER = "x-message-group-id"
@@ -44,23 +55,31 @@ INTEGER_ARGUMENTS = ("x-message-ttl", "x-expires", "x-max-length", "x-max-length
 class QueueHost(Protocol):
     def now_ms(self) -> int: ...
     def schedule(self, queue: Any, when_ms: int) -> None: ...
-    def dead_letter(self, queue: Any, message: Message, reason: str) -> Any: ...
+    def dead_letter(self, queue: Any, message: Message, reason: str) -> bool | Any: ...
     def queue_unused(self, queue: Any) -> None: ...
 
 
 class QueueLog(Protocol):
     """The slice of ``persistence`` a durable queue writes through (see persistence/store.py)."""
-    def append(self, msg_id: int, data: bytes) -> Awaitable[None] | None: ...
+    def append(self, msg_id: int, data: bytes, flags: int = 0) -> Awaitable[None] | None: ...
     def settle(self, msg_id: int) -> None: ...
-    def recover(self, resident_bytes: int | None = None) -> list[tuple[int, bytes | None]]: ...
+    def recover(self, resident_bytes: int | None = None) -> Iterable[tuple[int, bytes | int]]: ...
     def read(self, msg_id: int) -> bytes: ...
+
+
+def _ignore_result(future: Any) -> None:
+    """Retrieve a spill write's outcome (a failure only loses a transient message's copy: the
+    queue finds it missing when it reaches the head)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class Entry:
     """One message in one queue. ``message`` is None while the body lives only on disk (paged
     out); ``on_disk`` says the queue's log holds it (a persistent message in a durable queue)."""
     __slots__ = ("msg_id", "message", "priority", "size", "state", "delivery_count", "counted",
-                 "expires_at", "ready_at", "returns", "on_disk", "group", "first_delivered_ms")
+                 "expires_at", "ready_at", "returns", "on_disk", "group", "first_delivered_ms",
+                 "spilled")
 
     def __init__(self, msg_id: int, message: Message | None, priority: int, size: int = -1):
         self.msg_id = msg_id
@@ -78,6 +97,8 @@ class Entry:
         #: the message group (``x-message-group-id`` header) in a grouped queue, else None
         self.group: Any = None
         self.first_delivered_ms = 0
+        #: a transient message paged out to the queue's spill log under memory pressure
+        self.spilled = False
 
     def __lt__(self, other: "Entry") -> bool:  # heap tie-break
         return self.msg_id < other.msg_id
@@ -98,8 +119,14 @@ def _int_argument(queue: str, vhost: str, args: dict, key: str, low: int = 0,
 
 def validate_arguments(name: str, vhost: str, args: dict) -> None:
     for key in INTEGER_ARGUMENTS:
-        _int_argument(name, vhost, args, key,
-                      low=1 if key == "x-expires" else 0, high=255 if key == "x-max-priority" else None)
+        low = 1 if key == "x-expires" else -1 if key == "x-delivery-limit" else 0
+        _int_argument(name, vhost, args, key, low=low,
+                      high=255 if key == "x-max-priority" else None)
+    strategy = args.get("x-dead-letter-strategy")
+    if strategy is not None and strategy not in DEAD_LETTER_STRATEGIES:
+        raise PreconditionFailed(f"invalid arg 'x-dead-letter-strategy' for queue '{name}' in "
+                                 f"vhost '{vhost}': {strategy!r}; accepted: "
+                                 f"{', '.join(DEAD_LETTER_STRATEGIES)}")
     overflow = args.get("x-overflow")
     if overflow is not None and overflow not in OVERFLOW_MODES:
         raise PreconditionFailed(f"invalid arg 'x-overflow' for queue '{name}' in vhost "
@@ -138,14 +165,13 @@ def parse_expiration(value: Any) -> int | None:
 
 
 class Queue:
-    kind = "classic"
     is_exchange = False
 
     def __init__(self, host: QueueHost, vhost: str, name: str, *, durable: bool = False,
                  exclusive_owner: Any = None, auto_delete: bool = False,
                  arguments: dict | None = None, consumer_timeout_ms: int = 0,
                  log: QueueLog | None = None, resident_bytes: int | None = None,
-                 memory: Any = None):
+                 memory: Any = None, spill_log: Any = None):
         self.host = host
         self.vhost = vhost
         self.name = name
@@ -160,6 +186,11 @@ class Queue:
         self._default_consumer_timeout_ms = consumer_timeout_ms
         self._resident_bytes_setting = resident_bytes
         validate_arguments(name, vhost, self.arguments)
+        #: "classic" or "quorum": a quorum queue is a classic one with RabbitMQ's quorum-queue
+        #: delivery limit default and at-least-once dead-lettering (adapters/amqp/MAPPING.md)
+        self.kind: str = self.arguments.get("x-queue-type", "classic")
+        #: dead-lettered messages no queue has taken yet: (retry at ms, entry, message, reason)
+        self._dead_letter_held: deque[tuple[int, Entry, Message, str]] = deque()
         self.max_priority: int = self.arguments.get("x-max-priority") or 0
         #: round-robin position per consumer priority (x-priority consumer argument)
         self._rr_by_priority: dict[int, int] = {}
@@ -167,6 +198,9 @@ class Queue:
         self.resident_bytes = 0
         #: the broker's MemoryBudget (or None): told about every resident body byte
         self.memory = memory
+        #: opens the log transient messages are paged out to (None: they stay in memory)
+        self._open_spill = spill_log
+        self.spill: QueueLog | None = None
 
         self._next_id = 1
         self._fresh: list[deque[Entry]] = [deque() for _ in range(self.max_priority + 1)]
@@ -181,6 +215,10 @@ class Queue:
         self.ready_bytes = 0
         self.unacked_count = 0
         self.delayed_count = 0
+        #: cumulative counters read by the management API and /metrics (rates are their deltas)
+        self.published_total = 0
+        self.delivered_total = 0
+        self.acked_total = 0
         self.consumers: list[Consumer] = []
         self._rr = 0
         self._had_consumers = False
@@ -208,7 +246,15 @@ class Queue:
         reasons = args.get("x-dead-letter-reasons")
         #: why a message may be dead-lettered (None: for every reason, as in RabbitMQ)
         self.dead_letter_reasons: frozenset | None = None if reasons is None else frozenset(reasons)
-        self.delivery_limit: int | None = args.get("x-delivery-limit")
+        limit = args.get("x-delivery-limit")
+        if limit is None and self.kind == "quorum":
+            limit = QUORUM_DELIVERY_LIMIT
+        self.delivery_limit: int | None = None if limit is None or limit < 0 else limit
+        # RabbitMQ: at-least-once dead-lettering is for quorum queues with reject-publish
+        # overflow (else the source could not hold messages the targets have not taken yet).
+        self.dead_letter_at_least_once = (
+            self.kind == "quorum" and args.get("x-dead-letter-strategy") == "at-least-once" and
+            self.overflow == "reject-publish")
         self.delay_ms: int = args.get("x-delay") or 0
         # x-single-active-consumer: only the oldest consumer gets messages; the next takes over
         # when it goes (ordered processing with failover, RabbitMQ's SAC).
@@ -278,6 +324,7 @@ class Queue:
             priority = min(props.priority or 0, self.max_priority)
         entry = Entry(self._next_id, message, priority)
         self._next_id += 1
+        self.published_total += 1
         self._arrived(entry)
         if self.grouped is not None:
             entry.group = props.headers.get(GROUP_HEADER) if props.headers else None
@@ -285,7 +332,10 @@ class Queue:
         result: bool | Awaitable[None] = True
         if self.log is not None and message.properties.delivery_mode == 2:
             entry.on_disk = True
-            result = self.log.append(entry.msg_id, encode_message(message)) or True
+            # A per-message expiration is inside the message: recovery must read it even past
+            # the resident budget, or the message would outlive its TTL after a restart.
+            flags = FLAG_READ_ON_RECOVERY if props.expiration is not None else 0
+            result = self.log.append(entry.msg_id, encode_message(message), flags) or True
         delay = self.delay_ms
         headers = props.headers
         if headers and "x-delay" in headers:
@@ -321,9 +371,9 @@ class Queue:
                 if self.ready_count:  # the consumer returned something while we held the pump
                     self.pump()
                 return result
-        if self._may_freeze(entry):
+        if self._may_freeze(entry) and (entry.on_disk or self._spill_out(entry.msg_id, message)):
             self._release(entry)  # a cold message is 12 bytes in a run, not an entry
-            self._freeze(entry.msg_id, entry.size, 0)
+            self._freeze(entry.msg_id, entry.size, 0, not entry.on_disk)
             if self.consumers:
                 self.pump()
             self._trim()
@@ -343,21 +393,66 @@ class Queue:
         """Whether a new ready message waits as 12 bytes in a cold run (see coldrun.py): its body
         is in the log, the queue is past its resident budget, and nothing about it needs a
         look before delivery."""
-        if (not entry.on_disk or self.resident_limit is None or self.max_priority or
-                self.grouped is not None or entry.expires_at):
+        if (self.resident_limit is None or self.max_priority or self.grouped is not None or
+                entry.expires_at or (not entry.on_disk and self._open_spill is None)):
             return False
+        memory = self.memory
+        if memory is not None and memory.high_water_bytes and (
+                memory.used_bytes + entry.size > memory.high_water_bytes * PAGING_RATIO):
+            # Memory is getting short: new messages wait on disk, well before the alarm would
+            # block publishers (RabbitMQ's vm_memory_high_watermark_paging_ratio).
+            return True
+        return self._over_budget(entry.size)
+
+    def _over_budget(self, size: int) -> bool:
         # An ordinary entry costs its body and some 400 bytes of objects: both count, or a
         # million small messages would all stay "resident" within a 64 MiB budget.
         hot = self.ready_count - self.cold_count
-        return (self.resident_bytes + entry.size + hot * ENTRY_OVERHEAD_BYTES >
-                self.resident_limit)
+        return (self.resident_bytes + size + hot * ENTRY_OVERHEAD_BYTES >
+                self.resident_limit)  # type: ignore[operator]
 
-    def _freeze(self, msg_id: int, size: int, delivery_count: int) -> None:
+    def page_out(self) -> int:
+        """Memory is short (the alarm went on): let go of every ready body that can be read
+        back, writing transient ones to the spill log first. Returns the bytes let go."""
+        freed = 0
+        entries = [e for q in self._fresh for e in q if e.__class__ is not ColdRun]
+        entries += [e for _, _, e in self._returned]
+        for entry in entries:
+            if entry.state != READY or entry.message is None:
+                continue
+            if not entry.on_disk:
+                if self._open_spill is None or not self._spill_out(entry.msg_id, entry.message):
+                    continue
+                entry.spilled = True
+            elif not self.log.holds(entry.msg_id):  # type: ignore[union-attr]
+                continue  # its write failed: the body in memory is the only copy
+            entry.message = None
+            self._resident(-entry.size)
+            self._count(entry, -entry.size)
+            freed += entry.size
+        return freed
+
+    def _spill_out(self, msg_id: int, message: Message) -> bool:
+        """Page a transient message out to the spill log, as RabbitMQ does under memory
+        pressure, so a transient backlog does not hold its publishers blocked forever. Nothing
+        waits for the write: a transient message promises nothing across a crash."""
+        if self.spill is None:
+            self.spill = self._open_spill()
+            if self.spill is None:
+                self._open_spill = None
+                return False
+        written = self.spill.append(msg_id, encode_message(message))
+        if written is not None:
+            written.add_done_callback(_ignore_result)
+        return True
+
+    def _freeze(self, msg_id: int, size: int, delivery_count: int, spilled: bool = False) -> None:
         fresh = self._fresh[0]
         run = fresh[-1] if fresh else None
         if (run.__class__ is not ColdRun or run.full() or  # type: ignore[union-attr]
-                run.delivery_count != delivery_count):  # type: ignore[union-attr]
-            run = ColdRun(delivery_count)
+                run.delivery_count != delivery_count or  # type: ignore[union-attr]
+                run.spilled != spilled):  # type: ignore[union-attr]
+            run = ColdRun(delivery_count, spilled)
             fresh.append(run)  # type: ignore[arg-type]
         run.append(msg_id, size)  # type: ignore[union-attr]
         self.cold_count += 1
@@ -377,13 +472,20 @@ class Queue:
             self.cold_count -= 1
             if not run:
                 fresh.popleft()
-            if not self.log.holds(msg_id):
+            source = self.spill if run.spilled else self.log
+            if not source.holds(msg_id):  # type: ignore[union-attr]
                 # Its write failed (the publisher was refused): it never joined the queue.
                 self.ready_count -= 1
                 self.ready_bytes -= size
                 continue
-            entry = Entry(msg_id, None, 0, size)
-            entry.on_disk = True
+            if run.spilled:
+                # A transient message comes back into memory and leaves the spill log.
+                entry = Entry(msg_id, decode_message(source.read(msg_id)), 0)  # type: ignore
+                source.settle(msg_id)  # type: ignore[union-attr]
+                self._resident(size)
+            else:
+                entry = Entry(msg_id, None, 0, size)
+                entry.on_disk = True
             entry.state = READY
             entry.delivery_count = run.delivery_count
             self._arrived(entry)
@@ -421,7 +523,14 @@ class Queue:
     def _load(self, entry: Entry) -> Message:
         """The entry's message, read back from disk if it was paged out."""
         message = entry.message
-        if message is None:
+        if message is None and entry.spilled:
+            message = entry.message = decode_message(self.spill.read(entry.msg_id))  # type: ignore
+            self.spill.settle(entry.msg_id)  # type: ignore[union-attr]
+            entry.spilled = False
+            self._count(entry, entry.size)
+            if entry.state == READY:
+                self._resident(entry.size)
+        elif message is None:
             message = entry.message = decode_message(self.log.read(entry.msg_id))
             self._count(entry, entry.size)
             if entry.state == READY:
@@ -440,7 +549,9 @@ class Queue:
         return any(c.has_credit() for c in self.consumers)
 
     def _full(self, extra_bytes: int) -> bool:
-        return ((self.max_length is not None and self.ready_count >= self.max_length) or
+        # messages held for at-least-once dead-lettering still take room [RabbitMQ]
+        count = self.ready_count + len(self._dead_letter_held)
+        return ((self.max_length is not None and count >= self.max_length) or
                 (self.max_length_bytes is not None and
                  self.ready_bytes + extra_bytes > self.max_length_bytes))
 
@@ -488,19 +599,35 @@ class Queue:
             return 0
         now = self.host.now_ms()
         # Priorities and groups are inside the message: those queues read every body back.
-        records = self.log.recover(None if self.max_priority or self.grouped is not None
-                                   else self.resident_limit)
+        # Others read bodies only while within the resident budget (decided here, where the
+        # entries' own cost counts too), in queue order; the rest wait on disk.
+        everything = self.max_priority or self.grouped is not None or self.resident_limit is None
+        records = self.log.recover(None if everything else 0)
         count = 0
         last_id = 0
+        run: ColdRun | None = None
         for msg_id, data in records:
             count += 1
             last_id = msg_id
-            if data is None and self.message_ttl is None:
-                # Past the resident budget: 12 bytes in a cold run (the body stays on disk).
-                self._freeze(msg_id, self.log.size_of(msg_id), 1)
-                continue
+            if isinstance(data, int):  # past the log's budget: the length stands in for it
+                size = data
+                data = None
+                if self.cold_count or self._over_budget(size):
+                    if self.message_ttl is None:
+                        # Past the resident budget: 12 bytes in a cold run (body on disk);
+                        # filed inline, a million of them is most of a long recovery.
+                        if run is None or run.full():
+                            run = ColdRun(1)
+                            self._fresh[0].append(run)  # type: ignore[arg-type]
+                        run.append(msg_id, size)
+                        self.cold_count += 1
+                        self.ready_count += 1
+                        self.ready_bytes += size
+                        continue
+                else:
+                    data = self.log.read(msg_id)
             if data is None:
-                entry = Entry(msg_id, None, 0, self.log.size_of(msg_id))
+                entry = Entry(msg_id, None, 0, size)
                 ttl = self.message_ttl
             else:
                 message = decode_message(data)
@@ -631,6 +758,7 @@ class Queue:
     def _checkout(self, entry: Entry, consumer: Consumer | None) -> Delivery:
         self._load(entry)
         entry.delivery_count += 1
+        self.delivered_total += 1
         redelivered = entry.delivery_count > 1
         if consumer is None or not consumer.no_ack:
             entry.state = UNACKED
@@ -705,7 +833,7 @@ class Queue:
                 self.cold_count -= 1
                 self.ready_count -= 1
                 self.ready_bytes -= size
-                self.log.settle(msg_id)
+                (self.spill if run.spilled else self.log).settle(msg_id)  # type: ignore
                 return True
         for entry in self._ready_entries():
             if entry.msg_id == msg_id:
@@ -761,6 +889,7 @@ class Queue:
             heapq.heapify(self._timeouts)
         if ack:
             entry.state = GONE
+            self.acked_total += 1
             self._forget(entry)
         elif requeue:
             self._return(entry)
@@ -799,7 +928,9 @@ class Queue:
             return
         copied = self.host.dead_letter(self, message, reason)
         self._release(entry)
-        if not entry.on_disk or copied is None:
+        if self.dead_letter_at_least_once:
+            self._dead_lettered(entry, message, reason, copied)
+        elif not entry.on_disk or copied is True or copied is False:
             self._forget(entry)
         else:
             # The dead-letter copy is durable before the original is settled: a crash between
@@ -812,6 +943,28 @@ class Queue:
                       "stays on disk", self.name, entry.msg_id)
             return
         self._forget(entry)
+
+    def _dead_lettered(self, entry: Entry, message: Message, reason: str, copied: Any) -> None:
+        """At-least-once [RabbitMQ x-dead-letter-strategy]: the original is settled once a
+        dead-letter queue holds the copy (on disk, for durable ones); if none took it (no
+        route, a refusal, a failed write) it is held and offered again after
+        DEAD_LETTER_RETRY_MS. ``copied`` is what ``host.dead_letter`` returned."""
+        if copied is True:
+            self._forget(entry)
+        elif copied is False:
+            self._hold_dead_letter(entry, message, reason)
+        else:
+            copied.add_done_callback(
+                lambda done: self._forget(entry)
+                if not done.cancelled() and done.exception() is None
+                else self._hold_dead_letter(entry, message, reason))
+
+    def _hold_dead_letter(self, entry: Entry, message: Message, reason: str) -> None:
+        if self.deleted:
+            return
+        retry_at = self.host.now_ms() + DEAD_LETTER_RETRY_MS
+        self._dead_letter_held.append((retry_at, entry, message, reason))
+        self.host.schedule(self, retry_at)
 
     def _forget(self, entry: Entry) -> None:
         """The entry leaves the queue for good: out of the memory count, settled on disk."""
@@ -872,6 +1025,11 @@ class Queue:
                 self._unready(entry)
                 self._drop(entry, "expired")
                 entry.message = None  # it may wait in a deque until the head reaches it
+        held = self._dead_letter_held
+        while held and held[0][0] <= now:
+            _, entry, message, reason = held.popleft()
+            self._dead_lettered(entry, message, reason,
+                                self.host.dead_letter(self, message, reason))
         timeouts = self._timeouts
         while timeouts and timeouts[0][0] <= now:
             deadline, _, delivery = heapq.heappop(timeouts)
@@ -890,7 +1048,8 @@ class Queue:
             self.host.schedule(self, nxt)
 
     def next_deadline(self) -> int | None:
-        deadlines = [heap[0][0] for heap in (self._delayed, self._expiries, self._timeouts) if heap]
+        deadlines = [heap[0][0] for heap in (self._delayed, self._expiries, self._timeouts,
+                                             self._dead_letter_held) if heap]
         if self.expires_ms and not self.consumers:
             deadlines.append(self.last_used_ms + self.expires_ms)
         return min(deadlines) if deadlines else None
@@ -899,6 +1058,15 @@ class Queue:
     def purge(self) -> int:
         """Drop every ready message (not unacked or delayed ones, as in RabbitMQ)."""
         count = 0
+        for run in self._cold_runs():  # without reading their bodies back
+            source = self.spill if run.spilled else self.log
+            for msg_id, size in run.items():
+                source.settle(msg_id)  # type: ignore[union-attr]
+                self.ready_count -= 1
+                self.ready_bytes -= size
+                count += 1
+            self.cold_count -= len(run)
+            run.head = len(run.ids)
         while True:
             entry = self._take_head(ignore_groups=True)
             if entry is None:
@@ -932,9 +1100,11 @@ class Queue:
     def ready_messages(self) -> list[Message]:
         """Ready messages in delivery order (for tests and introspection)."""
         listed: list[tuple[int, Any]] = [(e.msg_id, e) for e in self._ready_entries()]
-        listed += [(msg_id, None) for run in self._cold_runs() for msg_id, _ in run.items()]
-        listed.sort(key=lambda item: (-(item[1].priority if item[1] else 0), item[0]))
-        return [self._load(e) if e is not None else decode_message(self.log.read(msg_id))
+        listed += [(msg_id, run) for run in self._cold_runs() for msg_id, _ in run.items()]
+        listed.sort(key=lambda item: (-(item[1].priority if isinstance(item[1], Entry) else 0),
+                                      item[0]))
+        return [self._load(e) if isinstance(e, Entry) else
+                decode_message((self.spill if e.spilled else self.log).read(msg_id))
                 for msg_id, e in listed]
 
     def _cold_runs(self) -> list[ColdRun]:

@@ -35,6 +35,8 @@ PROTOCOLS = ("amqp", "mqtt", "stomp")
 WEBSOCKET_PROTOCOLS = ("mqtt", "stomp")
 #: settings section -> adapter package serving HTTP on that section's port
 HTTP_LISTENERS = {"http": "aws", "management": "management"}
+#: where an HTTP adapter's application finds the Service (its open connections, ports, servers)
+SERVICE_KEY: web.AppKey = web.AppKey("manifold.service", object)
 
 
 def load_adapter(name: str, entry_point: str = "make_server") -> Any | None:
@@ -60,6 +62,8 @@ class Service:
         #: protocol -> port actually bound (useful with port 0)
         self.ports: dict[str, int] = {}
         self.tls_context: ssl.SSLContext | None = None
+        #: the HTTP listeners' context with [tls] https
+        self.https_context: ssl.SSLContext | None = None
         self._stopped = asyncio.Event()
         self._disk_timer: asyncio.TimerHandle | None = None
 
@@ -129,7 +133,10 @@ class Service:
             return False
         try:
             self.tls_context = server_context(self.settings.tls)
-        except ConfigError as exc:
+            if self.https_context is not None:
+                tls = self.settings.tls
+                self.https_context.load_cert_chain(tls.cert_file, tls.key_file or None)
+        except (ConfigError, OSError) as exc:  # ssl.SSLError is an OSError
             log.error("TLS reload failed, keeping the old certificate: %s", exc)
             return False
         log.info("TLS certificate reloaded from %s", self.settings.tls.cert_file)
@@ -141,11 +148,16 @@ class Service:
         if not section.enabled or adapter is None:
             return
         app = adapter.make_http_app(self.broker, self.settings)
-        app["service"] = self
+        app[SERVICE_KEY] = self
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
+        https = self.tls_context is not None and self.settings.tls.https
+        if https and self.https_context is None:
+            # One context for the HTTP listeners, reloaded in place on SIGHUP (aiohttp keeps the
+            # object it was given; new handshakes see the new certificate).
+            self.https_context = server_context(self.settings.tls)
         site = web.TCPSite(runner, self.settings.server.bind, section.port, reuse_address=True,
-                           backlog=1024)
+                           backlog=1024, ssl_context=self.https_context if https else None)
         await site.start()
         self.http_runners[section_name] = runner
         self.ports[section_name] = runner.addresses[0][1]

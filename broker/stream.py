@@ -111,6 +111,13 @@ class Stream:
         self._unflushed: set[str] = set()
         self._flush_at: int | None = None
         self.deleted = False
+        #: retention set after declaration (``vhost.set_queue_policy``), e.g. Kinesis's
+        #: Increase/DecreaseStreamRetentionPeriod; persisted with the definitions
+        self.policy: dict = {}
+        #: cumulative counters for the management API and /metrics (as on Queue)
+        self.published_total = 0
+        self.delivered_total = 0
+        self.acked_total = 0
 
     # ---------------------------------------------------------------- introspection
     @property
@@ -124,6 +131,15 @@ class Stream:
     @property
     def first_offset(self) -> int:
         return self.log.first_offset
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes the stream's log holds (segments on disk, or in memory)."""
+        return self.log.total_bytes
+
+    @property
+    def reader_count(self) -> int:
+        return len(self._readers)
 
     @property
     def next_offset(self) -> int:
@@ -144,6 +160,7 @@ class Stream:
         stamped = Message(message.exchange, message.routing_key, message.body,
                           message.properties, timestamp_ms=now)
         result = self.log.append(offset, now, encode_message(stamped)) or True
+        self.published_total += 1
         self._cache.append(_Record(offset, now, stamped))
         self._cache_account(len(message.body))
         self._evict()
@@ -177,6 +194,31 @@ class Stream:
             self.log.trim(self.max_bytes, oldest)
         if self.max_age_ms is not None and self.message_count:
             self.host.schedule(self, now + max(1000, self.max_age_ms // 10))
+
+    def set_policy(self, policy: dict) -> None:
+        """``x-max-age`` / ``x-max-length-bytes`` overriding the declare arguments, without
+        taking part in the redeclare equivalence check. Retention applies at the next tick
+        (restore sets the policy before the log is recovered)."""
+        merged = {**self.arguments, **policy}
+        unknown = set(policy) - {"x-max-age", "x-max-length-bytes"}
+        if unknown:
+            raise PreconditionFailed(f"invalid policy key '{sorted(unknown)[0]}' for stream "
+                                     f"'{self.name}' in vhost '{self.vhost}'")
+        max_age = merged.get("x-max-age")
+        seconds = parse_interval_s(str(max_age)) if max_age is not None else None
+        if max_age is not None and seconds is None:
+            raise PreconditionFailed(
+                f"invalid arg 'x-max-age' for queue '{self.name}' in vhost '{self.vhost}': "
+                f"{max_age!r}; accepted: a number followed by Y, M, D, h, m or s")
+        max_bytes = merged.get("x-max-length-bytes")
+        if max_bytes is not None and (isinstance(max_bytes, bool) or
+                                      not isinstance(max_bytes, int) or max_bytes < 0):
+            raise PreconditionFailed(f"invalid arg 'x-max-length-bytes' for queue "
+                                     f"'{self.name}' in vhost '{self.vhost}': {max_bytes!r}")
+        self.policy = dict(policy)
+        self.max_age_ms = seconds * 1000 if seconds is not None else None
+        self.max_bytes = max_bytes
+        self.host.schedule(self, self.host.now_ms())
 
     def tick(self) -> None:
         now = self.host.now_ms()
@@ -300,6 +342,7 @@ class Stream:
                     break
                 if from_disk:
                     disk_budget -= len(record.message.body) + 64
+                self.delivered_total += 1
                 delivery = Delivery(self, record, consumer, False, settled=consumer.no_ack,
                                     offset=record.offset)
                 if not consumer.no_ack:
@@ -320,6 +363,8 @@ class Stream:
         consumer = delivery.consumer
         if consumer is not None:
             consumer.in_flight -= 1
+            if ack:
+                self.acked_total += 1
             reader = self._readers.get(consumer)
             if ack and reader is not None and reader.reference is not None:
                 self.store_offset(reader.reference, delivery.offset)

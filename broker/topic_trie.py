@@ -4,14 +4,32 @@ Model: nats-server ``server/sublist.go``: match cost depends on the key's length
 shape, never on the number of bindings; results are cached per routing key and the cache is dropped
 whenever the bindings change (a generation bump), so steady-state publishing is one dict lookup.
 AMQP rules: words are separated by ``.``, ``*`` matches exactly one word, ``#`` zero or more.
+
+Matching cannot be made slow by a binding. Trying every split of the key at every ``#`` costs
+exponential time in the number of ``#`` (``#.#.#.#.#.#.#.#.#.#.#.#.#.#.#.#.#.#.#.z`` against a
+40-word key: seconds per publish). Instead a match visits each trie node at most once, carrying
+the set of word positions at which the key has been matched up to that node: the
+(node, word index) pairs of the naive search, memoised, as one integer bitmask per node
+(bit i: words[:i] matched). Adjacent ``#`` are also collapsed at bind time (``#.#`` = ``#``).
 """
 from __future__ import annotations
 
+from itertools import accumulate
+from operator import or_
 from typing import Generic, Hashable, Iterable, TypeVar
 
 T = TypeVar("T", bound=Hashable)
 
 _CACHE_LIMIT = 4096
+
+
+def _words(pattern: str) -> list[str]:
+    """A binding key's words, with each run of adjacent ``#`` collapsed into one."""
+    words: list[str] = []
+    for word in pattern.split("."):
+        if word != "#" or not words or words[-1] != "#":
+            words.append(word)
+    return words
 
 
 class _Node:
@@ -36,7 +54,7 @@ class TopicTrie(Generic[T]):
 
     def add(self, pattern: str, value: T) -> None:
         node = self._root
-        for word in pattern.split("."):
+        for word in _words(pattern):
             if word == "*":
                 node.star = node.star or _Node()
                 node = node.star
@@ -51,7 +69,7 @@ class TopicTrie(Generic[T]):
     def remove(self, pattern: str, value: T) -> bool:
         path: list[tuple[_Node, str]] = []
         node = self._root
-        for word in pattern.split("."):
+        for word in _words(pattern):
             nxt = node.star if word == "*" else node.hash if word == "#" else node.children.get(word)
             if nxt is None:
                 return False
@@ -87,28 +105,78 @@ class TopicTrie(Generic[T]):
         if hit is not None:
             return hit
         out: dict[T, None] = {}
-        self._match(self._root, routing_key.split("."), 0, out)
+        self._walk(routing_key.split("."), out)
         result = tuple(out)
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[routing_key] = result
         return result
 
-    def _match(self, node: _Node, words: list[str], i: int, out: dict) -> None:
-        hash_node = node.hash
-        if hash_node is not None:
-            # '#' swallows zero or more words: continue after it from every later position.
-            for j in range(i, len(words) + 1):
-                self._match(hash_node, words, j, out)
-        if i == len(words):
-            for value in node.values:
-                out[value] = None
-            return
-        child = node.children.get(words[i])
-        if child is not None:
-            self._match(child, words, i + 1, out)
-        if node.star is not None:
-            self._match(node.star, words, i + 1, out)
+    def steps(self, routing_key: str) -> int:
+        """How many trie nodes a match of ``routing_key`` visits (uncached): never more than
+        the trie has nodes, whatever the bindings. For tests and benchmarks."""
+        return self._walk(routing_key.split("."), {})
+
+    def _walk(self, words: list[str], out: dict) -> int:
+        """Add to ``out`` the values of every binding that matches ``words``; return the
+        number of nodes visited. ``at`` is the bitmask of positions i such that ``words[:i]``
+        matches the path from the root to ``node``; the trie is a tree, so each node is
+        reached from its one parent, once."""
+        n = len(words)
+        end = 1 << n            # bit n: the whole key matched
+        inside = end - 1        # bits 0..n-1: positions that still have a word to match
+        positions: dict[str, int] = {}  # word -> bitmask of the positions holding it
+        for i, word in enumerate(words):
+            positions[word] = positions.get(word, 0) | (1 << i)
+        steps = 0
+        stack = [(self._root, 1)]
+        while stack:
+            node, at = stack.pop()
+            steps += 1
+            if node.hash is not None:
+                # '#' swallows zero or more words: from the first position it is reached at,
+                # it stands at every later one.
+                lowest = at & -at
+                stack.append((node.hash, (end | inside) & ~(lowest - 1)))
+            if at & end:
+                for value in node.values:
+                    out[value] = None
+            live = at & inside
+            if not live:
+                continue
+            if node.star is not None:
+                stack.append((node.star, live << 1))
+            children = node.children
+            if not children:
+                continue
+            if not live & (live - 1):
+                # One position (no '#' above): the usual case, one dict lookup.
+                i = live.bit_length() - 1
+                child = children.get(words[i])
+                if child is not None:
+                    stack.append((child, live << 1))
+            elif len(children) < len(positions):
+                for word, child in children.items():
+                    hits = live & positions.get(word, 0)
+                    if hits:
+                        stack.append((child, hits << 1))
+            else:
+                for word, mask in positions.items():
+                    hits = live & mask
+                    if hits:
+                        child = children.get(word)
+                        if child is not None:
+                            stack.append((child, hits << 1))
+        return steps
+
+    def node_count(self) -> int:
+        count, stack = 0, [self._root]
+        while stack:
+            node = stack.pop()
+            count += 1
+            stack.extend(node.children.values())
+            stack.extend(n for n in (node.star, node.hash) if n is not None)
+        return count
 
     def values(self) -> Iterable[T]:
         stack = [self._root]
@@ -120,16 +188,15 @@ class TopicTrie(Generic[T]):
 
 
 def topic_matches(pattern: str, routing_key: str) -> bool:
-    """The naive matcher (used by tests as the reference, and for one-off checks)."""
-    pw, kw = pattern.split("."), routing_key.split(".")
-
-    def go(i: int, j: int) -> bool:
-        if i == len(pw):
-            return j == len(kw)
-        if pw[i] == "#":
-            return any(go(i + 1, k) for k in range(j, len(kw) + 1))
-        if j == len(kw):
-            return False
-        return (pw[i] == "*" or pw[i] == kw[j]) and go(i + 1, j + 1)
-
-    return go(0, 0)
+    """A plain matcher, independent of the trie (tests use it as the reference): one pass per
+    pattern word over ``reach``, where ``reach[j]`` says the pattern words so far can match the
+    first j key words."""
+    key = routing_key.split(".")
+    reach = [True] + [False] * len(key)
+    for word in pattern.split("."):
+        if word == "#":
+            reach = list(accumulate(reach, or_))  # zero or more words: any earlier j will do
+        else:
+            reach = [False] + [reach[j] and (word == "*" or word == key[j])
+                               for j in range(len(key))]
+    return reach[len(key)]

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import ssl
+import time
 from typing import Any, Callable, Protocol
 
 from .tls import TlsLayer
@@ -32,8 +33,14 @@ class Session(Protocol):
         """The server is shutting down: tell the client in the protocol's words, then close."""
     def resume_writing(self) -> None:
         """The output buffer drained below the low-water mark: deliveries may resume."""
+    def force_close(self, reason: str) -> None:
+        """An operator closed this connection (management API): tell the client ``reason`` in
+        the protocol's words (AMQP 320 CONNECTION_FORCED, MQTT 5 DISCONNECT, STOMP ERROR)."""
     # Optional: ``blocked(on: bool)``, told when the memory alarm stops or resumes reading this
     # publishing connection (AMQP sends Connection.Blocked / Unblocked).
+    # Optional: ``channels_info()`` (a list of plain dicts) and ``client_properties`` for the
+    # management API's connection and channel lists. Sessions call ``conn.opened(user, vhost)``
+    # once logged in.
 
 
 class ProtocolServer(Protocol):
@@ -99,6 +106,60 @@ class Connection(asyncio.Protocol):
         self._ping_timer: asyncio.TimerHandle | None = None
         #: the "open" line was logged (the session started): failed handshakes log one line
         self._announced = False
+        #: where the client connected to (our address), and when (epoch milliseconds)
+        self.local: tuple[str, int] = ("", 0)
+        self.connected_at_ms = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        #: " over TLS 1.3", " over WebSocket": how the session's bytes arrive
+        self.via = ""
+        #: set by :meth:`opened` once the client logged in and chose a virtual host
+        self.user_name: str | None = None
+        self.vhost_name: str | None = None
+
+    @property
+    def name(self) -> str:
+        """RabbitMQ's connection name: ``"peer_host:peer_port -> host:port"``."""
+        return f"{self.peer[0]}:{self.peer[1]} -> {self.local[0]}:{self.local[1]}"
+
+    def opened(self, user: str, vhost: str) -> None:
+        """Sessions call this once the client is logged in to a virtual host: the "open" line
+        (one per connection, with who and where; structured fields for --log-format json)."""
+        self.user_name, self.vhost_name = user, vhost
+        log.info("open %s#%d from %s:%d%s user '%s' vhost '%s'", self.protocol, self.id,
+                 *self.peer, self.via, user, vhost,
+                 extra={"event": "connection.open", **self._log_fields()})
+
+    def _log_fields(self) -> dict:
+        return {"connection": self.name, "protocol": self.protocol, "peer_host": self.peer[0],
+                "peer_port": self.peer[1], "user": self.user_name, "vhost": self.vhost_name,
+                "tls": self._tls is not None, "websocket": self._ws is not None}
+
+    def info(self) -> dict:
+        """A read-only description for the management API (RabbitMQ's field names)."""
+        session = self.session
+        channels = getattr(session, "channels_info", None)
+        client_properties = getattr(session, "client_properties", None)
+        return {
+            "name": self.name, "protocol": self.protocol, "node": "manifold",
+            "host": self.local[0], "port": self.local[1],
+            "peer_host": self.peer[0], "peer_port": self.peer[1],
+            "user": self.user_name or "", "vhost": self.vhost_name or "",
+            "ssl": self._tls is not None, "peer_cert_subject": self.tls_identity,
+            "state": "blocked" if self.blocked else ("running" if self.user_name else "starting"),
+            "connected_at": self.connected_at_ms,
+            "channels": len(channels()) if channels is not None else 0,
+            "recv_oct": self.bytes_in, "send_oct": self.bytes_out,
+            "client_properties": client_properties if isinstance(client_properties, dict) else {},
+        }
+
+    def force_close(self, reason: str) -> None:
+        """Close on an operator's request, in the protocol's words where the session has them."""
+        close = getattr(self.session, "force_close", None)
+        if close is None:
+            self.close(f"closed by an operator: {reason}")
+        else:
+            close(reason)
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: Any) -> None:
@@ -108,6 +169,10 @@ class Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer = (str(peer[0]), int(peer[1]))
+        local = transport.get_extra_info("sockname")
+        if isinstance(local, tuple):
+            self.local = (str(local[0]), int(local[1]))
+        self.connected_at_ms = int(time.time() * 1000)
         transport.set_write_buffer_limits(high=self.high_water_bytes, low=self.low_water_bytes)
         self.registry.add(self)
         if not self._layered:
@@ -128,7 +193,9 @@ class Connection(asyncio.Protocol):
         self._announced = True
         via = f" over TLS {self._tls.version}" if self._tls is not None else ""
         via += " over WebSocket" if self._ws is not None else ""
-        log.info("open %s#%d from %s:%d%s", self.protocol, self.id, *self.peer, via)
+        self.via = via
+        # The "open" line comes with the login (see opened); this one is for debugging.
+        log.debug("accepted %s#%d from %s:%d%s", self.protocol, self.id, *self.peer, via)
         self.session.connection_made(self)  # type: ignore[union-attr]
 
     def _handshake_timed_out(self) -> None:
@@ -139,6 +206,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_read = self._loop.time()  # type: ignore[union-attr]
+        self.bytes_in += len(data)
         if self.closed:
             return
         if self._layered:
@@ -230,8 +298,10 @@ class Connection(asyncio.Protocol):
             log.warning("%s connection from %s:%d ended before its handshake: %s",
                         self.protocol, *self.peer, self.close_reason)
             return
-        log.info("close %s#%d from %s:%d: %s", self.protocol, self.id, *self.peer,
-                 self.close_reason)
+        log.info("close %s#%d from %s:%d user '%s' vhost '%s': %s", self.protocol, self.id,
+                 *self.peer, self.user_name or "-", self.vhost_name or "-", self.close_reason,
+                 extra={"event": "connection.close", "reason": self.close_reason,
+                        **self._log_fields()})
         callbacks, self._close_callbacks = self._close_callbacks, []
         for callback in callbacks:
             callback()
@@ -325,6 +395,7 @@ class Connection(asyncio.Protocol):
             self._write_layered(data)
         else:
             transport.write(data)
+        self.bytes_out += len(data)
         self._wrote(transport)
 
     def writelines(self, chunks: list) -> None:
@@ -338,13 +409,17 @@ class Connection(asyncio.Protocol):
             self._write_layered(b"".join(chunks))
         else:
             transport.writelines(chunks)
+        self.bytes_out += sum(map(len, chunks))
         self._wrote(transport)
 
     def _write_layered(self, data: bytes | bytearray | memoryview) -> None:
-        if self._ws is not None:
-            self._ws.wrap(data)
-        else:
-            self._write_raw(self._tls.wrap(bytes(data)))  # type: ignore[union-attr]
+        try:
+            if self._ws is not None:
+                self._ws.wrap(data)
+            else:
+                self._write_raw(self._tls.wrap(bytes(data)))  # type: ignore[union-attr]
+        except ssl.SSLError as exc:  # the TLS session broke: this connection ends, nothing else
+            self.abort(f"TLS error: {exc.reason or exc}")
 
     def _wrote(self, transport: asyncio.Transport) -> None:
         self.last_write = self._loop.time()  # type: ignore[union-attr]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import logging
 import os
 from typing import Any, Awaitable
 
@@ -21,10 +22,10 @@ from .message import Message
 from .queue import Queue
 from .stream import Stream
 
+log = logging.getLogger("manifold.broker")
+
 STANDARD_EXCHANGES = (("amq.direct", "direct"), ("amq.fanout", "fanout"),
                       ("amq.topic", "topic"), ("amq.headers", "headers"), ("amq.match", "headers"))
-
-Exchange.is_exchange = True  # destinations tell queues from exchanges by this flag
 
 
 class QueueInfo:
@@ -75,6 +76,20 @@ class VirtualHost:
         self._exchange_bindings = 0
         #: called after a durable exchange, queue or binding changed (the broker saves them)
         self.on_definitions_changed: Any = None
+        if memory is not None and store is not None:
+            memory.subscribe(self._memory_alarm)
+
+    def _memory_alarm(self, alarm: bool) -> None:
+        if alarm:
+            # Not from inside the alarm's own listener loop: paging out clears the alarm.
+            self.clock.call_at(self.clock.now_ms(), self._page_out)
+
+    def _page_out(self) -> None:
+        """Memory is short: every queue lets go of the bodies it can read back from disk, so
+        publishers blocked by the alarm are let go again (RabbitMQ pages out the same way)."""
+        for queue in list(self.queues.values()):
+            if isinstance(queue, Queue):
+                queue.page_out()
 
     def _durable_changed(self, *things: Any) -> None:
         if self.on_definitions_changed is not None and all(
@@ -104,13 +119,15 @@ class VirtualHost:
         if self.queues.get(queue.name) is queue:
             self._delete_queue(queue)
 
-    def dead_letter(self, queue: Queue, message: Message, reason: str) -> Any:
+    def dead_letter(self, queue: Queue, message: Message, reason: str) -> bool | Any:
         """Republish to the queue's dead-letter exchange with an ``x-death`` record, RabbitMQ style
         (most recent first; a repeat of the same queue and reason increments its ``count``).
-        Returns a future that resolves once every durable copy is on disk, or None."""
+        Returns False if no queue took the copy (no route, refused; a copy dropped by the cycle
+        rule counts as taken), True if the queues hold it, or a future that resolves once every
+        durable copy is on disk."""
         exchange = self.exchanges.get(queue.dlx or "")
         if exchange is None or queue.dlx is None:
-            return None
+            return False
         props = message.properties.copy()
         headers = props.headers if props.headers is not None else {}
         deaths = [dict(d) for d in headers.get("x-death") or [] if isinstance(d, dict)]
@@ -145,16 +162,20 @@ class VirtualHost:
         dead_queues = {d.get("queue") for d in deaths}
         cycle_safe = any(d.get("reason") == "rejected" for d in deaths)
         waits = []
+        taken = False
         for target in self._targets(exchange, routing_key, headers):
             # RabbitMQ's cycle rule: a message that comes back to a queue it already died in,
             # with no client rejection on the way, is dropped instead of looping forever.
             if target.name in dead_queues and not cycle_safe:
+                taken = True
                 continue
             outcome = target.enqueue(dead)
-            if outcome is not True and outcome is not False:
-                waits.append(outcome)
+            if outcome is not False:
+                taken = True
+                if outcome is not True:
+                    waits.append(outcome)
         if not waits:
-            return None
+            return taken
         return waits[0] if len(waits) == 1 else asyncio.gather(*waits)
 
     # ================================================================ exchanges
@@ -207,7 +228,7 @@ class VirtualHost:
         self.exchanges.pop(exchange.name, None)
         self._durable_changed(exchange)
         self._exchange_bindings -= sum(1 for b in exchange.bindings.values()
-                                       if getattr(b.destination, "is_exchange", False))
+                                       if b.destination.is_exchange)
         exchange.bindings.clear()
         for other in list(self.exchanges.values()):
             self._exchange_bindings -= other.unbind_all(exchange)
@@ -281,11 +302,20 @@ class VirtualHost:
             queue = Queue(self, self.name, name, durable=durable,
                           exclusive_owner=owner if exclusive else None, auto_delete=auto_delete,
                           arguments=arguments, consumer_timeout_ms=self.consumer_timeout_ms,
-                          log=log, resident_bytes=self.resident_bytes, memory=self.memory)
-            queue.kind = kind
+                          log=log, resident_bytes=self.resident_bytes, memory=self.memory,
+                          spill_log=self._spill_log_for(name))
+            if kind == "quorum":
+                _log_quorum_differences(queue, self.name)
         self.queues[name] = queue
         self._durable_changed(queue)
         return QueueInfo(name, 0, 0)
+
+    def _spill_log_for(self, name: str) -> Any:
+        """Opens the queue's spill log when it first needs one (most queues never do)."""
+        store = self.store
+        if store is None or getattr(store, "spill_log", None) is None:
+            return None
+        return lambda: store.spill_log(self.name, name)
 
     def _check_equivalent(self, queue: Any, durable: bool, exclusive: bool, auto_delete: bool,
                           arguments: dict) -> None:
@@ -337,6 +367,9 @@ class VirtualHost:
         log = getattr(queue, "log", None)
         if log is not None:
             log.drop()
+        spill = getattr(queue, "spill", None)
+        if spill is not None:
+            spill.drop()
         for consumer in list(queue.consumers):
             queue.consumers.remove(consumer)
             consumer.cancelled(f"queue '{queue.name}' in vhost '{self.name}' was deleted")
@@ -449,6 +482,10 @@ class VirtualHost:
         if ex.internal:
             raise AccessRefused(f"cannot publish to internal exchange '{exchange}' in vhost "
                                 f"'{self.name}'")
+        if not message.timestamp_ms and message.properties.expiration is not None:
+            # The publish time, from which a consumer is told how much of the lifetime is left
+            # (MQTT 5 Message Expiry Interval [MQTT-3.3.2-6]); read only for expiring messages.
+            message.timestamp_ms = self.clock.now_ms()
         routed = 0
         rejected = False
         waits = None
@@ -549,3 +586,16 @@ class VirtualHost:
         for _, handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
+
+
+def _log_quorum_differences(queue: Queue, vhost: str) -> None:
+    """What a user migrating from RabbitMQ quorum queues gets instead (adapters/amqp/MAPPING.md)."""
+    at_least_once = queue.arguments.get("x-dead-letter-strategy") == "at-least-once"
+    log.info("queue '%s' in vhost '%s': x-queue-type quorum is a single-node durable queue here "
+             "(no replication); delivery limit %s; dead-lettering %s", queue.name, vhost,
+             queue.delivery_limit if queue.delivery_limit is not None else "none",
+             "at-least-once" if queue.dead_letter_at_least_once else "at-most-once")
+    if at_least_once and not queue.dead_letter_at_least_once:
+        log.warning("queue '%s' in vhost '%s': x-dead-letter-strategy at-least-once needs "
+                    "x-overflow reject-publish; using at-most-once, as RabbitMQ does",
+                    queue.name, vhost)

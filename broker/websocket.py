@@ -73,8 +73,12 @@ class WebSocketLayer:
 
     @property
     def close_reason(self) -> str:
+        if self.protocol is None and self._ws.handshake_exc is not None:
+            return f"websocket handshake failed: {self._ws.handshake_exc}"
         exc = self._ws.parser_exc
-        return f"websocket error: {exc}" if exc is not None else "client closed the websocket"
+        if exc is not None:
+            return f"websocket error: {exc}"
+        return "client closed the websocket"
 
     def receive(self, data: bytes) -> bytes:
         """The stream bytes carried by ``data``'s data frames (b"" if none)."""

@@ -145,6 +145,8 @@ class ManagementSettings:
     """The management HTTP API, /metrics and the dashboard, on RabbitMQ's 15672."""
     enabled: bool = True
     port: int = 15672
+    # How often rates and the dashboard's 10-minute history are sampled.
+    sample_interval_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,8 @@ class TlsSettings:
     mqtts_port: int = 8883
     stomps_port: int = 61614
     wss_port: int = 15676
+    # The AWS API ([http]) and management listeners speak HTTPS on their own ports instead of HTTP.
+    https: bool = False
 
 
 @dataclass(frozen=True)
@@ -257,7 +261,13 @@ class Settings:
 
     def with_tables(self, name: str, tables: Any) -> "Settings":
         """A copy with one array of tables (``users``, ``permissions``...) replaced."""
-        return dataclasses.replace(self, **{name: _tables(name, tables)})
+        parsed = _tables(name, tables)
+        if name == "functions":
+            for i, function in enumerate(parsed):
+                if bool(function.command) == bool(function.url):
+                    raise ConfigError(f"[[functions]] entry {i + 1} needs exactly one of "
+                                      "'command' and 'url'")
+        return dataclasses.replace(self, **{name: parsed})
 
     def vhost_specs(self) -> tuple[VhostSpec, ...]:
         """``[server] vhosts`` names plus ``[[vhosts]]`` tables, each name once."""
@@ -269,7 +279,8 @@ class Settings:
 
 #: array-of-tables name -> the dataclass of one table
 _TABLES: dict[str, type] = {"users": UserSpec, "vhosts": VhostSpec, "permissions": PermissionSpec,
-                            "topic_permissions": TopicPermissionSpec, "access_keys": AccessKeySpec}
+                            "topic_permissions": TopicPermissionSpec, "access_keys": AccessKeySpec,
+                            "functions": FunctionSettings}
 
 
 def _tables(name: str, tables: Any) -> tuple:
@@ -354,43 +365,13 @@ def _coerce(section: str, current: Any, key: str, value: Any) -> Any:
 
 
 def _sections() -> dict[str, Any]:
-    return {f.name: f for f in dataclasses.fields(Settings) if f.name != "functions"}
-
-
-def _functions(values: Any) -> tuple[FunctionSettings, ...]:
-    """``[[functions]]``: an array of tables with ``name`` and ``command`` or ``url``."""
-    if not isinstance(values, list):
-        raise ConfigError("'functions' must be an array of tables ([[functions]])")
-    out = []
-    accepted = {f.name for f in dataclasses.fields(FunctionSettings)}
-    for i, entry in enumerate(values):
-        where = f"functions[{i}]"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"'{where}' must be a table")
-        unknown = set(entry) - accepted
-        if unknown:
-            raise ConfigError(f"unknown key '{where}.{sorted(unknown)[0]}'; accepted keys: "
-                              f"{', '.join(sorted(accepted))}")
-        if not isinstance(entry.get("name"), str) or not entry["name"]:
-            raise ConfigError(f"'{where}.name' is required (a string)")
-        if bool(entry.get("command")) == bool(entry.get("url")):
-            raise ConfigError(f"'{where}' needs exactly one of 'command' and 'url'")
-        try:
-            out.append(FunctionSettings(name=entry["name"], command=str(entry.get("command", "")),
-                                        url=str(entry.get("url", "")),
-                                        timeout_s=float(entry.get("timeout_s", 30.0))))
-        except (TypeError, ValueError):
-            raise ConfigError(f"bad value for '{where}.timeout_s'; accepted: a number") from None
-    return tuple(out)
+    return {f.name: f for f in dataclasses.fields(Settings)}
 
 
 def from_mapping(data: Mapping[str, Any], base: Settings | None = None) -> Settings:
     settings = base or Settings()
     sections = _sections()
     for section, values in data.items():
-        if section == "functions":
-            settings = dataclasses.replace(settings, functions=_functions(values))
-            continue
         if section in _TABLES:
             settings = settings.with_tables(section, values)
             continue

@@ -6,6 +6,7 @@ Layout under the data directory (see FORMAT.md)::
     queues/<vhost>/<queue>/<base>.seg    a queue's log: ENQUEUE records and SETTLE tombstones
     state/<name>/<base>.seg              a state log (MQTT retained messages, sessions), same format
     dedup/<vhost>/<queue>/<base>.seg     a queue's deduplication window (same record format)
+    spill/<vhost>/<queue>/<base>.seg     transient messages paged out under memory pressure
     streams/<vhost>/<stream>/...         a stream's segments and indexes (streamlog.py)
 
 Writes never block the event loop: appends go into the log's open chunk, and one writer thread
@@ -38,7 +39,8 @@ from typing import Any, Iterator
 from .fs import FileSystem
 from .msgindex import SETTLED, SegmentIndex
 from .records import (ENQUEUE, FILE_HEADER_SIZE, RECORD_HEADER_SIZE, SETTLE, Walk,
-                      encode_record, file_header, parse_file_header, segment_name)
+                      encode_record, file_header, parse_file_header, segment_name,
+                      FLAG_READ_ON_RECOVERY)
 from .streamlog import FileStreamLog
 from .writer import Batch, Chunk, Writer
 
@@ -98,22 +100,23 @@ class FileQueueLog:
         self.chunks: list[Chunk] = []
         #: chunks handed to the writer and not yet done (their bytes may not be in the file)
         self._writing: list[Chunk] = []
-        #: segments holding an id below their base id (see _locate)
-        self._misnamed: set[_Segment] = set()
+        #: the segment of the last id found (see _locate)
+        self._last_hit: _Segment | None = None
         self.dropped = False
         self.recovery_problems: list[str] = []
         #: the highest record id ever written (settled or not), so ids are never reused
         self.max_id_seen = -1
 
     # ------------------------------------------------------------------ recovery
-    def recover(self, resident_bytes: int | None = None) -> Iterator[tuple[int, bytes | None]]:
+    def recover(self, resident_bytes: int | None = None) -> Iterator[tuple[int, bytes | int]]:
         """Rebuild the unsettled set from the segments; truncate each at its first bad record.
 
         Yields ``(msg_id, payload)`` in id order. Payloads past the first ``resident_bytes``
-        (None: no limit) are left on disk and come as None: fetch them with :meth:`read`, so a
-        backlog larger than memory can be recovered. The scan is done before the first item;
+        (None: no limit) are left on disk and come as their length (an int): fetch them with
+        :meth:`read`, so a backlog larger than memory can be recovered. The scan is done before the first item;
         the iterator holds nothing per message (a million messages are not a million tuples)."""
         fs = self.store.fs
+        read_anyway: set[int] = set()  # flagged messages: their payload comes back past the budget
         try:
             names = sorted(n for n in fs.listdir(self.directory) if n.endswith(".seg"))
         except FileNotFoundError:
@@ -130,14 +133,14 @@ class FileQueueLog:
             segment = _Segment(base_id, path, 0)
             self.segments.append(segment)
             walked = Walk(data)
-            for kind, msg_id, position, length in walked:
+            for kind, msg_id, position, length, flags in walked:
                 if msg_id > self.max_id_seen:
                     self.max_id_seen = msg_id
                 if kind == ENQUEUE:
-                    if msg_id < base_id:
-                        self._misnamed.add(segment)
                     segment.index.add(msg_id, position, length)
                     segment.live += 1
+                    if flags & FLAG_READ_ON_RECOVERY:
+                        read_anyway.add(msg_id)
                 elif kind == SETTLE:
                     found = self._locate(msg_id)
                     if found is not None:
@@ -161,9 +164,10 @@ class FileQueueLog:
             # named above ids that never reached the disk): names stay the bounds _locate uses.
             self.max_id_seen = max(self.max_id_seen, self.segments[-1].base_id - 1)
         self.store._unlink_later(self._compact())
-        return self._replay(resident_bytes)
+        return self._replay(resident_bytes, read_anyway)
 
-    def _replay(self, resident_bytes: int | None) -> Iterator[tuple[int, bytes | None]]:
+    def _replay(self, resident_bytes: int | None,
+                read_anyway: set[int]) -> Iterator[tuple[int, bytes | int]]:
         budget = resident_bytes
         for segment in list(self.segments):
             index = segment.index
@@ -175,22 +179,29 @@ class FileQueueLog:
                     yield msg_id, self.read(msg_id)
                     if budget is not None:
                         budget -= length
+                elif msg_id in read_anyway:
+                    yield msg_id, self.read(msg_id)
                 else:
                     budget = 0  # keep the resident part a prefix of the queue
-                    yield msg_id, None
+                    yield msg_id, length  # the payload's length stands in for it
 
     def _locate(self, msg_id: int) -> tuple[_Segment, int] | None:
         """The segment and slot of a live message. A segment holds ids from its base id up to
         the next segment's (ids only grow; a rehomed chunk leaves its old segment)."""
+        last = self._last_hit  # recovery and draining look ids up in order: mostly one segment
+        if last is not None:
+            slot = last.index.find(msg_id)
+            if slot >= 0:
+                return last, slot
         segments = self.segments
         i = bisect.bisect_right(segments, msg_id, key=_base_id) - 1
-        if i >= 0:
-            slot = segments[i].index.find(msg_id)
-            if slot >= 0:
-                return segments[i], slot
-        # Rare: after a failed write a segment can be named above the first id it holds (its
-        # name must sort after the retired one's); those few are looked at too.
-        for segment in self._misnamed:
+        slot = segments[i].index.find(msg_id) if i >= 0 else -1
+        if slot >= 0:
+            self._last_hit = segments[i]
+            return segments[i], slot
+        # A spill log takes ids out of order (a page-out after newer spills): each of its
+        # segments is sorted, but their ranges overlap. A miss is rare: look in every one.
+        for segment in segments:
             slot = segment.index.find(msg_id)
             if slot >= 0:
                 return segment, slot
@@ -222,13 +233,12 @@ class FileQueueLog:
         return self.store._pread(segment.path, length, position)
 
     # ------------------------------------------------------------------ writing (event loop side)
-    def append(self, msg_id: int, data: bytes) -> asyncio.Future | None:
+    def append(self, msg_id: int, data: bytes, flags: int = 0) -> asyncio.Future | None:
+        """``flags``: FLAG_READ_ON_RECOVERY for a message recovery must read past the budget."""
         chunk = self._chunk_for_append(msg_id)
         segment = chunk.segment
-        if msg_id < segment.base_id:
-            self._misnamed.add(segment)
         segment.index.add(msg_id, segment.size, len(data))
-        self._add(chunk, encode_record(ENQUEUE, msg_id, data))
+        self._add(chunk, encode_record(ENQUEUE, msg_id, data, flags))
         segment.live += 1
         chunk.ids.append(msg_id)
         if msg_id > self.max_id_seen:
@@ -291,7 +301,9 @@ class FileQueueLog:
 
     def _chunk_for_append(self, msg_id: int) -> Chunk:
         current = self.segments[-1] if self.segments else None
-        if current is None or current.poisoned or current.size >= self.store.segment_bytes:
+        if (current is None or current.poisoned or current.size >= self.store.segment_bytes or
+                (current.index.ids and current.index.ids[-1] >= msg_id)):
+            # (an id out of order, in a spill log, starts a segment: each stays sorted)
             # Rotate: the new segment is named by the first message id it holds.
             return self._rotate(msg_id)
         return self._open_chunk()
@@ -369,8 +381,6 @@ class FileQueueLog:
                 old.live -= 1
                 segment.live += 1
         self._move(chunk, segment, FILE_HEADER_SIZE - offset)
-        if chunk.ids and chunk.ids[0] < segment.base_id:
-            self._misnamed.add(segment)
         fresh.data += body
         segment.size += len(body)
         fresh.ids, fresh.settles = chunk.ids, chunk.settles
@@ -383,7 +393,8 @@ class FileQueueLog:
         gone = []
         while len(self.segments) > 1 and self.segments[0].live == 0:
             segment = self.segments.pop(0)
-            self._misnamed.discard(segment)
+            if segment is self._last_hit:
+                self._last_hit = None
             self.store._forget_read(segment.path)
             gone.append(segment.path)
         return gone
@@ -430,6 +441,8 @@ class FileStore:
     async def open(self) -> None:
         # The limit may have been raised since __init__ (the service does it at start).
         self.max_open_files = self.writer.max_open = _descriptor_budget(self._wanted_open_files)
+        # Transient messages spilled by the last run are not kept across a restart.
+        self.fs.rmtree(os.path.join(self.data_dir, "spill"))
         for directory in self.fs.makedirs(os.path.join(self.data_dir, "queues")):
             self.fs.fsync_dir(os.path.dirname(directory))
         self._loop = asyncio.get_running_loop()
@@ -460,6 +473,12 @@ class FileStore:
             self.writer.close_all()
 
     # ------------------------------------------------------------------ definitions
+
+    @property
+    def fsync_latency(self) -> Any:
+        """The writer's fsync latency histogram (persistence/latency.py), read-only."""
+        return self.writer.fsync_latency
+
     def _definitions_path(self) -> str:
         return os.path.join(self.data_dir, "definitions.bin")
 
@@ -505,6 +524,11 @@ class FileStore:
         return FileStreamLog(self, os.path.join(self.data_dir, "streams", _fs_name(vhost),
                                                 _fs_name(stream)),
                              segment_bytes or self.segment_bytes)
+
+    def spill_log(self, vhost: str, queue: str) -> FileQueueLog:
+        """Where a queue puts transient messages past its resident budget (same record format;
+        removed at every start: transient messages do not survive a restart)."""
+        return self._log(os.path.join(self.data_dir, "spill", _fs_name(vhost), _fs_name(queue)))
 
     def dedup_log(self, vhost: str, queue: str) -> FileQueueLog:
         """The log of a queue's deduplication window (same records as a queue log: each key is

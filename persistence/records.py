@@ -31,6 +31,9 @@ ENQUEUE = 1  # payload: the encoded message
 SETTLE = 2   # payload: empty; msg_id names the enqueue it cancels
 STREAM = 3   # payload: timestamp_ms (u64) then the encoded message; msg_id is the stream offset
 MAX_PAYLOAD = 1 << 30
+#: record flag: recovery reads this ENQUEUE's payload even past the resident budget, because the
+#: queue needs something inside the message before delivery (its per-message expiration)
+FLAG_READ_ON_RECOVERY = 0x01
 
 
 def segment_name(base_id: int) -> str:
@@ -52,8 +55,8 @@ def parse_file_header(data: bytes) -> int | None:
     return base_id
 
 
-def encode_record(kind: int, msg_id: int, payload: bytes = b"") -> bytes:
-    head = struct.pack(">BBBBIQ", RECORD_MAGIC, RECORD_VERSION, kind, 0, len(payload), msg_id)
+def encode_record(kind: int, msg_id: int, payload: bytes = b"", flags: int = 0) -> bytes:
+    head = struct.pack(">BBBBIQ", RECORD_MAGIC, RECORD_VERSION, kind, flags, len(payload), msg_id)
     crc = crc32c.crc32c(payload, crc32c.crc32c(head))
     return head + struct.pack(">I", crc) + payload
 
@@ -103,7 +106,7 @@ def scan(data: bytes) -> ScanResult:
 
 
 class Walk:
-    """Iterate a segment's records as ``(kind, msg_id, position, payload_length)`` without
+    """Iterate a segment's records as ``(kind, msg_id, position, payload_length, flags)`` without
     copying payloads (recovery of a long queue needs no object per message); after the loop,
     ``good_bytes``, ``problem`` and ``dropped`` say where and why it stopped, as :func:`scan`."""
 
@@ -113,7 +116,7 @@ class Walk:
         self.problem: str | None = None
         self.dropped = 0
 
-    def __iter__(self) -> Iterator[tuple[int, int, int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int, int, int, int]]:
         data = self.data
         end = len(data)
         if parse_file_header(data) is None:
@@ -128,7 +131,7 @@ class Walk:
             if end - pos < RECORD_HEADER_SIZE:
                 self.problem = f"torn record header at byte {pos}"
                 break
-            magic, version, kind, _flags, length, msg_id, stored = unpack(data, pos)
+            magic, version, kind, flags, length, msg_id, stored = unpack(data, pos)
             if (magic != RECORD_MAGIC or version != RECORD_VERSION or
                     kind not in (ENQUEUE, SETTLE, STREAM)):
                 self.problem = f"bad record header at byte {pos}"
@@ -143,12 +146,8 @@ class Walk:
             if crc(view[body_at:body_at + length], crc(view[pos:pos + _CRC_COVERED])) != stored:
                 self.problem = f"CRC mismatch in record at byte {pos}"
                 break
-            yield kind, msg_id, pos, length
+            yield kind, msg_id, pos, length, flags
             pos = body_at + length
         view.release()
         self.good_bytes = pos
         self.dropped = end - pos
-
-
-def iter_records(data: bytes) -> Iterator[Record]:
-    yield from scan(data).records

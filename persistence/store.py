@@ -7,7 +7,7 @@ work-queue retention, acks and a dedup window) can implement it without the core
   persistent message under the queue's message id (returning an awaitable that resolves once it
   is safe under the fsync policy, or ``None`` when it already is), ``settle`` it when acked or
   dropped, ``recover`` what was appended and never settled (in id order; past ``resident_bytes``
-  the payloads stay on disk and come back as None), ``read`` one payload back (a body that was
+  the payloads stay on disk and their length, an int, comes back instead), ``read`` one payload back (a body that was
   paged out of memory), ``drop`` the whole log when the queue is deleted.
 - ``state_log(name)``: a log of the same kind for durable state that is not a queue (MQTT
   retained messages, persistent sessions, QoS 2 packet ids; see ``broker/durable_map.py``).
@@ -15,17 +15,20 @@ work-queue retention, acks and a dedup window) can implement it without the core
   appended, settled when they age out), or None when nothing outlives the process.
 - ``stream_log(vhost, stream, segment_bytes)``: a stream's records on disk (see
   ``persistence/streamlog.py``), or None: the stream then keeps its records in memory.
+- ``spill_log(vhost, queue)``: a log of the same kind where a queue pages out transient
+  messages past its resident budget; emptied at every start (None: transient messages stay
+  in memory).
 - ``save_definitions`` / ``load_definitions``: the encoded durable exchanges, queues, bindings.
 """
 from __future__ import annotations
 
-from typing import Any, Awaitable, Protocol
+from typing import Any, Awaitable, Iterable, Protocol
 
 
 class QueueLog(Protocol):
-    def append(self, msg_id: int, data: bytes) -> Awaitable[None] | None: ...
+    def append(self, msg_id: int, data: bytes, flags: int = 0) -> Awaitable[None] | None: ...
     def settle(self, msg_id: int) -> None: ...
-    def recover(self, resident_bytes: int | None = None) -> list[tuple[int, bytes | None]]: ...
+    def recover(self, resident_bytes: int | None = None) -> Iterable[tuple[int, bytes | int]]: ...
     def read(self, msg_id: int) -> bytes: ...
     def holds(self, msg_id: int) -> bool: ...
     def size_of(self, msg_id: int) -> int: ...
@@ -39,6 +42,7 @@ class Store(Protocol):
     def state_log(self, name: str) -> QueueLog | None: ...
     def dedup_log(self, vhost: str, queue: str) -> QueueLog | None: ...
     def stream_log(self, vhost: str, stream: str, segment_bytes: int | None = None) -> Any: ...
+    def spill_log(self, vhost: str, queue: str) -> QueueLog | None: ...
     def save_definitions(self, data: bytes) -> None: ...
     def load_definitions(self) -> bytes | None: ...
 
@@ -66,6 +70,9 @@ class MemoryStore:
         return None
 
     def stream_log(self, vhost: str, stream: str, segment_bytes: int | None = None) -> Any:
+        return None
+
+    def spill_log(self, vhost: str, queue: str) -> QueueLog | None:
         return None
 
     def save_definitions(self, data: bytes) -> None:

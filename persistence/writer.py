@@ -14,10 +14,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from collections import OrderedDict
 from typing import Any
 
 from .fs import FileSystem
+from .latency import LatencyHistogram
 
 log = logging.getLogger("manifold.persistence")
 
@@ -64,6 +66,8 @@ class Writer:
         self.max_open = max(1, max_open)
         self.sync = sync
         self._fds: OrderedDict[str, int] = OrderedDict()
+        #: how long each successful fsync took (exported as a histogram on /metrics)
+        self.fsync_latency = LatencyHistogram()
         #: directories created whose entry in their parent is not yet known to be durable
         self._unsynced_dirs: set[str] = set()
 
@@ -158,8 +162,10 @@ class Writer:
         return fd
 
     def _fsync(self, fd: int, chunks: list[Chunk]) -> None:
+        started = time.perf_counter()
         try:
             self.fs.fsync(fd)
+            self.fsync_latency.observe(time.perf_counter() - started)
         except OSError as exc:
             # Fatal to the segment: after a failed fsync the kernel may have dropped the dirty
             # pages and the next fsync can report success (PostgreSQL "fsyncgate", 2018).

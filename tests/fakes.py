@@ -31,6 +31,10 @@ class FakeConnection:
     def on_close(self, callback: Any) -> None:
         self.close_callbacks.append(callback)
 
+    def opened(self, user: str, vhost: str) -> None:
+        """The session logged its client in (the transport logs the "open" line)."""
+        self.login = (user, vhost)
+
     def write(self, data: Any) -> None:
         self.writes += 1
         self.out += data

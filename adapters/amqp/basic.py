@@ -126,7 +126,7 @@ class BasicMethods:
             return
         ch.next_tag = tag = ch.next_tag + 1
         if not m.no_ack:
-            ch.unacked[tag] = delivery
+            ch.unacked.add(tag, delivery)
         message = delivery.message
         encoded = message.encoded
         if type(encoded) is not Encoded:
@@ -161,9 +161,7 @@ class BasicMethods:
         if not m.requeue:
             # RabbitMQ: redelivery to the original consumer is not supported.
             raise AMQPError(540, "NOT_IMPLEMENTED - requeue=false", True)
-        deliveries = list(ch.unacked.values())
-        ch.unacked.clear()
-        self.vhost.requeue(deliveries)
+        self.vhost.requeue([d for _, d in ch.unacked.take_all()])
 
     def _basic_recover_async(self, ch: Channel, m: Any) -> None:
         self._recover(ch, m)

@@ -14,9 +14,10 @@ from typing import Any
 from manifold.broker.consumer import Consumer, Delivery
 from manifold.broker.errors import PreconditionFailed
 from manifold.broker.message import Message
+from manifold.broker.unacked import Unacked
 
-from . import codec, replies
-from .codec import shortstr
+from . import codec, fields, replies
+from .fields import shortstr
 
 # Write out buffered frames once this much has piled up within one batch.
 FLUSH_BYTES = 256 * 1024
@@ -31,7 +32,7 @@ def _stream_header(message: Message, offset: int) -> bytes:
     headers = dict(props.headers or {})
     headers["x-stream-offset"] = offset
     props.headers = headers
-    return codec.content_header_payload(props, len(message.body))
+    return fields.content_header_payload(props, len(message.body))
 
 
 class AMQPConsumer(Consumer):
@@ -70,7 +71,7 @@ class Channel:
         self.closed = False
         self.active = True  # Channel.Flow
         self.consumers: dict[str, AMQPConsumer] = {}
-        self.unacked: dict[int, Delivery] = {}
+        self.unacked = Unacked()
         self.next_tag = 0
         self.prefetch = 0         # Basic.Qos global=false: for consumers created afterwards
         self.global_prefetch = 0  # Basic.Qos global=true: shared by the channel's consumers
@@ -93,7 +94,7 @@ class Channel:
     def deliver(self, consumer: AMQPConsumer, delivery: Delivery) -> None:
         self.next_tag = tag = self.next_tag + 1
         if not consumer.no_ack:
-            self.unacked[tag] = delivery
+            self.unacked.add(tag, delivery)
         session = self.session
         message = delivery.message
         encoded = message.encoded
@@ -135,10 +136,7 @@ class Channel:
             session.send(replies.basic_cancel(self.number, consumer.ctag))
 
     def delivery_timed_out(self, delivery: Delivery) -> None:
-        for tag, d in self.unacked.items():
-            if d is delivery:
-                del self.unacked[tag]
-                break
+        self.unacked.forget(delivery)
         if not self.closing:
             timeout = getattr(delivery.queue, "consumer_timeout_ms", 0)
             self.session.channel_error(
@@ -154,18 +152,11 @@ class Channel:
         unacked = self.unacked
         if multiple:
             if tag == 0:
-                out = list(unacked.items())
-                unacked.clear()
-                return out
+                return unacked.take_all()
             if tag not in unacked:
                 raise PreconditionFailed(f"unknown delivery tag {tag}")
-            keys = []
-            for key in unacked:
-                if key > tag:
-                    break
-                keys.append(key)
-            return [(k, unacked.pop(k)) for k in keys]
-        delivery = unacked.pop(tag, None)
+            return unacked.take_upto(tag)
+        delivery = unacked.take(tag)
         if delivery is None:
             raise PreconditionFailed(f"unknown delivery tag {tag}")
         return [(tag, delivery)]
@@ -242,8 +233,7 @@ class Channel:
     def release(self) -> None:
         """Return unacked (and tx-held) deliveries to their queues."""
         vhost = self.session.vhost
-        deliveries = list(self.unacked.values())
-        self.unacked.clear()
+        deliveries = [d for _, d in self.unacked.take_all()]
         for held, _ack, _requeue in self.tx_settles:
             deliveries.extend(d for _, d in held)
         self.tx_settles = []

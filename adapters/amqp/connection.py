@@ -17,7 +17,7 @@ from typing import Any
 
 from manifold.broker.errors import BrokerError
 
-from . import codec, replies
+from . import codec, fields, replies
 from .codec import u32
 from .errors import AMQPError
 
@@ -33,7 +33,7 @@ SERVER_CAPABILITIES = {
     "basic.nack": True,
     "consumer_cancel_notify": True,
     "connection.blocked": True,
-    "consumer_priorities": False,
+    "consumer_priorities": True,  # x-priority consumer argument (broker/queue.py)
     "authentication_failure_close": True,
     "per_consumer_qos": True,
     "direct_reply_to": True,
@@ -61,8 +61,9 @@ class ConnectionMethods:
         }
         # EXTERNAL (the verified TLS client certificate's CN is the user, as RabbitMQ's
         # rabbitmq-auth-mechanism-ssl) only when there is such a certificate.
-        mechanisms = "PLAIN AMQPLAIN" + (" EXTERNAL" if self.conn.tls_identity else "")
-        payload = (b"\x00\x09" + codec.encode_table(props) + codec.longstr(mechanisms) +
+        external = self.conn.tls_identity and self.broker.access.identity_as_username
+        mechanisms = "PLAIN AMQPLAIN" + (" EXTERNAL" if external else "")
+        payload = (b"\x00\x09" + fields.encode_table(props) + codec.longstr(mechanisms) +
                    codec.longstr("en_US"))
         self.out.append(replies.connection_start(payload))
         self.state = AWAIT_START_OK
@@ -75,7 +76,6 @@ class ConnectionMethods:
         self.cancel_notify = bool(caps.get("consumer_cancel_notify"))
         self.blocked_notify = bool(caps.get("connection.blocked"))
         mechanism = m.mechanism or ""
-        self._mechanism = mechanism
         response = _as_bytes(m.response)
         if mechanism == "PLAIN":
             parts = response.split(b"\x00")
@@ -85,7 +85,7 @@ class ConnectionMethods:
                 parts[2].decode("utf-8", "replace")
         elif mechanism == "AMQPLAIN":
             try:
-                table, _ = codec.decode_table(u32(len(response)) + response)
+                table, _ = fields.decode_table(u32(len(response)) + response)
             except (ValueError, IndexError) as exc:
                 raise AMQPError(403, f"ACCESS_REFUSED - malformed AMQPLAIN response: {exc}",
                                 True) from None
@@ -145,6 +145,7 @@ class ConnectionMethods:
         name = m.virtual_host or "/"
         self.vhost = self.broker.open_vhost(name, self.user, self.conn)  # 530 NOT_ALLOWED
         self.grant = self.broker.grant(self.user, name)
+        self.conn.opened(self.user.name, name)
         if not self.heartbeat:
             self.conn.set_keepalive(None, None, None, None)
         self.send(replies.connection_open_ok())
@@ -168,4 +169,3 @@ class ConnectionMethods:
 
     def _update_secret(self, m: Any) -> None:
         self.send(replies.connection_update_secret_ok())
-

@@ -7,7 +7,8 @@ Content frames (headers and bodies) come from ``codec``.
 """
 from __future__ import annotations
 
-from .codec import method_frame, shortstr, u16, u32, u64
+from .codec import method_frame, u16, u32, u64
+from .fields import shortstr
 
 CONNECTION, CHANNEL, EXCHANGE, QUEUE, BASIC, CONFIRM, TX = 10, 20, 40, 50, 60, 85, 90
 

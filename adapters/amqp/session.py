@@ -74,7 +74,6 @@ class AMQPSession(ConnectionMethods, EntityMethods, BasicMethods, TransactionMet
         self._in_receive = False
         self._flush_scheduled = False
         self._close_timer: asyncio.TimerHandle | None = None
-        self._mechanism = ""
 
     # ---------------------------------------------------------------- transport callbacks
     def connection_made(self, conn: Any) -> None:
@@ -148,18 +147,33 @@ class AMQPSession(ConnectionMethods, EntityMethods, BasicMethods, TransactionMet
             self.vhost.close_owner(self)
 
     def going_away(self) -> None:
+        self._forced("CONNECTION_FORCED - broker forced connection closure with reason "
+                     "'shutdown'", "server shutdown")
+
+    def force_close(self, reason: str) -> None:
+        """Closed by an operator (management API): 320 CONNECTION_FORCED carrying the reason,
+        as RabbitMQ does for ``DELETE /api/connections/{name}`` with an ``X-Reason`` header."""
+        self._forced(f"CONNECTION_FORCED - {reason}", f"closed by an operator: {reason}")
+
+    def _forced(self, text: str, reason: str) -> None:
         if self.conn is None:
             return
         if self.state in (AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN):
             for channel in self.channels.values():
                 if not channel.closing:
                     channel.flush_confirms()
-            self.out.append(replies.connection_close(
-                320, "CONNECTION_FORCED - broker forced connection closure with reason "
-                     "'shutdown'"))
+            self.out.append(replies.connection_close(320, text))
         self.state = CLOSED
         self.flush()
-        self.conn.close("server shutdown")
+        self.conn.close(reason)
+
+    def channels_info(self) -> list[dict]:
+        """Open channels for the management API (RabbitMQ's /api/channels field names)."""
+        return [{"number": ch.number, "consumer_count": len(ch.consumers),
+                 "messages_unacknowledged": len(ch.unacked), "prefetch_count": ch.prefetch,
+                 "global_prefetch_count": ch.global_prefetch, "confirm": ch.confirm,
+                 "transactional": ch.tx is not None}
+                for ch in self.channels.values() if not ch.closed]
 
     def blocked(self, on: bool) -> None:
         """The memory alarm stopped (or resumed) reading this publishing connection: tell a

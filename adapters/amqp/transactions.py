@@ -86,8 +86,6 @@ class TransactionMethods:
             raise PreconditionFailed("channel is not transactional")
         # Held acks are undone: those deliveries are unacked again (RabbitMQ tx.rollback).
         for pairs, _ack, _requeue in ch.tx_settles:
-            for tag, delivery in pairs:
-                ch.unacked[tag] = delivery
-        ch.unacked = dict(sorted(ch.unacked.items()))
+            ch.unacked.restore(pairs)
         ch.tx, ch.tx_settles = [], []
         self.out.append(replies.tx_rollback_ok(ch.number))

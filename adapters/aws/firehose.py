@@ -24,7 +24,8 @@ from manifold.broker.durable_map import DurableMap
 
 from .firehose_delivery import (BufferConsumer, KinesisSource, buffer_queue, encode_batch,
                                 object_key, post_http, record_message)
-from .http import ACCOUNT_ID, REGION, AwsApi, AwsError, AwsRequest
+from .http import ACCOUNT_ID, REGION, WRONG_SHAPE, AwsApi, AwsError, AwsRequest, wrong_shape
+from .sigv4 import require
 
 log = logging.getLogger("manifold.aws.firehose")
 
@@ -105,6 +106,15 @@ def _buffering(stream: DeliveryStream, config: dict) -> None:
     stream.interval_s = interval
 
 
+def _described(config: dict) -> dict:
+    """The destination configuration as Describe shows it: the endpoint's AccessKey is secret."""
+    endpoint = config.get("EndpointConfiguration")
+    if isinstance(endpoint, dict) and "AccessKey" in endpoint:
+        return {**config, "EndpointConfiguration": {k: v for k, v in endpoint.items()
+                                                    if k != "AccessKey"}}
+    return config
+
+
 class Firehose:
     def __init__(self, broker: Any, settings: Any, objects: Any, kinesis: Any):
         self.vhost = broker.vhosts[VHOST]
@@ -137,10 +147,10 @@ class Firehose:
     def _stop(self, name: str) -> None:
         consumer = self.consumers.pop(name, None)
         if consumer is not None:
-            consumer.close()
+            left = consumer.close()
             self.vhost.cancel(consumer)
             # unacked deliveries go back to the queue (they are still on disk)
-            self.vhost.requeue(consumer.buffer)
+            self.vhost.requeue(left)
         source = self.sources.pop(name, None)
         if source is not None:
             source.close()
@@ -275,7 +285,7 @@ class Firehose:
             "DeliveryStreamStatus": "ACTIVE", "DeliveryStreamType": stream.kind,
             "VersionId": "1", "CreateTimestamp": stream.created_ms / 1000,
             "Destinations": [{"DestinationId": "destinationId-000000000001",
-                              key: stream.config}],
+                              key: _described(stream.config)}],
             "HasMoreDestinations": False}
         if stream.destination == "s3":
             description["Destinations"][0]["S3DestinationDescription"] = stream.config
@@ -364,6 +374,12 @@ class Firehose:
                 "HasMoreTags": False}
 
 
+#: the permission (RabbitMQ's model) an operation needs on the queue ``firehose.NAME``
+PERMISSIONS = {"CreateDeliveryStream": "configure", "DeleteDeliveryStream": "configure",
+               "TagDeliveryStream": "configure", "UntagDeliveryStream": "configure",
+               "PutRecord": "write", "PutRecordBatch": "write"}
+
+
 def install(api: AwsApi, objects: Any, kinesis: Any) -> Firehose:
     firehose = Firehose(api.broker, api.settings, objects, kinesis)
     operations = {
@@ -382,7 +398,14 @@ def install(api: AwsApi, objects: Any, kinesis: Any) -> Firehose:
         operation = operations.get(request.operation)
         if operation is None:
             raise AwsError("UnknownOperationException", f"{request.operation} is not supported")
-        return await operation(request.params)
+        action = PERMISSIONS.get(request.operation)
+        name = request.params.get("DeliveryStreamName")
+        if action is not None and isinstance(name, str):
+            require(request, action, "queue", buffer_queue(name))
+        try:
+            return await operation(request.params)
+        except WRONG_SHAPE as exc:
+            raise wrong_shape(exc) from None
 
     async def on_startup(_app: web.Application) -> None:
         await firehose.start()

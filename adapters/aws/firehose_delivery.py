@@ -48,6 +48,7 @@ class BufferConsumer(Consumer):
         self.stream = stream
         self.deliver_batch = deliver_batch  # async (stream, [bytes], first_ms) -> None
         self.buffer: list[Delivery] = []
+        self.writing: list[Delivery] = []   # the batch being written, acked once it is out
         self.buffered_bytes = 0
         self.flushing: asyncio.Task | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -79,6 +80,7 @@ class BufferConsumer(Consumer):
 
     async def _write(self) -> None:
         batch, self.buffer = self.buffer, []
+        self.writing = batch
         try:
             first_ms = min(d.message.timestamp_ms or int(time.time() * 1000) for d in batch)
             while not self.closed:
@@ -97,15 +99,20 @@ class BufferConsumer(Consumer):
         finally:
             self.buffered_bytes -= sum(len(d.message.body) for d in batch)
             self.flushing = None
+            self.writing = []
         if self.buffer:
             self._flush()
         self.resume()
 
-    def close(self) -> None:
+    def close(self) -> list[Delivery]:
+        """Stop; returns the deliveries not acked (the caller requeues them)."""
         self.closed = True
         self._cancel_timer()
+        left = [*self.writing, *self.buffer]
         if self.flushing is not None:
             self.flushing.cancel()
+        self.buffer, self.writing = [], []
+        return left
 
 
 def encode_batch(stream: Any, records: list[bytes]) -> bytes:

@@ -48,6 +48,17 @@ class AwsError(Exception):
         self.query_code = query_code or code
 
 
+#: what reading a parameter of the wrong shape raises in a handler (a list where a string goes,
+#: text where a number goes): the request's fault, answered as AWS answers a body it cannot
+#: deserialize, never as a 500
+WRONG_SHAPE = (TypeError, ValueError, AttributeError, KeyError, IndexError)
+
+
+def wrong_shape(exc: Exception) -> AwsError:
+    return AwsError("SerializationException", f"a request parameter has the wrong type or "
+                    f"shape ({type(exc).__name__}: {str(exc)[:200]})")
+
+
 @dataclass
 class AwsRequest:
     """What a handler needs to know about one call."""
@@ -83,6 +94,9 @@ class AwsApi:
         self.query_services: dict[str, Handler] = {}                  # service -> handler
         self.rest_handler: Handler | None = None
         self.authenticate: Authenticator | None = None
+        #: (service, operation) AWS serves without a signature: the SNS links a subscriber
+        #: follows (ConfirmSubscription carries its token; GetSigningCertificate is public)
+        self.unsigned: set[tuple[str, str]] = set()
         self.app = web.Application(client_max_size=settings.server.max_message_bytes + 1024 * 1024)
         self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self.on_close: list[Callable[[], Awaitable[None]]] = []
@@ -110,7 +124,8 @@ class AwsApi:
         except AwsError as exc:
             return error_response(exc, "query", "", str(uuid.uuid4()))
         try:
-            if self.authenticate is not None:
+            if self.authenticate is not None and \
+                    (request.service, request.operation) not in self.unsigned:
                 await self.authenticate(request)
             return await self._call(request)
         except AwsError as exc:

@@ -20,7 +20,9 @@ from manifold.broker.durable_map import DurableMap
 from manifold.broker.errors import BrokerError
 from manifold.broker.message import Message, Properties
 
-from .http import ACCOUNT_ID, AwsApi, AwsError, AwsRequest
+from . import kinesis_fanout
+from .http import ACCOUNT_ID, WRONG_SHAPE, AwsApi, AwsError, AwsRequest, wrong_shape
+from .sigv4 import require
 from .kinesis_shards import (MAX_HASH_KEY, KinesisStream, hash_key_of, invalid, make_iterator,
                              parse_iterator, parse_sequence_number, sequence_number)
 
@@ -64,10 +66,12 @@ class Kinesis:
         self._apply_retention(stream, shard)
 
     def _apply_retention(self, stream: KinesisStream, shard: Any) -> None:
-        core = self.vhost.queues.get(stream.queue_name(shard))
-        if core is not None and hasattr(core, "max_age_ms"):
-            core.max_age_ms = stream.retention_hours * 3600 * 1000
-            core.tick()
+        """The shard stream's max age = the retention period (a stream policy, so the AMQP
+        declare arguments stay as they were and the change is saved with the definitions)."""
+        name = stream.queue_name(shard)
+        wanted = {"x-max-age": f"{stream.retention_hours}h"}
+        if name in self.vhost.queues and getattr(self.vhost.queues[name], "policy", None) != wanted:
+            self.vhost.set_queue_policy(name, wanted)
 
     def core_stream(self, stream: KinesisStream, shard: Any) -> Any:
         return self.vhost.queue(stream.queue_name(shard))
@@ -302,21 +306,26 @@ class Kinesis:
     async def get_shard_iterator(self, p: dict) -> dict:
         stream = self.stream(p)
         shard = stream.shard(p.get("ShardId"))
+        offset = self.start_offset(stream, shard, p.get("ShardIteratorType"),
+                                   p.get("StartingSequenceNumber"), p.get("Timestamp"))
+        return {"ShardIterator": make_iterator(stream, shard, offset, now_ms())}
+
+    def start_offset(self, stream: KinesisStream, shard: Any, kind: Any, sequence: Any,
+                     stamp: Any) -> int:
+        """Where a reader of ``shard`` starts for an iterator (or StartingPosition) type."""
         core = self.core_stream(stream, shard)
         end = shard.end_offset if shard.end_offset is not None else core.next_offset
-        kind = p.get("ShardIteratorType")
         if kind == "TRIM_HORIZON":
             offset = core.first_offset
         elif kind == "LATEST":
             offset = end
         elif kind in ("AT_SEQUENCE_NUMBER", "AFTER_SEQUENCE_NUMBER"):
-            index, offset = parse_sequence_number(p.get("StartingSequenceNumber"))
+            index, offset = parse_sequence_number(sequence)
             if index != shard.index:
                 raise invalid(f"Invalid StartingSequenceNumber. It encodes {index}, while it "
                               f"was used in a call to a shard with {shard.id}")
             offset += 1 if kind == "AFTER_SEQUENCE_NUMBER" else 0
         elif kind == "AT_TIMESTAMP":
-            stamp = p.get("Timestamp")
             if not isinstance(stamp, (int, float)):
                 raise invalid("Must specify timestampInMillis parameter for iterator of type "
                               "AT_TIMESTAMP. Current request has no timestamp parameter.")
@@ -330,8 +339,7 @@ class Kinesis:
                            "at 'shardIteratorType' failed to satisfy constraint: Member must "
                            "satisfy enum value set: [AFTER_SEQUENCE_NUMBER, AT_SEQUENCE_NUMBER, "
                            "AT_TIMESTAMP, TRIM_HORIZON, LATEST]")
-        offset = min(max(offset, core.first_offset), end)
-        return {"ShardIterator": make_iterator(stream, shard, offset, now_ms())}
+        return min(max(offset, core.first_offset), end)
 
     async def get_records(self, p: dict) -> dict:
         name, created, sid, offset, issued = parse_iterator(p.get("ShardIterator"))
@@ -348,6 +356,14 @@ class Kinesis:
                            f"Iterator expired. The iterator was created at time {issued} while "
                            f"right now it is {now} which is further in the future than the "
                            f"tolerated delay of {self.iterator_ttl_ms} milliseconds.")
+        out, position, closed = self.read_page(stream, shard, offset, limit, now)
+        out["NextShardIterator"] = None if closed else make_iterator(stream, shard, position, now)
+        return out
+
+    def read_page(self, stream: KinesisStream, shard: Any, offset: int, limit: int,
+                  now: int) -> tuple[dict, int, bool]:
+        """(page, next offset, whether the closed shard's end was reached): ``Records``,
+        ``MillisBehindLatest`` and, at the end of a closed shard, ``ChildShards``."""
         core = self.core_stream(stream, shard)
         end = shard.end_offset if shard.end_offset is not None else core.next_offset
         records, size, position = [], 0, max(offset, core.first_offset)
@@ -367,16 +383,14 @@ class Kinesis:
             following = core.read(position, 1)
             behind = max(0, now - following[0][1]) if following else 0
         out: dict[str, Any] = {"Records": records, "MillisBehindLatest": behind}
-        if shard.end_offset is not None and position >= shard.end_offset:
+        closed = shard.end_offset is not None and position >= shard.end_offset
+        if closed:
             # [Kinesis GetRecords] the last page of a closed shard names its children and has no
             # NextShardIterator
             out["ChildShards"] = [{"ShardId": c.id, "ParentShards": [
                 x for x in (c.parent, c.adjacent_parent) if x],
                 "HashKeyRange": c.describe()["HashKeyRange"]} for c in stream.children_of(shard)]
-            out["NextShardIterator"] = None
-        else:
-            out["NextShardIterator"] = make_iterator(stream, shard, position, now)
-        return out
+        return out, position, closed
 
     # -- resharding ----------------------------------------------------------------------------
     def _close(self, stream: KinesisStream, shard: Any) -> None:
@@ -445,6 +459,36 @@ class Kinesis:
                 "CurrentShardCount": current, "TargetShardCount": target}
 
 
+#: the permission (RabbitMQ's model) an operation needs, checked on the stream's name as a queue
+PERMISSIONS = {
+    "CreateStream": "configure", "DeleteStream": "configure", "SplitShard": "configure",
+    "MergeShards": "configure", "UpdateShardCount": "configure",
+    "IncreaseStreamRetentionPeriod": "configure", "DecreaseStreamRetentionPeriod": "configure",
+    "AddTagsToStream": "configure", "RemoveTagsFromStream": "configure",
+    "PutRecord": "write", "PutRecords": "write", "GetShardIterator": "read", "GetRecords": "read",
+    "RegisterStreamConsumer": "configure", "DeregisterStreamConsumer": "configure",
+    "SubscribeToShard": "read",
+}
+
+
+def check_permission(request: AwsRequest) -> None:
+    action = PERMISSIONS.get(request.operation)
+    if action is None or request.grant is None:
+        return
+    p = request.params
+    name = p.get("StreamName")
+    arn = p.get("StreamARN")
+    if not name and isinstance(arn, str) and ":stream/" in arn:
+        name = arn.rsplit(":stream/", 1)[1]
+    if request.operation == "GetRecords":
+        name = parse_iterator(p.get("ShardIterator"))[0]
+    consumer = p.get("ConsumerARN")
+    if not name and isinstance(consumer, str) and ":stream/" in consumer:
+        name = consumer.rsplit(":stream/", 1)[1].split("/consumer/", 1)[0]
+    if isinstance(name, str):
+        require(request, action, "queue", name)
+
+
 def install(api: AwsApi) -> Kinesis:
     kinesis = Kinesis(api.broker, api.settings)
     operations = {
@@ -466,16 +510,27 @@ def install(api: AwsApi) -> Kinesis:
         "SplitShard": kinesis.split_shard,
         "MergeShards": kinesis.merge_shards,
         "UpdateShardCount": kinesis.update_shard_count,
+        "SubscribeToShard": None,  # streams its answer: handled below with the request
     }
+    fanout = kinesis_fanout.install(kinesis, operations)
 
     async def handle(request: AwsRequest) -> Any:
-        operation = operations.get(request.operation)
-        if operation is None:
+        if request.operation not in operations:
             raise AwsError("UnknownOperationException", f"{request.operation} is not supported")
+        operation = operations[request.operation]
+        check_permission(request)
         try:
+            if request.operation == "SubscribeToShard":
+                return await fanout.subscribe(request, request.params)
             return await operation(request.params)
         except BrokerError as exc:  # a core refusal (e.g. a shard stream deleted over AMQP)
             raise AwsError("ResourceNotFoundException", str(exc)) from None
+        except WRONG_SHAPE as exc:
+            raise wrong_shape(exc) from None
+
+    async def on_shutdown(_app: Any) -> None:
+        fanout.closing = True
 
     api.register_json("Kinesis_20131202", "kinesis", handle, "application/x-amz-json-1.1")
+    api.app.on_shutdown.append(on_shutdown)
     return kinesis

@@ -103,6 +103,8 @@ class KinesisStream:
     shards: list[Shard] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
     next_index: int = 0
+    #: enhanced fan-out consumers: name -> creation time (ms)
+    consumers: dict[str, int] = field(default_factory=dict)
 
     @property
     def arn(self) -> str:

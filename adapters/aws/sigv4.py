@@ -31,6 +31,10 @@ MAX_SKEW = datetime.timedelta(minutes=15)
 _AUTH = re.compile(r"AWS4-HMAC-SHA256\s+Credential=([^,\s]+)\s*,\s*SignedHeaders=([^,\s]+)\s*,"
                    r"\s*Signature=([0-9a-fA-F]+)")
 _SPACES = re.compile(r"\s+")
+#: unsigned requests AWS accepts: the SubscribeURL (ConfirmSubscription with its token) and the
+#: UnsubscribeURL an SNS endpoint receives, and Manifold's SigningCertURL
+ANONYMOUS = {("sns", "ConfirmSubscription"), ("sns", "Unsubscribe"),
+             ("sns", "GetSigningCertificate")}
 GUEST = "guest"
 
 
@@ -128,6 +132,8 @@ class SigV4Verifier:
             signed = http.query.get("X-Amz-SignedHeaders", "host")
             signature = http.query.get("X-Amz-Signature", "")
             amz_date = http.query.get("X-Amz-Date", "")
+        elif (request.service, request.operation) in ANONYMOUS:
+            return  # the SNS links a subscriber follows; the token is the credential
         else:
             raise _error(request, "missing", "Request is missing Authentication Token")
         try:

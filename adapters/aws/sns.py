@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import secrets
 import time
 import uuid
@@ -25,7 +26,8 @@ from manifold.broker.errors import BrokerError
 
 from . import sns_wire
 from .attributes import to_message
-from .http import ACCOUNT_ID, AwsApi, AwsError, AwsRequest
+from .http import ACCOUNT_ID, WRONG_SHAPE, AwsApi, AwsError, AwsRequest
+from .sigv4 import require
 from .sns_delivery import (DEFAULT_RETRY, HTTP_PROTOCOLS, QUICK_RETRY, STRUCTURE_HEADER,
                            SUBJECT_HEADER, Sender, SubscriptionWorker)
 from .sns_model import (MAX_MESSAGE_BYTES, Subscription, Topic, check_endpoint,
@@ -33,7 +35,16 @@ from .sns_model import (MAX_MESSAGE_BYTES, Subscription, Topic, check_endpoint,
                         check_topic_attribute, check_topic_name, default_policy, invalid,
                         not_found, topic_name)
 
+log = logging.getLogger("manifold.aws.sns")
+
 VHOST = "/"
+#: the permission (RabbitMQ's model) an operation needs on the topic's exchange
+PERMISSIONS = {
+    "CreateTopic": "configure", "DeleteTopic": "configure", "SetTopicAttributes": "configure",
+    "TagResource": "configure", "UntagResource": "configure",
+    "SetSubscriptionAttributes": "configure",
+    "Publish": "write", "PublishBatch": "write", "Subscribe": "read",
+}
 DEDUP_WINDOW_MS = 5 * 60 * 1000
 MAX_BATCH = 10
 PAGE = 100
@@ -58,6 +69,7 @@ def _decode_binary(attributes: dict) -> dict:
 class Sns:
     def __init__(self, broker: Any, settings: Any, sqs: Any, firehose: Any):
         self.vhost = broker.vhosts[VHOST]
+        self.outbox = broker.outbox  # sms and application deliveries (broker/outbox.py)
         self.settings = settings
         self.sqs = sqs
         self.firehose = firehose
@@ -102,6 +114,12 @@ class Sns:
         wait = self.state.delete(key)
         if wait is not None:
             await wait
+
+    def _background(self, coroutine: Any) -> None:
+        """A one-shot send (confirmation, unsubscribe notice) that the caller does not wait for."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     def _start_worker(self, sub: Subscription) -> None:
         if sub.queue not in self.vhost.queues:
@@ -167,6 +185,23 @@ class Sns:
         if sub is None or sub.arn != arn:
             raise not_found("Subscription does not exist")
         return sub
+
+    def check_permission(self, request: AwsRequest, p: dict) -> None:
+        """AccessDenied unless the signing key's user may do this to the topic's exchange:
+        configure (topic and subscription changes), write (Publish), read (Subscribe)."""
+        action = PERMISSIONS.get(request.operation)
+        if action is None or request.grant is None:
+            return
+        if request.operation == "CreateTopic":
+            name = p.get("Name")
+        elif request.operation in ("SetSubscriptionAttributes",):
+            arn = p.get("SubscriptionArn")
+            name = arn.split(":")[5] if isinstance(arn, str) and arn.count(":") == 6 else None
+        else:
+            arn = p.get("TopicArn") or p.get("ResourceArn")
+            name = arn.split(":")[5] if isinstance(arn, str) and arn.count(":") == 5 else None
+        if isinstance(name, str):
+            require(request, action, "exchange", name)
 
     # -- topics --------------------------------------------------------------------------------
     async def create_topic(self, request: AwsRequest, p: dict) -> dict:
@@ -268,6 +303,7 @@ class Sns:
             protocol = protocol.lower()
         check_endpoint(protocol, endpoint)
         attributes = check_subscription_attributes(protocol, p.get("Attributes") or {})
+        self._check_targets(request, protocol, endpoint, attributes)
         if protocol == "lambda" and self.function(endpoint) is None:
             raise invalid(f"Lambda endpoint {endpoint}: no [[functions]] entry of that name")
         if protocol in ("email", "email-json") and not self.settings.sns.smtp_url:
@@ -292,11 +328,25 @@ class Sns:
         if sub.confirmed:
             self._start_worker(sub)
             return {"SubscriptionArn": sub.arn}
-        task = asyncio.get_running_loop().create_task(self.sender.confirm_request(sub))
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
+        self._background(self.sender.confirm_request(sub))
         return {"SubscriptionArn": sub.arn if p.get("ReturnSubscriptionArn") in ("true", True)
                 else "pending confirmation"}
+
+    @staticmethod
+    def _check_targets(request: AwsRequest, protocol: str, endpoint: str,
+                       attributes: dict) -> None:
+        """Whoever subscribes a queue (or names a dead-letter queue) must be allowed to write
+        to it: deliveries go in on the subscriber's authority."""
+        targets = []
+        if protocol == "sqs":
+            targets.append(endpoint.rsplit(":", 1)[-1])
+        elif protocol == "firehose":
+            targets.append("firehose." + endpoint.rsplit("/", 1)[-1])
+        dead = attributes.get("RedrivePolicy")
+        if dead:
+            targets.append(json.loads(dead)["deadLetterTargetArn"].rsplit(":", 1)[-1])
+        for name in targets:
+            require(request, "write", "queue", name)
 
     async def confirm_subscription(self, request: AwsRequest, p: dict) -> dict:
         name = topic_name(p.get("TopicArn"))
@@ -307,6 +357,8 @@ class Sns:
             if sub.topic == name and sub.token and sub.token == token:
                 if not sub.confirmed:
                     sub.confirmed = True
+                    sub.authenticate_on_unsubscribe = str(
+                        p.get("AuthenticateOnUnsubscribe", "")).lower() == "true"
                     await self._put(("subscription", sub.id), sub.to_value())
                     self._start_worker(sub)
                 return {"SubscriptionArn": sub.arn}
@@ -319,7 +371,13 @@ class Sns:
         await self._delete(("subscription", sub.id))
 
     async def unsubscribe(self, request: AwsRequest, p: dict) -> dict:
-        await self._remove_subscription(self.subscription(p.get("SubscriptionArn")))
+        sub = self.subscription(p.get("SubscriptionArn"))
+        if sub.authenticate_on_unsubscribe and request.user is None:
+            raise AwsError("AuthorizationError", "The subscription requires an authenticated "
+                           "Unsubscribe (AuthenticateOnUnsubscribe)", 403)
+        await self._remove_subscription(sub)
+        if sub.protocol in HTTP_PROTOCOLS and sub.confirmed:
+            self._background(self.sender.unsubscribed(sub))
         return {}
 
     def _list(self, subs: list[Subscription], p: dict) -> dict:
@@ -357,6 +415,8 @@ class Sns:
         sub = self.subscription(p.get("SubscriptionArn"))
         name, value = p.get("AttributeName"), p.get("AttributeValue", "")
         merged = check_subscription_attributes(sub.protocol, {**sub.attributes, name: value})
+        if name == "RedrivePolicy":
+            self._check_targets(request, "", "", {name: value})
         sub.attributes = merged
         await self._put(("subscription", sub.id), sub.to_value())
         return {}
@@ -438,12 +498,19 @@ class Sns:
         return result, waits
 
     async def publish(self, request: AwsRequest, p: dict) -> dict:
-        if p.get("PhoneNumber"):
+        target = p.get("TargetArn")
+        direct = p.get("PhoneNumber") or (
+            target if isinstance(target, str) and ":endpoint/" in target else None)
+        if direct:
+            # [SNS] a direct publish to a phone number or a platform endpoint: no carrier to
+            # reach, so it goes to the outbox (and the log), as LocalStack does
             text = p.get("Message")
             if not isinstance(text, str) or not text:
                 raise invalid("Empty message")
-            self.sender.outbox.append({"protocol": "sms", "endpoint": p["PhoneNumber"],
-                                       "message": text, "timestamp": _now_ms()})
+            self.outbox.add({"protocol": "sms" if p.get("PhoneNumber") else
+                                       "application", "endpoint": direct, "message": text,
+                                       "timestamp": _now_ms()})
+            log.info("SNS direct publish to %s (outbox): %s", direct, text[:200])
             return {"MessageId": str(uuid.uuid4())}
         topic = self.topic(p.get("TopicArn") or p.get("TargetArn"))
         result, waits = self._prepare(topic, p)
@@ -511,9 +578,16 @@ def install(api: AwsApi, sqs: Any, firehose: Any) -> Sns:
         if operation is None:
             raise AwsError("InvalidAction", f"The action {request.operation} is not valid for "
                            "this endpoint.")
+        if (request.service, request.operation) in api.unsigned and api.authenticate and (
+                "Authorization" in request.http.headers or "X-Amz-Signature" in request.http.query):
+            await api.authenticate(request)  # signed anyway: then the signature must hold
         params = sns_wire.unflatten({k: v for k, v in request.params.items()
                                      if k not in ("Action", "Version")})
-        result = await operation(request, params)
+        sns.check_permission(request, params)
+        try:
+            result = await operation(request, params)
+        except WRONG_SHAPE as exc:  # query values are text: a number or JSON that is not
+            raise AwsError("InvalidParameter", f"Invalid parameter: {exc}") from None
         xml = result if isinstance(result, str) else sns_wire.to_xml(result)
         return sns_wire.response(request.operation, xml, request.request_id)
 
@@ -524,7 +598,11 @@ def install(api: AwsApi, sqs: Any, firehose: Any) -> Sns:
         await sns.close()
 
     api.register_query("sns", handle)
+    # [SNS] SubscribeURL and UnsubscribeURL are plain links; the token (or the subscription's
+    # AuthenticateOnUnsubscribe) is what protects them, and the signing certificate is public.
+    api.unsigned.update({("sns", "ConfirmSubscription"), ("sns", "GetSigningCertificate"),
+                         ("sns", "Unsubscribe")})
     api.app.on_startup.append(on_startup)
     api.app.on_shutdown.append(on_shutdown)
-    api.app[SNS_KEY] = sns  # the outbox (sms, application) for whoever shows it
+    api.app[SNS_KEY] = sns
     return sns

@@ -45,7 +45,6 @@ DEFAULT_RETRY = {"minDelayTarget": 20, "maxDelayTarget": 20, "numRetries": 3,
 #: other protocols (sqs, lambda, firehose...): a few quick retries before the dead-letter queue
 QUICK_RETRY = {**DEFAULT_RETRY, "minDelayTarget": 1, "maxDelayTarget": 5}
 HTTP_PROTOCOLS = ("http", "https")
-OUTBOX_SIZE = 1000
 
 
 class DeliveryFailed(Exception):
@@ -108,13 +107,21 @@ class SubscriptionWorker(Consumer):
                 self.pending.clear()
                 self.in_progress = batch
                 if self.subscription.protocol in ("sqs", "firehose"):
-                    await asyncio.gather(*(self._one(d) for d in batch))
+                    await asyncio.gather(*(self._guarded(d) for d in batch))
                 else:  # one at a time: endpoints see notifications in order
                     for delivery in batch:
-                        await self._one(delivery)
+                        await self._guarded(delivery)
                 self.in_progress = []
                 for delivery in batch:
                     delivery.ack()
+
+    async def _guarded(self, delivery: Delivery) -> None:
+        """A message that breaks the worker (a bug, not a failed delivery) is logged and
+        dropped, so that the subscription's other messages still flow."""
+        try:
+            await self._one(delivery)
+        except Exception:
+            log.exception("SNS subscription %s: message dropped", self.subscription.arn)
 
     async def _one(self, delivery: Delivery) -> None:
         sub = self.subscription
@@ -139,7 +146,10 @@ class SubscriptionWorker(Consumer):
             try:
                 await self.sns.sender.send(sub, message, text, attributes)
                 return
-            except DeliveryFailed as exc:
+            except Exception as exc:  # a failed attempt, never a dead worker
+                if not isinstance(exc, DeliveryFailed):
+                    log.exception("SNS delivery to %s failed unexpectedly", sub.endpoint)
+                    exc = DeliveryFailed("InternalError", str(exc))
                 failure = exc
                 log.info("SNS delivery to %s (%s) failed, attempt %d: %s", sub.endpoint,
                          sub.protocol, attempt + 1, exc)
@@ -160,7 +170,6 @@ class Sender:
     def __init__(self, sns: Any):
         self.sns = sns
         self.session: aiohttp.ClientSession | None = None
-        self.outbox: deque[dict] = deque(maxlen=OUTBOX_SIZE)
 
     def _session(self) -> aiohttp.ClientSession:
         if self.session is None:
@@ -208,7 +217,7 @@ class Sender:
         else:  # sms, application: no carrier to reach; the outbox and the log show them
             entry = {"protocol": protocol, "endpoint": sub.endpoint, "message": text,
                      "subscription": sub.arn, "timestamp": int(time.time() * 1000)}
-            self.outbox.append(entry)
+            self.sns.outbox.add(entry)
             log.info("SNS %s to %s (outbox): %s", protocol, sub.endpoint, text[:200])
 
     async def _sqs(self, queue_arn: str, sub: Any, message: Any, body: str,
@@ -324,6 +333,28 @@ class Sender:
         except DeliveryFailed as exc:
             log.warning("SNS message to %s dropped: its dead-letter queue failed too: %s",
                         sub.endpoint, exc)
+
+    async def unsubscribed(self, sub: Any) -> None:
+        """[SNS] an HTTP/S endpoint hears of its unsubscription (UnsubscribeConfirmation); one
+        attempt. Its SubscribeURL does not restore the subscription here (the token is gone)."""
+        envelope = sns_wire.confirmation(sub.base_url, message_id=str(uuid.uuid4()),
+                                         topic_arn=sub.topic_arn, token=sub.token,
+                                         sent_ms=int(time.time() * 1000))
+        envelope["Type"] = "UnsubscribeConfirmation"
+        envelope["Message"] = (f"You have chosen to deactivate subscription {sub.arn}.\nTo "
+                               "cancel this operation and restore the subscription, visit the "
+                               "SubscribeURL included in this message.")
+        topic = self.sns.topics.get(sub.topic)
+        self.sns.signer.sign(envelope, topic.signature_version if topic else "1")
+        try:
+            await self.post(sub.endpoint, json.dumps(envelope), {
+                "x-amz-sns-message-type": "UnsubscribeConfirmation",
+                "x-amz-sns-message-id": envelope["MessageId"],
+                "x-amz-sns-topic-arn": sub.topic_arn, "x-amz-sns-subscription-arn": sub.arn,
+                "Content-Type": "text/plain; charset=UTF-8",
+                "User-Agent": "Amazon Simple Notification Service Agent"})
+        except DeliveryFailed as exc:
+            log.info("SNS UnsubscribeConfirmation to %s failed: %s", sub.endpoint, exc)
 
     async def confirm_request(self, sub: Any) -> None:
         """The SubscriptionConfirmation POST (http/https) or mail (email/email-json)."""

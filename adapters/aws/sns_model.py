@@ -91,6 +91,8 @@ class Subscription:
     attributes: dict = field(default_factory=dict)
     confirmed: bool = False
     token: str = ""
+    #: ConfirmSubscription's AuthenticateOnUnsubscribe: Unsubscribe must then be signed
+    authenticate_on_unsubscribe: bool = False
 
     @property
     def topic_arn(self) -> str:

@@ -114,10 +114,13 @@ class SessionConsumer(Consumer):
     """The session's consumer on its own queue or on a shared-subscription queue. Credit is the
     session's in-flight window (client Receive Maximum) and the connection's output buffer."""
 
-    def __init__(self, tag: str, state: "SessionState", share: Subscription | None):
+    def __init__(self, tag: str, state: "SessionState", share: Subscription | None,
+                 share_queue: str | None = None):
         super().__init__(tag, owner=state)
         self.state = state
+        #: the shared subscription and its group's queue, for a shared-subscription member
         self.share = share
+        self.share_queue = share_queue
 
     def has_credit(self) -> bool:
         conn = self.state.conn
@@ -247,7 +250,7 @@ class SessionState:
             self.vhost.consume(self.queue_name, self.consumer)
         for topic_filter, consumer in self.shared.items():
             if consumer.queue is None:
-                self.vhost.consume(consumer.share_queue, consumer)  # type: ignore[attr-defined]
+                self.vhost.consume(consumer.share_queue, consumer)
 
     def detach(self) -> None:
         """The connection ended; the session stays (persistent) until it expires."""
@@ -336,6 +339,25 @@ class MqttServer:
     def now_ms(self) -> int:
         return self.broker.clock.now_ms()
 
+    # ------------------------------------------------------------ for operators (read only)
+    def sessions_info(self) -> list[dict]:
+        """Sessions for the management API: client id, subscriptions, queued messages."""
+        out = []
+        for state in list(self.sessions.values()):
+            queue = state.vhost.queues.get(state.queue_name) if state.vhost else None
+            out.append({"client_id": state.client_id,
+                        "vhost": state.vhost.name if state.vhost else "",
+                        "connected": state.conn is not None, "expiry_s": state.expiry_s,
+                        "subscriptions": [{"topic_filter": sub.topic_filter, "qos": sub.qos}
+                                          for sub in state.subscriptions.values()],
+                        "queued_messages": queue.message_count if queue is not None else 0,
+                        "in_flight": len(state.outbound)})
+        return out
+
+    def retained_info(self) -> list[dict]:
+        return [{"topic": topic, "payload_bytes": len(r.message.body), "qos": r.message.qos}
+                for topic, r in list(self.retained.items())]
+
     # ------------------------------------------------------------ sessions
     def expire(self, state: SessionState) -> None:
         state.expiry_timer = None
@@ -366,9 +388,8 @@ class MqttServer:
             state.vhost.bind_queue(name, TOPIC_EXCHANGE, sub.key, None)
             entry = self.share_groups[key] = [name, 0]
         entry[1] += 1
-        consumer = SessionConsumer(f"mqtt-{state.client_id}-{sub.topic_filter}", state, sub)
-        consumer.share_queue = entry[0]  # type: ignore[attr-defined]
-        consumer.no_ack = False
+        consumer = SessionConsumer(f"mqtt-{state.client_id}-{sub.topic_filter}", state, sub,
+                                   entry[0])
         if state.conn is not None:
             state.vhost.consume(entry[0], consumer)
         return consumer

@@ -13,7 +13,9 @@ States (h11 style):
     any          connection lost               CLOSED, will sent (after its delay)
 
 The session state that outlives the connection (subscriptions, queue, in-flight messages) is a
-``server.SessionState``; this object is the live connection attached to it.
+``server.SessionState``; this object is the live connection attached to it. Deliveries to the
+client and their acknowledgements are in ``outbound.OutboundMethods``, the property mapping in
+``properties``.
 """
 from __future__ import annotations
 
@@ -23,106 +25,32 @@ import os
 import base64
 from typing import Any
 
-from manifold.broker.consumer import Delivery
 from manifold.broker.errors import AccessRefused, BrokerError, NotAllowed
-from manifold.broker.message import Message, Properties
+from manifold.broker.in_order import InOrderReplies
 
 from . import codec as c
 from . import topics
-from .server import (NEVER_EXPIRES, TOPIC_EXCHANGE, MqttMessage, MqttServer, Outbound,
-                     SessionState, Subscription)
+from .decoder import MqttDecoder
+from .outbound import OutboundMethods
+from .properties import properties_from_mqtt, topic_of
+from .server import (NEVER_EXPIRES, TOPIC_EXCHANGE, MqttMessage, MqttServer, SessionState,
+                     Subscription)
 
 log = logging.getLogger("manifold.mqtt")
 
 AWAIT_CONNECT, CONNECTED, CLOSED = "AWAIT_CONNECT", "CONNECTED", "CLOSED"
 
-# Shared property objects for the common case (no MQTT 5 properties): messages are immutable.
-_PLAIN_PROPERTIES = {q: Properties(delivery_mode=2 if q else 1, headers={"x-mqtt-publish-qos": q})
-                     for q in (0, 1, 2)}
 # Bytes pending in our own output list before it is handed to the transport.
 _FLUSH_BYTES = 64 * 1024
 
 
-def publish_qos(message: Message) -> int:
-    """The QoS a message was published with (COMMON.md: other protocols: 1 if persistent)."""
-    if type(message) is MqttMessage:
-        return message.qos
-    headers = message.properties.headers
-    if headers:
-        q = headers.get("x-mqtt-publish-qos")
-        if isinstance(q, int) and 0 <= q <= 2:
-            return q
-    return 1 if message.properties.delivery_mode == 2 else 0
-
-
-def properties_from_mqtt(props: dict, qos: int) -> Properties:
-    """MQTT 5 PUBLISH properties -> core properties (COMMON.md mapping)."""
-    if not props:
-        return _PLAIN_PROPERTIES[qos]
-    headers: dict[str, Any] = {"x-mqtt-publish-qos": qos}
-    for name, value in props.get("user_property", ()):
-        headers[name] = value
-    correlation_id = None
-    data = props.get("correlation_data")
-    if data is not None:
-        try:
-            correlation_id = data.decode("utf-8")
-        except UnicodeDecodeError:
-            headers["x-correlation-data"] = bytes(data)
-    reply_to = props.get("response_topic")
-    expiry = props.get("message_expiry_interval")
-    return Properties(content_type=props.get("content_type"), headers=headers,
-                      delivery_mode=2 if qos else 1, correlation_id=correlation_id,
-                      reply_to=topics.topic_to_key(reply_to) if reply_to is not None else None,
-                      expiration=str(expiry * 1000) if expiry is not None else None)
-
-
-def mqtt_from_properties(p: Properties) -> dict:
-    """Core properties of a message from another protocol -> MQTT 5 PUBLISH properties."""
-    out: dict = {}
-    if p.content_type is not None:
-        out["content_type"] = p.content_type
-    if p.reply_to is not None:
-        out["response_topic"] = topics.key_to_topic(p.reply_to)
-    if p.correlation_id is not None:
-        out["correlation_data"] = str(p.correlation_id).encode("utf-8")
-    headers = p.headers
-    if headers:
-        pairs = []
-        for k, v in headers.items():
-            if k == "x-mqtt-publish-qos":
-                continue
-            if k == "x-correlation-data" and isinstance(v, (bytes, bytearray)):
-                out.setdefault("correlation_data", bytes(v))
-                continue
-            if isinstance(v, (bytes, bytearray)):
-                try:
-                    v = bytes(v).decode("utf-8")
-                except UnicodeDecodeError:
-                    continue
-            elif not isinstance(v, str):
-                if isinstance(v, (list, dict)):
-                    continue  # x-death and other tables have no MQTT form
-                v = str(v)
-            pairs.append((str(k), v))
-        if pairs:
-            out["user_property"] = pairs
-    return out
-
-
-def _topic_of(message: Message) -> str:
-    if type(message) is MqttMessage:
-        return message.topic  # type: ignore[attr-defined]
-    return topics.key_to_topic(message.routing_key)
-
-
-class MqttSession:
+class MqttSession(OutboundMethods):
     """The transport's Session for one MQTT connection."""
 
     def __init__(self, server: MqttServer):
         self.server = server
         self.settings = server.mqtt
-        self.decoder = c.MqttDecoder("server", max_packet_size=self.settings.max_packet_bytes)
+        self.decoder = MqttDecoder("server", max_packet_size=self.settings.max_packet_bytes)
         self.conn: Any = None
         self.state_name = AWAIT_CONNECT
         self.version = c.MQTT_3_1_1
@@ -145,9 +73,9 @@ class MqttSession:
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._flush_scheduled = False
-        self._pending_acks: list | None = None  # [ready, packet] in order, while waits run
+        #: acknowledgements waiting, in order, for the writes they promise
+        self._acks = InOrderReplies(self._release_ack, self._flush)
         self._clean_disconnect = False
-        self._taken_over = False
         self._closing = False
         #: topic -> routing key, for the topics this client publishes to (bounded)
         self._keys: dict[str, str] = {}
@@ -212,6 +140,14 @@ class MqttSession:
             self._flush()
         self._clean_disconnect = True  # a shutdown is not the client's failure: no will
         self._close("server shutdown")
+
+    def force_close(self, reason: str) -> None:
+        """Closed by an operator: MQTT 5 DISCONNECT 0x98 Administrative action with the reason
+        as reason string; 3.1.1 has no server DISCONNECT and just closes. The will is sent."""
+        if self.v5 and self.state_name == CONNECTED:
+            self._send(c.serialize(c.Disconnect(c.ADMINISTRATIVE_ACTION,
+                                                {"reason_string": reason}), c.MQTT_5))
+        self._close(f"closed by an operator: {reason}")
 
     def resume_writing(self) -> None:
         self._resume_consumers()
@@ -365,6 +301,7 @@ class MqttSession:
             return
         self.user = user
         self.grant = server.broker.grant(user, vhost_name)
+        self.conn.opened(user.name, self.vhost.name)
         # Client identifier [MQTT-3.1.3-6/7/8]
         client_id = p.client_id
         assigned = None
@@ -391,7 +328,6 @@ class MqttSession:
         state = server.sessions.get(client_id)
         if state is not None and state.conn is not None:
             old = state.conn
-            old._taken_over = True
             old._disconnect(c.SESSION_TAKEN_OVER, "session taken over by a new connection")
             # Run its end now, so the session is free for this connection (its will follows the
             # normal rules: sent now without a delay, else cancelled just below).
@@ -448,7 +384,7 @@ class MqttSession:
             if out.released:
                 self._send(c.serialize(c.Pubrel(pid), self.version))
             else:
-                self._send_publish(out.message, _topic_of(out.message), out.qos, out.retain,
+                self._send_publish(out.message, topic_of(out.message), out.qos, out.retain,
                                    out.sub_ids, pid, True)
         state.attach(self)
         self._resume_consumers()
@@ -655,42 +591,21 @@ class MqttSession:
         """PUBACK/PUBREC/PUBCOMP/SUBACK once what it acknowledges is safe; acknowledgements
         stay in order [MQTT-4.6.0-2]. If the write fails, ``refused()`` gives the packet to send
         instead, or None: then the connection is closed. ``then()`` runs after the packet went."""
-        pending = self._pending_acks
-        if wait is None and not pending:
-            self._send(packet)
-            if then is not None:
-                then()
-            return
-        entry = [wait is None, packet, refused, then, None]
-        if pending is None:
-            pending = self._pending_acks = []
-        pending.append(entry)
-        if wait is not None:
-            def done(future: Any, entry: list = entry) -> None:
-                entry[0] = True
-                if future.cancelled() or future.exception() is not None:
-                    entry[4] = future.exception() if not future.cancelled() else "cancelled"
-                self._drain_acks()
-            asyncio.ensure_future(wait).add_done_callback(done)
+        self._acks.add((packet, refused, then), wait)
 
-    def _drain_acks(self) -> None:
-        pending = self._pending_acks
-        while pending and pending[0][0]:
-            _, packet, refused, then, error = pending.pop(0)
-            if error is not None:
-                packet = refused() if refused is not None else None
-                if packet is None:
-                    self._pending_acks = None
-                    self._close(f"could not store a message: {error}")
-                    return
-                self._send(packet)
-                continue
+    def _release_ack(self, ack: tuple, error: Any) -> bool:
+        packet, refused, then = ack
+        if error is not None:
+            packet = refused() if refused is not None else None
+            if packet is None:
+                self._close(f"could not store a message: {error}")
+                return False
             self._send(packet)
-            if then is not None:
-                then()
-        if not pending:
-            self._pending_acks = None
-        self._flush()
+            return True
+        self._send(packet)
+        if then is not None:
+            then()
+        return True
 
     def on_pubrel(self, p: c.Pubrel) -> None:
         # MQTT §4.3.3: discard the packet id state, then PUBCOMP; an unknown id gets 0x92 (5.0).
@@ -705,169 +620,11 @@ class MqttSession:
             code = c.PACKET_IDENTIFIER_NOT_FOUND
         self._ack_after(wait, c.serialize(c.Pubcomp(p.packet_id, code), self.version))
 
-    # ================================================================ outbound acks
-    def on_puback(self, p: c.Puback) -> None:
-        out = self.state.outbound.get(p.packet_id)  # type: ignore[union-attr]
-        if out is None or out.qos != 1:
-            return  # MQTT §4.3.2: an unknown packet id is ignored
-        del self.state.outbound[p.packet_id]  # type: ignore[union-attr]
-        self._settle(out)
-
-    def on_pubrec(self, p: c.Pubrec) -> None:
-        state = self.state
-        out = state.outbound.get(p.packet_id)  # type: ignore[union-attr]
-        if out is None or out.qos != 2:
-            if self.v5:
-                self._send(c.serialize(c.Pubrel(p.packet_id, c.PACKET_IDENTIFIER_NOT_FOUND),
-                                       c.MQTT_5))
-            return
-        if p.reason_code >= 0x80:
-            # 5.0: the client refused it; the exchange ends here.
-            del state.outbound[p.packet_id]  # type: ignore[union-attr]
-            self._settle(out)
-            return
-        if out.delivery is not None:
-            # The client owns the message now; only the packet id stays until PUBCOMP.
-            out.delivery.ack()
-            out.delivery = None
-        out.released = True
-        self._send(c.serialize(c.Pubrel(p.packet_id), self.version))
-
-    def on_pubcomp(self, p: c.Pubcomp) -> None:
-        state = self.state
-        out = state.outbound.get(p.packet_id)  # type: ignore[union-attr]
-        if out is None or not out.released:
-            return
-        del state.outbound[p.packet_id]  # type: ignore[union-attr]
-        self._settle(out)
-
-    def _settle(self, out: Outbound) -> None:
-        window_was_full = len(self.state.outbound) + 1 >= self.client_receive_max  # type: ignore[union-attr]
-        if out.delivery is not None:
-            out.delivery.ack()  # pumps this delivery's queue
-            out.delivery = None
-        if window_was_full:
-            self._resume_consumers()
-
-    def _resume_consumers(self) -> None:
-        state = self.state
-        if state is None or state.conn is not self:
-            return
-        if state.consumer is not None:
-            state.consumer.resume()
-        for consumer in state.shared.values():
-            consumer.resume()
-
     # ================================================================ deliveries
     def can_deliver(self) -> bool:
         return (self.state_name == CONNECTED and not self._closing and self.conn.writable and
                 self._out_bytes < _FLUSH_BYTES and
                 len(self.state.outbound) < self.client_receive_max)  # type: ignore[union-attr]
-
-    def deliver(self, delivery: Delivery, share: Subscription | None) -> None:
-        message = delivery.message
-        is_mqtt = type(message) is MqttMessage
-        topic = message.topic if is_mqtt else topics.key_to_topic(  # type: ignore[attr-defined]
-            message.routing_key)
-        state = self.state
-        retained_copy = is_mqtt and message.retained_copy  # type: ignore[attr-defined]
-        if share is not None:
-            subs = (share,)
-        else:
-            subs = state.matching(topic)  # type: ignore[union-attr]
-            if not retained_copy and subs and is_mqtt and \
-                    message.origin is state:  # type: ignore[attr-defined]
-                # [MQTT-3.8.3-3] No Local: not back to the publishing session
-                subs = [s for s in subs if not s.no_local]
-        if not subs:
-            if not delivery.settled:
-                delivery.ack()
-            return
-        qos = max(s.qos for s in subs) if len(subs) > 1 else subs[0].qos
-        pub_qos = message.qos if is_mqtt else publish_qos(message)  # type: ignore[attr-defined]
-        if pub_qos < qos:
-            qos = pub_qos
-        if retained_copy:
-            retain = True  # [MQTT-3.3.1-8] sent because of a new subscription: RETAIN=1
-        elif is_mqtt and message.retain:  # type: ignore[attr-defined]
-            # [MQTT-3.3.1-12/13] Retain As Published keeps it, else 0
-            retain = any(s.retain_as_published for s in subs)
-        else:
-            retain = False
-        sub_ids = None
-        if self.v5:
-            ids = [s.identifier for s in subs if s.identifier is not None]
-            if ids:
-                sub_ids = ids
-        if qos == 0:
-            self._send_publish(message, topic, 0, retain, sub_ids, None, False)
-            if not delivery.settled:
-                delivery.ack()
-            return
-        pid = state.alloc_pid()  # type: ignore[union-attr]
-        # A message that may have been sent before (requeued, or recovered after a restart)
-        # goes out with DUP=1.
-        if not self._send_publish(message, topic, qos, retain, sub_ids, pid,
-                                  delivery.redelivered):
-            # too large for this client, or expired: dropped [MQTT-3.1.2-25]
-            if not delivery.settled:
-                delivery.ack()
-            return
-        if delivery.settled:  # a no-ack delivery (QoS 0 subscriptions)
-            delivery = None  # type: ignore[assignment]
-        state.outbound[pid] = Outbound(delivery, message, qos, retain, sub_ids)  # type: ignore[union-attr]
-
-    def _send_publish(self, message: Message, topic: str, qos: int, retain: bool,
-                      sub_ids: list | None, pid: int | None, dup: bool) -> bool:
-        if not self.v5:  # 3.1.1 / 3.1: no properties, no client packet size limit
-            self._send(c.encode_publish(topic.encode("utf-8"), message.body, qos, retain, dup,
-                                        pid, None))
-            return True
-        is_mqtt = type(message) is MqttMessage
-        if is_mqtt:
-            props = message.mqtt_properties  # type: ignore[attr-defined]
-            props = dict(props) if props else {}
-        else:
-            props = mqtt_from_properties(message.properties)
-        # Message expiry: forward what is left of it [MQTT-3.3.2-6]; drop if expired.
-        expiration = message.properties.expiration
-        if expiration is not None:
-            try:
-                ttl_ms = int(expiration)
-            except ValueError:
-                ttl_ms = None
-            if ttl_ms is not None:
-                if message.timestamp_ms:
-                    left_ms = message.timestamp_ms + ttl_ms - self.server.now_ms()
-                    if left_ms <= 0 and not dup:
-                        return False
-                    props["message_expiry_interval"] = max(1, -(-left_ms // 1000))
-                else:
-                    props["message_expiry_interval"] = max(1, -(-ttl_ms // 1000))
-        if sub_ids:
-            props["subscription_identifier"] = sub_ids
-        topic_bytes = topic.encode("utf-8")
-        new_alias = None
-        if self.client_alias_max and not dup:
-            # Outbound topic aliases [MQTT 3.3.2.3.4]: the first message on a topic carries
-            # topic + alias, later ones only the alias. Resends (DUP) carry the full topic,
-            # since aliases do not outlive a connection.
-            alias = self.out_aliases.get(topic)
-            if alias is not None:
-                props["topic_alias"] = alias
-                topic_bytes = b""
-            elif len(self.out_aliases) < self.client_alias_max:
-                new_alias = len(self.out_aliases) + 1
-                props["topic_alias"] = new_alias
-        props_bytes = c.encode_properties(props) if props else b"\x00"
-        packet = c.encode_publish(topic_bytes, message.body, qos, retain, dup, pid,
-                                  props_bytes)
-        if len(packet) > self.client_max_packet:
-            return False  # [MQTT-3.1.2-25] (and the alias is not taken)
-        if new_alias is not None:
-            self.out_aliases[topic] = new_alias
-        self._send(packet)
-        return True
 
     # ================================================================ SUBSCRIBE
     def on_subscribe(self, p: c.Subscribe) -> None:

@@ -1,6 +1,6 @@
 """MQTT topic names and filters: validation, matching, and the mapping to AMQP routing keys.
 
-Mapping (COMMON.md, shared with STOMP and AMQP): swap ``/`` and ``.`` character by character, so a
+Mapping (adapters/INTEROP.md, shared with STOMP and AMQP): swap ``/`` and ``.`` character by character, so a
 topic containing ``.`` round-trips (``a/b.c`` <-> ``a.b/c``); in filters ``+`` becomes ``*`` and
 ``#`` stays ``#``. The swap is its own inverse.
 """

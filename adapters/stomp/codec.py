@@ -24,7 +24,6 @@ Grammar (STOMP 1.2 "Augmented BNF"):
 """
 from __future__ import annotations
 
-from typing import Iterable
 
 __all__ = ["Frame", "FrameCodec", "FrameError", "NEED_DATA", "escape", "unescape",
            "serialize", "UNESCAPED_COMMANDS"]
@@ -303,12 +302,3 @@ class FrameCodec:
             if key not in headers:  # the first of repeated headers wins
                 headers[key] = value
         return command, headers
-
-
-def iter_frames(codec: FrameCodec) -> Iterable[Frame]:
-    """Every complete frame in the codec's buffer."""
-    while True:
-        event = codec.next_event()
-        if event is NEED_DATA:
-            return
-        yield event  # type: ignore[misc]

@@ -110,7 +110,7 @@ def stream_offset(value: str) -> Any:
 #: headers that steer the frame itself and never become message headers
 FRAME_HEADERS = frozenset(("destination", "receipt", "transaction", "content-length"))
 
-#: STOMP header -> AMQP basic property (COMMON.md "STOMP headers <-> properties")
+#: STOMP header -> AMQP basic property (adapters/INTEROP.md, the interop table)
 PROPERTY_HEADERS = {
     "content-type": "content_type",
     "content-encoding": "content_encoding",

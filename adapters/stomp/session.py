@@ -20,12 +20,13 @@ import asyncio
 import base64
 import hashlib
 import logging
-from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from manifold.broker.consumer import Consumer, Delivery
 from manifold.broker.errors import BrokerError
+from manifold.broker.in_order import InOrderReplies
 from manifold.broker.message import Message
+from manifold.broker.unacked import Unacked
 
 from .codec import NEED_DATA, Frame, FrameCodec, FrameError, escape, serialize
 from .mapping import (AMQ_QUEUE, EXCHANGE, QUEUE, REPLY_QUEUE, TEMP_QUEUE, TOPIC,
@@ -80,7 +81,7 @@ class Subscription(Consumer):
         #: MESSAGE ``destination`` for every delivery (temp queues), else derived per message
         self.fixed_destination = fixed_destination
         #: unsettled deliveries by tag, oldest first (``client`` acks are cumulative)
-        self.pending: OrderedDict[int, Delivery] = OrderedDict()
+        self.pending = Unacked()
         self.active = True
         # Pre-encoded start of every MESSAGE frame of this subscription (the version is fixed
         # once CONNECTED), and the escaped destination header per (exchange, routing key).
@@ -104,11 +105,9 @@ class Subscription(Consumer):
 
     def delivery_timed_out(self, delivery: Delivery) -> None:
         # The core took it back (consumer timeout); a late ACK for it must find nothing.
-        for tag, pending in list(self.pending.items()):
-            if pending is delivery:
-                del self.pending[tag]
-                self.session.unacked.pop(tag, None)
-                break
+        tag = self.pending.forget(delivery)
+        if tag is not None:
+            self.session.unacked.pop(tag, None)
 
 
 class StompSession:
@@ -135,7 +134,7 @@ class StompSession:
         #: /temp-queue/<label> -> server-named exclusive queue of this connection
         self.temp_queues: dict[str, str] = {}
         # RECEIPTs wait (in order) for the durability of the SENDs before them.
-        self._receipts: deque[list] = deque()
+        self._receipts = InOrderReplies(self._release_receipt)
         self._frame: Frame | None = None
         self._out: list[bytes] = []
         #: SEND destination -> (exchange, routing key, is a /queue/ to declare when missing)
@@ -234,8 +233,7 @@ class StompSession:
             sub.active = False
             vhost.cancel(sub)
         for sub in subs:
-            vhost.requeue(list(sub.pending.values()))
-            sub.pending.clear()
+            vhost.requeue([d for _, d in sub.pending.take_all()])
         self.unacked.clear()
         vhost.close_owner(self)
 
@@ -245,6 +243,15 @@ class StompSession:
                 self._close("server shutdown")
             return
         self.error("Server shutting down", "Server shutting down", reason="server shutdown")
+
+    def force_close(self, reason: str) -> None:
+        """Closed by an operator: an ERROR frame whose message header carries the reason."""
+        if self.state == CLOSED:
+            if self.conn is not None:
+                self._close(f"closed by an operator: {reason}")
+            return
+        self.error(reason, f"Connection closed by an operator: {reason}",
+                   reason=f"closed by an operator: {reason}")
 
     def resume_writing(self) -> None:
         for sub in list(self.subscriptions.values()):
@@ -302,29 +309,19 @@ class StompSession:
         """RECEIPT in frame order; it waits for ``wait`` (durability of a SEND) and for every
         receipt before it."""
         data = serialize(Frame("RECEIPT", {"receipt-id": receipt_id}), self.version)
-        if wait is None and not self._receipts:
-            self._write(data)
-            if close:
-                self._close("client sent DISCONNECT")
-            return
-        future = None
-        if wait is not None:
-            future = asyncio.ensure_future(wait)
-            future.add_done_callback(self._flush_receipts)
-        self._receipts.append([data, future, close])
+        self._receipts.add((data, close), wait)
 
-    def _flush_receipts(self, _future: Any = None) -> None:
-        queue = self._receipts
-        while queue and (queue[0][1] is None or queue[0][1].done()):
-            data, future, close = queue.popleft()
-            if self._failed:
-                continue  # an ERROR ended the session: no RECEIPT may follow it
-            if future is not None and not future.cancelled() and future.exception() is not None:
-                self.error("Internal error", f"message could not be stored: {future.exception()}")
-                return
-            self._write(data)
-            if close:
-                self._close("client sent DISCONNECT")
+    def _release_receipt(self, receipt: tuple, error: Any) -> bool:
+        data, close = receipt
+        if self._failed:
+            return True  # an ERROR ended the session: no RECEIPT may follow it
+        if error is not None:
+            self.error("Internal error", f"message could not be stored: {error}")
+            return False
+        self._write(data)
+        if close:
+            self._close("client sent DISCONNECT")
+        return True
 
     # ================================================================ CONNECT
     def on_connect(self, frame: Frame) -> None:
@@ -366,6 +363,8 @@ class StompSession:
         self.user = user
         self.vhost = vhost
         self.state = CONNECTED
+        if self.conn is not None:
+            self.conn.opened(user.name, vhost.name)
         out = {"server": self.server.server_header, "session": f"session-{self.session_id}"}
         if version != "1.0" or "accept-version" in headers:
             out["version"] = version
@@ -610,7 +609,7 @@ class StompSession:
         tag = self._next_tag
         self._next_tag = tag + 1
         if not sub.no_ack:
-            sub.pending[tag] = delivery
+            sub.pending.add(tag, delivery)
             self.unacked[tag] = sub
         message = delivery.message
         destination = sub.fixed_destination_bytes
@@ -668,8 +667,7 @@ class StompSession:
     def _end_subscription(self, sub: Subscription) -> None:
         sub.active = False
         self.vhost.cancel(sub)
-        pending = list(sub.pending.items())
-        sub.pending.clear()
+        pending = sub.pending.take_all()
         for tag, _ in pending:
             self.unacked.pop(tag, None)
         # Unacked messages of an ended subscription go back to their queue.
@@ -681,9 +679,8 @@ class StompSession:
             return
         del self.subscriptions[sub.id]
         sub.active = False
-        for tag in sub.pending:
+        for tag, _ in sub.pending.take_all():
             self.unacked.pop(tag, None)
-        sub.pending.clear()
         if self.state == CONNECTED:
             body = reason.encode()
             self.write_frame(Frame("ERROR", {
@@ -716,18 +713,13 @@ class StompSession:
         sub = self.unacked.get(tag)
         if sub is None:
             return  # already settled (a cumulative ACK covered it) or timed out
-        pending = sub.pending
         if sub.ack_mode == "client":
             # client mode: the ACK/NACK covers every earlier message of the subscription
             # [STOMP 1.2 "SUBSCRIBE ack Header"].
-            settled = []
-            while pending:
-                first = next(iter(pending))
-                if first > tag:
-                    break
-                settled.append(pending.popitem(last=False))
+            settled = sub.pending.take_upto(tag)
         else:
-            settled = [(tag, pending.pop(tag))]
+            delivery = sub.pending.take(tag)
+            settled = [(tag, delivery)] if delivery is not None else []
         unacked = self.unacked
         for t, delivery in settled:
             unacked.pop(t, None)

@@ -509,7 +509,7 @@ class SlowLog:
         self.loop = loop
         self.pending: list = []
 
-    def append(self, msg_id, message):
+    def append(self, msg_id, message, flags=0):
         future = self.loop.create_future()
         self.pending.append(future)
         return future
@@ -588,3 +588,54 @@ async def test_direct_reply_to_needs_the_reply_consumer(running_broker):
         assert "fast reply consumer does not exist" in str(err.value)
     finally:
         await conn.close()
+
+
+async def test_an_adversarial_topic_binding_does_not_stall_publishing(running_broker):
+    # 19 '#' then a word: a matcher that tries every split of a 40-word key at every '#' takes
+    # seconds per publish and freezes every connection. Each wait below is time-boxed by T.
+    conn = await connect(running_broker)
+    other = await connect(running_broker)
+    async with conn, other:
+        ch = await conn.channel(publisher_confirms=True)
+        topic = await ch.get_exchange("amq.topic")
+        trap = await ch.declare_queue("", exclusive=True)
+        await trap.bind(topic, ".".join(["#"] * 19 + ["z"]))
+        # 20 publishes to 20 different keys (the router caches results per key), confirmed
+        # within T all together (the exponential matcher: ~40 s)
+        await asyncio.wait_for(asyncio.gather(*[
+            topic.publish(Message(b"miss"), ".".join(["a"] * 39 + [f"y{i}"]))
+            for i in range(20)]), T)
+        await asyncio.wait_for(topic.publish(Message(b"hit"), ".".join(["a"] * 39 + ["z"])), T)
+        # another connection, meanwhile, is served
+        och = await other.channel()
+        q = await och.declare_queue("", exclusive=True)
+        await och.default_exchange.publish(Message(b"ping"), routing_key=q.name)
+        m = await q.get(timeout=T)
+        assert m.body == b"ping"
+        m = await trap.get(timeout=T)
+        assert m.body == b"hit"
+        await m.ack()
+        assert await trap.get(fail=False, timeout=T) is None
+
+
+async def test_quorum_queue_delivery_limit_dead_letters_the_poison_message(running_broker):
+    conn = await connect(running_broker)
+    async with conn:
+        ch = await conn.channel()
+        dlx = await ch.declare_exchange("poison-dlx", ExchangeType.FANOUT)
+        dead = await ch.declare_queue("poison-dead", durable=True)
+        await dead.bind(dlx)
+        q = await ch.declare_queue("poison-quorum", durable=True, arguments={
+            "x-queue-type": "quorum", "x-delivery-limit": 1,
+            "x-dead-letter-exchange": "poison-dlx"})
+        await ch.default_exchange.publish(Message(b"poison"), routing_key=q.name)
+        for attempt in range(2):
+            m = await q.get(timeout=T)
+            assert m.body == b"poison" and m.redelivered == (attempt > 0)
+            await m.nack(requeue=True)
+        assert await q.get(fail=False, timeout=T) is None
+        m = await dead.get(timeout=T)
+        assert m.body == b"poison"
+        death = m.headers["x-death"][0]
+        assert (death["reason"], death["queue"]) == ("delivery_limit", "poison-quorum")
+        await m.ack()

@@ -135,7 +135,8 @@ def test_connection_start_advertises_rabbitmq_capabilities(raw):
     caps = props["capabilities"]
     for cap in ("publisher_confirms", "basic.nack", "consumer_cancel_notify",
                 "exchange_exchange_bindings", "connection.blocked",
-                "authentication_failure_close", "per_consumer_qos"):
+                "authentication_failure_close", "per_consumer_qos", "consumer_priorities",
+                "direct_reply_to"):
         assert caps[cap] is True, cap
     assert "PLAIN" in r.start.mechanisms.split() and "AMQPLAIN" in r.start.mechanisms.split()
     assert r.tune.frame_max == 131072

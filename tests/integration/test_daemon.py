@@ -14,7 +14,7 @@ MANIFOLD = [sys.executable, "-m", "manifold.broker.cli"]
 def start(tmp_path, *extra, env=None):
     return subprocess.Popen(
         MANIFOLD + ["serve", "--data-dir", str(tmp_path / "data"), "--amqp-port", "0",
-                    "--mqtt-port", "0", "--stomp-port", "0", "--http-port", "0",
+                    "--mqtt-port", "0", "--stomp-port", "0", "--http-port", "0", "--ws-port", "0",
                     "--management-port", "0", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, **(env or {})})

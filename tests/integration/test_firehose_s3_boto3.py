@@ -7,7 +7,10 @@ import asyncio
 import base64
 import gzip
 import json
+import os
 import re
+import shutil
+import subprocess
 import threading
 import time
 
@@ -230,3 +233,26 @@ def test_http_endpoint_failures_go_to_the_backup_bucket(clients):
         assert len(endpoint.requests) >= 2
     finally:
         endpoint.close()
+
+
+@pytest.mark.skipif(shutil.which("aws") is None, reason="the AWS CLI is not installed")
+def test_aws_cli_lists_what_firehose_delivered(clients, running_broker, tmp_path):
+    firehose, s3, _ = clients
+    s3.create_bucket(Bucket="cli")
+    firehose.create_delivery_stream(DeliveryStreamName="tocli",
+                                    ExtendedS3DestinationConfiguration=s3_destination("cli"))
+    firehose.put_record(DeliveryStreamName="tocli", Record={"Data": b"seen by the cli"})
+    key = wait_for(lambda: objects(s3, "cli"))[0]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "guest", "AWS_SECRET_ACCESS_KEY": "guest",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(tmp_path / "none"),
+           "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}
+    endpoint = f"http://127.0.0.1:{running_broker.ports['http']}"
+    listed = subprocess.run(["aws", "--endpoint-url", endpoint, "s3", "ls", "--recursive",
+                             "s3://cli/"], env=env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert key in listed.stdout
+    copied = subprocess.run(["aws", "--endpoint-url", endpoint, "s3", "cp", f"s3://cli/{key}",
+                             str(tmp_path / "out")], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert copied.returncode == 0, copied.stderr
+    assert (tmp_path / "out").read_bytes() == b"seen by the cli"

@@ -178,7 +178,7 @@ def test_split_and_merge(kinesis):
     assert summary["OpenShardCount"] == 1
 
 
-def test_retention_and_tags(kinesis):
+def test_retention_and_tags(running_broker, kinesis):
     kinesis.create_stream(StreamName="t", ShardCount=1)
     kinesis.increase_stream_retention_period(StreamName="t", RetentionPeriodHours=48)
     with pytest.raises(kinesis.exceptions.InvalidArgumentException):
@@ -188,6 +188,9 @@ def test_retention_and_tags(kinesis):
         kinesis.decrease_stream_retention_period(StreamName="t", RetentionPeriodHours=12)
     desc = kinesis.describe_stream_summary(StreamName="t")["StreamDescriptionSummary"]
     assert desc["RetentionPeriodHours"] == 36
+    shard = running_broker.call(lambda: running_broker.broker.vhosts["/"].queues[
+        "t.shardId-000000000000"])
+    assert running_broker.call(lambda: shard.max_age_ms) == 36 * 3600 * 1000
     kinesis.add_tags_to_stream(StreamName="t", Tags={"team": "a", "env": "dev"})
     kinesis.remove_tags_from_stream(StreamName="t", TagKeys=["env"])
     assert kinesis.list_tags_for_stream(StreamName="t")["Tags"] == [{"Key": "team", "Value": "a"}]
@@ -230,7 +233,10 @@ def test_streams_and_records_survive_a_restart(make_broker):
     put = kinesis.put_record(StreamName="keep", Data=b"durable", PartitionKey="p",
                              ExplicitHashKey="5")
     kinesis.add_tags_to_stream(StreamName="keep", Tags={"a": "b"})
+    kinesis.increase_stream_retention_period(StreamName="keep", RetentionPeriodHours=72)
     broker = restart(make_broker, broker)
+    stream = broker.call(lambda: broker.broker.vhosts["/"].queues["keep.shardId-000000000001"])
+    assert broker.call(lambda: stream.max_age_ms) == 72 * 3600 * 1000
     kinesis = aws_client(broker, "kinesis")
     shards = kinesis.list_shards(StreamName="keep")["Shards"]
     assert [s["ShardId"] for s in shards] == [f"shardId-00000000000{i}" for i in range(3)]
@@ -241,3 +247,36 @@ def test_streams_and_records_survive_a_restart(make_broker):
                                ExplicitHashKey="5")
     assert int(again["SequenceNumber"]) > int(put["SequenceNumber"])
     assert kinesis.list_tags_for_stream(StreamName="keep")["Tags"] == [{"Key": "a", "Value": "b"}]
+
+
+def test_enhanced_fan_out_subscribe_to_shard(kinesis):
+    kinesis.create_stream(StreamName="efo", ShardCount=1)
+    arn = kinesis.describe_stream_summary(StreamName="efo")["StreamDescriptionSummary"]["StreamARN"]
+    consumer = kinesis.register_stream_consumer(StreamARN=arn, ConsumerName="app")["Consumer"]
+    assert consumer["ConsumerStatus"] == "ACTIVE"
+    with pytest.raises(kinesis.exceptions.ResourceInUseException):
+        kinesis.register_stream_consumer(StreamARN=arn, ConsumerName="app")
+    assert [c["ConsumerName"] for c in kinesis.list_stream_consumers(StreamARN=arn)["Consumers"]] \
+        == ["app"]
+    described = kinesis.describe_stream_consumer(ConsumerARN=consumer["ConsumerARN"])
+    assert described["ConsumerDescription"]["StreamARN"] == arn
+    for i in range(3):
+        kinesis.put_record(StreamName="efo", Data=b"e%d" % i, PartitionKey="k")
+    response = kinesis.subscribe_to_shard(ConsumerARN=consumer["ConsumerARN"],
+                                          ShardId="shardId-000000000000",
+                                          StartingPosition={"Type": "TRIM_HORIZON"})
+    got = []
+    events = response["EventStream"]
+    try:
+        for event in events:
+            page = event["SubscribeToShardEvent"]
+            got += [r["Data"] for r in page["Records"]]
+            if len(got) == 3:
+                assert page["ContinuationSequenceNumber"]
+                break
+    finally:
+        events.close()
+    assert got == [b"e0", b"e1", b"e2"]
+    kinesis.deregister_stream_consumer(ConsumerARN=consumer["ConsumerARN"])
+    with pytest.raises(kinesis.exceptions.ResourceNotFoundException):
+        kinesis.describe_stream_consumer(ConsumerARN=consumer["ConsumerARN"])

@@ -1,4 +1,5 @@
-"""The memory alarm: a flood with nobody consuming stops being read, and resumes when drained."""
+"""Memory pressure: a flood with nobody consuming is paged out to disk past half the memory
+high-water mark (the alarm, which blocks publishers, is the last resort); nothing is lost."""
 import time
 
 import paho.mqtt.client as mqtt
@@ -17,7 +18,7 @@ def in_memory(rb):
     return rb.call(lambda: rb.broker.memory.used_bytes)
 
 
-def test_amqp_publisher_is_blocked_then_unblocked(make_broker):
+def test_amqp_flood_pages_out_instead_of_blocking_for_good(make_broker):
     rb = make_broker(server={"memory_high_water_bytes": HIGH_WATER})
     params = pika.ConnectionParameters(rb.host, rb.ports["amqp"])
     publisher = pika.BlockingConnection(params)
@@ -28,15 +29,19 @@ def test_amqp_publisher_is_blocked_then_unblocked(make_broker):
     channel.queue_declare("flood")
     for _ in range(COUNT):
         channel.basic_publish("", "flood", BODY)  # no confirms: the client just writes
+
+    def queued():
+        return rb.call(lambda: rb.broker.vhosts["/"].queues["flood"].ready_count)
+
     deadline = time.monotonic() + 10
-    while "blocked" not in events and time.monotonic() < deadline:
+    while queued() < COUNT and time.monotonic() < deadline:
         publisher.process_data_events(time_limit=0.1)
-    assert events == ["blocked"]
-    time.sleep(0.3)
-    held = in_memory(rb)
-    # The broker stopped reading: what it holds is the high-water mark plus one socket read.
-    assert HIGH_WATER < held < HIGH_WATER + 300_000
-    assert held < COUNT * len(BODY)
+    # Four times the mark was published with nobody consuming: past half the mark the bodies
+    # went to the queue's spill log, so memory stayed under it and every publish was read.
+    assert queued() == COUNT
+    assert in_memory(rb) <= HIGH_WATER // 2 + len(BODY)
+    # If a block happened at all (the alarm set before paging caught up), it was lifted.
+    assert not events or events[-1] == "unblocked"
 
     consumer = pika.BlockingConnection(params)
     drain = consumer.channel()
@@ -45,16 +50,10 @@ def test_amqp_publisher_is_blocked_then_unblocked(make_broker):
     while received < COUNT and time.monotonic() < deadline:
         method, _, body = drain.basic_get("flood", auto_ack=True)
         if method is None:
-            publisher.process_data_events(time_limit=0.05)  # let pika see Unblocked
             continue
         assert body == BODY
         received += 1
-    publisher.process_data_events(time_limit=0.2)
-    assert received == COUNT  # nothing lost: the paused publishes were read after the alarm
-    # Draining lets the publisher in until the mark is reached again: the alarm may cycle, but it
-    # alternates and ends cleared.
-    assert events[0] == "blocked" and events[-1] == "unblocked"
-    assert all(a != b for a, b in zip(events, events[1:]))
+    assert received == COUNT  # nothing lost
     consumer.close()
     publisher.close()
 
@@ -78,7 +77,7 @@ def test_mqtt_flood_is_bounded_and_delivered_after_draining(make_broker):
         pub.publish("flood/x", BODY, qos=0)
     time.sleep(1.0)
     held = in_memory(rb)
-    assert HIGH_WATER < held < HIGH_WATER + 300_000
+    assert held < HIGH_WATER + 300_000  # bounded: past the mark, bodies were paged out
     got = []
     sub.on_message = lambda c, u, m: got.append(m.payload)
     sub.connect(rb.host, rb.ports["mqtt"])

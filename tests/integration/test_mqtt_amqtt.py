@@ -124,12 +124,23 @@ async def test_amqtt_good_password_accepted(running_broker, clients):
 
 async def test_amqtt_takeover(uri, clients):
     cid = f"amqtt-take-{uuid.uuid4().hex[:6]}"
-    await client(clients, uri, cid)
-    second = await client(clients, uri, cid)
-    await asyncio.wait_for(second.subscribe([("amt/t", QOS_1)]), WAIT)
-    await asyncio.wait_for(second.publish("amt/t", b"ok", qos=QOS_1), WAIT)
+    first = await client(clients, uri, cid, clean=False)
+    await asyncio.wait_for(first.subscribe([("amt/t", QOS_1)]), WAIT)
+    second = await client(clients, uri, cid, clean=False)
+    # [MQTT-3.1.4-2] the broker disconnects the client already connected with that id
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while first.session.transitions.state != "disconnected":
+        assert asyncio.get_running_loop().time() < deadline, "first client still connected"
+        await asyncio.sleep(0.02)
+    # ... and the session goes to the new connection: the second client never subscribed,
+    # yet it gets what is published to the first one's subscription [MQTT-3.1.2-4]
+    pub = await client(clients, uri)
+    await asyncio.wait_for(pub.publish("amt/t", b"ok", qos=QOS_1), WAIT)
     msg = await asyncio.wait_for(second.deliver_message(), WAIT)
-    assert msg.data == b"ok"
+    assert (msg.topic, msg.data) == ("amt/t", b"ok")
+    await asyncio.wait_for(second.disconnect(), WAIT)
+    # end the persistent session: reconnect clean and leave
+    await client(clients, uri, cid, clean=True)
 
 
 async def test_amqtt_unsubscribe(uri, clients):

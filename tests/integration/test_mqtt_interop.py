@@ -1,4 +1,4 @@
-"""MQTT <-> AMQP 0-9-1 through ``amq.topic`` (COMMON.md conventions): paho on one side, pika on
+"""MQTT <-> AMQP 0-9-1 through ``amq.topic`` (adapters/INTEROP.md conventions): paho on one side, pika on
 the other; topics with ``.`` round-trip, MQTT 5 properties map to AMQP properties and back."""
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import pika
 import pytest
 from botocore.exceptions import ClientError
 
-from .aws_helpers import aws_client, wait_for
+from .aws_helpers import aws_client
 
 ACCOUNT = "000000000000"
 

@@ -5,21 +5,17 @@ the sms outbox, and retries that resume after a restart."""
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import sys
 import time
 import urllib.request
 
 import pytest
+import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from manifold.adapters.aws.sns import SNS_KEY
-from manifold.config.settings import FunctionSettings
-
-from ..conftest import RunningBroker, broker_settings
 from .aws_helpers import aws_client, restart, wait_for
 from .sns_endpoints import HttpEndpoint, SmtpServer
 
@@ -94,6 +90,10 @@ def test_http_subscription_confirmation_and_signed_notifications(running_broker,
     with urllib.request.urlopen(envelope["UnsubscribeURL"], timeout=5) as response:
         assert response.status == 200
     assert sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"] == []
+    (headers, body), = wait_for(lambda: endpoint.of_type("UnsubscribeConfirmation"))
+    notice = json.loads(body)
+    assert notice["TopicArn"] == topic and "SubscribeURL" in notice
+    verify_signature(notice)
 
 
 def test_http_retries_then_dead_letter_queue(running_broker):
@@ -187,47 +187,43 @@ def test_email_needs_an_smtp_relay(running_broker):
         sns.subscribe(TopicArn=topic, Protocol="email", Endpoint="a@example.com")
 
 
-def test_lambda_command_and_url_functions(tmp_path, endpoint):
+def test_lambda_command_and_url_functions(make_broker, tmp_path, endpoint):
     out = tmp_path / "events.jsonl"
     script = tmp_path / "handler.py"
     script.write_text("import sys\nopen(sys.argv[1], 'a').write(sys.stdin.read() + '\\n')\n")
     failing = tmp_path / "fail.py"
     failing.write_text("import sys\nsys.exit(3)\n")
-    settings = dataclasses.replace(broker_settings(tmp_path), functions=(
-        FunctionSettings("writer", command=f"{sys.executable} {script} {out}"),
-        FunctionSettings("poster", url=endpoint.url),
-        FunctionSettings("broken", command=f"{sys.executable} {failing}")))
-    broker = RunningBroker(settings).start()
-    try:
-        sns = aws_client(broker, "sns")
-        sqs = aws_client(broker, "sqs")
-        dlq = sqs.create_queue(QueueName="lambda-dlq")["QueueUrl"]
-        topic = sns.create_topic(Name="fn")["TopicArn"]
-        fn = f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:"
-        sub = sns.subscribe(TopicArn=topic, Protocol="lambda", Endpoint=fn + "writer")
-        sns.subscribe(TopicArn=topic, Protocol="lambda", Endpoint=fn + "poster")
-        sns.subscribe(TopicArn=topic, Protocol="lambda", Endpoint=fn + "broken", Attributes={
-            "DeliveryPolicy": FAST_RETRY, "RedrivePolicy": json.dumps({
-                "deadLetterTargetArn": f"arn:aws:sqs:us-east-1:{ACCOUNT}:lambda-dlq"})})
-        with pytest.raises(sns.exceptions.InvalidParameterException):
-            sns.subscribe(TopicArn=topic, Protocol="lambda", Endpoint=fn + "unknown")
-        sns.publish(TopicArn=topic, Message="to lambda", MessageAttributes={
-            "a": {"DataType": "String", "StringValue": "b"}})
-        line = wait_for(lambda: out.exists() and out.read_text().strip())
-        event = json.loads(line)
-        record = event["Records"][0]
-        assert record["EventSource"] == "aws:sns"
-        assert record["EventSubscriptionArn"] == sub["SubscriptionArn"]
-        assert record["Sns"]["Message"] == "to lambda"
-        assert record["Sns"]["MessageAttributes"] == {"a": {"Type": "String", "Value": "b"}}
-        (_, posted), = wait_for(lambda: endpoint.requests)
-        assert json.loads(posted)["Records"][0]["Sns"]["Message"] == "to lambda"
-        dead = wait_for(lambda: sqs.receive_message(QueueUrl=dlq, WaitTimeSeconds=1,
-                                                    MessageAttributeNames=["All"])
-                        .get("Messages"), timeout=15)
-        assert dead[0]["MessageAttributes"]["ErrorCode"]["StringValue"] == "FunctionError"
-    finally:
-        broker.stop()
+    broker = make_broker(functions=[
+        {"name": "writer", "command": f"{sys.executable} {script} {out}"},
+        {"name": "poster", "url": endpoint.url},
+        {"name": "broken", "command": f"{sys.executable} {failing}"}])
+    sns = aws_client(broker, "sns")
+    sqs = aws_client(broker, "sqs")
+    dlq = sqs.create_queue(QueueName="lambda-dlq")["QueueUrl"]
+    topic = sns.create_topic(Name="fn")["TopicArn"]
+    fn = f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:"
+    sub = sns.subscribe(TopicArn=topic, Protocol="lambda", Endpoint=fn + "writer")
+    sns.subscribe(TopicArn=topic, Protocol="lambda", Endpoint=fn + "poster")
+    sns.subscribe(TopicArn=topic, Protocol="lambda", Endpoint=fn + "broken", Attributes={
+        "DeliveryPolicy": FAST_RETRY, "RedrivePolicy": json.dumps({
+            "deadLetterTargetArn": f"arn:aws:sqs:us-east-1:{ACCOUNT}:lambda-dlq"})})
+    with pytest.raises(sns.exceptions.InvalidParameterException):
+        sns.subscribe(TopicArn=topic, Protocol="lambda", Endpoint=fn + "unknown")
+    sns.publish(TopicArn=topic, Message="to lambda", MessageAttributes={
+        "a": {"DataType": "String", "StringValue": "b"}})
+    line = wait_for(lambda: out.exists() and out.read_text().strip())
+    event = json.loads(line)
+    record = event["Records"][0]
+    assert record["EventSource"] == "aws:sns"
+    assert record["EventSubscriptionArn"] == sub["SubscriptionArn"]
+    assert record["Sns"]["Message"] == "to lambda"
+    assert record["Sns"]["MessageAttributes"] == {"a": {"Type": "String", "Value": "b"}}
+    (_, posted), = wait_for(lambda: endpoint.requests)
+    assert json.loads(posted)["Records"][0]["Sns"]["Message"] == "to lambda"
+    dead = wait_for(lambda: sqs.receive_message(QueueUrl=dlq, WaitTimeSeconds=1,
+                                                MessageAttributeNames=["All"])
+                    .get("Messages"), timeout=15)
+    assert dead[0]["MessageAttributes"]["ErrorCode"]["StringValue"] == "FunctionError"
 
 
 def test_firehose_and_sms_subscriptions(running_broker):
@@ -247,6 +243,32 @@ def test_firehose_and_sms_subscriptions(running_broker):
     sns.publish(TopicArn=topic, Message="archived")
     key = wait_for(lambda: s3.list_objects_v2(Bucket="archive").get("Contents"))[0]["Key"]
     assert s3.get_object(Bucket="archive", Key=key)["Body"].read() == b"archived"
-    outbox = wait_for(lambda: list(running_broker.call(
-        lambda: running_broker.service.http_runners["http"].app[SNS_KEY].sender.outbox)))
+    outbox = wait_for(lambda: running_broker.call(running_broker.broker.outbox.entries))
     assert outbox[0]["endpoint"] == "+15555550100" and outbox[0]["message"] == "archived"
+    sns.publish(PhoneNumber="+15555550199", Message="direct sms")
+    device = f"arn:aws:sns:us-east-1:{ACCOUNT}:endpoint/GCM/app/0123"
+    sns.publish(TargetArn=device, Message="to a device")
+    # the management API shows the outbox
+    response = requests.get(f"http://127.0.0.1:{running_broker.ports['management']}/api/outbox",
+                            auth=("guest", "guest"), timeout=10)
+    assert response.status_code == 200
+    outbox = response.json()
+    assert [(e["protocol"], e["endpoint"]) for e in outbox[-2:]] == [
+        ("sms", "+15555550199"), ("application", device)]
+
+
+def test_topic_delivery_policy_applies_to_http_subscriptions(running_broker):
+    endpoint = HttpEndpoint(status_for=lambda n: 200 if n == 1 else 500)
+    try:
+        sns = aws_client(running_broker, "sns")
+        topic = sns.create_topic(Name="policy", Attributes={"DeliveryPolicy": json.dumps({
+            "http": {"defaultHealthyRetryPolicy": {"minDelayTarget": 1, "maxDelayTarget": 1,
+                                                   "numRetries": 1}}})})["TopicArn"]
+        sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=endpoint.url)
+        confirm_by_get(endpoint)
+        sns.publish(TopicArn=topic, Message="twice")
+        wait_for(lambda: len(endpoint.of_type("Notification")) == 2, timeout=10)
+        time.sleep(1.5)
+        assert len(endpoint.of_type("Notification")) == 2  # one try, one retry, then dropped
+    finally:
+        endpoint.close()

@@ -6,8 +6,18 @@ import json
 
 import pytest
 import requests
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 from .sqs_helpers import sqs_client
+
+
+def signed_headers(url: str, body: bytes, headers: dict) -> dict:
+    """The headers with a SigV4 signature (key guest/guest): every AWS request is verified."""
+    request = AWSRequest(method="POST", url=url, data=body, headers=headers)
+    SigV4Auth(Credentials("guest", "guest"), "sqs", "us-east-1").add_auth(request)
+    return dict(request.headers)
 
 BAD_VALUES = [None, 1, -1, 2**70, 1.5, True, "", "x", "\ud800", [], [1], ["x"], {}, {"a": 1},
               {"a": {"b": []}}]
@@ -82,11 +92,11 @@ def test_wrong_shapes_never_give_500(running_broker):
         for params in variants(template):
             if operation in ("DeleteQueue", "PurgeQueue") and params.get("QueueUrl") == URL:
                 continue  # keep the queue for the other cases
-            body = json.dumps(params)
-            response = session.post(endpoint, data=body.encode("utf-8", "surrogatepass"),
-                                    headers={"X-Amz-Target": f"AmazonSQS.{operation}",
-                                             "Content-Type": "application/x-amz-json-1.0"},
-                                    timeout=30)
+            body = json.dumps(params).encode("utf-8", "surrogatepass")
+            headers = signed_headers(endpoint, body, {
+                "X-Amz-Target": f"AmazonSQS.{operation}",
+                "Content-Type": "application/x-amz-json-1.0"})
+            response = session.post(endpoint, data=body, headers=headers, timeout=30)
             assert response.status_code < 500, (operation, params, response.text)
             if response.status_code >= 400:
                 assert "__type" in response.json(), (operation, params, response.text)

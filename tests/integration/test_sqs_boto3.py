@@ -348,3 +348,34 @@ def test_sends_wait_while_a_resource_alarm_blocks_publishers(make_broker):
         running_broker.call(lambda: memory.set_disk_alarm(False))
     (message,) = sqs.receive_message(QueueUrl=url)["Messages"]
     assert message["Body"] == "held"
+
+
+def test_queue_defaults_for_wait_and_visibility(sqs):
+    url = sqs.create_queue(QueueName="defaults", Attributes={
+        "ReceiveMessageWaitTimeSeconds": "1", "VisibilityTimeout": "1"})["QueueUrl"]
+    started = time.monotonic()
+    assert "Messages" not in sqs.receive_message(QueueUrl=url)  # long poll by default
+    assert time.monotonic() - started >= 0.9
+    sqs.send_message(QueueUrl=url, MessageBody="m")
+    (first,) = sqs.receive_message(QueueUrl=url)["Messages"]
+    started = time.monotonic()
+    (again,) = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5)["Messages"]
+    assert again["MessageId"] == first["MessageId"]  # back after the queue's 1 s visibility
+    assert 0.5 < time.monotonic() - started < 4.5
+
+
+def test_boto3_resource_api(running_broker):
+    import boto3
+    sqs = boto3.resource("sqs", endpoint_url=f"http://127.0.0.1:{running_broker.ports['http']}",
+                         region_name="us-east-1", aws_access_key_id="guest",
+                         aws_secret_access_key="guest")
+    queue = sqs.create_queue(QueueName="resource")
+    queue.send_messages(Entries=[{"Id": str(i), "MessageBody": f"r{i}"} for i in range(3)])
+    assert queue.attributes["ApproximateNumberOfMessages"] == "3"
+    messages = queue.receive_messages(MaxNumberOfMessages=10, WaitTimeSeconds=1)
+    assert sorted(m.body for m in messages) == ["r0", "r1", "r2"]
+    for message in messages:
+        message.delete()
+    assert [q.url for q in sqs.queues.filter(QueueNamePrefix="res")] == [queue.url]
+    queue.delete()
+    assert list(sqs.queues.filter(QueueNamePrefix="res")) == []

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
+import re
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 import time
 
 import aio_pika
+import boto3
 import paho.mqtt.client as mqtt
 import pika
 import pika.exceptions
 import pytest
 import stomp
+from botocore.config import Config
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.pki import free_port, make_pki
@@ -217,7 +224,7 @@ def users_connected(rb) -> list[str]:
 
 
 def test_amqp_external_mechanism(make_broker, pki):
-    rb = tls_broker(make_broker, pki)
+    rb = tls_broker(make_broker, pki, identity_as_username=True)
     rb.call(lambda: rb.broker.access.add_user("device1", "unused-password"))
     rb.call(lambda: rb.broker.access.set_permissions("device1", "/", ".*", ".*", ".*"))
 
@@ -255,3 +262,58 @@ def test_sighup_reload_keeps_connections(make_broker, pki):
     assert messages.get(timeout=WAIT).payload == b"still here"
     first_client.loop_stop()
     first_client.disconnect()
+
+
+def test_daemon_reloads_certificate_on_sighup(tmp_path, pki):
+    """``kill -HUP``: new connections get the new certificate, the open one stays."""
+    cert, key = pki.server
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "manifold.broker.cli", "serve", "--data-dir",
+         str(tmp_path / "data"), "--amqp-port", "0", "--mqtt-port", "0", "--stomp-port", "0",
+         "--http-port", "0", "--management-port", "0", "--ws-port", "0",
+         "--tls-cert", str(cert), "--tls-key", str(key), "--mqtts-port", str(port),
+         "--amqps-port", "0", "--stomps-port", "0", "--wss-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        line = ""
+        while "manifold listening" not in line and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+        assert re.search(rf"mqtts [\d.]+:{port}", line), line
+        old_client, rc, messages = paho_connect(port, pki.client_context(), "guest", "guest")
+        assert rc == 0
+        new_cert, _ = pki.issue("localhost", server=True)  # rewrites both files
+        os.kill(proc.pid, signal.SIGHUP)
+        while "TLS certificate reloaded" not in line and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw:
+            with pki.client_context().wrap_socket(raw, server_hostname="localhost") as tls:
+                served = tls.getpeercert(binary_form=True)
+        assert served == ssl.PEM_cert_to_DER_cert(new_cert.read_text())
+        subscribed = queue.Queue()
+        old_client.on_subscribe = lambda *a: subscribed.put(True)
+        old_client.subscribe("hup/t", 0)
+        subscribed.get(timeout=WAIT)
+        old_client.publish("hup/t", b"after reload")
+        assert messages.get(timeout=WAIT).payload == b"after reload"
+        old_client.loop_stop()
+        old_client.disconnect()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_aws_api_over_https_with_boto3(make_broker, pki):
+    rb = tls_broker(make_broker, pki, https=True)
+    sqs = boto3.client("sqs", endpoint_url=f"https://localhost:{rb.ports['http']}",
+                       region_name="us-east-1", aws_access_key_id="guest",
+                       aws_secret_access_key="guest", verify=str(pki.ca_cert),
+                       config=Config(retries={"max_attempts": 1}))
+    url = sqs.create_queue(QueueName="over-https")["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="secret")
+    assert sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1)["Messages"][0]["Body"] == "secret"
+    # plaintext HTTP on that port gets nothing
+    with socket.create_connection(("127.0.0.1", rb.ports["http"]), timeout=WAIT) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert not sock.recv(100).startswith(b"HTTP/1.1 200")

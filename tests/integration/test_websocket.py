@@ -3,13 +3,13 @@
 frames, as a browser's stomp.js does)."""
 from __future__ import annotations
 
+import logging
+import os
 import queue
-import ssl
+import socket
 
-import paho.mqtt.client as mqtt
 import pytest
 import websocket  # websocket-client
-from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.integration.test_tls import paho_connect
 from tests.pki import free_port, make_pki
@@ -143,3 +143,19 @@ def test_mqtt_and_stomp_over_wss(make_broker, tmp_path):
     assert read_frame(ws)[0] == "CONNECTED"
     ws.close()
     assert "amqps" not in rb.ports  # 0 disables a TLS listener
+
+
+def test_garbage_on_the_websocket_port_costs_that_connection_only(running_broker, caplog):
+    caplog.set_level(logging.INFO, logger="manifold.connection")
+    port = running_broker.ports["ws"]
+    for junk in (b"garbage\r\n\r\n", os.urandom(4096)):
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+            sock.sendall(junk)
+            assert sock.recv(100) == b""
+    ws = websocket.create_connection(f"ws://127.0.0.1:{port}/stomp", timeout=WAIT)
+    ws.send(stomp_frame("CONNECT", {"accept-version": "1.2", "host": "/"}))
+    assert read_frame(ws)[0] == "CONNECTED"
+    ws.close()
+    failed = [r.getMessage() for r in caplog.records if "ended before its handshake" in
+              r.getMessage()]
+    assert len(failed) == 2 and all("not receive a valid HTTP request" in m for m in failed)

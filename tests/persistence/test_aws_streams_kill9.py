@@ -1,7 +1,6 @@
 """What SNS Publish, Kinesis PutRecords and Firehose PutRecord answered survives `kill -9` of a
 real daemon: every subscriber gets each published message, every record is readable, every
 buffered Firehose record reaches S3."""
-import json
 import signal
 import time
 
@@ -18,7 +17,9 @@ def kill(proc):
     proc.wait(10)
 
 
-def test_answered_publishes_records_and_buffers_survive_sigkill(tmp_path):
+def test_answered_publishes_records_and_buffers_survive_sigkill(tmp_path, monkeypatch):
+    # an ephemeral WebSocket port: the default 15675 may be taken by another broker on the host
+    monkeypatch.setenv("MANIFOLD_WEBSOCKET_PORT", "0")
     proc, daemon = start_daemon(tmp_path)
     published, kinesis_seqs = [], []
     try:

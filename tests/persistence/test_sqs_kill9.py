@@ -23,7 +23,8 @@ class Daemon:
 
 def start_daemon(data_dir):
     # The flag's port 0 disables the listener; the environment's 0 asks for an ephemeral port.
-    env = {**os.environ, "MANIFOLD_HTTP_PORT": "0", "MANIFOLD_MANAGEMENT_PORT": "0"}
+    env = {**os.environ, "MANIFOLD_HTTP_PORT": "0", "MANIFOLD_MANAGEMENT_PORT": "0",
+           "MANIFOLD_WEBSOCKET_PORT": "0"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "manifold.broker.cli", "serve", "--data-dir", str(data_dir),
          "--amqp-port", "0", "--mqtt-port", "0", "--stomp-port", "0"],

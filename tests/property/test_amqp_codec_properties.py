@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pamqp import decode as pdecode
 from pamqp import encode as pencode
 
-from manifold.adapters.amqp import codec
+from manifold.adapters.amqp import codec, fields
 from manifold.adapters.amqp.codec import NEED_DATA, PROTOCOL_HEADER, Decoder
 from manifold.broker.message import Properties
 
@@ -47,8 +47,8 @@ def canon(value):
 
 @given(tables)
 def test_field_tables_round_trip(table):
-    data = codec.encode_table(table)
-    decoded, end = codec.decode_table(data)
+    data = fields.encode_table(table)
+    decoded, end = fields.decode_table(data)
     assert end == len(data)
     assert canon(decoded) == canon(table)
 
@@ -57,7 +57,7 @@ def test_field_tables_round_trip(table):
 def test_pamqp_reads_our_tables(table):
     # an independent decoder agrees on everything it represents exactly (pamqp reads 'T' as
     # seconds-or-milliseconds and narrows nothing on decode)
-    data = codec.encode_table(table)
+    data = fields.encode_table(table)
     _, theirs = pdecode.field_table(data)
     assert len(theirs) == len(table)
 
@@ -75,7 +75,7 @@ simple_tables = st.dictionaries(st.text(max_size=10).filter(lambda k: len(k.enco
 def test_we_read_pamqp_tables(table):
     # what a pamqp-based client (aiormq, aio-pika) sends decodes to the same values
     data = pencode.field_table(table)
-    decoded, end = codec.decode_table(data)
+    decoded, end = fields.decode_table(data)
     assert end == len(data)
     assert canon(decoded) == canon(_sorted(table))
 
@@ -102,8 +102,8 @@ properties = st.builds(
 
 @given(properties)
 def test_basic_properties_round_trip(props):
-    raw = codec.encode_properties(props)
-    decoded = codec.decode_properties(raw, 0, len(raw))
+    raw = fields.encode_properties(props)
+    decoded = fields.decode_properties(raw, 0, len(raw))
     assert decoded.as_dict().keys() == props.as_dict().keys()
     for name, value in props.as_dict().items():
         got = getattr(decoded, name)
@@ -111,9 +111,9 @@ def test_basic_properties_round_trip(props):
 
 
 def publish_bytes(channel: int, routing_key: str, body: bytes, props: Properties) -> bytes:
-    method = (b"\x00\x3c\x00\x28\x00\x00" + codec.shortstr("") + codec.shortstr(routing_key) +
+    method = (b"\x00\x3c\x00\x28\x00\x00" + fields.shortstr("") + fields.shortstr(routing_key) +
               b"\x00")
-    header = codec.content_header_payload(props, len(body))
+    header = fields.content_header_payload(props, len(body))
     out = [codec.frame(1, channel, method), codec.frame(2, channel, header)]
     for i in range(0, len(body), 4088):
         out.append(codec.frame(3, channel, body[i:i + 4088]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings, strategies as st
 
 from manifold.adapters.mqtt import codec as c
+from manifold.adapters.mqtt.decoder import MqttDecoder
 from manifold.adapters.mqtt import topics
 from manifold.broker.topic_trie import topic_matches
 
@@ -122,7 +123,7 @@ def test_client_stream_round_trips_under_any_split(session, cuts):
     connect, packets = session
     version = connect.protocol_level
     data = c.serialize(connect, version) + b"".join(c.serialize(p, version) for p in packets)
-    decoded = split_feed(c.MqttDecoder("server"), data, cuts)
+    decoded = split_feed(MqttDecoder("server"), data, cuts)
     assert decoded == [connect] + packets
 
 
@@ -145,7 +146,7 @@ def test_server_packets_round_trip(version, data):
                   props("reason_string") if v5 else st.just({})),
         st.just(c.Pingresp()),
     ))
-    d = c.MqttDecoder("client", version=version)
+    d = MqttDecoder("client", version=version)
     d.receive_data(c.serialize(packet, version))
     assert d.next_event() == packet
     assert d.next_event() is c.NEED_DATA
@@ -154,7 +155,7 @@ def test_server_packets_round_trip(version, data):
 @given(st.binary(max_size=64))
 def test_garbage_never_crashes_the_decoder(data):
     """Random bytes give packets, NEED_DATA or an MqttError; nothing else escapes."""
-    d = c.MqttDecoder("server")
+    d = MqttDecoder("server")
     d.receive_data(data)
     try:
         for _ in range(100):

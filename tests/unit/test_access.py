@@ -145,7 +145,26 @@ def test_identity_login():
                                     tls={"identity_as_username": True}))
     assert access.authenticate(None, None, "10.0.0.1", identity="device1").name == "device1"
     assert access.authenticate("x", None, "10.0.0.1", identity="device1", external=True)
+    off = AccessControl(settings(users=[{"name": "device1", "password_hash": HASH}]))
+    with pytest.raises(LoginRefused):  # identity_as_username is off: no password-less login
+        off.authenticate(None, None, "10.0.0.1", identity="device1", external=True)
     with pytest.raises(LoginRefused):
         access.authenticate(None, None, "10.0.0.1", identity="stranger")
     with pytest.raises(LoginRefused):
         access.authenticate(None, None, "10.0.0.1", external=True)
+
+
+def test_hash_budget_bounds_scrypt_time_on_the_loop():
+    now = [0.0]
+    access = AccessControl(settings(users=[{"name": "a", "password_hash": HASH},
+                                           {"name": "b", "password_hash": HASH}]),
+                           clock=lambda: now[0])
+    access.hash_budget.charge(0.3)  # as if wrong passwords had just used the loop's share
+    with pytest.raises(LoginRefused):
+        access.authenticate("a", "s3cret", "10.0.0.1")  # refused without hashing
+    now[0] += 1.5  # the next second: hashing allowed again
+    assert access.authenticate("a", "s3cret", "10.0.0.1").name == "a"
+    access.hash_budget.charge(0.3)
+    assert access.authenticate("a", "s3cret", "10.0.0.1").name == "a"  # HMAC: no hashing
+    with pytest.raises(LoginRefused):
+        access.authenticate("b", "s3cret", "10.0.0.1")

@@ -12,10 +12,10 @@ import pytest
 from pamqp import commands as C
 from pamqp import frame as pframe
 
-from manifold.adapters.amqp import codec
+from manifold.adapters.amqp import codec, fields
 from manifold.adapters.amqp.codec import (NEED_DATA, PROTOCOL_HEADER, Ack, Decoder, FrameError, Heartbeat,
                                  Method, ProtocolHeaderMismatch, ProtocolHeaderReceived, Publish)
-from manifold.broker.message import Properties
+from manifold.broker.message import Message, Properties
 
 # Basic.Publish(exchange="ex", routing_key="rk", mandatory=True) on channel 1
 PUBLISH = (b"\x01\x00\x01\x00\x00\x00\x0d"            # method frame, channel 1, 13 bytes
@@ -222,8 +222,8 @@ def test_bad_properties_are_502():
 # ---------------------------------------------------------------------- encoding
 def test_deliver_frames_match_the_spec_bytes():
     out: list = []
-    header = codec.content_header_payload(Properties(content_type="text/plain"), 2)
-    codec.deliver_frames(1, codec.shortstr("ctag"), 9, True, b"\x02ex\x02rk", header, b"hi",
+    header = fields.content_header_payload(Properties(content_type="text/plain"), 2)
+    codec.deliver_frames(1, fields.shortstr("ctag"), 9, True, b"\x02ex\x02rk", header, b"hi",
                          131072, out)
     data = b"".join(out)
     assert data.startswith(b"\x01\x00\x01\x00\x00\x00\x18\x00\x3c\x00\x3c\x04ctag"
@@ -239,20 +239,22 @@ def test_deliver_frames_match_the_spec_bytes():
     assert body.value == b"hi" and used == len(data)
 
 
-def test_prefix_and_tail_build_the_same_bytes_as_deliver_frames():
-    header = codec.content_header_payload(Properties(message_id="m"), 3)
+def test_prefix_and_cached_tail_build_the_same_bytes_as_deliver_frames():
+    # the delivery fast path of adapters/amqp/channel.py against the general one
+    message = Message("e", "k", b"abc", Properties(message_id="m"))
+    encoded = codec.Encoded.of(message)
     out: list = []
-    codec.deliver_frames(5, codec.shortstr("c"), 2, False, b"\x01e\x01k", header, b"abc",
-                         131072, out)
-    fast = (codec.deliver_prefix(5, codec.shortstr("c"), 4) + struct.pack(">QB", 2, False) +
-            codec.deliver_tail(5, b"\x01e\x01k", header, b"abc"))
+    codec.deliver_frames(5, fields.shortstr("c"), 2, False, encoded.exchange_and_key,
+                         encoded.header, b"abc", 131072, out)
+    fast = (codec.deliver_prefix(5, fields.shortstr("c"), len(encoded.exchange_and_key)) +
+            struct.pack(">QB", 2, False) + encoded.tail_for(5, 3) + b"abc" + b"\xce")
     assert fast == b"".join(bytes(x) for x in out)
 
 
 def test_content_larger_than_frame_max_is_split():
     out: list = []
     body = bytes(range(256)) * 40  # 10240 bytes
-    codec.content_frames(3, codec.content_header_payload(Properties(), len(body)), body, 4096,
+    codec.content_frames(3, fields.content_header_payload(Properties(), len(body)), body, 4096,
                          out)
     data = b"".join(bytes(x) for x in out)
     frames = []
@@ -272,11 +274,11 @@ def test_properties_round_trip_every_field():
                        priority=9, correlation_id="c", reply_to="r", expiration="100",
                        message_id="m", timestamp=1700000000, type="t", user_id="u",
                        app_id="a")
-    raw = codec.encode_properties(props)
-    assert codec.decode_properties(raw, 0, len(raw)) == props
+    raw = fields.encode_properties(props)
+    assert fields.decode_properties(raw, 0, len(raw)) == props
     # and pamqp, an independent decoder, reads the same
     from pamqp.header import ContentHeader
-    payload = codec.content_header_payload(props, 0)
+    payload = fields.content_header_payload(props, 0)
     ch = ContentHeader()
     ch.unmarshal(payload)
     assert ch.properties.correlation_id == "c" and ch.properties.headers["n"] == 1
@@ -292,7 +294,7 @@ def test_field_table_fixture_of_every_type():
              b"\x01TT\x00\x00\x00\x00\x00\x00\x00\x3c" b"\x01FF\x00\x00\x00\x00" b"\x01VV"
              b"\x01xx\x00\x00\x00\x01\x00")
     data = struct.pack(">I", len(table)) + table
-    decoded, end = codec.decode_table(data)
+    decoded, end = fields.decode_table(data)
     assert end == len(data)
     assert decoded == {"t": True, "b": -1, "B": 255, "s": -2, "u": 65534, "I": -2,
                        "i": 4294967294, "l": -3, "f": 1.5, "d": 1.5,
@@ -306,7 +308,7 @@ def test_field_table_errors():
                 b"\x00\x00\x00\x09\x01kS\x00\x00\x00\x09",  # string past the end
                 b"\x00\x00\x00\x02\x01k"):                 # entry without a value
         with pytest.raises((ValueError, struct.error, IndexError)):
-            codec.decode_table(bad)
+            fields.decode_table(bad)
 
 
 def test_messages_from_other_protocols_always_encode():
@@ -316,7 +318,7 @@ def test_messages_from_other_protocols_always_encode():
                                                         "k" * 300: "v"},
                        priority="5", timestamp=-3)
     encoded = codec.Encoded.of(Message("amq.topic", long_topic, b"body", props))
-    decoded = codec.decode_properties(encoded.header, 12, len(encoded.header))
+    decoded = fields.decode_properties(encoded.header, 12, len(encoded.header))
     assert decoded.content_type == "x" * 255
     assert decoded.headers["set"] == "{1}" and decoded.headers["huge"] == str(2 ** 70)
     assert decoded.priority == 5 and decoded.timestamp == 0
@@ -355,4 +357,4 @@ def test_publishes_with_varying_routing_keys_decode_in_one_pass():
 
 def test_integers_we_write_are_longs():
     # x-death count and x-stream-offset must be 'l' (Java clients read them as Long)
-    assert codec.encode_table({"n": 1}) == b"\x00\x00\x00\x0b\x01nl" + b"\x00" * 7 + b"\x01"
+    assert fields.encode_table({"n": 1}) == b"\x00\x00\x00\x0b\x01nl" + b"\x00" * 7 + b"\x01"

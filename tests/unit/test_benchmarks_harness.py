@@ -202,6 +202,31 @@ def test_render_cpu_table_shares_footnotes():
 
 def test_group_cpu_seconds_of_our_own_group():
     import os
-    cpu = peers.group_cpu_seconds(os.getpgrp())
-    assert cpu is None or cpu >= 0
+    cpu = peers.group_cpu_seconds(os.getpgrp())  # this process is in it, and has run
+    assert cpu is not None and cpu > 0
     assert peers.group_cpu_seconds(2 ** 22 + 12345) is None  # no such group
+
+
+BURN = """
+import sys, time
+end = time.process_time() + 0.3
+while time.process_time() < end:
+    pass
+print("burnt", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_group_cpu_seconds_counts_what_a_group_burnt():
+    import subprocess
+    proc = subprocess.Popen([sys.executable, "-c", BURN], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline() == "burnt\n"
+        cpu = peers.group_cpu_seconds(proc.pid)  # its own group: start_new_session
+        # 0.3 s of CPU burnt, plus the interpreter's start; clock ticks round down
+        assert cpu is not None and 0.28 <= cpu < 30
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+    assert peers.group_cpu_seconds(proc.pid) is None  # gone

@@ -159,7 +159,7 @@ class FakeLog:
     def __init__(self):
         self.records, self.settled = {}, set()
 
-    def append(self, record_id, data):
+    def append(self, record_id, data, flags=0):
         self.records[record_id] = data
 
     def settle(self, record_id):

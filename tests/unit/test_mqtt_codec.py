@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from manifold.adapters.mqtt import codec as c
+from manifold.adapters.mqtt.decoder import MqttDecoder
 from manifold.adapters.mqtt import topics
 
 # (description, version, bytes, expected packet)
@@ -50,7 +51,7 @@ FIXTURES = [
 
 
 def decoder(version: int) -> c.MqttDecoder:
-    return c.MqttDecoder("server", version=None if version == -1 else version)
+    return MqttDecoder("server", version=None if version == -1 else version)
 
 
 def _feed(d: c.MqttDecoder, data: bytes, *, byte_by_byte: bool) -> list:
@@ -69,14 +70,14 @@ def _feed(d: c.MqttDecoder, data: bytes, *, byte_by_byte: bool) -> list:
 @pytest.mark.parametrize("desc,version,data,expected", FIXTURES, ids=[f[0] for f in FIXTURES])
 @pytest.mark.parametrize("byte_by_byte", [False, True], ids=["whole", "bytewise"])
 def test_decode_fixture(desc, version, data, expected, byte_by_byte):
-    d = c.MqttDecoder("server", version=None if expected.type == c.CONNECT else version)
+    d = MqttDecoder("server", version=None if expected.type == c.CONNECT else version)
     assert _feed(d, data, byte_by_byte=byte_by_byte) == [expected]
     assert d.buffered == 0
 
 
 @pytest.mark.parametrize("desc,version,data,expected", FIXTURES, ids=[f[0] for f in FIXTURES])
 def test_decode_fixture_with_trailing_bytes(desc, version, data, expected):
-    d = c.MqttDecoder("server", version=None if expected.type == c.CONNECT else version)
+    d = MqttDecoder("server", version=None if expected.type == c.CONNECT else version)
     d.receive_data(data + b"\xc0")
     assert d.next_event() == expected
     assert d.next_event() is c.NEED_DATA
@@ -89,7 +90,7 @@ def test_serialize_fixture(desc, version, data, expected):
 
 
 def test_decoder_learns_version_from_connect():
-    d = c.MqttDecoder()
+    d = MqttDecoder()
     d.receive_data(c.serialize(c.Connect("x", protocol_level=5), 5) + b"\x30\x06\x00\x01a\x00hi")
     assert d.next_event().protocol_level == 5
     assert d.next_event() == c.Publish("a", b"hi")
@@ -97,7 +98,7 @@ def test_decoder_learns_version_from_connect():
 
 def test_short_input_never_raises():
     data = c.serialize(c.Publish("a/b", b"x" * 300, 1, packet_id=1), 4)
-    d = c.MqttDecoder(version=4)
+    d = MqttDecoder(version=4)
     for i in range(len(data)):
         d.receive_data(data[i:i + 1])
         if i < len(data) - 1:
@@ -124,7 +125,7 @@ def test_short_input_never_raises():
     (b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00", c.ProtocolError),  # second CONNECT
 ])
 def test_malformed_3_1_1(data, exc):
-    d = c.MqttDecoder(version=4)
+    d = MqttDecoder(version=4)
     d.receive_data(data)
     with pytest.raises(exc):
         d.next_event()
@@ -141,21 +142,21 @@ def test_malformed_3_1_1(data, exc):
     (b"\x82\x07\x00\x01\x00\x00\x01a\x30", c.ProtocolError),    # retain handling 3
 ])
 def test_malformed_5(data, exc):
-    d = c.MqttDecoder(version=5)
+    d = MqttDecoder(version=5)
     d.receive_data(data)
     with pytest.raises(exc):
         d.next_event()
 
 
 def test_first_packet_must_be_connect():
-    d = c.MqttDecoder()
+    d = MqttDecoder()
     d.receive_data(b"\xc0\x00")
     with pytest.raises(c.ProtocolError):
         d.next_event()
 
 
 def test_unsupported_protocol_level():
-    d = c.MqttDecoder()
+    d = MqttDecoder()
     d.receive_data(b"\x10\x0c\x00\x04MQTT\x07\x02\x00\x3c\x00\x00")
     with pytest.raises(c.UnsupportedProtocolVersion) as info:
         d.next_event()
@@ -163,7 +164,7 @@ def test_unsupported_protocol_level():
 
 
 def test_maximum_packet_size():
-    d = c.MqttDecoder(version=4, max_packet_size=10)
+    d = MqttDecoder(version=4, max_packet_size=10)
     d.receive_data(b"\x30\x0a")  # known too big from the fixed header alone
     with pytest.raises(c.PacketTooLarge):
         d.next_event()

@@ -6,6 +6,7 @@ import asyncio
 import pytest
 
 from manifold.adapters.mqtt import codec as c
+from manifold.adapters.mqtt.decoder import MqttDecoder
 from manifold.adapters.mqtt.server import MqttServer
 from manifold.adapters.mqtt.session import MqttSession
 from manifold.broker.core import Broker
@@ -21,7 +22,7 @@ class Client:
         self.conn = FakeConnection()
         self.session.connection_made(self.conn)  # type: ignore[arg-type]
         self.version = version
-        self.decoder = c.MqttDecoder("client", version=version)
+        self.decoder = MqttDecoder("client", version=version)
 
     def send(self, packet: c.Packet) -> None:
         self.session.data_received(c.serialize(packet, self.version))
@@ -151,3 +152,34 @@ async def test_session_queue_deleted_under_the_session(server):
     assert cl.conn.closed
     assert "victim" not in server.sessions
     cl.session.connection_lost()  # the transport's callback later: nothing left to do
+
+
+async def test_v5_expiry_interval_counts_the_time_a_message_from_amqp_waited(tmp_path):
+    # [MQTT-3.3.2-6] the interval sent is the received one minus the time the message waited;
+    # an AMQP publish carries its lifetime as ``expiration`` (ms) and no MQTT timestamp.
+    from manifold.broker.clock import ManualClock
+    from manifold.broker.message import Message, Properties
+    settings = Settings().replace("server", data_dir=str(tmp_path))
+    clock = ManualClock()
+    server = MqttServer(Broker(settings, clock=clock), settings, MqttSession)
+    sub = Client(server, version=5)
+    sub.send(c.Connect("expiry", protocol_level=5, clean_start=False,
+                       properties={"session_expiry_interval": 600}))
+    sub.send(c.Subscribe(1, [("ex/t", c.SubscriptionOptions(1))]))
+    await settle()
+    sub.packets()
+    sub.session.connection_lost()  # offline: the message waits in the session queue
+    vhost = server.broker.vhosts["/"]
+    for body, ttl_ms in ((b"long", "60000"), (b"short", "5000")):
+        vhost.publish("amq.topic", "ex.t", Message("amq.topic", "ex.t", body,
+                                                   Properties(expiration=ttl_ms,
+                                                              delivery_mode=2)))
+    clock.advance(20_000)
+    sub = Client(server, version=5)
+    sub.send(c.Connect("expiry", protocol_level=5, clean_start=False,
+                       properties={"session_expiry_interval": 600}))
+    await settle()
+    publishes = [p for p in sub.packets() if isinstance(p, c.Publish)]
+    # 60 s lifetime, 20 s waited: 40 s left; the 5 s one has expired and is not sent
+    assert [(p.payload, p.properties.get("message_expiry_interval")) for p in publishes] == \
+        [(b"long", 40)]

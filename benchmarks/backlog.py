@@ -1,0 +1,311 @@
+"""Data larger than memory: a persistent backlog in a durable queue, and a stream with retention.
+
+    .venv/bin/python benchmarks/backlog.py queue --messages 1000000 [--peers rabbitmq,rabbitmq-lazy]
+    .venv/bin/python benchmarks/backlog.py stream --gib 2 --retention-mib 256
+
+``queue``: for each broker (Manifold, and RabbitMQ 3.10 classic queues when installed: default
+and ``x-queue-mode: lazy``), publish ``--messages`` persistent 64-byte messages into one durable
+queue with publisher confirms (pipelined windows), then report the broker's RSS growth per
+waiting message, the publish rate, the time from ``kill -9`` to a restarted broker that reports
+the whole backlog and delivers its first message, the RSS after that recovery, and the drain
+rate of the recovered backlog (read from disk). RSS is the broker's whole process group
+(``/proc/<pid>/status`` VmRSS; RabbitMQ's shell wrapper plus beam.smp).
+
+``stream``: publish ``--gib`` of 4 KiB records into a stream with ``x-max-length-bytes`` set to
+``--retention-mib``, while a reader reads from ``first``; report the publish rate, the reader's
+rate, the broker's peak RSS and the data directory's size at the end.
+
+CPU heavy: run it by hand on a quiet machine, never in CI. Results go to stdout as Markdown.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aio_pika
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from amqp_throughput import expect, open_client, publish_frames  # noqa: E402
+from benchkit import wait_for_progress  # noqa: E402
+from pamqp import commands  # noqa: E402
+from pamqp import frame as pframe  # noqa: E402
+from peers import HOST, ManifoldPeer, Peer, RabbitPeer, port_open  # noqa: E402
+
+WINDOW = 5000  # publishes in flight before waiting for their confirms
+
+
+def group_rss(pid: int) -> int:
+    """Resident bytes of every process in the process group ``pid`` leads."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pid:  # pgrp
+                continue
+            with open(f"/proc/{entry}/status") as fh:
+                match = re.search(r"VmRSS:\s+(\d+) kB", fh.read())
+            total += int(match.group(1)) * 1024 if match else 0
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def url(peer: Peer) -> str:
+    return f"amqp://guest:guest@{HOST}:{peer.ports['amqp']}/"
+
+
+class BenchManifold(ManifoldPeer):
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
+        # The HTTP listeners are not measured here; port 0 keeps them out of the way.
+        env.update(MANIFOLD_HTTP_PORT="0", MANIFOLD_MANAGEMENT_PORT="0")
+        return env
+
+
+def restart(peer: Peer, cmd: list[str], timeout_s: float = 120) -> float:
+    """Start ``cmd`` again in the peer's work directory (same data); seconds until AMQP listens."""
+    started = time.monotonic()
+    log = open(peer.log_path, "ab")
+    peer.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                 stderr=subprocess.STDOUT, cwd=peer.workdir,
+                                 env=peer.environment(), start_new_session=True)
+    log.close()
+    while not port_open(peer.ports["amqp"]):
+        if time.monotonic() - started > timeout_s or peer.proc.poll() is not None:
+            raise RuntimeError(f"{peer.name} did not come back")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def kill9(peer: Peer) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(peer.proc.pid, signal.SIGKILL)
+    peer.proc.wait(30)
+    if isinstance(peer, RabbitPeer):
+        peer.after_stop()  # its epmd
+
+
+async def connect(peer: Peer, manual_ack: bool = False):
+    """A raw-socket AMQP client (benchmarks/amqp_throughput.py's), so the broker is measured,
+    not a Python client library."""
+    progress = asyncio.Event()
+    args = argparse.Namespace(host=HOST, port=peer.ports["amqp"], user="guest",
+                              password="guest", vhost="/", timeout=60)
+    return await open_client(args, progress, manual_ack), progress
+
+
+async def publish(peer: Peer, queue: str, count: int, body: bytes, arguments: dict,
+                  persistent: bool = True) -> float:
+    """Publish with confirms, at most WINDOW unconfirmed; returns confirmed messages/second."""
+    client, progress = await connect(peer)
+    client.transport.write(pframe.marshal(commands.Confirm.Select(), 1))
+    await expect(client, commands.Confirm.SelectOk, 60)
+    client.transport.write(pframe.marshal(commands.Queue.Declare(
+        queue=queue, durable=True, arguments=arguments), 1))
+    await expect(client, commands.Queue.DeclareOk, 60)
+    frames = publish_frames(queue, body, persistent)
+    started = time.monotonic()
+    sent = 0
+    while client.confirmed < count:
+        room = min(WINDOW - (sent - client.confirmed), count - sent)
+        if room >= WINDOW // 4 or (room > 0 and sent + room == count):
+            client.transport.write(frames * room)
+            sent += room
+        progress.clear()
+        await wait_for_progress(progress, 0.01)  # (confirms do not set progress: poll)
+        if client.closed.done():
+            raise RuntimeError(f"{peer.name} closed the connection")
+    rate = count / (time.monotonic() - started)
+    client.transport.close()
+    return rate
+
+
+async def first_delivery(peer: Peer, queue: str, expected: int, deadline_s: float) -> None:
+    """Wait until the broker reports the whole backlog and hands out its first message."""
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            conn = await aio_pika.connect(url(peer))
+            break
+        except Exception:
+            if time.monotonic() > end:
+                raise
+            await asyncio.sleep(0.05)
+    async with conn:
+        channel = await conn.channel()
+        while True:
+            declared = await channel.declare_queue(queue, passive=True)
+            if declared.declaration_result.message_count >= expected:
+                break
+            if time.monotonic() > end:
+                raise RuntimeError(f"{peer.name}: only {declared.declaration_result.message_count}"
+                                   f" of {expected} messages after recovery")
+            await asyncio.sleep(0.05)
+        message = await declared.get(no_ack=False, timeout=deadline_s)
+        await message.nack(requeue=True)
+
+
+async def drain(peer: Peer, queue: str, count: int) -> float:
+    """Consume with manual acks (one multiple ack per read), prefetch 1000; messages/second."""
+    client, progress = await connect(peer, manual_ack=True)
+    client.transport.write(pframe.marshal(commands.Basic.Qos(prefetch_count=1000), 1))
+    await expect(client, commands.Basic.QosOk, 60)
+    client.transport.write(pframe.marshal(commands.Basic.Consume(queue=queue), 1))
+    await expect(client, commands.Basic.ConsumeOk, 60)
+    started = time.monotonic()
+    while client.deliveries < count:
+        progress.clear()
+        await wait_for_progress(progress, 0.01)  # (confirms do not set progress: poll)
+        if client.closed.done():
+            raise RuntimeError(f"{peer.name} closed the connection")
+    rate = count / (time.monotonic() - started)
+    client.transport.close()
+    return rate
+
+
+def make_peer(name: str) -> tuple[Peer, dict]:
+    if name == "manifold":
+        return BenchManifold(), {}
+    if name == "rabbitmq":
+        return RabbitPeer(), {}
+    if name == "rabbitmq-lazy":
+        peer = RabbitPeer()
+        peer.name = "rabbitmq-lazy"
+        return peer, {"x-queue-mode": "lazy"}
+    raise SystemExit(f"unknown broker {name}")
+
+
+async def queue_bench(name: str, count: int) -> dict:
+    peer, arguments = make_peer(name)
+    if not peer.start():
+        return {"broker": name, "error": (peer.error or "").splitlines()[0]}
+    cmd = peer.proc.args
+    try:
+        await asyncio.sleep(1.0)
+        before = group_rss(peer.proc.pid)
+        rate = await publish(peer, "backlog", count, b"m" * 64, arguments)
+        await asyncio.sleep(2.0)  # let the broker settle (RabbitMQ pages lazily)
+        after = group_rss(peer.proc.pid)
+        kill9(peer)
+        killed = time.monotonic()
+        restart(peer, cmd)
+        await first_delivery(peer, "backlog", count, 300)
+        recovery = time.monotonic() - killed
+        recovered_rss = group_rss(peer.proc.pid)
+        drain_rate = await drain(peer, "backlog", count)
+        return {"broker": peer.name, "version": peer.version, "messages": count,
+                "rss_before": before, "rss_after": after,
+                "bytes_per_message": (after - before) / count, "publish_rate": rate,
+                "recovery_s": recovery, "rss_recovered": recovered_rss,
+                "drain_rate": drain_rate}
+    finally:
+        peer.stop()
+        peer.cleanup()
+
+
+async def stream_bench(gib: float, retention_mib: int) -> dict:
+    peer = BenchManifold()
+    if not peer.start():
+        raise SystemExit(peer.error)
+    size = 4096
+    total = int(gib * (1 << 30)) // size
+    args = {"x-queue-type": "stream", "x-max-length-bytes": retention_mib << 20}
+    peak = 0
+    read = 0
+    try:
+        conn = await aio_pika.connect(url(peer))
+        async with conn:
+            channel = await conn.channel()
+            await channel.declare_queue("events", durable=True, arguments=args)
+            reader = await conn.channel()
+            await reader.set_qos(prefetch_count=1000)
+            rq = await reader.get_queue("events")
+
+            async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+                nonlocal read
+                read += 1
+                if read % 500 == 0:
+                    await message.ack(multiple=True)
+
+            await rq.consume(on_message, arguments={"x-stream-offset": "first"})
+            started = time.monotonic()
+            pending = []
+            body = b"s" * size
+            for i in range(total):
+                pending.append(channel.default_exchange.publish(aio_pika.Message(body), "events"))
+                if len(pending) >= WINDOW:
+                    await asyncio.gather(*pending)
+                    pending = []
+                    if i % (WINDOW * 10) == 0:
+                        peak = max(peak, group_rss(peer.proc.pid))
+            await asyncio.gather(*pending)
+            elapsed = time.monotonic() - started
+            read_during = read
+            peak = max(peak, group_rss(peer.proc.pid))
+        data = dir_bytes(peer.workdir / "data" / "streams")
+        return {"records": total, "bytes": total * size, "publish_rate": total / elapsed,
+                "publish_mib_s": total * size / elapsed / (1 << 20),
+                "reader_rate": read_during / elapsed, "peak_rss": peak, "stream_dir_bytes": data,
+                "retention_bytes": retention_mib << 20}
+    finally:
+        peer.stop()
+        peer.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    q = sub.add_parser("queue")
+    q.add_argument("--messages", type=int, default=1_000_000)
+    q.add_argument("--peers", default="rabbitmq,rabbitmq-lazy",
+                   help="comma-separated: rabbitmq, rabbitmq-lazy (none: Manifold only)")
+    s = sub.add_parser("stream")
+    s.add_argument("--gib", type=float, default=2.0)
+    s.add_argument("--retention-mib", type=int, default=256)
+    args = parser.parse_args()
+    if args.what == "queue":
+        names = ["manifold"] + [p for p in args.peers.split(",") if p and p != "none"]
+        if not shutil.which("rabbitmq-server") and not os.path.exists(
+                "/usr/lib/rabbitmq/bin/rabbitmq-server"):
+            names = ["manifold"]
+        print(f"| broker | messages | RSS growth per waiting message | publish msg/s | "
+              f"kill -9 to first delivery | RSS after recovery | drain msg/s |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for name in names:
+            r = asyncio.run(queue_bench(name, args.messages))
+            if "error" in r:
+                print(f"| {name} | n/a: {r['error']} |||||")
+                continue
+            print(f"| {r['broker']} {r['version']} | {r['messages']:,} | "
+                  f"{r['bytes_per_message']:.0f} B | {r['publish_rate']:,.0f} | "
+                  f"{r['recovery_s']:.1f} s | {r['rss_recovered'] / 1e6:.0f} MB | "
+                  f"{r['drain_rate']:,.0f} |", flush=True)
+    else:
+        r = asyncio.run(stream_bench(args.gib, args.retention_mib))
+        print("| measure | figure |\n|---|---:|")
+        print(f"| records published (4 KiB) | {r['records']:,} ({r['bytes'] / (1 << 30):.1f} GiB) |")
+        print(f"| publish rate | {r['publish_rate']:,.0f} rec/s ({r['publish_mib_s']:.0f} MiB/s) |")
+        print(f"| reader from first, while the writer runs | {r['reader_rate']:,.0f} rec/s |")
+        print(f"| broker peak RSS | {r['peak_rss'] / 1e6:.0f} MB |")
+        print(f"| stream directory at the end (retention {r['retention_bytes'] >> 20} MiB) | "
+              f"{r['stream_dir_bytes'] / (1 << 20):.0f} MiB |")
+
+
+if __name__ == "__main__":
+    main()
