@@ -226,46 +226,118 @@ async def stream_bench(gib: float, retention_mib: int) -> dict:
     size = 4096
     total = int(gib * (1 << 30)) // size
     args = {"x-queue-type": "stream", "x-max-length-bytes": retention_mib << 20}
-    peak = 0
-    read = 0
     try:
-        conn = await aio_pika.connect(url(peer))
-        async with conn:
-            channel = await conn.channel()
-            await channel.declare_queue("events", durable=True, arguments=args)
-            reader = await conn.channel()
-            await reader.set_qos(prefetch_count=1000)
-            rq = await reader.get_queue("events")
-
-            async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-                nonlocal read
-                read += 1
-                if read % 500 == 0:
-                    await message.ack(multiple=True)
-
-            await rq.consume(on_message, arguments={"x-stream-offset": "first"})
-            started = time.monotonic()
-            pending = []
-            body = b"s" * size
-            for i in range(total):
-                pending.append(channel.default_exchange.publish(aio_pika.Message(body), "events"))
-                if len(pending) >= WINDOW:
-                    await asyncio.gather(*pending)
-                    pending = []
-                    if i % (WINDOW * 10) == 0:
-                        peak = max(peak, group_rss(peer.proc.pid))
-            await asyncio.gather(*pending)
-            elapsed = time.monotonic() - started
-            read_during = read
-            peak = max(peak, group_rss(peer.proc.pid))
+        declare, _ = await connect(peer)
+        declare.transport.write(pframe.marshal(commands.Queue.Declare(
+            queue="events", durable=True, arguments=args), 1))
+        await expect(declare, commands.Queue.DeclareOk, 60)
+        reader, _ = await connect(peer, manual_ack=True)
+        reader.transport.write(pframe.marshal(commands.Basic.Qos(prefetch_count=1000), 1))
+        await expect(reader, commands.Basic.QosOk, 60)
+        reader.transport.write(pframe.marshal(commands.Basic.Consume(
+            queue="events", arguments={"x-stream-offset": "first"}), 1))
+        await expect(reader, commands.Basic.ConsumeOk, 60)
+        peak = group_rss(peer.proc.pid)
+        sampler = asyncio.create_task(sample_rss(peer))
+        # streams store every record (delivery mode 1 here); confirms pace the publisher
+        rate = await publish(peer, "events", total, b"s" * size, args, persistent=False)
+        read_during = reader.deliveries
+        elapsed = total / rate
+        sampler.cancel()
+        peak = max(peak, PEAKS.get(peer.proc.pid, 0))
+        reader.transport.close()
+        # A second reader from first, now that the writer is done: everything it reads
+        # (the retained 256 MiB) comes from the segment files, not from the tail cache.
+        declare.transport.write(pframe.marshal(commands.Queue.Declare(
+            queue="events", durable=True, passive=True), 1))
+        retained = (await expect(declare, commands.Queue.DeclareOk, 60)).message_count
+        late, progress = await connect(peer, manual_ack=True)
+        late.transport.write(pframe.marshal(commands.Basic.Qos(prefetch_count=1000), 1))
+        await expect(late, commands.Basic.QosOk, 60)
+        started = time.monotonic()
+        late.transport.write(pframe.marshal(commands.Basic.Consume(
+            queue="events", arguments={"x-stream-offset": "first"}), 1))
+        await expect(late, commands.Basic.ConsumeOk, 60)
+        while late.deliveries < retained:
+            await wait_for_progress(progress, 1)
+            if late.closed.done():
+                raise RuntimeError("the broker closed the late reader")
+        late_rate = retained / (time.monotonic() - started)
+        late.transport.close()
+        declare.transport.close()
         data = dir_bytes(peer.workdir / "data" / "streams")
-        return {"records": total, "bytes": total * size, "publish_rate": total / elapsed,
-                "publish_mib_s": total * size / elapsed / (1 << 20),
+        return {"records": total, "bytes": total * size, "publish_rate": rate,
+                "publish_mib_s": rate * size / (1 << 20),
                 "reader_rate": read_during / elapsed, "peak_rss": peak, "stream_dir_bytes": data,
+                "late_rate": late_rate, "retained": retained,
                 "retention_bytes": retention_mib << 20}
     finally:
         peer.stop()
         peer.cleanup()
+
+
+PEAKS: dict[int, int] = {}
+
+
+async def sample_rss(peer: Peer) -> None:
+    pid = peer.proc.pid
+    while True:
+        PEAKS[pid] = max(PEAKS.get(pid, 0), group_rss(pid))
+        await asyncio.sleep(0.5)
+
+
+async def core_bench(count: int, lazy: bool, data_dir: str) -> dict:
+    """The broker core in this process (no network, fsync never): RSS growth per waiting message
+    once every write is done, and the publish rate into the core."""
+    from manifold.broker.core import Broker
+    from manifold.broker.message import Message, Properties
+    from manifold.config.settings import Settings
+    from manifold.persistence.filestore import FileStore
+
+    def rss() -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    broker = Broker(Settings(), store=FileStore(data_dir, fsync="never"))
+    await broker.start()
+    vhost = broker.vhosts["/"]
+    vhost.declare_queue("q", durable=True, arguments={"x-queue-mode": "lazy"} if lazy else None)
+    props = Properties(delivery_mode=2)
+    body = b"m" * 64
+    before = rss()
+    started = time.monotonic()
+    for i in range(count):
+        vhost.publish("", "q", Message("", "q", body, props))
+        if i % 50_000 == 0:
+            await asyncio.sleep(0)  # let the writer thread's batches complete
+    rate = count / (time.monotonic() - started)
+    store = broker.store
+    while store._in_flight is not None or store._dirty_logs:  # every write done
+        await asyncio.sleep(0.05)
+    held = rss() - before
+    await broker.close()
+    return {"messages": count, "bytes_per_message": held / count, "publish_rate": rate}
+
+
+async def recover_bench(data_dir: str) -> dict:
+    """Recover the backlog ``core`` left (run in a fresh process, so RSS starts clean)."""
+    from manifold.broker.core import Broker
+    from manifold.config.settings import Settings
+    from manifold.persistence.filestore import FileStore
+
+    with open("/proc/self/statm") as fh:
+        base = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    broker = Broker(Settings(), store=FileStore(data_dir, fsync="never"))
+    started = time.monotonic()
+    await broker.start()
+    recovery = time.monotonic() - started
+    with open("/proc/self/statm") as fh:
+        now = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    queue = broker.vhosts["/"].queues["q"]
+    result = {"messages": queue.ready_count, "cold": queue.cold_count, "recovery_s": recovery,
+              "bytes_per_message": (now - base) / max(1, queue.ready_count)}
+    await broker.close()
+    return result
 
 
 def main() -> None:
@@ -275,10 +347,34 @@ def main() -> None:
     q.add_argument("--messages", type=int, default=1_000_000)
     q.add_argument("--peers", default="rabbitmq,rabbitmq-lazy",
                    help="comma-separated: rabbitmq, rabbitmq-lazy (none: Manifold only)")
+    c = sub.add_parser("core")
+    c.add_argument("--messages", type=int, default=1_000_000)
+    c.add_argument("--lazy", action="store_true")
+    c.add_argument("--data-dir", default="")
+    r = sub.add_parser("recover")
+    r.add_argument("--data-dir", required=True)
     s = sub.add_parser("stream")
     s.add_argument("--gib", type=float, default=2.0)
     s.add_argument("--retention-mib", type=int, default=256)
     args = parser.parse_args()
+    if args.what == "recover":
+        r = asyncio.run(recover_bench(args.data_dir))
+        print(f"recovered {r['messages']:,} ({r['cold']:,} in cold runs) in {r['recovery_s']:.1f}"
+              f" s, {r['bytes_per_message']:.0f} B each")
+        return
+    if args.what == "core":
+        import tempfile
+        data_dir = args.data_dir or tempfile.mkdtemp(prefix="manifold-backlog-")
+        try:
+            r = asyncio.run(core_bench(args.messages, args.lazy, data_dir))
+            print(f"{r['messages']:,} waiting messages: {r['bytes_per_message']:.0f} B each, "
+                  f"published into the core at {r['publish_rate']:,.0f}/s", flush=True)
+            subprocess.run([sys.executable, __file__, "recover", "--data-dir", data_dir],
+                           check=True)
+        finally:
+            if not args.data_dir:
+                shutil.rmtree(data_dir, ignore_errors=True)
+        return
     if args.what == "queue":
         names = ["manifold"] + [p for p in args.peers.split(",") if p and p != "none"]
         if not shutil.which("rabbitmq-server") and not os.path.exists(
@@ -302,6 +398,8 @@ def main() -> None:
         print(f"| records published (4 KiB) | {r['records']:,} ({r['bytes'] / (1 << 30):.1f} GiB) |")
         print(f"| publish rate | {r['publish_rate']:,.0f} rec/s ({r['publish_mib_s']:.0f} MiB/s) |")
         print(f"| reader from first, while the writer runs | {r['reader_rate']:,.0f} rec/s |")
+        print(f"| a reader from first after the writer ({r['retained']:,} retained records, from "
+              f"disk) | {r['late_rate']:,.0f} rec/s ({r['late_rate'] * 4096 / (1 << 20):.0f} MiB/s) |")
         print(f"| broker peak RSS | {r['peak_rss'] / 1e6:.0f} MB |")
         print(f"| stream directory at the end (retention {r['retention_bytes'] >> 20} MiB) | "
               f"{r['stream_dir_bytes'] / (1 << 20):.0f} MiB |")

@@ -131,3 +131,24 @@ async def test_retention_deletes_whole_segments_and_first_survives_a_restart(tmp
     broker, vhost = await open_broker(tmp_path)
     assert vhost.queues["s"].first_offset == first
     await broker.close()
+
+
+async def test_a_deleted_stream_leaves_nothing_behind(tmp_path):
+    broker, vhost = await open_broker(tmp_path)
+    vhost.declare_queue("s", durable=True, arguments=STREAM)
+    await publish(vhost, "s", 200)
+    named = Recorder(arguments={"x-stream-offset": "first", "x-stream-reference": "r"})
+    vhost.consume("s", named)
+    named.deliveries[5].ack()
+    vhost.cancel(named)
+    assert vhost.delete_queue("s") == 200
+    await broker.close()
+    assert not os.path.exists(tmp_path / "streams" / "%2F" / "s")
+    broker, vhost = await open_broker(tmp_path)
+    assert "s" not in vhost.queues
+    vhost.declare_queue("s", durable=True, arguments=STREAM)
+    fresh = Recorder(arguments={"x-stream-offset": "first", "x-stream-reference": "r"})
+    vhost.consume("s", fresh)
+    assert (vhost.queues["s"].first_offset, vhost.queues["s"].next_offset) == (0, 0)
+    assert fresh.deliveries == []
+    await broker.close()
