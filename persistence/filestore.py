@@ -159,6 +159,10 @@ class FileQueueLog:
             segment.size = segment.written = walked.good_bytes
         for problem in self.recovery_problems:
             log.warning("recovery: %s", problem)
+        if self.segments:
+            # New ids start at or above the newest segment's name (it may hold only tombstones,
+            # named above ids that never reached the disk): names stay the bounds _locate uses.
+            self.max_id_seen = max(self.max_id_seen, self.segments[-1].base_id - 1)
         self.store._unlink_later(self._compact())
         return self._replay(resident_bytes, read_anyway)
 
@@ -270,6 +274,7 @@ class FileQueueLog:
         if chunks and chunks[-1].segment is self.segments[-1]:
             return chunks[-1]
         if not self.segments or self.segments[-1].poisoned:
+            # Named above every id so far (recovery keeps new ids at or above it; see recover).
             return self._rotate(self.max_id_seen + 1)
         segment = self.segments[-1]
         chunk = Chunk(self, segment, segment.path, segment.size, False)

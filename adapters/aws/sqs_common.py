@@ -159,6 +159,15 @@ class SqsContext:
         self._blocked_sends: set = set()           # futures of sends held by a resource alarm
         broker.memory.subscribe(self._alarm_changed)
 
+    @staticmethod
+    def remember(times: dict[str, float], name: str, window_s: float) -> None:
+        """Note ``name`` at the current time in ``times`` (deleted or purged queues), forgetting
+        entries older than ``window_s``, so the dict stays as small as the last minute's work."""
+        now = now_ms() / 1000
+        for old in [k for k, t in times.items() if now - t >= window_s]:
+            del times[old]
+        times[name] = now
+
     def _alarm_changed(self, blocking: bool) -> None:
         if not blocking:
             for waiter in self._blocked_sends:

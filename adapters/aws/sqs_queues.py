@@ -35,6 +35,7 @@ COMPUTED = ("ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisibl
             "QueueArn")
 MAX_TAGS = 50
 RECENTLY_DELETED_S = 60
+PURGE_INTERVAL_S = 60
 
 
 # ==================================================================== attributes
@@ -278,7 +279,7 @@ async def delete_queue(ctx: SqsContext, request: AwsRequest, params: dict) -> di
     name = ctx.queue_name(request, params)
     ctx.queue(name)
     ctx.vhost.delete_queue(name)
-    ctx.deleted_at[name] = now_ms() / 1000
+    ctx.remember(ctx.deleted_at, name, RECENTLY_DELETED_S)
     return {}
 
 
@@ -287,11 +288,11 @@ async def purge_queue(ctx: SqsContext, request: AwsRequest, params: dict) -> dic
     ctx.queue(name)
     last = ctx.purged_at.get(name)
     now = now_ms() / 1000
-    if last is not None and now - last < 60:
+    if last is not None and now - last < PURGE_INTERVAL_S:
         raise sqs_error("PurgeQueueInProgress",
                         f"Only one PurgeQueue operation on {name} is allowed every 60 seconds.",
                         403)
-    ctx.purged_at[name] = now
+    ctx.remember(ctx.purged_at, name, PURGE_INTERVAL_S)
     ctx.vhost.purge_queue(name)
     return {}
 

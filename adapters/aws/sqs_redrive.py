@@ -158,6 +158,12 @@ async def start_message_move_task(ctx: SqsContext, request: AwsRequest, params: 
     queue = ctx.queue(source)
     task = MoveTask(source, destination, rate, queue.ready_count)
     ctx.move_tasks[task.handle] = task
+    # Keep what ListMessageMoveTasks can show: the latest MAX_TASKS_LISTED per source queue.
+    same = sorted((t for t in ctx.move_tasks.values() if t.source == source),
+                  key=lambda t: t.started_ms, reverse=True)
+    for old in same[MAX_TASKS_LISTED:]:
+        if old.status != "RUNNING":
+            del ctx.move_tasks[old.handle]
     task.task = asyncio.get_running_loop().create_task(_run(ctx, task))
     return {"TaskHandle": task.handle}
 

@@ -144,3 +144,29 @@ def test_errors_are_xml_error_responses(call, action, params, status, code):
     assert root.find("Error/Code").text == code
     assert root.find("Error/Type").text == "Sender"
     assert root.find("RequestId").text
+
+
+def test_get_with_parameters_in_the_url(running_broker, call):
+    """The query protocol also accepts GET with the parameters in the URL (signed the same)."""
+    call("CreateQueue", QueueName="by-get")
+    url = (f"http://127.0.0.1:{running_broker.ports['http']}/?" +
+           urlencode({"Action": "GetQueueUrl", "Version": "2012-11-05", "QueueName": "by-get"}))
+    request = AWSRequest(method="GET", url=url)
+    SigV4Auth(Credentials("guest", "guest"), "sqs", "us-east-1").add_auth(request)
+    response = requests.get(url, headers=dict(request.headers), timeout=30)
+    assert response.status_code == 200
+    root = ET.fromstring(response.content)
+    assert text(root, "sqs:GetQueueUrlResult/sqs:QueueUrl").endswith("/000000000000/by-get")
+
+
+def test_attributes_count_towards_the_maximum_size(call):
+    _, root = call("CreateQueue", QueueName="small", **{
+        "Attribute.1.Name": "MaximumMessageSize", "Attribute.1.Value": "1024"})
+    url = text(root, "sqs:CreateQueueResult/sqs:QueueUrl")
+    status, _ = call("SendMessage", QueueUrl=url, MessageBody="x" * 1000)
+    assert status == 200
+    status, root = call("SendMessage", QueueUrl=url, MessageBody="x" * 1000, **{
+        "MessageAttribute.1.Name": "pad", "MessageAttribute.1.Value.DataType": "String",
+        "MessageAttribute.1.Value.StringValue": "y" * 30})
+    assert status == 400
+    assert root.find("Error/Code").text == "InvalidParameterValue"
