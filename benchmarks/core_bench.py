@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
-from pathlib import Path
 
 
 from manifold.broker.clock import ManualClock  # noqa: E402

@@ -75,7 +75,7 @@ def _check(policy: dict, body_scope: bool, depth: int) -> tuple[int, int]:
             combinations *= inner
         elif isinstance(value, list):
             if not value:
-                raise _bad(f"Empty arrays are not allowed")
+                raise _bad("Empty arrays are not allowed")
             for condition in value:
                 _check_condition(condition, body_scope)
             keys += 1

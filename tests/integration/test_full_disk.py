@@ -1,7 +1,6 @@
 """A full disk and a low open-file limit, for real: a small tmpfs under the data directory, and a
 daemon started under RLIMIT_NOFILE 256. Nothing unstored is confirmed, the broker keeps serving,
 the disk alarm blocks publishers and lets them go again, everything confirmed survives a restart."""
-import os
 import re
 import resource
 import subprocess

@@ -26,7 +26,8 @@ def test_answered_publishes_records_and_buffers_survive_sigkill(tmp_path, monkey
         sns, sqs = aws_client(daemon, "sns"), aws_client(daemon, "sqs")
         kinesis, firehose = aws_client(daemon, "kinesis"), aws_client(daemon, "firehose")
         s3 = aws_client(daemon, "s3")
-        urls = [sqs.create_queue(QueueName=f"sub{i}")["QueueUrl"] for i in range(3)]
+        for i in range(3):
+            sqs.create_queue(QueueName=f"sub{i}")
         topic = sns.create_topic(Name="durable")["TopicArn"]
         for i in range(3):
             sns.subscribe(TopicArn=topic, Protocol="sqs",
