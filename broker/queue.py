@@ -1075,6 +1075,22 @@ class Queue:
             count += 1
         return count
 
+    def purge_all(self) -> int:
+        """Drop ready, delayed and leased (received, in-flight) messages, as SQS's PurgeQueue
+        does; deliveries to consumers stay theirs to settle. Returns how many went."""
+        count = self.purge()
+        for delivery in list(self._leases.values()):
+            if self.settle(delivery, True, False):
+                count += 1
+        delayed, self._delayed = self._delayed, []
+        for _, _, entry in delayed:
+            if entry.state == DELAYED:
+                entry.state = GONE
+                self.delayed_count -= 1
+                self._forget(entry)
+                count += 1
+        return count
+
     def delete(self) -> int:
         """Mark deleted; returns the ready count. Consumers are told by the vhost."""
         count = self.ready_count

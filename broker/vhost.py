@@ -425,8 +425,11 @@ class VirtualHost:
             window = self._dedup[name] = DedupWindow(log, self.clock, window_ms)
         return window
 
-    def purge_queue(self, name: str, owner: Any = None) -> int:
-        return self.queue(name, owner).purge()
+    def purge_queue(self, name: str, owner: Any = None, in_flight: bool = False) -> int:
+        """Drop the ready messages (AMQP queue.purge); with ``in_flight`` also delayed and
+        leased ones (SQS PurgeQueue)."""
+        queue = self.queue(name, owner)
+        return queue.purge_all() if in_flight else queue.purge()
 
     def _queue_binding(self, queue: str, exchange: str, owner: Any) -> tuple[Exchange, Any]:
         target = self.queue(queue, owner)

@@ -293,7 +293,7 @@ async def purge_queue(ctx: SqsContext, request: AwsRequest, params: dict) -> dic
                         f"Only one PurgeQueue operation on {name} is allowed every 60 seconds.",
                         403)
     ctx.remember(ctx.purged_at, name, PURGE_INTERVAL_S)
-    ctx.vhost.purge_queue(name)
+    ctx.vhost.purge_queue(name, in_flight=True)  # SQS purges in-flight and delayed too
     return {}
 
 

@@ -318,6 +318,28 @@ def test_purge(sqs):
         sqs.purge_queue(QueueUrl=url)
 
 
+def test_purge_also_drops_in_flight_and_delayed_messages(sqs):
+    # AWS: PurgeQueue deletes every message, received (in flight) and delayed ones included.
+    url = sqs.create_queue(QueueName="purge-all")["QueueUrl"]
+    for i in range(3):
+        sqs.send_message(QueueUrl=url, MessageBody=str(i))
+    sqs.send_message(QueueUrl=url, MessageBody="later", DelaySeconds=60)
+    received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2, VisibilityTimeout=30)
+    assert len(received["Messages"]) == 2
+    counts = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+              "ApproximateNumberOfMessagesDelayed"]
+    before = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=counts)["Attributes"]
+    assert [before[c] for c in counts] == ["1", "2", "1"]
+    sqs.purge_queue(QueueUrl=url)
+    after = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=counts)["Attributes"]
+    assert [after[c] for c in counts] == ["0", "0", "0"]
+    # a purged in-flight message has no lease left to give up, and nothing comes back
+    with pytest.raises(sqs.exceptions.MessageNotInflight):
+        sqs.change_message_visibility(QueueUrl=url, VisibilityTimeout=0,
+                                      ReceiptHandle=received["Messages"][0]["ReceiptHandle"])
+    assert "Messages" not in sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1)
+
+
 def test_retention_deletes_expired_messages(sqs, running_broker):
     url = sqs.create_queue(QueueName="short",
                            Attributes={"MessageRetentionPeriod": "60"})["QueueUrl"]
