@@ -150,12 +150,7 @@ class FileQueueLog:
             if walked.problem is not None:
                 self.recovery_problems.append(f"{path}: {walked.problem}; truncated, "
                                               f"{walked.dropped} bytes dropped")
-                fd = fs.open(path, os.O_WRONLY)
-                try:
-                    fs.ftruncate(fd, walked.good_bytes)
-                    fs.fsync(fd)
-                finally:
-                    fs.close(fd)
+                fs.truncate_file(path, walked.good_bytes)
             segment.size = segment.written = walked.good_bytes
         for problem in self.recovery_problems:
             log.warning("recovery: %s", problem)

@@ -80,6 +80,15 @@ class FileSystem:
             created.append(directory)
         return created
 
+    def truncate_file(self, path: str, length: int) -> None:
+        """Cut ``path`` to ``length`` bytes and fsync it (recovery dropping a torn tail)."""
+        fd = self.open(path, os.O_WRONLY)
+        try:
+            self.ftruncate(fd, length)
+            self.fsync(fd)
+        finally:
+            self.close(fd)
+
     def write_all(self, fd: int, data: bytes) -> None:
         view = memoryview(data)
         while view:

@@ -224,12 +224,7 @@ class FileStreamLog:
         if result.problem is not None:
             self.recovery_problems.append(f"{path}: {result.problem}; truncated, "
                                           f"{len(data) - result.good_bytes} bytes dropped")
-            fd = fs.open(path, os.O_WRONLY)
-            try:
-                fs.ftruncate(fd, result.good_bytes)
-                fs.fsync(fd)
-            finally:
-                fs.close(fd)
+            fs.truncate_file(path, result.good_bytes)
         segment = StreamSegment(base, path, result.good_bytes)
         for record in result.records:
             if record.kind == STREAM:
