@@ -1,10 +1,8 @@
 """A full disk and a low open-file limit, for real: a small tmpfs under the data directory, and a
 daemon started under RLIMIT_NOFILE 256. Nothing unstored is confirmed, the broker keeps serving,
 the disk alarm blocks publishers and lets them go again, everything confirmed survives a restart."""
-import re
 import resource
 import subprocess
-import sys
 import threading
 import time
 
@@ -13,6 +11,7 @@ import pika.exceptions
 import pytest
 
 from tests.conftest import RunningBroker, broker_settings
+from tests.daemon import start_daemon, stop_daemon
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -177,32 +176,8 @@ def start_daemon_with_fd_limit(data_dir, limit):
     def lower_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "manifold.broker.cli", "serve", "--data-dir", str(data_dir),
-         "--amqp-port", "0", "--mqtt-port", "0", "--stomp-port", "0",
-         "--http-port", "0", "--management-port", "0", "--ws-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=lower_limit)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if "manifold listening" in line:
-            port = int(re.search(r"amqp [\d.]+:(\d+)", line).group(1))
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            return proc, port
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise AssertionError("daemon did not start")
-
-
-def stop_daemon(proc):
-    proc.terminate()
-    try:
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+    proc, ports = start_daemon(data_dir, timeout_s=60, preexec_fn=lower_limit)
+    return proc, ports["amqp"]
 
 
 def test_thousands_of_durable_queues_under_an_open_file_limit_of_256(tmp_path):
@@ -218,7 +193,7 @@ def test_thousands_of_durable_queues_under_an_open_file_limit_of_256(tmp_path):
             ch.basic_publish("", f"q{i}", f"m{i}".encode(), persistent(i))  # confirmed
         conn.close()
     finally:
-        stop_daemon(proc)
+        stop_daemon(proc, timeout_s=30)
     proc, port = start_daemon_with_fd_limit(tmp_path / "data", 256)
     try:
         conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port,
@@ -231,7 +206,7 @@ def test_thousands_of_durable_queues_under_an_open_file_limit_of_256(tmp_path):
         ch.basic_publish("", "q1", b"after restart", persistent(0))
         conn.close()
     finally:
-        stop_daemon(proc)
+        stop_daemon(proc, timeout_s=30)
 
 
 def test_the_disk_limit_can_be_a_fraction_of_the_file_system(make_broker):

@@ -1,8 +1,5 @@
 """What the broker confirmed survives `kill -9`: a real daemon, real clients, a real SIGKILL."""
-import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -11,38 +8,9 @@ import pika
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.daemon import start_daemon, stop_daemon
+
 pytestmark = pytest.mark.timeout(120)
-
-
-def start_daemon(data_dir):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "manifold.broker.cli", "serve", "--data-dir", str(data_dir),
-         "--amqp-port", "0", "--mqtt-port", "0", "--stomp-port", "0",
-         "--http-port", "0", "--management-port", "0", "--ws-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if "manifold listening" in line:
-            ports = dict(re.findall(r"(amqp|mqtt|stomp) [\d.]+:(\d+)", line))
-            # keep draining the log so the daemon never blocks on a full pipe
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            return proc, {k: int(v) for k, v in ports.items()}
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise AssertionError("daemon did not start")
-
-
-def stop_daemon(proc):
-    """SIGTERM must end it cleanly; a daemon that does not exit is killed, never left behind."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        assert proc.wait(20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
 
 
 def test_amqp_confirmed_messages_survive_sigkill(tmp_path):

@@ -1,55 +1,26 @@
 """What SendMessage answered survives `kill -9`: a real daemon, boto3, a real SIGKILL; and the
 messages come back over SQS and AMQP alike."""
-import os
-import re
 import signal
-import subprocess
-import sys
-import threading
-import time
 
 import pika
 import pytest
 
+from tests.daemon import start_daemon as start_process, stop_daemon
 from tests.integration.sqs_helpers import sqs_client
 
 pytestmark = pytest.mark.timeout(120)
 
 
 class Daemon:
+    """What the boto3 helpers take: the ports by listener name."""
+
     def __init__(self, ports):
         self.ports = ports
 
 
 def start_daemon(data_dir):
-    # The flag's port 0 disables the listener; the environment's 0 asks for an ephemeral port.
-    env = {**os.environ, "MANIFOLD_HTTP_PORT": "0", "MANIFOLD_MANAGEMENT_PORT": "0",
-           "MANIFOLD_WEBSOCKET_PORT": "0"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "manifold.broker.cli", "serve", "--data-dir", str(data_dir),
-         "--amqp-port", "0", "--mqtt-port", "0", "--stomp-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if "manifold listening" in line:
-            ports = dict(re.findall(r"(amqp|http) [\d.]+:(\d+)", line))
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            return proc, Daemon({k: int(v) for k, v in ports.items()})
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise AssertionError("daemon did not start")
-
-
-def stop_daemon(proc):
-    proc.send_signal(signal.SIGTERM)
-    try:
-        assert proc.wait(20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+    proc, ports = start_process(data_dir)
+    return proc, Daemon(ports)
 
 
 def test_sqs_answered_sends_survive_sigkill(tmp_path):
