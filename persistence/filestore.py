@@ -32,6 +32,7 @@ import logging
 import os
 import resource
 import urllib.parse
+from array import array
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
@@ -47,6 +48,9 @@ from .writer import Batch, Chunk, Writer
 log = logging.getLogger("manifold.persistence")
 
 FSYNC_POLICIES = ("always", "interval", "never")
+#: written last by a clean close, removed at open: the newest segments' index files are current
+CLEAN_MARKER_NAME = "clean-shutdown"
+CLEAN_MARKER = b"MFCLEAN\x00\x00\x01"
 #: after a failed batch, wait this long before the next one (a full disk is not retried in a spin)
 RETRY_DELAY_S = 0.05
 
@@ -74,7 +78,7 @@ class StoreError(OSError):
 
 
 class _Segment:
-    __slots__ = ("base_id", "path", "live", "size", "poisoned", "index", "written")
+    __slots__ = ("base_id", "path", "live", "size", "poisoned", "index", "written", "indexable")
 
     def __init__(self, base_id: int, path: str, size: int):
         self.base_id = base_id
@@ -89,6 +93,9 @@ class _Segment:
         self.index = SegmentIndex()
         #: bytes of this file the writer has written (pread beyond this reads pending chunks)
         self.written = size
+        #: the index arrays describe the file's records exactly (false after a failed chunk:
+        #: the segment then never gets an index file, and recovery scans it)
+        self.indexable = True
 
 
 class FileQueueLog:
@@ -106,6 +113,12 @@ class FileQueueLog:
         self.recovery_problems: list[str] = []
         #: the highest record id ever written (settled or not), so ids are never reused
         self.max_id_seen = -1
+        #: whether segments get index files (not for spill logs, nor under fsync "never": an
+        #: index must never describe bytes that may not be on the disk)
+        self.indexed = store.fsync != "never"
+        #: how the last recovery found its segments (tests and logs)
+        self.indexed_segments = 0
+        self.scanned_segments = 0
 
     # ------------------------------------------------------------------ recovery
     def recover(self, resident_bytes: int | None = None) -> Iterator[tuple[int, bytes | int]]:
@@ -113,45 +126,39 @@ class FileQueueLog:
 
         Yields ``(msg_id, payload)`` in id order. Payloads past the first ``resident_bytes``
         (None: no limit) are left on disk and come as their length (an int): fetch them with
-        :meth:`read`, so a backlog larger than memory can be recovered. The scan is done before the first item;
-        the iterator holds nothing per message (a million messages are not a million tuples)."""
+        :meth:`read`, so a backlog larger than memory can be recovered. The scan is done before
+        the first item; the iterator holds nothing per message (a million messages are not a
+        million tuples). A segment with a trustworthy index file (see :meth:`_from_index`) is
+        not read at all: its arrays are loaded from the index."""
         fs = self.store.fs
         read_anyway: set[int] = set()  # flagged messages: their payload comes back past the budget
         try:
-            names = sorted(n for n in fs.listdir(self.directory) if n.endswith(".seg"))
+            names = sorted(fs.listdir(self.directory))
         except FileNotFoundError:
             names = []
-        for name in names:
+        segment_names = [n for n in names if n.endswith(".seg")]
+        index_names = {n for n in names if n.endswith(".idx")}
+        for orphan in index_names - {n[:-4] + ".idx" for n in segment_names}:
+            fs.unlink(os.path.join(self.directory, orphan))  # its segment was compacted
+        for i, name in enumerate(segment_names):
             path = os.path.join(self.directory, name)
-            data = fs.read_file(path)  # one segment at a time (segment_bytes bounds it)
-            base_id = parse_file_header(data)
-            if base_id is None:
-                self.recovery_problems.append(
-                    f"{path}: missing or unknown segment header; file removed")
-                fs.unlink(path)
+            segment = None
+            # The newest segment may have grown since its index was written, unless the last
+            # run ended cleanly (FileStore.close wrote every log's index and the marker last).
+            if (self.indexed and name[:-4] + ".idx" in index_names and
+                    (i < len(segment_names) - 1 or self.store.clean_start)):
+                segment = self._from_index(path)
+            if segment is None:
+                segment = self._scan(path)
+            if segment is None:
                 continue
-            segment = _Segment(base_id, path, 0)
-            self.segments.append(segment)
-            walked = Walk(data)
-            for kind, msg_id, position, length, flags in walked:
-                if msg_id > self.max_id_seen:
-                    self.max_id_seen = msg_id
-                if kind == ENQUEUE:
-                    segment.index.add(msg_id, position, length)
-                    segment.live += 1
-                    if flags & FLAG_READ_ON_RECOVERY:
-                        read_anyway.add(msg_id)
-                elif kind == SETTLE:
-                    found = self._locate(msg_id)
-                    if found is not None:
-                        found[0].index.kill(found[1])
-                        found[0].live -= 1
-            del data
-            if walked.problem is not None:
-                self.recovery_problems.append(f"{path}: {walked.problem}; truncated, "
-                                              f"{walked.dropped} bytes dropped")
-                fs.truncate_file(path, walked.good_bytes)
-            segment.size = segment.written = walked.good_bytes
+            index = segment.index
+            if index.flagged:
+                read_anyway.update(index.ids_flagged(FLAG_READ_ON_RECOVERY))
+            if index.ids and index.ids[-1] > self.max_id_seen:
+                self.max_id_seen = index.ids[-1]
+        for segment in self.segments[:-1]:  # kept only for the next index file of the newest
+            segment.index.settled = array("q")
         for problem in self.recovery_problems:
             log.warning("recovery: %s", problem)
         if self.segments:
@@ -160,6 +167,77 @@ class FileQueueLog:
             self.max_id_seen = max(self.max_id_seen, self.segments[-1].base_id - 1)
         self.store._unlink_later(self._compact())
         return self._replay(resident_bytes, read_anyway)
+
+    def _from_index(self, path: str) -> _Segment | None:
+        """The segment as its index file describes it, if the index is intact and was made for
+        the file as it is now (same size: segments only grow, so the same bytes); else None."""
+        fs = self.store.fs
+        index_path = path[:-4] + ".idx"
+        try:
+            base_id = int(os.path.basename(path)[:-4])
+            size = fs.size(path)
+            index = SegmentIndex.decode(fs.read_file(index_path), base_id, size)
+        except (OSError, ValueError) as exc:
+            log.info("recovery: %s: unreadable (%s); scanning the segment", index_path, exc)
+            return None
+        if index is None:
+            log.info("recovery: %s does not match its segment; scanning the segment", index_path)
+            return None
+        segment = _Segment(base_id, path, size)
+        segment.index = index
+        segment.live = index.live_count()
+        settled = index.settled
+        for i in range(0, len(settled), 2):  # SETTLEs here of messages in older segments
+            self._kill_range(settled[i], settled[i + 1])
+            if settled[i + 1] > self.max_id_seen:
+                self.max_id_seen = settled[i + 1]
+        self.segments.append(segment)
+        self.indexed_segments += 1
+        return segment
+
+    def _kill_range(self, first: int, last: int) -> None:
+        for segment in self.segments:
+            if segment.index.ids and segment.index.ids[0] <= last and \
+                    segment.index.ids[-1] >= first:
+                segment.live -= segment.index.kill_range(first, last)
+
+    def _scan(self, path: str) -> _Segment | None:
+        """Read the segment record by record; truncate it at its first bad record."""
+        fs = self.store.fs
+        data = fs.read_file(path)  # one segment at a time (segment_bytes bounds it)
+        base_id = parse_file_header(data)
+        if base_id is None:
+            self.recovery_problems.append(
+                f"{path}: missing or unknown segment header; file removed")
+            fs.unlink(path)
+            return None
+        self.scanned_segments += 1
+        segment = _Segment(base_id, path, 0)
+        self.segments.append(segment)  # (first: _locate finds it for its own tombstones)
+        index = segment.index
+        walked = Walk(data)
+        for kind, msg_id, position, length, flags in walked:
+            if msg_id > self.max_id_seen:
+                self.max_id_seen = msg_id
+            if kind == ENQUEUE:
+                index.add(msg_id, position, length)
+                segment.live += 1
+                if flags:
+                    index.flag(msg_id, flags)
+            elif kind == SETTLE:
+                found = self._locate(msg_id)
+                if found is not None:
+                    found[0].index.kill(found[1])
+                    found[0].live -= 1
+                if msg_id < base_id:
+                    index.note_settled(msg_id)
+        del data
+        if walked.problem is not None:
+            self.recovery_problems.append(f"{path}: {walked.problem}; truncated, "
+                                          f"{walked.dropped} bytes dropped")
+            fs.truncate_file(path, walked.good_bytes)
+        segment.size = segment.written = walked.good_bytes
+        return segment
 
     def _replay(self, resident_bytes: int | None,
                 read_anyway: set[int]) -> Iterator[tuple[int, bytes | int]]:
@@ -255,6 +333,8 @@ class FileQueueLog:
 
     def _tombstone(self, msg_id: int) -> None:
         chunk = self._open_chunk()
+        if msg_id < chunk.segment.base_id:  # (one of its own is settled in its arrays)
+            chunk.segment.index.note_settled(msg_id)
         self._add(chunk, encode_record(SETTLE, msg_id))
         chunk.settles.append(msg_id)
         self.store._dirty(self)
@@ -306,6 +386,7 @@ class FileQueueLog:
     def _rotate(self, base_id: int) -> Chunk:
         """Start a new segment file; its header goes out with its first chunk."""
         if self.segments:
+            self._seal(self.segments[-1])
             base_id = max(base_id, self.segments[-1].base_id + 1)  # names stay unique
         path = os.path.join(self.directory, segment_name(base_id))
         segment = _Segment(base_id, path, FILE_HEADER_SIZE)
@@ -317,14 +398,54 @@ class FileQueueLog:
         self._track(chunk)
         return chunk
 
+    # ------------------------------------------------------------------ index files
+    def _seal(self, segment: _Segment) -> None:
+        """No more records go to ``segment``: write its index once its last chunk is durable."""
+        if not (self.indexed and segment.indexable) or self.store._loop is None:
+            return
+        # Frozen now: the SETTLEs of its messages so far are in it or waiting in its chunks;
+        # later ones go to newer segments (and their index files).
+        snapshot, size = segment.index.snapshot(), segment.size
+        segment.index.settled = array("q")
+        pending = [c for c in self._writing + self.chunks if c.segment is segment]
+        if not pending:
+            self._queue_index(segment, snapshot, size)
+            return
+        done = self.store._loop.create_future()
+        pending[-1].waiters.append(done)  # resolved after the batch's fsync, or failed
+        done.add_done_callback(
+            lambda f: f.cancelled() or f.exception() is not None or
+            self._queue_index(segment, snapshot, size))
+
+    def _queue_index(self, segment: _Segment, index: SegmentIndex, size: int) -> None:
+        """Append the index file's bytes as a chunk of their own (``segment`` None: the log's
+        offsets and reads never look at it; a failure only means the next start scans)."""
+        if self.dropped or not segment.indexable or segment not in self.segments:
+            return
+        chunk = Chunk(self, None, segment.path[:-4] + ".idx", 0, True)
+        chunk.data += index.encode(segment.base_id, size)
+        self.chunks.append(chunk)
+        self.store._dirty(self)
+
+    def index_at_shutdown(self) -> None:
+        """Queue the newest segment's index (every write done: FileStore.close)."""
+        if not self.indexed or self.dropped or not self.segments:
+            return
+        segment = self.segments[-1]
+        if segment.indexable and not segment.poisoned and segment.written == segment.size:
+            self._queue_index(segment, segment.index.snapshot(), segment.size)
+
     def take_chunks(self) -> list[Chunk]:
         chunks, self.chunks = self.chunks, []
-        self._writing.extend(chunks)
+        self._writing.extend(c for c in chunks if c.segment is not None)
         return chunks
 
     def chunk_failed(self, chunk: Chunk) -> None:
         """The writer could not store ``chunk``: forget what it held, make the log true again."""
         segment = chunk.segment
+        if segment is None:
+            return  # an index file: the next start scans its segment instead
+        segment.indexable = False  # its arrays no longer say what the file holds
         for msg_id in chunk.ids:
             slot = segment.index.find(msg_id)
             if slot >= 0:
@@ -370,6 +491,7 @@ class FileQueueLog:
         self.chunks.remove(chunk)
         fresh = self._rotate(base)
         segment = fresh.segment
+        segment.indexable = False  # (its tombstones were not noted: scanned at recovery)
         offset = (FILE_HEADER_SIZE if chunk.create else 0) + chunk.start
         for msg_id in chunk.ids:
             if old.index.find(msg_id) >= 0:
@@ -391,7 +513,7 @@ class FileQueueLog:
             if segment is self._last_hit:
                 self._last_hit = None
             self.store._forget_read(segment.path)
-            gone.append(segment.path)
+            gone += [segment.path, segment.path[:-4] + ".idx"]
         return gone
 
     def drop(self) -> None:
@@ -432,6 +554,8 @@ class FileStore:
         self._read_fds: OrderedDict[str, int] = OrderedDict()
         #: the last batch's error, if it failed (for the disk alarm and the logs)
         self.last_error: OSError | None = None
+        #: the last run closed cleanly: recovery may trust the newest segments' index files
+        self.clean_start = False
 
     async def open(self) -> None:
         # The limit may have been raised since __init__ (the service does it at start).
@@ -440,24 +564,39 @@ class FileStore:
         self.fs.rmtree(os.path.join(self.data_dir, "spill"))
         for directory in self.fs.makedirs(os.path.join(self.data_dir, "queues")):
             self.fs.fsync_dir(os.path.dirname(directory))
+        self.clean_start = self._take_clean_marker()
         self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="manifold-fsync")
 
+    def _take_clean_marker(self) -> bool:
+        """Whether the last run ended with a clean close; the marker is removed (durably)
+        before anything is written, so a crash of this run is never taken for a clean end."""
+        path = os.path.join(self.data_dir, CLEAN_MARKER_NAME)
+        try:
+            clean = self.fs.read_file(path) == CLEAN_MARKER
+        except FileNotFoundError:
+            return False
+        self.fs.unlink(path)
+        self.fs.fsync_dir(self.data_dir)
+        return clean
+
     async def close(self) -> None:
-        retries = 3  # after failed batches: a few more tries, then give up (disk full)
-        while self._has_work() or self._in_flight is not None:
-            if self._in_flight is not None:
-                await asyncio.wait([self._in_flight])
-                # A batch that had already finished is awaited without a yield, while its done
-                # callback (which clears _in_flight) is still queued: give it its turn.
-                await asyncio.sleep(0)
-                continue
-            if self.last_error is not None:
-                if not retries:
-                    log.error("closing with unwritten data: %s", self.last_error)
-                    break
-                retries -= 1
-            self._kick()
+        written = await self._flush()
+        if written and self._executor is not None and self.fsync != "never":
+            # Clean shutdown: every log's newest segment gets its index file, then the marker
+            # that lets the next start trust them (RabbitMQ's recovery terms play this part).
+            for queue_log in list(self._logs.values()):
+                queue_log.index_at_shutdown()
+            if await self._flush():
+                batch = Batch(None, None)
+                marker = Chunk(None, None, os.path.join(self.data_dir, CLEAN_MARKER_NAME), 0,
+                               True)
+                marker.data += CLEAN_MARKER
+                batch.chunks.append(marker)
+                await self._loop.run_in_executor(  # type: ignore[union-attr]
+                    self._executor, self.writer.run, batch)
+                if marker.error is not None:
+                    log.error("cannot write the clean-shutdown marker: %s", marker.error)
         for fd in self._read_fds.values():
             self.fs.close(fd)
         self._read_fds.clear()
@@ -466,6 +605,28 @@ class FileStore:
             self._executor.shutdown(wait=True)
         else:
             self.writer.close_all()
+
+    async def _flush(self) -> bool:
+        """Write everything waiting; whether it all went well."""
+        retries = 3  # after failed batches: a few more tries, then give up (disk full)
+        while True:
+            while self._has_work() or self._in_flight is not None:
+                if self._in_flight is not None:
+                    await asyncio.wait([self._in_flight])
+                    # A batch that had already finished is awaited without a yield, while its
+                    # done callback (which clears _in_flight) is still queued: give it its turn.
+                    await asyncio.sleep(0)
+                    continue
+                if self.last_error is not None:
+                    if not retries:
+                        log.error("closing with unwritten data: %s", self.last_error)
+                        return False
+                    retries -= 1
+                self._kick()
+            # Callbacks of the last batch's futures (a sealed segment's index) run next turn.
+            await asyncio.sleep(0)
+            if not self._has_work():
+                return self.last_error is None
 
     # ------------------------------------------------------------------ definitions
 
@@ -523,7 +684,9 @@ class FileStore:
     def spill_log(self, vhost: str, queue: str) -> FileQueueLog:
         """Where a queue puts transient messages past its resident budget (same record format;
         removed at every start: transient messages do not survive a restart)."""
-        return self._log(os.path.join(self.data_dir, "spill", _fs_name(vhost), _fs_name(queue)))
+        spill = self._log(os.path.join(self.data_dir, "spill", _fs_name(vhost), _fs_name(queue)))
+        spill.indexed = False  # never recovered
+        return spill
 
     def dedup_log(self, vhost: str, queue: str) -> FileQueueLog:
         """The log of a queue's deduplication window (same records as a queue log: each key is
