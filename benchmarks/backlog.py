@@ -286,9 +286,10 @@ async def sample_rss(peer: Peer) -> None:
         await asyncio.sleep(0.5)
 
 
-async def core_bench(count: int, lazy: bool, data_dir: str) -> dict:
-    """The broker core in this process (no network, fsync never): RSS growth per waiting message
-    once every write is done, and the publish rate into the core."""
+async def core_bench(count: int, lazy: bool, data_dir: str, fsync: str, crash: bool) -> dict:
+    """The broker core in this process (no network): RSS growth per waiting message once every
+    write is done, and the publish rate into the core. ``crash``: end without closing the store
+    (the files as ``kill -9`` leaves them: no index of the newest segment, no clean marker)."""
     from manifold.broker.core import Broker
     from manifold.broker.message import Message, Properties
     from manifold.config.settings import Settings
@@ -298,7 +299,7 @@ async def core_bench(count: int, lazy: bool, data_dir: str) -> dict:
         with open("/proc/self/statm") as fh:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    broker = Broker(Settings(), store=FileStore(data_dir, fsync="never"))
+    broker = Broker(Settings(), store=FileStore(data_dir, fsync=fsync))
     await broker.start()
     vhost = broker.vhosts["/"]
     vhost.declare_queue("q", durable=True, arguments={"x-queue-mode": "lazy"} if lazy else None)
@@ -315,11 +316,12 @@ async def core_bench(count: int, lazy: bool, data_dir: str) -> dict:
     while store._in_flight is not None or store._dirty_logs:  # every write done
         await asyncio.sleep(0.05)
     held = rss() - before
-    await broker.close()
+    if not crash:
+        await broker.close()
     return {"messages": count, "bytes_per_message": held / count, "publish_rate": rate}
 
 
-async def recover_bench(data_dir: str) -> dict:
+async def recover_bench(data_dir: str, fsync: str) -> dict:
     """Recover the backlog ``core`` left (run in a fresh process, so RSS starts clean)."""
     from manifold.broker.core import Broker
     from manifold.config.settings import Settings
@@ -327,7 +329,7 @@ async def recover_bench(data_dir: str) -> dict:
 
     with open("/proc/self/statm") as fh:
         base = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    broker = Broker(Settings(), store=FileStore(data_dir, fsync="never"))
+    broker = Broker(Settings(), store=FileStore(data_dir, fsync=fsync))
     started = time.monotonic()
     await broker.start()
     recovery = time.monotonic() - started
@@ -335,7 +337,8 @@ async def recover_bench(data_dir: str) -> dict:
         now = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     queue = broker.vhosts["/"].queues["q"]
     result = {"messages": queue.ready_count, "cold": queue.cold_count, "recovery_s": recovery,
-              "bytes_per_message": (now - base) / max(1, queue.ready_count)}
+              "bytes_per_message": (now - base) / max(1, queue.ready_count),
+              "indexed": queue.log.indexed_segments, "scanned": queue.log.scanned_segments}
     await broker.close()
     return result
 
@@ -351,26 +354,33 @@ def main() -> None:
     c.add_argument("--messages", type=int, default=1_000_000)
     c.add_argument("--lazy", action="store_true")
     c.add_argument("--data-dir", default="")
+    c.add_argument("--fsync", default="always", choices=("always", "interval", "never"))
+    c.add_argument("--crash", action="store_true",
+                   help="end without a clean close (the newest segment is scanned at recovery)")
     r = sub.add_parser("recover")
     r.add_argument("--data-dir", required=True)
+    r.add_argument("--fsync", default="always", choices=("always", "interval", "never"))
     s = sub.add_parser("stream")
     s.add_argument("--gib", type=float, default=2.0)
     s.add_argument("--retention-mib", type=int, default=256)
     args = parser.parse_args()
     if args.what == "recover":
-        r = asyncio.run(recover_bench(args.data_dir))
+        r = asyncio.run(recover_bench(args.data_dir, args.fsync))
         print(f"recovered {r['messages']:,} ({r['cold']:,} in cold runs) in {r['recovery_s']:.1f}"
-              f" s, {r['bytes_per_message']:.0f} B each")
+              f" s, {r['bytes_per_message']:.0f} B each; segments from index files "
+              f"{r['indexed']}, scanned {r['scanned']}")
         return
     if args.what == "core":
         import tempfile
         data_dir = args.data_dir or tempfile.mkdtemp(prefix="manifold-backlog-")
         try:
-            r = asyncio.run(core_bench(args.messages, args.lazy, data_dir))
+            r = asyncio.run(core_bench(args.messages, args.lazy, data_dir, args.fsync,
+                                       args.crash))
             print(f"{r['messages']:,} waiting messages: {r['bytes_per_message']:.0f} B each, "
                   f"published into the core at {r['publish_rate']:,.0f}/s", flush=True)
-            subprocess.run([sys.executable, __file__, "recover", "--data-dir", data_dir],
-                           check=True)
+            for _ in range(2):  # after the core's end, then after a clean close
+                subprocess.run([sys.executable, __file__, "recover", "--data-dir", data_dir,
+                                "--fsync", args.fsync], check=True)
         finally:
             if not args.data_dir:
                 shutil.rmtree(data_dir, ignore_errors=True)

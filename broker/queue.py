@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Iterable, Protocol
 
 from manifold.persistence.records import FLAG_READ_ON_RECOVERY
 
-from .coldrun import ColdRun
+from .coldrun import ColdRun, file_span
 from .consumer import Consumer, Delivery
 from .errors import PreconditionFailed, ResourceLocked
 from .groups import NO_GROUP, MessageGroups
@@ -607,6 +607,15 @@ class Queue:
         last_id = 0
         run: ColdRun | None = None
         for msg_id, data in records:
+            if data.__class__ is tuple:  # past the budget in bulk: (ids, sizes) arrays
+                ids, sizes = data
+                run = file_span(self._fresh[0], run, ids, sizes, 1)
+                count += len(ids)
+                self.cold_count += len(ids)
+                self.ready_count += len(ids)
+                self.ready_bytes += sum(sizes)
+                last_id = ids[-1]
+                continue
             count += 1
             last_id = msg_id
             if isinstance(data, int):  # past the log's budget: the length stands in for it
@@ -616,9 +625,12 @@ class Queue:
                     if self.message_ttl is None:
                         # Past the resident budget: 12 bytes in a cold run (body on disk);
                         # filed inline, a million of them is most of a long recovery.
-                        if run is None or run.full():
+                        fresh = self._fresh[0]
+                        if run is None or run.full() or fresh[-1] is not run:
                             run = ColdRun(1)
-                            self._fresh[0].append(run)  # type: ignore[arg-type]
+                            fresh.append(run)  # type: ignore[arg-type]
+                            if hasattr(records, "spans"):
+                                records.spans = True  # the rest of the run in bulk
                         run.append(msg_id, size)
                         self.cold_count += 1
                         self.ready_count += 1

@@ -34,6 +34,7 @@ import resource
 import urllib.parse
 from array import array
 from collections import OrderedDict
+from itertools import compress
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
@@ -98,6 +99,21 @@ class _Segment:
         self.indexable = True
 
 
+class Recovery:
+    """What :meth:`FileQueueLog.recover` returns: an iterator of ``(msg_id, payload)``. A caller
+    that files messages left on disk in bulk sets :attr:`spans`; from then on each run of them
+    (up to a segment's end or a flagged message) comes as one item ``(first_id, (ids,
+    lengths))``, two arrays, instead of one ``(msg_id, length)`` per message."""
+    __slots__ = ("spans", "replay")
+
+    def __init__(self) -> None:
+        self.spans = False
+        self.replay: Iterator[tuple[int, Any]] = iter(())
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        return self.replay
+
+
 class FileQueueLog:
     def __init__(self, store: "FileStore", directory: str):
         self.store = store
@@ -121,7 +137,7 @@ class FileQueueLog:
         self.scanned_segments = 0
 
     # ------------------------------------------------------------------ recovery
-    def recover(self, resident_bytes: int | None = None) -> Iterator[tuple[int, bytes | int]]:
+    def recover(self, resident_bytes: int | None = None) -> Recovery:
         """Rebuild the unsettled set from the segments; truncate each at its first bad record.
 
         Yields ``(msg_id, payload)`` in id order. Payloads past the first ``resident_bytes``
@@ -166,7 +182,9 @@ class FileQueueLog:
             # named above ids that never reached the disk): names stay the bounds _locate uses.
             self.max_id_seen = max(self.max_id_seen, self.segments[-1].base_id - 1)
         self.store._unlink_later(self._compact())
-        return self._replay(resident_bytes, read_anyway)
+        recovery = Recovery()
+        recovery.replay = self._replay(resident_bytes, read_anyway, recovery)
+        return recovery
 
     def _from_index(self, path: str) -> _Segment | None:
         """The segment as its index file describes it, if the index is intact and was made for
@@ -239,24 +257,42 @@ class FileQueueLog:
         segment.size = segment.written = walked.good_bytes
         return segment
 
-    def _replay(self, resident_bytes: int | None,
-                read_anyway: set[int]) -> Iterator[tuple[int, bytes | int]]:
+    def _replay(self, resident_bytes: int | None, read_anyway: set[int],
+                recovery: "Recovery") -> Iterator[tuple[int, Any]]:
         budget = resident_bytes
         for segment in list(self.segments):
             index = segment.index
-            for i, msg_id in enumerate(index.ids):
-                length = index.lengths[i]
+            ids, lengths = index.ids, index.lengths
+            # Flagged messages are read past the budget: a span of the rest stops at each.
+            stops = [bisect.bisect_left(ids, m) for m in sorted(read_anyway)
+                     if ids and ids[0] <= m <= ids[-1]]
+            i, end = 0, len(ids)
+            while i < end:
+                length = lengths[i]
                 if length == SETTLED:
+                    i += 1
                     continue
+                msg_id = ids[i]
                 if budget is None or length <= budget:
                     yield msg_id, self.read(msg_id)
                     if budget is not None:
                         budget -= length
                 elif msg_id in read_anyway:
                     yield msg_id, self.read(msg_id)
+                elif recovery.spans:
+                    stop = next((s for s in stops if s > i), end)
+                    span_ids, span_lengths = ids[i:stop], lengths[i:stop]
+                    if span_lengths.count(SETTLED):
+                        live = list(map(SETTLED.__ne__, span_lengths))
+                        span_ids = array("q", compress(span_ids, live))
+                        span_lengths = array("i", compress(span_lengths, live))
+                    yield msg_id, (span_ids, span_lengths)
+                    i = stop
+                    continue
                 else:
                     budget = 0  # keep the resident part a prefix of the queue
                     yield msg_id, length  # the payload's length stands in for it
+                i += 1
 
     def _locate(self, msg_id: int) -> tuple[_Segment, int] | None:
         """The segment and slot of a live message. A segment holds ids from its base id up to
