@@ -208,11 +208,17 @@ async def queue_bench(name: str, count: int) -> dict:
         await first_delivery(peer, "backlog", count, 300)
         recovery = time.monotonic() - killed
         recovered_rss = group_rss(peer.proc.pid)
+        peer.stop()  # a clean stop (SIGTERM) and start: Manifold writes its index files
+        stopped = time.monotonic()
+        restart(peer, cmd)
+        await first_delivery(peer, "backlog", count, 300)
+        clean_restart = time.monotonic() - stopped
         drain_rate = await drain(peer, "backlog", count)
         return {"broker": peer.name, "version": peer.version, "messages": count,
                 "rss_before": before, "rss_after": after,
                 "bytes_per_message": (after - before) / count, "publish_rate": rate,
                 "recovery_s": recovery, "rss_recovered": recovered_rss,
+                "clean_restart_s": clean_restart,
                 "drain_rate": drain_rate}
     finally:
         peer.stop()
@@ -391,16 +397,18 @@ def main() -> None:
                 "/usr/lib/rabbitmq/bin/rabbitmq-server"):
             names = ["manifold"]
         print(f"| broker | messages | RSS growth per waiting message | publish msg/s | "
-              f"kill -9 to first delivery | RSS after recovery | drain msg/s |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+              f"kill -9 to first delivery | RSS before kill / after recovery | "
+              f"clean restart to first delivery | drain msg/s |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for name in names:
             r = asyncio.run(queue_bench(name, args.messages))
             if "error" in r:
-                print(f"| {name} | n/a: {r['error']} |||||")
+                print(f"| {name} | n/a: {r['error']} ||||||")
                 continue
             print(f"| {r['broker']} {r['version']} | {r['messages']:,} | "
                   f"{r['bytes_per_message']:.0f} B | {r['publish_rate']:,.0f} | "
-                  f"{r['recovery_s']:.1f} s | {r['rss_recovered'] / 1e6:.0f} MB | "
+                  f"{r['recovery_s']:.1f} s | {r['rss_after'] / 1e6:.0f} / "
+                  f"{r['rss_recovered'] / 1e6:.0f} MB | {r['clean_restart_s']:.1f} s | "
                   f"{r['drain_rate']:,.0f} |", flush=True)
     else:
         r = asyncio.run(stream_bench(args.gib, args.retention_mib))

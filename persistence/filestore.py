@@ -347,6 +347,8 @@ class FileQueueLog:
         chunk = self._chunk_for_append(msg_id)
         segment = chunk.segment
         segment.index.add(msg_id, segment.size, len(data))
+        if flags:
+            segment.index.flag(msg_id, flags)
         self._add(chunk, encode_record(ENQUEUE, msg_id, data, flags))
         segment.live += 1
         chunk.ids.append(msg_id)
@@ -479,8 +481,9 @@ class FileQueueLog:
     def chunk_failed(self, chunk: Chunk) -> None:
         """The writer could not store ``chunk``: forget what it held, make the log true again."""
         segment = chunk.segment
-        if segment is None:
-            return  # an index file: the next start scans its segment instead
+        if segment is None:  # an index file: the next start scans its segment instead
+            self.store.index_failures += 1
+            return
         segment.indexable = False  # its arrays no longer say what the file holds
         for msg_id in chunk.ids:
             slot = segment.index.find(msg_id)
@@ -592,6 +595,8 @@ class FileStore:
         self.last_error: OSError | None = None
         #: the last run closed cleanly: recovery may trust the newest segments' index files
         self.clean_start = False
+        #: index files that could not be written (their segments are scanned at the next start)
+        self.index_failures = 0
 
     async def open(self) -> None:
         # The limit may have been raised since __init__ (the service does it at start).
@@ -621,9 +626,10 @@ class FileStore:
         if written and self._executor is not None and self.fsync != "never":
             # Clean shutdown: every log's newest segment gets its index file, then the marker
             # that lets the next start trust them (RabbitMQ's recovery terms play this part).
+            failures = self.index_failures
             for queue_log in list(self._logs.values()):
                 queue_log.index_at_shutdown()
-            if await self._flush():
+            if await self._flush() and self.index_failures == failures:
                 batch = Batch(None, None)
                 marker = Chunk(None, None, os.path.join(self.data_dir, CLEAN_MARKER_NAME), 0,
                                True)
@@ -841,6 +847,7 @@ class FileStore:
             failure = failure or error
             if chunk.error is not None:
                 log.error("writing %s failed: %s (%s)", chunk.path, chunk.error,
+                          "the next start scans its segment" if chunk.segment is None else
                           "rolled back" if chunk.rolled_back else "segment retired")
             queue_log = chunk.log
             if not queue_log.dropped:
