@@ -593,14 +593,14 @@ class Queue:
 
     def recover(self) -> int:
         """Reload the messages the log holds unsettled (after a restart), in their old order.
-        Past the resident limit, bodies stay on disk and are read when delivered (a priority
-        queue reads them all: the priority is inside the message)."""
+        Bodies stay on disk and are read when delivered (a priority queue reads them all: the
+        priority is inside the message)."""
         if self.log is None:
             return 0
         now = self.host.now_ms()
         # Priorities and groups are inside the message: those queues read every body back.
-        # Others read bodies only while within the resident budget (decided here, where the
-        # entries' own cost counts too), in queue order; the rest wait on disk.
+        # A plain queue reads none (cold runs); one with a queue TTL reads bodies while within
+        # the resident budget (decided here, where the entries' own cost counts too).
         everything = self.max_priority or self.grouped is not None or self.resident_limit is None
         records = self.log.recover(None if everything else 0)
         count = 0
@@ -621,10 +621,11 @@ class Queue:
             if isinstance(data, int):  # past the log's budget: the length stands in for it
                 size = data
                 data = None
-                if self.cold_count or self._over_budget(size):
+                if self.message_ttl is None or self.cold_count or self._over_budget(size):
                     if self.message_ttl is None:
-                        # Past the resident budget: 12 bytes in a cold run (body on disk);
-                        # filed inline, a million of them is most of a long recovery.
+                        # 12 bytes in a cold run, body left on disk until it reaches the head
+                        # (RabbitMQ's classic queues v2 recover their index, not the bodies):
+                        # recovery costs the index, not the backlog; the rest comes in bulk.
                         fresh = self._fresh[0]
                         if run is None or run.full() or fresh[-1] is not run:
                             run = ColdRun(1)
