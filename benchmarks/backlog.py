@@ -74,7 +74,9 @@ class BenchManifold(ManifoldPeer):
     def environment(self) -> dict[str, str]:
         env = super().environment()
         # The HTTP listeners are not measured here; port 0 keeps them out of the way.
-        env.update(MANIFOLD_HTTP_PORT="0", MANIFOLD_MANAGEMENT_PORT="0")
+        # (Nor is WebSocket: a fixed port could be taken by another broker between restarts.)
+        env.update(MANIFOLD_HTTP_PORT="0", MANIFOLD_MANAGEMENT_PORT="0",
+                   MANIFOLD_WEBSOCKET_PORT="0")
         return env
 
 
