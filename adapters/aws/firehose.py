@@ -320,8 +320,8 @@ class Firehose:
     def _direct(self, p: dict) -> DeliveryStream:
         stream = self.stream(p)
         if stream.kind != "DirectPut":
-            raise invalid(f"This operation is not permitted on KinesisStreamAsSource delivery "
-                          f"stream type.")
+            raise invalid("This operation is not permitted on KinesisStreamAsSource delivery "
+                          "stream type.")
         return stream
 
     async def publish(self, stream: DeliveryStream, records: list[bytes]) -> list[str]:

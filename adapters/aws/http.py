@@ -187,6 +187,31 @@ class AwsApi:
         return await self.rest_handler(request)
 
 
+#: query parameters that carry the request's action, version or signature, not its input
+ENVELOPE_PARAMS = frozenset({"Action", "Version", "AWSAccessKeyId", "Signature",
+                             "SignatureMethod", "SignatureVersion", "Timestamp", "Expires"})
+
+
+def query_tree(flat: dict[str, str]) -> dict[str, Any]:
+    """Undo the query protocol's flattening: ``Tags.member.2.Value=v`` becomes
+    ``{"Tags": {"member": {"2": {"Value": "v"}}}}``. Envelope and ``X-Amz-*`` parameters are left
+    out; each service then shapes ``member.N``/``entry.N`` nodes into its own lists and maps. A
+    name that is both a value and a prefix (``A=1&A.b=2``) keeps the value it met first."""
+    tree: dict[str, Any] = {}
+    for name, value in flat.items():
+        if name in ENVELOPE_PARAMS or name.startswith("X-Amz-"):
+            continue
+        node = tree
+        parts = name.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[parts[-1]] = value
+    return tree
+
+
 def query_response(operation: str, result_xml: str, request_id: str) -> web.Response:
     """``<OpResponse><OpResult>...</OpResult><ResponseMetadata>`` as the query protocol answers."""
     body = (f'<?xml version="1.0"?><{operation}Response xmlns="http://queue.amazonaws.com/doc/'

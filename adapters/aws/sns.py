@@ -581,8 +581,7 @@ def install(api: AwsApi, sqs: Any, firehose: Any) -> Sns:
         if (request.service, request.operation) in api.unsigned and api.authenticate and (
                 "Authorization" in request.http.headers or "X-Amz-Signature" in request.http.query):
             await api.authenticate(request)  # signed anyway: then the signature must hold
-        params = sns_wire.unflatten({k: v for k, v in request.params.items()
-                                     if k not in ("Action", "Version")})
+        params = sns_wire.unflatten(request.params)
         sns.check_permission(request, params)
         try:
             result = await operation(request, params)
