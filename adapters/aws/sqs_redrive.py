@@ -13,9 +13,10 @@ failed.
 
 Tasks are kept in the store (state log ``sqs-move-tasks``, a DurableMap: handle -> task): a task
 that was running when the broker stopped or crashed runs again after the restart with its counts,
-as AWS's tasks outlive a host. Its record is written with each batch, together with the batch's
-copies, so after a crash the counts lag the queues by at most one batch; messages of that batch
-that were copied but not yet deleted from the DLQ are moved again (at least once, as AWS says).
+as AWS's tasks outlive a host. Its record is written after each batch, so after a crash the counts
+lag the queues by at most one batch, and messages of a batch that were copied but not yet deleted
+from the DLQ are moved again (at least once, as AWS says). A cancel or a shutdown lets the batch
+under way finish first, so neither duplicates anything.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ _DEATH_HEADERS = ("x-death", "x-first-death-queue", "x-first-death-reason",
                   "x-first-death-exchange", "x-last-death-queue", "x-last-death-reason",
                   "x-last-death-exchange")
 BATCH = 10
+STOP_TIMEOUT_S = 10.0  # how long a cancel or shutdown waits for a batch to finish
 MAX_TASKS_LISTED = 10
 
 
@@ -81,6 +83,7 @@ class MoveTask:
         self.failure: str | None = None
         self.started_ms = now_ms()
         self.task: asyncio.Task | None = None
+        self.in_batch = False
 
     def record(self) -> list:
         return [getattr(self, name) for name in self.STORED]
@@ -157,12 +160,16 @@ async def _run(ctx: SqsContext, task: MoveTask) -> None:
     vhost = ctx.vhost
     tasks: MoveTasks = ctx.move_tasks
     try:
-        while task.status == "RUNNING" and task.moved + task.failed < task.to_move:
+        while task.status == "RUNNING" and not ctx.closing and \
+                task.moved + task.failed < task.to_move:
             started = asyncio.get_running_loop().time()
             wanted = min(BATCH, task.to_move - task.moved - task.failed, task.rate or BATCH)
             deliveries = vhost.receive(task.source, wanted, 60_000)
             if not deliveries:
                 break
+            # A batch is not cancelled half-way (see _stop): copies made and not deleted from the
+            # DLQ would be moved twice.
+            task.in_batch = True
             waits, moved = [], []
             for delivery in deliveries:
                 destination = task.destination or header(delivery.message, "x-first-death-queue")
@@ -174,21 +181,23 @@ async def _run(ctx: SqsContext, task: MoveTask) -> None:
                                           _moved_copy(delivery.message, str(destination)))
                 waits.append(published.wait)
                 moved.append(delivery)
-            task.moved += len(moved)
-            # The counts go to disk with the copies (one group commit), before the DLQ deletes.
-            await _settled(tasks.save(task), *waits)
+            await _settled(*waits)
             for delivery in moved:  # deleted from the DLQ only once safe in the destination
                 delivery.ack()
+            task.moved += len(moved)
+            # The counts after the batch: a crash before this write makes them lag one batch.
+            await _settled(tasks.save(task))
+            task.in_batch = False
             if task.rate:
                 spent = asyncio.get_running_loop().time() - started
                 await asyncio.sleep(max(0.0, len(deliveries) / task.rate - spent))
             else:
                 await asyncio.sleep(0)  # let the loop serve others between batches
-        if task.status == "RUNNING":
+        if task.status == "RUNNING" and not ctx.closing:  # at shutdown it stays RUNNING
             task.status = "COMPLETED"
             await _settled(tasks.save(task))
     except asyncio.CancelledError:
-        if not ctx.closing:  # at shutdown a running task stays RUNNING: it resumes at start
+        if not ctx.closing:
             task.status = "CANCELLED"
         raise
     except Exception as exc:  # the queue went away, a write failed: the task failed, say why
@@ -203,6 +212,21 @@ async def _run(ctx: SqsContext, task: MoveTask) -> None:
 
 def _launch(ctx: SqsContext, task: MoveTask) -> None:
     task.task = asyncio.get_running_loop().create_task(_run(ctx, task))
+
+
+async def _stop(task: MoveTask) -> None:
+    """Stop a task between batches: one in a batch sees its status or ``ctx.closing`` when the
+    batch is done; one waiting between batches is cancelled at once."""
+    if task.task is None:
+        return
+    if not task.in_batch:
+        task.task.cancel()
+    try:
+        await asyncio.wait_for(asyncio.shield(task.task), STOP_TIMEOUT_S)
+    except asyncio.TimeoutError:  # a batch stuck on a write: give up on it
+        task.task.cancel()
+    except (asyncio.CancelledError, Exception):
+        pass  # the task ended; _run recorded how
 
 
 def resume(ctx: SqsContext) -> None:
@@ -256,12 +280,7 @@ async def cancel_message_move_task(ctx: SqsContext, request: AwsRequest, params:
         raise sqs_error("ResourceNotFoundException", "Task does not exist or is not running.",
                         404)
     task.status = "CANCELLING"
-    if task.task is not None:
-        task.task.cancel()
-        try:
-            await task.task
-        except asyncio.CancelledError:
-            pass
+    await _stop(task)
     task.status = "CANCELLED"
     await _settled(ctx.move_tasks.save(task))
     return {"ApproximateNumberOfMessagesMoved": task.moved}
@@ -281,12 +300,7 @@ async def list_message_move_tasks(ctx: SqsContext, request: AwsRequest, params: 
 
 async def close(ctx: SqsContext) -> None:
     """At shutdown (``ctx.closing`` is set): stop the tasks; running ones stay RUNNING on disk."""
-    for task in ctx.move_tasks.values():
-        if task.task is not None and not task.task.done():
-            task.task.cancel()
-    pending = [t.task for t in ctx.move_tasks.values() if t.task is not None]
-    if pending:
-        await asyncio.gather(*pending, return_exceptions=True)
+    await asyncio.gather(*(_stop(t) for t in ctx.move_tasks.values()))
 
 
 OPERATIONS = {
