@@ -397,7 +397,8 @@ class FileStore:
             # that lets the next start trust them (RabbitMQ's recovery terms play this part).
             failures = self.index_failures
             for queue_log in list(self._logs.values()):
-                queue_log.index_at_shutdown()
+                if isinstance(queue_log, FileQueueLog):
+                    queue_log.index_at_shutdown()
             if await self._flush() and self.index_failures == failures:
                 batch = Batch(None, None)
                 marker = Chunk(None, None, os.path.join(self.data_dir, CLEAN_MARKER_NAME), 0,
