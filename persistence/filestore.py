@@ -41,6 +41,7 @@ from typing import Any
 
 from .fs import FileSystem
 from .logrecovery import LogRecovery, Segment
+from .msgindex import SETTLED
 from .records import (ENQUEUE, FILE_HEADER_SIZE, RECORD_HEADER_SIZE, SETTLE, encode_record,
                       file_header, segment_name)
 from .streamlog import FileStreamLog
@@ -87,8 +88,9 @@ class FileQueueLog(LogRecovery):
         self.chunks: list[Chunk] = []
         #: chunks handed to the writer and not yet done (their bytes may not be in the file)
         self._writing: list[Chunk] = []
-        #: the segment of the last id found (see _locate)
+        #: the segment and slot of the last id found (see _locate)
         self._last_hit: Segment | None = None
+        self._last_slot = 0
         self.dropped = False
         self.recovery_problems: list[str] = []
         #: the highest record id ever written (settled or not), so ids are never reused
@@ -105,14 +107,25 @@ class FileQueueLog(LogRecovery):
         the next segment's (ids only grow; a rehomed chunk leaves its old segment)."""
         last = self._last_hit  # recovery and draining look ids up in order: mostly one segment
         if last is not None:
-            slot = last.index.find(msg_id)
+            # A drain asks about one message a few times (holds, read, settle), then about the
+            # next: try the last slot and the one after it before a binary search.
+            index = last.index
+            ids = index.ids
+            slot = self._last_slot
+            if slot < len(ids) and ids[slot] != msg_id:
+                slot += 1
+            if slot < len(ids) and ids[slot] == msg_id and index.lengths[slot] != SETTLED:
+                self._last_slot = slot
+                return last, slot
+            slot = index.find(msg_id)
             if slot >= 0:
+                self._last_slot = slot
                 return last, slot
         segments = self.segments
         i = bisect.bisect_right(segments, msg_id, key=_base_id) - 1
         slot = segments[i].index.find(msg_id) if i >= 0 else -1
         if slot >= 0:
-            self._last_hit = segments[i]
+            self._last_hit, self._last_slot = segments[i], slot
             return segments[i], slot
         # A spill log takes ids out of order (a page-out after newer spills): each of its
         # segments is sorted, but their ranges overlap. A miss is rare: look in every one.
