@@ -645,7 +645,7 @@ class Queue:
                 entry.expires_at = now + ttl
             self._push_ready(entry, False)
             self._became_ready(entry)
-        self._next_id = max(self._next_id, getattr(self.log, "max_id_seen", 0) + 1, last_id + 1)
+        self._next_id = max(self._next_id, self.log.max_id_seen + 1, last_id + 1)
         return count
 
     # ---------------------------------------------------------------- dequeue
