@@ -149,7 +149,7 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
         #: effects waiting to run: store writes (run first, and before any store read), then
         #: the others in order; ``_running`` while a run is going on further up the stack
         self._writes: list[Effect] = []
-        self._effects: list[Any] = []
+        self._effects: deque[Any] = deque()
         self._running = False
         self.last_used_ms = host.now_ms()
         if self.expires_ms:
@@ -217,9 +217,9 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
         caller must run, in order, with :meth:`run` (store writes that a store read in the same
         command had to see have run already: writes never call back into the queue)."""
         reply = _HANDLERS[command.__class__](self, command)
-        effects = self._writes + self._effects
+        effects = self._writes + list(self._effects)
         self._writes = []
-        self._effects = []
+        self._effects.clear()
         return reply, effects
 
     def run(self, effects: list) -> None:
@@ -243,24 +243,26 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
         added meanwhile, in order, after the ones it holds)."""
         if self._writes:
             self._flush_writes()
+        if self._running:
+            return
         effects = self._effects
-        if not effects or self._running:
+        if not effects:
             return
         self._running = True
         try:
+            # Commands the effects lead to append theirs at the tail: they run after these.
             while effects:
-                self._effects = []
-                for effect in effects:
-                    if effect.__class__ is Delivery:
-                        if effect.consumer.queue is self:
-                            effect.consumer.deliver(effect)
-                        else:  # the consumer left after its checkout: the message goes back
-                            self._settle(effect, False, True)
-                    else:
-                        effect.run(self)
+                effect = effects.popleft()
+                if effect.__class__ is Delivery:
+                    consumer = effect.consumer
+                    if consumer.queue is self:
+                        consumer.deliver(effect)
+                    else:  # the consumer left after its checkout: the message goes back
+                        self._settle(effect, False, True)
+                else:
+                    effect.run(self)
                 if self._writes:
                     self._flush_writes()
-                effects = self._effects
         finally:
             self._running = False
 
@@ -298,7 +300,8 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
         """Take a message. Returns False if refused (overflow reject-publish), True if taken, or
         an awaitable that resolves once the message is on disk (durable queue, persistent message)."""
         reply = self._enqueue(message)
-        self._run()
+        if self._writes or self._effects:
+            self._run()
         if reply.__class__ is bool:
             return reply  # type: ignore[return-value]
         return reply.result or True  # type: ignore[union-attr]
@@ -307,7 +310,8 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
         """Ack, requeue or drop one delivery. ``pump=False`` when returning several at once:
         the caller pumps after the last, so they are redelivered in their old order."""
         reply = self._settle(delivery, ack, requeue, pump)
-        self._run()
+        if self._writes or self._effects:
+            self._run()
         return reply
 
     def pump(self) -> None:
@@ -491,6 +495,8 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
             active = consumers[0]
             return active if active.has_credit() else None
         n = len(consumers)
+        if n == 1:
+            return consumers[0] if consumers[0].has_credit() else None
         if consumer_priority(consumers[0]) == consumer_priority(consumers[-1]):
             for k in range(n):  # one priority level: plain round robin
                 candidate = consumers[(self._rr + k) % n]
@@ -545,7 +551,8 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
             return entry
 
     def _checkout(self, entry: Entry, consumer: Consumer | None) -> Delivery:
-        self._load(entry)
+        if entry.message is None:
+            self._load(entry)
         entry.delivery_count += 1
         self.delivered_total += 1
         redelivered = entry.delivery_count > 1
@@ -646,7 +653,7 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
             self._return(entry)
         else:
             self._drop(entry, "rejected")
-        if pump and self.consumers and not self.deleted:
+        if pump and self.ready_count and self.consumers and not self.deleted:
             self._pump()
         return True
 
