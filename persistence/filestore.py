@@ -69,6 +69,11 @@ def _descriptor_budget(wanted: int) -> int:
     return max(1, min(wanted, max(4, soft // 8)))
 
 
+#: threads reading stream segments for readers behind the tail (each read is one file, opened,
+#: read in bounded chunks and closed)
+READER_THREADS = 2
+
+
 class StoreError(OSError):
     """A write the store could not make durable; the append it covers was not stored."""
 
@@ -430,6 +435,8 @@ class FileStore:
         self._removals: list[str] = []              # directories of dropped logs
         self._unlinks: list[str] = []               # compacted segment files
         self._read_fds: OrderedDict[str, int] = OrderedDict()
+        #: threads that read stream segments for readers behind the tail (streamlog.read_later)
+        self._read_executor: ThreadPoolExecutor | None = None
         #: the last batch's error, if it failed (for the disk alarm and the logs)
         self.last_error: OSError | None = None
 
@@ -461,6 +468,9 @@ class FileStore:
         for fd in self._read_fds.values():
             self.fs.close(fd)
         self._read_fds.clear()
+        if self._read_executor is not None:
+            self._read_executor.shutdown(wait=True)
+            self._read_executor = None
         if self._executor is not None:
             self._executor.submit(self.writer.close_all).result()
             self._executor.shutdown(wait=True)
@@ -566,6 +576,14 @@ class FileStore:
         if len(data) != length:
             raise OSError(errno.EIO, f"{path}: short read at byte {position}")
         return data
+
+    def _read_later(self, read: Any, *args: Any) -> asyncio.Future:
+        """``read(fs, *args)`` in a reader thread (off the event loop, beside the writer)."""
+        if self._read_executor is None:
+            self._read_executor = ThreadPoolExecutor(READER_THREADS,
+                                                     thread_name_prefix="manifold-read")
+        return self._loop.run_in_executor(  # type: ignore[union-attr]
+            self._read_executor, read, self.fs, *args)
 
     def _forget_read(self, path: str) -> None:
         fd = self._read_fds.pop(path, None)

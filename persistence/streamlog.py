@@ -20,6 +20,7 @@ the segment otherwise (the segment being written is always scanned).
 from __future__ import annotations
 
 import bisect
+import errno
 import logging
 import os
 import struct
@@ -38,6 +39,10 @@ log = logging.getLogger("manifold.persistence")
 
 #: one sparse index entry per this many bytes of records (and one for each segment's first)
 INDEX_EVERY_BYTES = 64 * 1024
+#: the smallest read (a record header and a small record fit; fewer syscalls than exact reads)
+MIN_READ_BYTES = 4096
+#: segments one read in a reader thread may go through to find the next record (past a gap)
+SPANS_PER_READ = 4
 _TIMESTAMP = struct.Struct(">Q")
 INDEX_MAGIC = b"MFIDX\x00"
 INDEX_VERSION = 1
@@ -60,7 +65,7 @@ def _stream_payload(timestamp_ms: int, data: bytes) -> bytes:
 
 class StreamSegment:
     __slots__ = ("base", "path", "size", "written", "last_offset", "first_ts", "last_ts",
-                 "index", "poisoned")
+                 "index", "poisoned", "sealed")
 
     def __init__(self, base: int, path: str, size: int):
         self.base = base
@@ -75,6 +80,8 @@ class StreamSegment:
         #: sparse index, flat: offset, timestamp_ms, byte position, offset, ...
         self.index = array("q")
         self.poisoned = False
+        #: its index file was handed to the writer (the next segment started)
+        self.sealed = False
 
     def note(self, offset: int, timestamp_ms: int, position: int) -> None:
         """Account a record at ``position``; index it if it starts a new index interval."""
@@ -88,9 +95,33 @@ class StreamSegment:
 
     def position_for(self, offset: int) -> int:
         """Byte position of the last indexed record at or before ``offset``."""
+        return self.span_for(offset)[0]
+
+    def span_for(self, offset: int) -> tuple[int, int]:
+        """(byte position of the last indexed record at or before ``offset``, bytes at most to
+        skip from there to reach the record of ``offset``): the next index entry bounds it."""
         offsets = self.index[0::3]
         i = bisect.bisect_right(offsets, offset) - 1
-        return self.index[3 * i + 2] if i >= 0 else FILE_HEADER_SIZE
+        if i < 0:
+            return FILE_HEADER_SIZE, max(0, self.written - FILE_HEADER_SIZE)
+        position = self.index[3 * i + 2]
+        if offsets[i] == offset:
+            return position, 0
+        following = self.index[3 * i + 5] if 3 * i + 5 < len(self.index) else self.written
+        return position, max(0, following - position)
+
+    def forget_bytes(self, start: int, length: int) -> None:
+        """Bytes ``[start, start + length)`` are gone from the file (a failed chunk cut back):
+        drop their index entries and move the ones after them back."""
+        entries = array("q")
+        index = self.index
+        for i in range(0, len(index), 3):
+            position = index[i + 2]
+            if position < start:
+                entries.extend(index[i:i + 3])
+            elif position >= start + length:
+                entries.extend((index[i], index[i + 1], position - length))
+        self.index = entries
 
     def entry_before_time(self, timestamp_ms: int) -> int:
         """Offset of the last indexed record stamped before ``timestamp_ms`` (the segment's
@@ -149,6 +180,58 @@ def parse_records(data: bytes, position: int, start: int = 0) -> tuple[list, int
     return out, pos - start
 
 
+def read_span(pread: Any, path: str, position: int, skip: int, end: int, offset: int,
+              visible: int, max_bytes: int) -> list:
+    """Records of one segment file from the first at or after ``offset`` up to ``visible``,
+    about ``max_bytes`` of them (at least one, if any): ``pread(path, length, position)`` reads
+    (on the event loop or in a reader thread). The first read covers at most ``skip`` bytes of
+    records before ``offset`` (the sparse index bounds it) and ``max_bytes`` more."""
+    out: list = []
+    want = max(max_bytes, MIN_READ_BYTES)
+    length = skip + want
+    while position < end and not out:
+        length = min(length, end - position)
+        data = pread(path, length, position)
+        records, used = parse_records(data, position)
+        if not records:
+            # One record bigger than the read: read exactly it.
+            size = RECORD_HEADER.unpack_from(data, 0)[4] + RECORD_HEADER_SIZE
+            data = pread(path, size, position)
+            records, used = parse_records(data, position)
+            if not records:
+                raise OSError(f"{path}: unreadable record at byte {position}")
+        out = [r for r in records if offset <= r[0] <= visible]
+        position += used
+        length = want
+        if records[-1][0] >= visible:
+            break
+    return out
+
+
+def read_spans(fs: Any, spans: list, offset: int, visible: int, max_bytes: int) -> list:
+    """:func:`read_span` over planned segments in turn (in a reader thread: each file is opened
+    for the read and closed, so the thread holds no descriptor between reads), until one has
+    records; a segment deleted meanwhile (retention) is skipped."""
+    def pread(path: str, length: int, position: int) -> bytes:
+        data = fs.pread(fd, length, position)
+        if len(data) != length:
+            raise OSError(errno.EIO, f"{path}: short read at byte {position}")
+        return data
+
+    for path, position, skip, end in spans:
+        try:
+            fd = fs.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            records = read_span(pread, path, position, skip, end, offset, visible, max_bytes)
+        finally:
+            fs.close(fd)
+        if records:
+            return records
+    return []
+
+
 class FileStreamLog:
     """One stream's segments. Offsets are assigned by the caller, in order, from
     :attr:`next_offset`; a record is readable from disk once :attr:`written_offset` reached it."""
@@ -168,6 +251,8 @@ class FileStreamLog:
         self.recovery_problems: list[str] = []
         #: called when more records became readable from disk (the owner's cache may shrink)
         self.on_written: Any = None
+        #: called with the offsets of records a failed write lost
+        self.on_lost: Any = None
         self.offsets_log = store._log(os.path.join(directory, "offsets"))
 
     @property
@@ -280,9 +365,11 @@ class FileStreamLog:
     def _rotate(self, base: int) -> Chunk:
         if self.segments:
             sealed = self.segments[-1]
-            # The sealed segment's index goes out after its last records (same batch order).
-            self._new_chunk(sealed, 0, True, sealed.path[:-4] + ".idx").data += \
-                sealed.encode_index()
+            if not sealed.sealed:
+                # The sealed segment's index goes out after its last records (same batch order).
+                sealed.sealed = True
+                self._new_chunk(sealed, 0, True, sealed.path[:-4] + ".idx").data += \
+                    sealed.encode_index()
             base = max(base, sealed.base + 1)
         path = os.path.join(self.directory, segment_name(base))
         segment = StreamSegment(base, path, FILE_HEADER_SIZE)
@@ -299,50 +386,120 @@ class FileStreamLog:
         return chunks
 
     def chunk_failed(self, chunk: Chunk) -> None:
-        """The writer could not store ``chunk``: its records are lost (their publishers were
-        refused); the segment takes no more records, and readers skip the gap."""
+        """The writer could not store ``chunk``: its records are lost (their publishers are
+        refused, :attr:`on_lost` hears of them, readers never see them: nothing past
+        :attr:`written_offset` is read). A chunk the writer cut back off the file is forgotten
+        and the records after it move back; otherwise the segment is retired (nothing more is
+        appended to it), its file is cut back here so that a restart cannot bring back records
+        that were refused, and the records still waiting for it are refused too."""
         segment = chunk.segment
         if not chunk.ids or not isinstance(segment, StreamSegment):
             return  # an index file: a restart scans the segment instead
-        segment.poisoned = True
-        index = segment.index
-        while index and index[-1] >= chunk.start:
-            del index[-3:]
+        lost = list(chunk.ids)
+        length = len(chunk.data)
+        if chunk.rolled_back and not segment.poisoned:
+            segment.forget_bytes(chunk.start, length)
+            segment.size -= length
+            self.total_bytes -= length
+            for later in self.chunks:
+                if later.segment is segment:
+                    later.start -= length
+        else:
+            segment.poisoned = True
+            self._cut_back(chunk)
+            for later in [c for c in self.chunks if c.segment is segment]:
+                self.chunks.remove(later)
+                lost += later.ids
+                self._refuse(later, chunk.error)
+            self.total_bytes -= segment.size - chunk.start
+            segment.size = chunk.start
+            segment.forget_bytes(chunk.start, 1 << 62)
+            if chunk.create and segment in self.segments:
+                # Its file is gone: the segment never was (an older one stays the oldest).
+                i = self.segments.index(segment)
+                del self.segments[i], self._bases[i]
+        if self.on_lost is not None:
+            self.on_lost(lost)
+
+    def _cut_back(self, chunk: Chunk) -> None:
+        """Take a failed chunk's bytes off the file (a new file goes), durably; if that fails
+        too, a restart may find them (as after a failed fsync nobody knows what is on disk)."""
+        fs = self.store.fs
+        try:
+            if chunk.create:
+                try:
+                    fs.unlink(chunk.path)
+                except FileNotFoundError:
+                    pass
+                fs.fsync_dir(os.path.dirname(chunk.path))
+            else:
+                fs.truncate_file(chunk.path, chunk.start)
+        except OSError as exc:
+            log.error("cannot cut %s back to %d bytes after a failed write: %s", chunk.path,
+                      chunk.start, exc)
+
+    @staticmethod
+    def _refuse(chunk: Chunk, error: OSError | None) -> None:
+        from .filestore import StoreError  # (filestore imports this module)
+        code = (error.errno if error is not None else None) or errno.EIO
+        for waiter in chunk.waiters:
+            if not waiter.done():
+                waiter.set_exception(StoreError(code, f"not stored: {error}"))
 
     # ------------------------------------------------------------------ reading
+    #: reads go through :meth:`read_later` (a reader thread), not inline on the event loop
+    reads_inline = False
+
     def read(self, offset: int, max_bytes: int) -> list[tuple[int, int, bytes]]:
         """Records from the first one at or after ``offset`` (up to :attr:`written_offset`),
-        about ``max_bytes`` of them (at least one)."""
-        segments = self.segments
-        i = max(0, bisect.bisect_right(self._bases, offset) - 1)
-        while i < len(segments):
-            segment = segments[i]
-            if segment.last_offset >= offset and segment.written > FILE_HEADER_SIZE:
-                records = self._read_segment(segment, offset, max_bytes)
-                if records:
-                    return records
-            i += 1
+        about ``max_bytes`` of them (at least one), read now with ``pread``."""
+        for path, position, skip, end in self._spans(offset, len(self.segments))[0]:
+            records = read_span(self.store._pread, path, position, skip, end, offset,
+                                self.written_offset, max_bytes)
+            if records:
+                return records
         return []
 
+    def read_later(self, offset: int, max_bytes: int, done: Any) -> None:
+        """Like :meth:`read`, in the store's reader threads: ``done(records, resume, error)``
+        is called on the event loop, ``resume`` being where to read on if ``records`` is empty
+        (past a gap, or past a segment that could not be read)."""
+        spans, after = self._spans(offset, SPANS_PER_READ)
+        visible = self.written_offset
+        resume = min(visible + 1, after)
+        if not spans:
+            done([], resume, None)
+            return
+
+        def finished(future: Any) -> None:
+            error = None if future.cancelled() else future.exception()
+            records = [] if future.cancelled() or error is not None else future.result()
+            # (nothing at or after ``offset`` in what was read: it is not on disk)
+            done(records, resume if records else max(resume, offset + 1), error)
+
+        self.store._read_later(read_spans, spans, offset, visible, max_bytes).add_done_callback(
+            finished)
+
+    def _spans(self, offset: int, most: int) -> tuple[list[tuple[str, int, int, int]], int]:
+        """(path, position, skip, end) of up to ``most`` segments that may hold ``offset`` or
+        the records after it, in order; and the offset after the last of them."""
+        spans = []
+        segments = self.segments
+        after = offset
+        i = max(0, bisect.bisect_right(self._bases, offset) - 1)
+        while i < len(segments) and len(spans) < most:
+            segment = segments[i]
+            if segment.last_offset >= offset and segment.written > FILE_HEADER_SIZE:
+                position, skip = segment.span_for(offset)
+                spans.append((segment.path, position, skip, segment.written))
+            after = max(after, segment.last_offset + 1)
+            i += 1
+        return spans, after
+
     def _read_segment(self, segment: StreamSegment, offset: int, max_bytes: int) -> list:
-        position = segment.position_for(offset)
-        out: list = []
-        while position < segment.written and not out:
-            length = min(max(max_bytes, 4096), segment.written - position)
-            data = self.store._pread(segment.path, length, position)
-            records, used = parse_records(data, position)
-            if not records:
-                # One record bigger than the chunk: read exactly it.
-                size = RECORD_HEADER.unpack_from(data, 0)[4] + RECORD_HEADER_SIZE
-                data = self.store._pread(segment.path, size, position)
-                records, used = parse_records(data, position)
-                if not records:
-                    raise OSError(f"{segment.path}: unreadable record at byte {position}")
-            out = [r for r in records if offset <= r[0] <= self.written_offset]
-            position += used
-            if records[-1][0] >= self.written_offset:
-                break
-        return out
+        position, skip = segment.span_for(offset)
+        return read_span(self.store._pread, segment.path, position, skip, segment.written, offset,
+                         self.written_offset, max_bytes)
 
     def offset_at(self, timestamp_ms: int) -> int:
         """The first record stamped at or after ``timestamp_ms`` (next_offset if none)."""
@@ -409,6 +566,10 @@ class MemoryStreamLog:
         self.total_bytes = 0
         self.offsets_log = None
         self.on_written: Any = None
+        self.on_lost: Any = None
+
+    #: records are in memory: :meth:`read` is as cheap as a reader thread's hand-over
+    reads_inline = True
 
     @property
     def first_offset(self) -> int:
