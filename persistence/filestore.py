@@ -528,7 +528,9 @@ class FileStore:
         store's segment size."""
         return FileStreamLog(self, os.path.join(self.data_dir, "streams", _fs_name(vhost),
                                                 _fs_name(stream)),
-                             segment_bytes or self.segment_bytes)
+                             segment_bytes or self.segment_bytes,
+                             legacy_directory=os.path.join(self.data_dir, "queues",
+                                                           _fs_name(vhost), _fs_name(stream)))
 
     def spill_log(self, vhost: str, queue: str) -> FileQueueLog:
         """Where a queue puts transient messages past its resident budget (same record format;
