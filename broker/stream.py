@@ -38,8 +38,8 @@ def parse_interval_s(value: str) -> int | None:
 #: disk stay in it whatever its size)
 TAIL_CACHE_BYTES = 4 * 1024 * 1024
 #: a reader behind the tail reads this much from disk at a time (its read-ahead); the next read
-#: starts when less than half of it is left, so a reader holds at most about twice this, and
-#: has at most one read in flight (in the store's reader threads, off the event loop)
+#: starts as soon as it holds less than this, so a reader holds at most about twice this, and
+#: has at most one read in flight (in the store's reader thread, off the event loop)
 READ_AHEAD_BYTES = 256 * 1024
 #: what a read for a single record asks for (the sparse index bounds what comes before it)
 SINGLE_READ_BYTES = 4096
@@ -340,7 +340,7 @@ class Stream:
                 offset, timestamp_ms, payload = ahead.popleft()
                 reader.ahead_bytes -= len(payload)
                 reader.position = offset + 1
-                if consumer is not None and reader.ahead_bytes < READ_AHEAD_BYTES // 2:
+                if consumer is not None and reader.ahead_bytes < READ_AHEAD_BYTES:
                     self._read_ahead(reader, consumer)  # the next read overlaps this one's use
                 return _Record(offset, timestamp_ms, decode_message(payload))
             if not (inline or log.reads_inline):

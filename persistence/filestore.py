@@ -41,7 +41,7 @@ from .msgindex import SETTLED, SegmentIndex
 from .records import (ENQUEUE, FILE_HEADER_SIZE, RECORD_HEADER_SIZE, SETTLE, Walk,
                       encode_record, file_header, parse_file_header, segment_name,
                       FLAG_READ_ON_RECOVERY)
-from .streamlog import FileStreamLog
+from .streamlog import FileStreamLog, SegmentReader
 from .writer import Batch, Chunk, Writer
 
 log = logging.getLogger("manifold.persistence")
@@ -69,9 +69,8 @@ def _descriptor_budget(wanted: int) -> int:
     return max(1, min(wanted, max(4, soft // 8)))
 
 
-#: threads reading stream segments for readers behind the tail (each read is one file, opened,
-#: read in bounded chunks and closed)
-READER_THREADS = 2
+#: read-only descriptors the stream reader thread keeps (readers behind the tail use few files)
+READER_OPEN_FILES = 16
 
 
 class StoreError(OSError):
@@ -435,14 +434,17 @@ class FileStore:
         self._removals: list[str] = []              # directories of dropped logs
         self._unlinks: list[str] = []               # compacted segment files
         self._read_fds: OrderedDict[str, int] = OrderedDict()
-        #: threads that read stream segments for readers behind the tail (streamlog.read_later)
+        #: the thread that reads stream segments for readers behind the tail (its descriptors:
+        #: streamlog.SegmentReader)
         self._read_executor: ThreadPoolExecutor | None = None
+        self._segment_reader = SegmentReader(min(READER_OPEN_FILES, self.max_open_files))
         #: the last batch's error, if it failed (for the disk alarm and the logs)
         self.last_error: OSError | None = None
 
     async def open(self) -> None:
         # The limit may have been raised since __init__ (the service does it at start).
         self.max_open_files = self.writer.max_open = _descriptor_budget(self._wanted_open_files)
+        self._segment_reader.max_open = min(READER_OPEN_FILES, self.max_open_files)
         # Transient messages spilled by the last run are not kept across a restart.
         self.fs.rmtree(os.path.join(self.data_dir, "spill"))
         for directory in self.fs.makedirs(os.path.join(self.data_dir, "queues")):
@@ -469,6 +471,7 @@ class FileStore:
             self.fs.close(fd)
         self._read_fds.clear()
         if self._read_executor is not None:
+            self._read_executor.submit(self._segment_reader.close_all, self.fs)
             self._read_executor.shutdown(wait=True)
             self._read_executor = None
         if self._executor is not None:
@@ -579,18 +582,19 @@ class FileStore:
             raise OSError(errno.EIO, f"{path}: short read at byte {position}")
         return data
 
-    def _read_later(self, read: Any, *args: Any) -> asyncio.Future:
-        """``read(fs, *args)`` in a reader thread (off the event loop, beside the writer)."""
+    def _read_later(self, path: str, length: int, position: int) -> asyncio.Future:
+        """``pread`` in the reader thread (off the event loop, beside the writer thread)."""
         if self._read_executor is None:
-            self._read_executor = ThreadPoolExecutor(READER_THREADS,
-                                                     thread_name_prefix="manifold-read")
+            self._read_executor = ThreadPoolExecutor(1, thread_name_prefix="manifold-read")
         return self._loop.run_in_executor(  # type: ignore[union-attr]
-            self._read_executor, read, self.fs, *args)
+            self._read_executor, self._segment_reader.read, self.fs, path, length, position)
 
     def _forget_read(self, path: str) -> None:
         fd = self._read_fds.pop(path, None)
         if fd is not None:
             self.fs.close(fd)
+        if self._read_executor is not None:
+            self._read_executor.submit(self._segment_reader.forget, self.fs, path)
 
     def _close_reads(self) -> None:
         for fd in self._read_fds.values():

@@ -26,7 +26,7 @@ import os
 import struct
 import sys
 from array import array
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any, Awaitable
 
 import crc32c
@@ -210,28 +210,45 @@ def read_span(pread: Any, path: str, position: int, skip: int, end: int, offset:
     return out
 
 
-def read_spans(fs: Any, spans: list, offset: int, visible: int, max_bytes: int) -> list:
-    """:func:`read_span` over planned segments in turn (in a reader thread: each file is opened
-    for the read and closed, so the thread holds no descriptor between reads), until one has
-    records; a segment deleted meanwhile (retention) is skipped."""
-    def pread(path: str, length: int, position: int) -> bytes:
+class SegmentReader:
+    """The reader thread's side: ``pread`` of segment files through a small LRU of read-only
+    descriptors that only that thread touches (so a read costs one system call, and the thread
+    takes the interpreter lock as little as possible while the event loop is busy)."""
+
+    def __init__(self, max_open: int):
+        self.max_open = max(1, max_open)
+        self._fds: OrderedDict[str, int] = OrderedDict()
+
+    def read(self, fs: Any, path: str, length: int, position: int) -> bytes:
+        fd = self._fds.get(path)
+        if fd is None:
+            try:
+                fd = fs.open(path, os.O_RDONLY)
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE) or not self._fds:
+                    raise
+                self.close_all(fs)  # out of descriptors: give ours back and try once more
+                fd = fs.open(path, os.O_RDONLY)
+            self._fds[path] = fd
+            while len(self._fds) > self.max_open:
+                fs.close(self._fds.popitem(last=False)[1])
+        else:
+            self._fds.move_to_end(path)
         data = fs.pread(fd, length, position)
         if len(data) != length:
             raise OSError(errno.EIO, f"{path}: short read at byte {position}")
         return data
 
-    for path, position, skip, end in spans:
-        try:
-            fd = fs.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            records = read_span(pread, path, position, skip, end, offset, visible, max_bytes)
-        finally:
+    def forget(self, fs: Any, path: str) -> None:
+        """The file is deleted (retention): close it, so its space is freed."""
+        fd = self._fds.pop(path, None)
+        if fd is not None:
             fs.close(fd)
-        if records:
-            return records
-    return []
+
+    def close_all(self, fs: Any) -> None:
+        for fd in self._fds.values():
+            fs.close(fd)
+        self._fds.clear()
 
 
 #: in a stream directory made from an old-layout queue log: the migration is complete (so the old
@@ -324,6 +341,71 @@ def _write_legacy(fs: Any, legacy: str, staging: str, segment_bytes: int) -> int
         if made != staging:
             fs.fsync_dir(os.path.dirname(made))
     return moved
+
+
+class _ReadJob:
+    """One :meth:`FileStreamLog.read_later`: reads piece by piece through the planned segments
+    until records at or after ``offset`` turn up (a piece is parsed on the event loop; only the
+    ``pread`` runs in the reader thread)."""
+    __slots__ = ("log", "spans", "offset", "visible", "want", "resume", "done", "path", "end")
+
+    def __init__(self, stream_log: "FileStreamLog", spans: Any, offset: int, visible: int,
+                 want: int, resume: int, done: Any):
+        self.log = stream_log
+        self.spans = spans
+        self.offset = offset
+        self.visible = visible
+        self.want = want
+        self.resume = resume
+        self.done = done
+        self.path = ""
+        self.end = 0
+
+    def next_span(self) -> None:
+        span = next(self.spans, None)
+        if span is None:
+            # nothing at or after ``offset`` in what was read: it is not on disk
+            self.done([], max(self.resume, self.offset + 1), None)
+            return
+        self.path, position, skip, self.end = span
+        self.read(position, min(skip + self.want, self.end - position))
+
+    def read(self, position: int, length: int) -> None:
+        self.log.store._read_later(self.path, length, position).add_done_callback(
+            lambda future: self.back(future, position, length))
+
+    def back(self, future: Any, position: int, length: int) -> None:
+        if future.cancelled():
+            self.done([], self.resume, None)
+            return
+        error = future.exception()
+        if isinstance(error, FileNotFoundError):
+            self.next_span()  # deleted by retention meanwhile
+            return
+        try:
+            if error is not None:
+                raise error
+            data = future.result()
+            records, used = parse_records(data, position)
+            if not records:
+                # One record bigger than the piece: read exactly it.
+                size = RECORD_HEADER.unpack_from(data, 0)[4] + RECORD_HEADER_SIZE
+                if size <= length:
+                    raise OSError(f"{self.path}: unreadable record at byte {position}")
+                self.read(position, min(size, self.end - position))
+                return
+        except (OSError, struct.error) as exc:
+            self.done([], self.resume, exc)
+            return
+        wanted = [r for r in records if self.offset <= r[0] <= self.visible]
+        if wanted:
+            self.done(wanted, self.resume, None)
+        elif records[-1][0] >= self.visible:
+            self.done([], self.resume, None)
+        elif position + used < self.end:
+            self.read(position + used, min(self.want, self.end - position - used))
+        else:
+            self.next_span()
 
 
 class FileStreamLog:
@@ -561,24 +643,15 @@ class FileStreamLog:
         return []
 
     def read_later(self, offset: int, max_bytes: int, done: Any) -> None:
-        """Like :meth:`read`, in the store's reader threads: ``done(records, resume, error)``
-        is called on the event loop, ``resume`` being where to read on if ``records`` is empty
-        (past a gap, or past a segment that could not be read)."""
+        """Like :meth:`read`, with the ``pread`` calls in the store's reader thread and the rest
+        on the event loop: ``done(records, resume, error)`` is called on the loop, ``resume``
+        being where to read on if ``records`` is empty (past a gap, or past what could not be
+        read)."""
         spans, after = self._spans(offset, SPANS_PER_READ)
         visible = self.written_offset
-        resume = min(visible + 1, after)
-        if not spans:
-            done([], resume, None)
-            return
-
-        def finished(future: Any) -> None:
-            error = None if future.cancelled() else future.exception()
-            records = [] if future.cancelled() or error is not None else future.result()
-            # (nothing at or after ``offset`` in what was read: it is not on disk)
-            done(records, resume if records else max(resume, offset + 1), error)
-
-        self.store._read_later(read_spans, spans, offset, visible, max_bytes).add_done_callback(
-            finished)
+        job = _ReadJob(self, iter(spans), offset, visible, max(max_bytes, MIN_READ_BYTES),
+                       min(visible + 1, after), done)
+        job.next_span()
 
     def _spans(self, offset: int, most: int) -> tuple[list[tuple[str, int, int, int]], int]:
         """(path, position, skip, end) of up to ``most`` segments that may hold ``offset`` or
