@@ -35,12 +35,14 @@ def parse_interval_s(value: str) -> int | None:
 
 
 #: the tail of the stream kept in memory for readers that keep up (records not yet written to
-#: disk stay in it whatever its size)
+#: disk stay in it besides, whatever their size); written records a reader in the cache has not
+#: read yet stay up to TAIL_CACHE_MAX_BYTES, so a burst does not push it onto the disk
 TAIL_CACHE_BYTES = 4 * 1024 * 1024
+TAIL_CACHE_MAX_BYTES = 16 * 1024 * 1024
 #: a reader behind the tail reads this much from disk at a time (its read-ahead); the next read
 #: starts as soon as it holds less than this, so a reader holds at most about twice this, and
 #: has at most one read in flight (in the store's reader thread, off the event loop)
-READ_AHEAD_BYTES = 256 * 1024
+READ_AHEAD_BYTES = 1024 * 1024
 #: what a read for a single record asks for (the sparse index bounds what comes before it)
 SINGLE_READ_BYTES = 4096
 #: stored offsets of named readers are written at most this often (and when a reader leaves)
@@ -119,6 +121,9 @@ class Stream:
         self._offsets = DurableMap(self.log.offsets_log)
         self._cache: deque[_Record] = deque()
         self._cache_bytes = 0
+        #: bytes of the cached records not yet written (up to offset ``_counted_upto``)
+        self._unwritten_bytes = 0
+        self._counted_upto = -1
         self._last_ts = 0
         self.consumers: list[Consumer] = []
         self._readers: dict[Consumer, _Reader] = {}
@@ -178,6 +183,8 @@ class Stream:
         self.published_total += 1
         self._cache.append(_Record(offset, now, stamped))
         self._cache_account(len(message.body))
+        if offset > self.log.written_offset:
+            self._unwritten_bytes += len(message.body)
         self._evict()
         self._apply_retention(now)
         if self.consumers:
@@ -190,19 +197,40 @@ class Stream:
             self.memory.add(delta)
 
     def _evict(self) -> None:
-        """Keep the tail cache within its budget, but never drop a record not yet on disk."""
+        """Keep the written records of the tail cache within its budget (the records not yet
+        written stay in it besides, whatever their size: readers at the tail get them from
+        here once they are written)."""
         cache = self._cache
         written = self.log.written_offset
-        while cache and self._cache_bytes > TAIL_CACHE_BYTES and (
+        needed = None
+        while cache and self._cache_bytes - self._unwritten_bytes > TAIL_CACHE_BYTES and (
                 cache[0].offset <= written or cache[0].lost):
-            self._cache_account(-len(cache.popleft().message.body))
+            if self._cache_bytes - self._unwritten_bytes <= TAIL_CACHE_MAX_BYTES:
+                if needed is None:  # a reader in the cache keeps it (up to the hard limit)
+                    needed = min((r.position for r in self._readers.values()
+                                  if r.position >= cache[0].offset), default=written + 1)
+                if cache[0].offset >= needed:
+                    break
+            gone = cache.popleft()
+            if gone.offset > self._counted_upto:  # a lost record, counted as unwritten
+                self._unwritten_bytes -= len(gone.message.body)
+            self._cache_account(-len(gone.message.body))
 
     def _written(self) -> None:
         """More records are on disk: readers see records only once they are (so never one a
         failed write loses), and the cache may shrink."""
-        self._evict()
+        cache = self._cache
+        written = self.log.written_offset
+        if cache:
+            first = cache[0].offset
+            i = max(0, self._counted_upto + 1 - first)
+            while i < len(cache) and cache[i].offset <= written:
+                self._unwritten_bytes -= len(cache[i].message.body)
+                i += 1
+        self._counted_upto = max(self._counted_upto, written)
         if self.consumers:
             self.pump()
+        self._evict()
 
     def _lost(self, offsets: list[int]) -> None:
         cache = self._cache

@@ -67,6 +67,29 @@ async def test_records_live_on_disk_and_memory_stays_at_the_tail_cache(tmp_path,
     await broker.close()
 
 
+async def test_a_stalled_reader_at_the_tail_holds_the_cache_only_up_to_its_hard_limit(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(stream_module, "TAIL_CACHE_BYTES", 100_000)
+    monkeypatch.setattr(stream_module, "TAIL_CACHE_MAX_BYTES", 300_000)
+    broker, vhost = await open_broker(tmp_path)
+    vhost.declare_queue("s", durable=True, arguments=STREAM)
+    stalled = Recorder(arguments={"x-stream-offset": "next"}, prefetch=1)  # never acks
+    vhost.consume("s", stalled)
+    peak = 0
+    wait = None
+    for i in range(3000):  # 3 MB, ten times the hard limit
+        wait = vhost.publish("", "s", Message("", "", f"{i:08d}".encode() + b"x" * 992)).wait
+        if i % 100 == 99:
+            await asyncio.wait_for(wait, 10)
+            peak = max(peak, broker.memory.used_bytes)
+    # the broker's own accounting: the hard limit plus the records of one batch not yet written
+    assert 100_000 < peak <= 300_000 + 100 * 1000 + 2000
+    assert numbers(stalled) == [0]
+    stalled.deliveries[0].ack()  # its next record left the cache: it reads on from disk
+    assert await delivered(stalled, 2) == [0, 1]
+    await broker.close()
+
+
 async def test_readers_at_first_a_timestamp_and_a_stored_offset_after_a_restart(tmp_path):
     broker, vhost = await open_broker(tmp_path)
     vhost.declare_queue("s", durable=True, arguments=STREAM)
