@@ -42,7 +42,7 @@ TAIL_CACHE_MAX_BYTES = 16 * 1024 * 1024
 #: a reader behind the tail reads this much from disk at a time (its read-ahead); the next read
 #: starts as soon as it holds less than this, so a reader holds at most about twice this, and
 #: has at most one read in flight (in the store's reader thread, off the event loop)
-READ_AHEAD_BYTES = 4 * 1024 * 1024
+READ_AHEAD_BYTES = 2 * 1024 * 1024
 #: what a read for a single record asks for (the sparse index bounds what comes before it)
 SINGLE_READ_BYTES = 4096
 #: stored offsets of named readers are written at most this often (and when a reader leaves)
