@@ -14,7 +14,7 @@ from typing import Any
 from manifold.broker.consumer import Consumer, Delivery
 from manifold.broker.errors import PreconditionFailed
 from manifold.broker.message import Message
-from manifold.broker.unacked import Unacked
+from manifold.broker.engine.unacked import Unacked
 
 from . import codec, fields, replies
 from .fields import shortstr
@@ -96,6 +96,7 @@ class Channel:
         if not consumer.no_ack:
             self.unacked.add(tag, delivery)
         session = self.session
+        output = session.output
         message = delivery.message
         encoded = message.encoded
         if type(encoded) is not Encoded:
@@ -111,7 +112,7 @@ class Channel:
             if prefix is None:
                 prefix = consumer.prefixes[exrk_len] = codec.deliver_prefix(
                     self.number, consumer.ctag, exrk_len)
-            session.out.append(b"".join((prefix, _pack_tag(tag, delivery.redelivered),
+            output.chunks.append(b"".join((prefix, _pack_tag(tag, delivery.redelivered),
                                          encoded.tail_for(self.number, size), body, b"\xce")))
         else:
             header = encoded.header
@@ -119,12 +120,10 @@ class Channel:
                 header = _stream_header(message, delivery.offset)
             codec.deliver_frames(self.number, consumer.ctag, tag, delivery.redelivered,
                                  encoded.exchange_and_key, header, body, session.frame_max,
-                                 session.out)
-        session.out_bytes += size + 64
-        if session.out_bytes >= FLUSH_BYTES:
-            session.flush()  # may pause us via conn.writable: that is the backpressure
-        elif not session._in_receive and not session._flush_scheduled:
-            session.schedule_flush()
+                                 output.chunks)
+        # Past FLUSH_BYTES this writes at once, which may pause us via conn.writable: that is
+        # the backpressure.
+        output.added(size + 64)
 
     def server_cancel(self, consumer: AMQPConsumer) -> None:
         """The queue went away under a consumer: Basic.Cancel to clients that support it."""
@@ -188,7 +187,8 @@ class Channel:
 
     def flush_confirms(self) -> None:
         if self.ack_upto > self.ack_sent:
-            self.session.out.append(replies.basic_ack(self.number, self.ack_upto, True))
+            self.session.output.chunks.append(
+                replies.basic_ack(self.number, self.ack_upto, True))
             self.ack_sent = self.ack_upto
 
     def wait_done(self, seq: int, future: asyncio.Future) -> None:
@@ -210,8 +210,7 @@ class Channel:
             if seq > self.ack_upto:
                 self.ack_upto = seq
             session.confirm_dirty.add(self)
-            if not session._flush_scheduled and not session._in_receive:
-                session.schedule_flush()
+            session.output.soon()
 
     # ------------------------------------------------------------------ teardown
     def cleanup(self) -> None:

@@ -24,14 +24,14 @@ class TransactionMethods:
             raise PreconditionFailed("cannot switch from tx to confirm mode")
         ch.confirm = True
         if not m.nowait:
-            self.out.append(replies.confirm_select_ok(ch.number))
+            self.send(replies.confirm_select_ok(ch.number))
 
     def _tx_select(self, ch: Channel, m: Any) -> None:
         if ch.confirm:
             raise PreconditionFailed("cannot switch from confirm to tx mode")
         if ch.tx is None:
             ch.tx = []
-        self.out.append(replies.tx_select_ok(ch.number))
+        self.send(replies.tx_select_ok(ch.number))
 
     def _tx_commit(self, ch: Channel, m: Any) -> None:
         if ch.tx is None:
@@ -61,7 +61,7 @@ class TransactionMethods:
         if previous is not None:
             waits.append(previous)
         if not waits:
-            self.out.append(replies.tx_commit_ok(ch.number))
+            self.send(replies.tx_commit_ok(ch.number))
             return
         future = asyncio.gather(*waits) if len(waits) > 1 else asyncio.ensure_future(waits[0])
         ch.commit_wait = future
@@ -88,4 +88,4 @@ class TransactionMethods:
         for pairs, _ack, _requeue in ch.tx_settles:
             ch.unacked.restore(pairs)
         ch.tx, ch.tx_settles = [], []
-        self.out.append(replies.tx_rollback_ok(ch.number))
+        self.send(replies.tx_rollback_ok(ch.number))

@@ -26,7 +26,8 @@ import base64
 from typing import Any
 
 from manifold.broker.errors import AccessRefused, BrokerError, NotAllowed
-from manifold.broker.in_order import InOrderReplies
+from manifold.broker.engine.in_order import InOrderReplies
+from manifold.broker.engine.output import Output
 
 from . import codec as c
 from . import topics
@@ -70,11 +71,10 @@ class MqttSession(OutboundMethods):
         self.out_aliases: dict[str, int] = {}
         self.in_aliases: dict[int, str] = {}
         self.request_problem_info = True
-        self._out: list[bytes] = []
-        self._out_bytes = 0
-        self._flush_scheduled = False
+        #: output, one write per input chunk or loop tick (chunks handed over unjoined)
+        self.output = Output(_FLUSH_BYTES, writelines=True)
         #: acknowledgements waiting, in order, for the writes they promise
-        self._acks = InOrderReplies(self._release_ack, self._flush)
+        self._acks = InOrderReplies(self._release_ack, self.output.flush)
         self._clean_disconnect = False
         self._closing = False
         #: topic -> routing key, for the topics this client publishes to (bounded)
@@ -83,6 +83,7 @@ class MqttSession(OutboundMethods):
     # ================================================================ transport callbacks
     def connection_made(self, conn: Any) -> None:
         self.conn = conn
+        self.output.conn = conn
         # MQTT §3.1.4: a client that does not send CONNECT in reasonable time is dropped.
         conn.set_keepalive(read_timeout_s=10.0, on_read_timeout=lambda: self._close(
             "no CONNECT within 10 s"))
@@ -90,6 +91,7 @@ class MqttSession(OutboundMethods):
     def data_received(self, data: bytes) -> None:
         decoder = self.decoder
         decoder.receive_data(data)
+        self.output.hold()
         try:
             while not self._closing:
                 packet = decoder.next_event()
@@ -109,7 +111,7 @@ class MqttSession(OutboundMethods):
             log.exception("MQTT connection %s: internal error", self.client_id)
             self._protocol_failure(c.MqttError(f"internal error: {exc}",
                                                c.IMPLEMENTATION_SPECIFIC_ERROR))
-        self._flush()
+        self.output.release()
 
     def _protocol_failure(self, exc: c.MqttError) -> None:
         """Bad input closes this connection only; 5.0 clients hear why first [MQTT-4.13.1-1]."""
@@ -154,30 +156,10 @@ class MqttSession(OutboundMethods):
 
     # ================================================================ output
     def _send(self, data: bytes) -> None:
-        self._out.append(data)
-        self._out_bytes += len(data)
-        if self._out_bytes >= _FLUSH_BYTES:
-            self._flush()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_soon)
-
-    def _flush_soon(self) -> None:
-        self._flush_scheduled = False
-        self._flush()
-        if self._out_bytes == 0 and self.state_name == CONNECTED:
-            # credit held back by our own buffer came back
-            self._resume_consumers()
+        self.output.add(data)
 
     def _flush(self) -> None:
-        if self._out:
-            out = self._out
-            self._out = []
-            self._out_bytes = 0
-            if len(out) == 1:
-                self.conn.write(out[0])
-            else:
-                self.conn.writelines(out)
+        self.output.flush()
 
     def _close(self, reason: str) -> None:
         self._flush()
@@ -622,8 +604,9 @@ class MqttSession(OutboundMethods):
 
     # ================================================================ deliveries
     def can_deliver(self) -> bool:
+        # (Our own output never holds back credit: it goes to the transport at _FLUSH_BYTES,
+        # where conn.writable sees it.)
         return (self.state_name == CONNECTED and not self._closing and self.conn.writable and
-                self._out_bytes < _FLUSH_BYTES and
                 len(self.state.outbound) < self.client_receive_max)  # type: ignore[union-attr]
 
     # ================================================================ SUBSCRIBE

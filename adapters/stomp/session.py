@@ -23,10 +23,11 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from manifold.broker.consumer import Consumer, Delivery
+from manifold.broker.engine.output import Output
 from manifold.broker.errors import BrokerError
-from manifold.broker.in_order import InOrderReplies
+from manifold.broker.engine.in_order import InOrderReplies
 from manifold.broker.message import Message
-from manifold.broker.unacked import Unacked
+from manifold.broker.engine.unacked import Unacked
 
 from .codec import NEED_DATA, Frame, FrameCodec, FrameError, escape, serialize
 from .mapping import (AMQ_QUEUE, EXCHANGE, QUEUE, REPLY_QUEUE, TEMP_QUEUE, TOPIC,
@@ -136,12 +137,9 @@ class StompSession:
         # RECEIPTs wait (in order) for the durability of the SENDs before them.
         self._receipts = InOrderReplies(self._release_receipt)
         self._frame: Frame | None = None
-        self._out: list[bytes] = []
+        self.output = Output(FLUSH_BYTES)
         #: SEND destination -> (exchange, routing key, is a /queue/ to declare when missing)
         self._send_targets: dict[str, tuple[str, str, bool]] = {}
-        self._out_bytes = 0
-        self._flush_scheduled = False
-        self._in_input = False
         self._failed = False
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._prop_cache: tuple[Any, bytes] | None = None
@@ -156,6 +154,7 @@ class StompSession:
     # ================================================================ transport callbacks
     def connection_made(self, conn: "Connection") -> None:
         self.conn = conn
+        self.output.conn = conn
         # A client must log in within handshake_timeout_s of opening the socket (heart-beat
         # EOLs do not count): one timer handle, cancelled by CONNECT.
         self._handshake_timer = asyncio.get_running_loop().call_later(
@@ -173,7 +172,7 @@ class StompSession:
         codec = self.codec
         codec.receive_data(data)
         handlers = self._handlers
-        self._in_input = True
+        self.output.hold()
         try:
             while self.state != CLOSED:
                 frame = codec.next_event()
@@ -206,8 +205,7 @@ class StompSession:
                        self._receipt_of_current())
         finally:
             self._frame = None
-            self._in_input = False
-            self._flush()
+            self.output.release()
 
     def _receipt_of_current(self) -> str | None:
         return self._frame.headers.get("receipt") if self._frame is not None else None
@@ -221,7 +219,7 @@ class StompSession:
         # Pending receipts are dropped, their awaitables NOT cancelled: a store's group-commit
         # future is shared with other connections' publishes.
         self._receipts.clear()
-        self._out.clear()
+        self.output.clear()
         vhost = self.vhost
         if vhost is None:
             return
@@ -262,29 +260,11 @@ class StompSession:
         self._write(serialize(frame, self.version))
 
     def _write(self, data: bytes) -> None:
-        """Queue output; it goes out in one write at the end of the current input chunk (or on
-        the next loop iteration), so a burst of MESSAGE frames costs one send, not one each.
-        Past FLUSH_BYTES it goes at once, which also lets the transport's high-water mark (and
-        so has_credit) see it."""
-        self._out.append(data)
-        self._out_bytes += len(data)
-        if self._out_bytes >= FLUSH_BYTES:
-            self._flush()
-        elif not self._flush_scheduled and not self._in_input:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self._out:
-            out = self._out
-            self._out = []
-            self._out_bytes = 0
-            if self.conn is not None:
-                self.conn.write(b"".join(out))
+        """Output goes out in one write per input chunk or loop tick (broker/engine/output.py)."""
+        self.output.add(data)
 
     def _close(self, reason: str) -> None:
-        self._flush()
+        self.output.flush()
         if self.conn is not None:
             self.conn.close(reason)
 
@@ -634,18 +614,14 @@ class StompSession:
         # [STOMP 1.2 "MESSAGE"]: ack header (= message-id here) in 1.2 only.
         ids = (b"\nmessage-id:%d\nack:%d" % (tag, tag) if self.version == "1.2"
                else b"\nmessage-id:%d" % tag)
-        out = self._out
+        output = self.output
+        out = output.chunks
         out += (sub.head, destination, ids,
                 b"\nredelivered:true" if delivery.redelivered else b"\nredelivered:false")
         if delivery.offset is not None:
             out.append(b"\nx-stream-offset:%d" % delivery.offset)
         out += (block, b"\ncontent-length:%d\n\n" % len(body), body, b"\x00")
-        self._out_bytes += len(body) + len(block) + 128
-        if self._out_bytes >= FLUSH_BYTES:
-            self._flush()
-        elif not self._flush_scheduled and not self._in_input:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        output.added(len(body) + len(block) + 128)
 
     # ================================================================ UNSUBSCRIBE
     def on_unsubscribe(self, frame: Frame) -> None:

@@ -1,10 +1,10 @@
-"""broker/unacked.py, the one bookkeeping of AMQP multiple acks and STOMP cumulative acks,
+"""broker/engine/unacked.py, the one bookkeeping of AMQP multiple acks and STOMP cumulative acks,
 against a plain model: a sorted list of held tags."""
 from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from manifold.broker.unacked import Unacked
+from manifold.broker.engine.unacked import Unacked
 
 OPS = st.lists(st.tuples(st.sampled_from(["add", "take", "upto", "all", "forget", "restore"]),
                          st.integers(min_value=0, max_value=40)), max_size=60)

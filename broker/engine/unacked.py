@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from .consumer import Delivery
+from ..consumer import Delivery
 
 
 class Unacked:
