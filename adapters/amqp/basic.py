@@ -5,7 +5,6 @@ publish fast path with RabbitMQ's direct reply-to and Basic.Return.
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 from typing import Any
@@ -210,17 +209,9 @@ class BasicMethods:
         if not result.routed and ev.mandatory and not result.rejected:
             # a queue that refused it (overflow) was still a route: RabbitMQ nacks, no return
             self.basic_return(ch, message, 312, "NO_ROUTE")
-        if ch.confirm:
-            ch.publish_seq = seq = ch.publish_seq + 1
-            if result.rejected:
-                self.send(replies.basic_nack(ch.number, seq))
-            elif result.wait is None:
-                ch.confirmed(seq)
-            else:
-                ch.outstanding.add(seq)
-                ch.outstanding_order.append(seq)
-                future = asyncio.ensure_future(result.wait)
-                future.add_done_callback(lambda f, seq=seq, ch=ch: ch.wait_done(seq, f))
+        confirms = ch.confirms
+        if confirms is not None:
+            confirms.published(result.wait, result.rejected)
 
     def _reply_to(self, ch: Channel, message: Message) -> Message:
         """A request asking for a direct reply: name this channel's reply consumer in it."""

@@ -7,14 +7,14 @@ The session (``session.py``) owns the channels and routes methods to them.
 """
 from __future__ import annotations
 
-import asyncio
-from collections import deque
 from typing import Any
 
 from manifold.broker.consumer import Consumer, Delivery
+from manifold.broker.engine.confirms import PublisherConfirms
+from manifold.broker.engine.in_order import InOrderReplies
+from manifold.broker.engine.unacked import Unacked
 from manifold.broker.errors import PreconditionFailed
 from manifold.broker.message import Message
-from manifold.broker.engine.unacked import Unacked
 
 from . import codec, fields, replies
 from .fields import shortstr
@@ -76,17 +76,13 @@ class Channel:
         self.prefetch = 0         # Basic.Qos global=false: for consumers created afterwards
         self.global_prefetch = 0  # Basic.Qos global=true: shared by the channel's consumers
         self.last_queue = ""      # [AMQP 0-9-1 queue.bind/consume/get] empty name = last declared
-        # publisher confirms
-        self.confirm = False
-        self.publish_seq = 0
-        self.ack_upto = 0      # highest seq confirmed but not yet sent (sent as multiple=True)
-        self.ack_sent = 0
-        self.outstanding: set[int] = set()  # seqs waiting for disk
-        self.outstanding_order: deque[int] = deque()  # the same, oldest first (lazy deletion)
+        #: publisher confirms, once Confirm.Select put the channel in confirm mode
+        self.confirms: PublisherConfirms | None = None
         # transactions: None, or held publishes and settlements
         self.tx: list | None = None
         self.tx_settles: list = []
-        self.commit_wait: asyncio.Future | None = None  # the last Tx.Commit waiting for disk
+        #: Tx.Commit-Ok frames, each after the writes of its transaction, in commit order
+        self.commits: InOrderReplies | None = None
         # direct reply-to: this channel's token in the server's registry, if consuming it
         self.reply_token: str | None = None
 
@@ -178,39 +174,53 @@ class Channel:
             consumer.resume()
 
     # ------------------------------------------------------------------ confirms
-    def confirmed(self, seq: int) -> None:
-        if self.outstanding:
+    def select_confirms(self) -> None:
+        """Confirm.Select: from now on every publish is confirmed (broker/engine/confirms.py:
+        in order, cumulative acks folded into one ``multiple=true`` ack per write)."""
+        if self.confirms is None:
+            self.confirms = PublisherConfirms(self._confirm_ack, self._confirm_nack,
+                                              self._confirms_due)
+
+    def _confirm_ack(self, seq: int, multiple: bool) -> None:
+        if multiple:
+            # from flush_confirms, which runs as the session's output is written
+            self.session.output.chunks.append(replies.basic_ack(self.number, seq, True))
+        elif not self.closing and not self.closed:
             self.session.send(replies.basic_ack(self.number, seq, False))
-        else:
-            self.ack_upto = seq
-            self.session.confirm_dirty.add(self)
 
-    def flush_confirms(self) -> None:
-        if self.ack_upto > self.ack_sent:
-            self.session.output.chunks.append(
-                replies.basic_ack(self.number, self.ack_upto, True))
-            self.ack_sent = self.ack_upto
+    def _confirm_nack(self, seq: int) -> None:
+        if not self.closing and not self.closed:
+            self.session.send(replies.basic_nack(self.number, seq))
 
-    def wait_done(self, seq: int, future: asyncio.Future) -> None:
-        outstanding = self.outstanding
-        outstanding.discard(seq)
-        order = self.outstanding_order
-        while order and order[0] not in outstanding:
-            order.popleft()
-        if self.closed or self.closing:
+    def _confirms_due(self, confirms: PublisherConfirms) -> None:
+        if self.closing or self.closed:
             return
         session = self.session
-        if future.cancelled() or future.exception() is not None:
-            session.send(replies.basic_nack(self.number, seq))
-        elif order and order[0] < seq:
-            # an older publish is still on its way to disk: a multiple ack would cover it
-            session.send(replies.basic_ack(self.number, seq, False))
-        else:
-            # everything up to seq is settled: fold into one multiple ack per batch
-            if seq > self.ack_upto:
-                self.ack_upto = seq
-            session.confirm_dirty.add(self)
-            session.output.soon()
+        session.confirm_dirty.add(self)
+        session.output.soon()
+
+    def flush_confirms(self) -> None:
+        if self.confirms is not None:
+            self.confirms.flush()
+
+    def commit_ok(self, wait: Any) -> None:
+        """Tx.Commit-Ok once ``wait`` (the transaction's writes, or None) is done, after the
+        Commit-Oks before it: it is a promise like a confirm."""
+        if self.commits is None:
+            self.commits = InOrderReplies(self._release_commit_ok)
+        self.commits.add(None, wait)
+
+    def _release_commit_ok(self, _reply: Any, error: Any) -> bool:
+        if self.closing or self.closed:
+            return False
+        if error is not None:
+            # No Commit-Ok for what is not on disk: the channel ends, the client knows the
+            # transaction's outcome is unknown (RabbitMQ closes the channel the same way).
+            self.session.channel_error(self, 541, "INTERNAL_ERROR - transaction not stored: "
+                                       f"{error}", 90, 20)
+            return False
+        self.session.send(replies.tx_commit_ok(self.number))
+        return True
 
     # ------------------------------------------------------------------ teardown
     def cleanup(self) -> None:
