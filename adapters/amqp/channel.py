@@ -12,7 +12,7 @@ from typing import Any
 from manifold.broker.consumer import Consumer, Delivery
 from manifold.broker.engine.confirms import PublisherConfirms
 from manifold.broker.engine.in_order import InOrderReplies
-from manifold.broker.engine.unacked import Unacked
+from manifold.broker.engine.unacked import Unacked, end_consumers
 from manifold.broker.errors import PreconditionFailed
 from manifold.broker.message import Message
 
@@ -224,29 +224,27 @@ class Channel:
 
     # ------------------------------------------------------------------ teardown
     def cleanup(self) -> None:
-        """Channel closed or connection gone: cancel consumers, return unacked deliveries."""
-        self.cancel_consumers()
-        self.release()
+        """Channel closed: cancel its consumers, return its unacked deliveries."""
+        consumers = self.take_consumers()
+        held = self.take_held()
+        if self.session.vhost is not None:
+            end_consumers(self.session.vhost, consumers, held)
 
-    def cancel_consumers(self) -> None:
-        vhost = self.session.vhost
+    def take_consumers(self) -> list[AMQPConsumer]:
+        """The channel's consumers, which it no longer has (for ``end_consumers``)."""
         consumers = list(self.consumers.values())
         self.consumers.clear()
-        if vhost is not None:
-            for consumer in consumers:
-                vhost.cancel(consumer)
         if self.reply_token is not None:
             self.session.server.reply_to.pop(self.reply_token, None)
             self.reply_token = None
+        return consumers
 
-    def release(self) -> None:
-        """Return unacked (and tx-held) deliveries to their queues."""
-        vhost = self.session.vhost
+    def take_held(self) -> list[Delivery]:
+        """The unacked (and tx-held) deliveries, which the channel no longer holds."""
         deliveries = [d for _, d in self.unacked.take_all()]
         for held, _ack, _requeue in self.tx_settles:
             deliveries.extend(d for _, d in held)
         self.tx_settles = []
         self.tx = [] if self.tx is not None else None
-        if vhost is not None:
-            vhost.requeue(deliveries)
         self.session.decoder.reset_channel(self.number)
+        return deliveries

@@ -26,6 +26,7 @@ from typing import Any
 from pamqp import commands as C
 
 from manifold.broker.engine.output import Output
+from manifold.broker.engine.unacked import end_consumers
 from manifold.broker.errors import BrokerError
 
 from . import codec, replies
@@ -248,10 +249,10 @@ class AMQPSession(ConnectionMethods, EntityMethods, BasicMethods, TransactionMet
             channel.closed = True
         # Every consumer of this connection goes before any message is requeued, so that a
         # message given back by one channel is not handed to another channel that is closing.
-        for channel in channels:
-            channel.cancel_consumers()
-        for channel in channels:
-            channel.release()
+        consumers = [c for channel in channels for c in channel.take_consumers()]
+        held = [d for channel in channels for d in channel.take_held()]
+        if self.vhost is not None:
+            end_consumers(self.vhost, consumers, held)
         self.channels.clear()
         self.confirm_dirty.clear()
 

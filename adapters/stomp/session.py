@@ -27,7 +27,7 @@ from manifold.broker.engine.output import Output
 from manifold.broker.errors import BrokerError
 from manifold.broker.engine.in_order import InOrderReplies
 from manifold.broker.message import Message
-from manifold.broker.engine.unacked import Unacked
+from manifold.broker.engine.unacked import Ledger, end_consumers
 
 from .codec import NEED_DATA, Frame, FrameCodec, FrameError, escape, serialize
 from .mapping import (AMQ_QUEUE, EXCHANGE, QUEUE, REPLY_QUEUE, TEMP_QUEUE, TOPIC,
@@ -81,8 +81,6 @@ class Subscription(Consumer):
         self.durable = durable
         #: MESSAGE ``destination`` for every delivery (temp queues), else derived per message
         self.fixed_destination = fixed_destination
-        #: unsettled deliveries by tag, oldest first (``client`` acks are cumulative)
-        self.pending = Unacked()
         self.active = True
         # Pre-encoded start of every MESSAGE frame of this subscription (the version is fixed
         # once CONNECTED), and the escaped destination header per (exchange, routing key).
@@ -106,9 +104,7 @@ class Subscription(Consumer):
 
     def delivery_timed_out(self, delivery: Delivery) -> None:
         # The core took it back (consumer timeout); a late ACK for it must find nothing.
-        tag = self.pending.forget(delivery)
-        if tag is not None:
-            self.session.unacked.pop(tag, None)
+        self.session.held.forget(delivery, self)
 
 
 class StompSession:
@@ -128,8 +124,9 @@ class StompSession:
         self.grant: Any = None
         self.user: Any = None
         self.subscriptions: dict[str, Subscription] = {}
-        #: tag -> subscription, for ACK / NACK of deliveries not yet settled
-        self.unacked: dict[int, Subscription] = {}
+        #: deliveries not yet settled, by tag, each in its subscription's scope (``client``
+        #: acks are cumulative per subscription)
+        self.held = Ledger()
         self._next_tag = 1
         self.transactions: dict[str, list[Callable[[], None]]] = {}
         #: /temp-queue/<label> -> server-named exclusive queue of this connection
@@ -223,16 +220,11 @@ class StompSession:
         vhost = self.vhost
         if vhost is None:
             return
-        # Stop every consumer first, so that returned messages go to other connections rather
-        # than back to a subscription of this dying one.
         subs = list(self.subscriptions.values())
         self.subscriptions.clear()
         for sub in subs:
             sub.active = False
-            vhost.cancel(sub)
-        for sub in subs:
-            vhost.requeue([d for _, d in sub.pending.take_all()])
-        self.unacked.clear()
+        end_consumers(vhost, subs, [d for _, d in self.held.take_all()])
         vhost.close_owner(self)
 
     def going_away(self) -> None:
@@ -589,8 +581,7 @@ class StompSession:
         tag = self._next_tag
         self._next_tag = tag + 1
         if not sub.no_ack:
-            sub.pending.add(tag, delivery)
-            self.unacked[tag] = sub
+            self.held.add(tag, delivery, sub)
         message = delivery.message
         destination = sub.fixed_destination_bytes
         if destination is None:
@@ -642,12 +633,8 @@ class StompSession:
 
     def _end_subscription(self, sub: Subscription) -> None:
         sub.active = False
-        self.vhost.cancel(sub)
-        pending = sub.pending.take_all()
-        for tag, _ in pending:
-            self.unacked.pop(tag, None)
         # Unacked messages of an ended subscription go back to their queue.
-        self.vhost.requeue([d for _, d in pending])
+        end_consumers(self.vhost, (sub,), [d for _, d in self.held.take_scope(sub)])
 
     def server_cancelled(self, sub: Subscription, reason: str) -> None:
         """The queue went away: tell the client as RabbitMQ does, keep the connection."""
@@ -655,8 +642,7 @@ class StompSession:
             return
         del self.subscriptions[sub.id]
         sub.active = False
-        for tag, _ in sub.pending.take_all():
-            self.unacked.pop(tag, None)
+        self.held.take_scope(sub)  # gone with the queue
         if self.state == CONNECTED:
             body = reason.encode()
             self.write_frame(Frame("ERROR", {
@@ -686,19 +672,14 @@ class StompSession:
             tag = int(ack_id)
         except ValueError:
             raise StompError("Invalid message-id", f"unknown message id {ack_id!r}") from None
-        sub = self.unacked.get(tag)
+        held = self.held
+        sub = held.scope_of(tag)
         if sub is None:
             return  # already settled (a cumulative ACK covered it) or timed out
-        if sub.ack_mode == "client":
-            # client mode: the ACK/NACK covers every earlier message of the subscription
-            # [STOMP 1.2 "SUBSCRIBE ack Header"].
-            settled = sub.pending.take_upto(tag)
-        else:
-            delivery = sub.pending.take(tag)
-            settled = [(tag, delivery)] if delivery is not None else []
-        unacked = self.unacked
-        for t, delivery in settled:
-            unacked.pop(t, None)
+        # client mode: the ACK/NACK covers every earlier message of the subscription
+        # [STOMP 1.2 "SUBSCRIBE ack Header"].
+        settled = held.take_upto(tag) if sub.ack_mode == "client" else held.take(tag)
+        for _, delivery in settled:
             if ack:
                 delivery.ack()
             else:

@@ -1,12 +1,13 @@
 """The deliveries a client holds and has not settled, by delivery tag: the bookkeeping behind
-AMQP's ``multiple`` acks and STOMP's cumulative ``client`` acks, kept once for both adapters.
+AMQP's ``multiple`` acks and STOMP's cumulative ``client`` acks, kept once for both adapters,
+consumer timeouts (``forget``) and the requeue at teardown (``end_consumers``).
 
 Tags are the adapter's (an AMQP channel's counter, a STOMP connection's); they must be added in
 increasing order, so insertion order is tag order and "everything up to tag" is a prefix.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 from ..consumer import Delivery
 
@@ -71,3 +72,92 @@ class Unacked:
 
     def deliveries(self) -> list[Delivery]:
         return list(self._by_tag.values())
+
+
+class Ledger:
+    """The deliveries one connection's client holds, by the connection's tags, each in a scope:
+    the consumer whose cumulative acks cover it (a STOMP subscription in ``client`` mode acks
+    "this message and every earlier one *of this subscription*" [STOMP 1.2 "SUBSCRIBE ack
+    Header"]). Tags are added in increasing order, as for :class:`Unacked`."""
+
+    __slots__ = ("_scope_of", "_by_scope")
+
+    def __init__(self) -> None:
+        self._scope_of: dict[int, Any] = {}
+        self._by_scope: dict[Any, Unacked] = {}
+
+    def __len__(self) -> int:
+        return len(self._scope_of)
+
+    def __contains__(self, tag: int) -> bool:
+        return tag in self._scope_of
+
+    def add(self, tag: int, delivery: Delivery, scope: Any) -> None:
+        held = self._by_scope.get(scope)
+        if held is None:
+            held = self._by_scope[scope] = Unacked()
+        held.add(tag, delivery)
+        self._scope_of[tag] = scope
+
+    def scope_of(self, tag: int) -> Any:
+        """The scope of an outstanding tag; None if it is not held (settled, timed out)."""
+        return self._scope_of.get(tag)
+
+    def take(self, tag: int) -> list[tuple[int, Delivery]]:
+        """The one delivery with this tag (an individual ack), or nothing."""
+        scope = self._scope_of.pop(tag, None)
+        if scope is None:
+            return []
+        delivery = self._by_scope[scope].take(tag)
+        return [(tag, delivery)] if delivery is not None else []
+
+    def take_upto(self, tag: int) -> list[tuple[int, Delivery]]:
+        """Every delivery of the tag's scope up to ``tag``, oldest first (a cumulative ack);
+        nothing if the tag is not held."""
+        scope = self._scope_of.get(tag)
+        if scope is None:
+            return []
+        taken = self._by_scope[scope].take_upto(tag)
+        scope_of = self._scope_of
+        for t, _ in taken:
+            del scope_of[t]
+        return taken
+
+    def take_scope(self, scope: Any) -> list[tuple[int, Delivery]]:
+        """Everything a scope holds (its consumer ended), oldest first."""
+        held = self._by_scope.pop(scope, None)
+        if held is None:
+            return []
+        taken = held.take_all()
+        scope_of = self._scope_of
+        for t, _ in taken:
+            del scope_of[t]
+        return taken
+
+    def take_all(self) -> list[tuple[int, Delivery]]:
+        """Every delivery held (the connection ended), scope by scope."""
+        taken = [pair for held in self._by_scope.values() for pair in held.take_all()]
+        self._by_scope.clear()
+        self._scope_of.clear()
+        return taken
+
+    def forget(self, delivery: Delivery, scope: Any) -> int | None:
+        """Drop a delivery the core took back (consumer timeout): a late ack finds nothing."""
+        held = self._by_scope.get(scope)
+        tag = held.forget(delivery) if held is not None else None
+        if tag is not None:
+            del self._scope_of[tag]
+        return tag
+
+    def deliveries(self, scope: Any) -> list[Delivery]:
+        held = self._by_scope.get(scope)
+        return held.deliveries() if held is not None else []
+
+
+def end_consumers(vhost: Any, consumers: Iterable[Any], held: Iterable[Delivery]) -> None:
+    """A connection, channel or subscription ended: cancel its consumers, then return what its
+    client held to the queues. Every consumer goes first, so that a returned message is given to
+    another connection rather than back to a consumer of this one that is ending."""
+    for consumer in consumers:
+        vhost.cancel(consumer)
+    vhost.requeue(held)
