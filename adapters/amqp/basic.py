@@ -47,8 +47,7 @@ class BasicMethods:
         if m.prefetch_size:
             raise AMQPError(540, f"NOT_IMPLEMENTED - prefetch_size!=0 ({m.prefetch_size})", True)
         if m.global_:
-            raised = m.prefetch_count == 0 or m.prefetch_count > ch.global_prefetch
-            ch.global_prefetch = m.prefetch_count
+            raised = ch.window.set_limit(m.prefetch_count)
         else:
             raised = False
             ch.prefetch = m.prefetch_count

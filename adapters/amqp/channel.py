@@ -11,6 +11,7 @@ from typing import Any
 
 from manifold.broker.consumer import Consumer, Delivery
 from manifold.broker.engine.confirms import PublisherConfirms
+from manifold.broker.engine.credit import Window, resume
 from manifold.broker.engine.in_order import InOrderReplies
 from manifold.broker.engine.unacked import Unacked, end_consumers
 from manifold.broker.errors import PreconditionFailed
@@ -49,7 +50,8 @@ class AMQPConsumer(Consumer):
         if self.prefetch and self.in_flight >= self.prefetch:
             return False
         ch = self.channel
-        if ch.global_prefetch and not self.no_ack and len(ch.unacked) >= ch.global_prefetch:
+        window = ch.window
+        if window.limit and not self.no_ack and not window.open(len(ch.unacked)):
             return False
         return ch.active and ch.session.conn.writable
 
@@ -74,7 +76,8 @@ class Channel:
         self.unacked = Unacked()
         self.next_tag = 0
         self.prefetch = 0         # Basic.Qos global=false: for consumers created afterwards
-        self.global_prefetch = 0  # Basic.Qos global=true: shared by the channel's consumers
+        #: Basic.Qos global=true: one prefetch window shared by the channel's consumers
+        self.window = Window()
         self.last_queue = ""      # [AMQP 0-9-1 queue.bind/consume/get] empty name = last declared
         #: publisher confirms, once Confirm.Select put the channel in confirm mode
         self.confirms: PublisherConfirms | None = None
@@ -166,12 +169,12 @@ class Channel:
         else:
             for _, d in pairs:
                 d.reject(requeue)
-        if self.global_prefetch:
+        held = len(self.unacked)
+        if self.window.freed(held + len(pairs), held):
             self.resume_consumers()
 
     def resume_consumers(self) -> None:
-        for consumer in list(self.consumers.values()):
-            consumer.resume()
+        resume(self.consumers.values())
 
     # ------------------------------------------------------------------ confirms
     def select_confirms(self) -> None:

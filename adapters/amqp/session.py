@@ -169,7 +169,7 @@ class AMQPSession(ConnectionMethods, EntityMethods, BasicMethods, TransactionMet
         """Open channels for the management API (RabbitMQ's /api/channels field names)."""
         return [{"number": ch.number, "consumer_count": len(ch.consumers),
                  "messages_unacknowledged": len(ch.unacked), "prefetch_count": ch.prefetch,
-                 "global_prefetch_count": ch.global_prefetch, "confirm": ch.confirms is not None,
+                 "global_prefetch_count": ch.window.limit, "confirm": ch.confirms is not None,
                  "transactional": ch.tx is not None}
                 for ch in self.channels.values() if not ch.closed]
 

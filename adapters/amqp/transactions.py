@@ -55,6 +55,9 @@ class TransactionMethods:
                 ch.settle(deliveries, ack, requeue)
         finally:
             ch.tx = held
+        if settles and ch.window.limit:
+            # the acks left the window when they were received; its consumers go on now
+            ch.resume_consumers()
         # Commit-Ok is a promise like a confirm: it follows the fsync of every persistent
         # message of the transaction, and commits are answered in order.
         ch.commit_ok(None if not waits else

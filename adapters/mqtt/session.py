@@ -26,6 +26,7 @@ import base64
 from typing import Any
 
 from manifold.broker.errors import AccessRefused, BrokerError, NotAllowed
+from manifold.broker.engine.credit import Window
 from manifold.broker.engine.in_order import InOrderReplies
 from manifold.broker.engine.output import Output
 
@@ -65,7 +66,8 @@ class MqttSession(OutboundMethods):
         self.will: c.Will | None = None
         self.keep_alive = 0
         # Client limits (MQTT 5 CONNECT properties) and our own
-        self.client_receive_max = self.settings.receive_maximum
+        #: the in-flight window: the client's Receive Maximum, bounded by ours
+        self.window = Window(self.settings.receive_maximum)
         self.client_max_packet = 268_435_460
         self.client_alias_max = 0
         self.out_aliases: dict[str, int] = {}
@@ -226,8 +228,8 @@ class MqttSession(OutboundMethods):
         if v5:
             # The in-flight window: the client's Receive Maximum, bounded by ours so that one
             # session never holds more than [mqtt] receive_maximum unacknowledged messages.
-            self.client_receive_max = min(props.get("receive_maximum", 65535),
-                                          settings.receive_maximum)
+            self.window.limit = min(props.get("receive_maximum", 65535),
+                                    settings.receive_maximum)
             self.client_max_packet = props.get("maximum_packet_size", 268_435_460)
             self.client_alias_max = props.get("topic_alias_maximum", 0)
             self.request_problem_info = bool(props.get("request_problem_information", 1))
@@ -236,7 +238,7 @@ class MqttSession(OutboundMethods):
                              "enhanced authentication is not supported")
                 return
         else:
-            self.client_receive_max = settings.receive_maximum
+            self.window.limit = settings.receive_maximum
         # The will topic must be a valid topic name (MQTT §3.1.3.3)
         if p.will is not None:
             if not topics.valid_topic_name(p.will.topic):
@@ -607,7 +609,7 @@ class MqttSession(OutboundMethods):
         # (Our own output never holds back credit: it goes to the transport at _FLUSH_BYTES,
         # where conn.writable sees it.)
         return (self.state_name == CONNECTED and not self._closing and self.conn.writable and
-                len(self.state.outbound) < self.client_receive_max)  # type: ignore[union-attr]
+                self.window.open(len(self.state.outbound)))  # type: ignore[union-attr]
 
     # ================================================================ SUBSCRIBE
     def on_subscribe(self, p: c.Subscribe) -> None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from manifold.broker.consumer import Consumer, Delivery
 from manifold.broker.engine.output import Output
 from manifold.broker.errors import BrokerError
+from manifold.broker.engine.credit import resume
 from manifold.broker.engine.in_order import InOrderReplies
 from manifold.broker.message import Message
 from manifold.broker.engine.unacked import Ledger, end_consumers
@@ -244,8 +245,7 @@ class StompSession:
                    reason=f"closed by an operator: {reason}")
 
     def resume_writing(self) -> None:
-        for sub in list(self.subscriptions.values()):
-            sub.resume()
+        resume(self.subscriptions.values())
 
     # ================================================================ output helpers
     def write_frame(self, frame: Frame) -> None:
