@@ -46,7 +46,11 @@ class PublisherConfirms:
         if rejected:
             self._nack(seq)
         elif wait is None:
-            self._confirm(seq)
+            if self._order:
+                # an older publish is still on its way to disk: a cumulative ack would cover it
+                self._ack(seq, False)
+            else:
+                self._due_upto(seq)
         else:
             self._waiting.add(seq)
             self._order.append(seq)
@@ -81,7 +85,13 @@ class PublisherConfirms:
             self._ack(seq, False)
             return
         if seq > self._upto:
-            self._upto = seq
+            self._due_upto(seq)
+
+    def _due_upto(self, seq: int) -> None:
+        # Tell the session once per batch: later confirms join the ack already due.
+        was_due = self._upto > self._sent
+        self._upto = seq
+        if not was_due:
             self._due(self)
 
     def flush(self) -> None:

@@ -78,13 +78,15 @@ class Ledger:
     """The deliveries one connection's client holds, by the connection's tags, each in a scope:
     the consumer whose cumulative acks cover it (a STOMP subscription in ``client`` mode acks
     "this message and every earlier one *of this subscription*" [STOMP 1.2 "SUBSCRIBE ack
-    Header"]). Tags are added in increasing order, as for :class:`Unacked`."""
+    Header"]). Tags are added in increasing order, as for :class:`Unacked`, so each scope's dict
+    is in tag order. (Plain dicts rather than an ``Unacked`` per scope: this is on the path of
+    every acknowledged STOMP message.)"""
 
     __slots__ = ("_scope_of", "_by_scope")
 
     def __init__(self) -> None:
         self._scope_of: dict[int, Any] = {}
-        self._by_scope: dict[Any, Unacked] = {}
+        self._by_scope: dict[Any, dict[int, Delivery]] = {}
 
     def __len__(self) -> int:
         return len(self._scope_of)
@@ -95,8 +97,8 @@ class Ledger:
     def add(self, tag: int, delivery: Delivery, scope: Any) -> None:
         held = self._by_scope.get(scope)
         if held is None:
-            held = self._by_scope[scope] = Unacked()
-        held.add(tag, delivery)
+            held = self._by_scope[scope] = {}
+        held[tag] = delivery
         self._scope_of[tag] = scope
 
     def scope_of(self, tag: int) -> Any:
@@ -108,8 +110,7 @@ class Ledger:
         scope = self._scope_of.pop(tag, None)
         if scope is None:
             return []
-        delivery = self._by_scope[scope].take(tag)
-        return [(tag, delivery)] if delivery is not None else []
+        return [(tag, self._by_scope[scope].pop(tag))]
 
     def take_upto(self, tag: int) -> list[tuple[int, Delivery]]:
         """Every delivery of the tag's scope up to ``tag``, oldest first (a cumulative ack);
@@ -117,41 +118,50 @@ class Ledger:
         scope = self._scope_of.get(tag)
         if scope is None:
             return []
-        taken = self._by_scope[scope].take_upto(tag)
+        held = self._by_scope[scope]
+        tags = []
+        for t in held:
+            if t > tag:
+                break
+            tags.append(t)
         scope_of = self._scope_of
-        for t, _ in taken:
+        taken = []
+        for t in tags:
             del scope_of[t]
+            taken.append((t, held.pop(t)))
         return taken
 
     def take_scope(self, scope: Any) -> list[tuple[int, Delivery]]:
         """Everything a scope holds (its consumer ended), oldest first."""
         held = self._by_scope.pop(scope, None)
-        if held is None:
+        if not held:
             return []
-        taken = held.take_all()
         scope_of = self._scope_of
-        for t, _ in taken:
+        for t in held:
             del scope_of[t]
-        return taken
+        return list(held.items())
 
     def take_all(self) -> list[tuple[int, Delivery]]:
         """Every delivery held (the connection ended), scope by scope."""
-        taken = [pair for held in self._by_scope.values() for pair in held.take_all()]
+        taken = [pair for held in self._by_scope.values() for pair in held.items()]
         self._by_scope.clear()
         self._scope_of.clear()
         return taken
 
     def forget(self, delivery: Delivery, scope: Any) -> int | None:
-        """Drop a delivery the core took back (consumer timeout): a late ack finds nothing."""
+        """Drop a delivery the core took back (consumer timeout): a late ack finds nothing.
+        Returns its tag, or None if that scope does not hold it."""
         held = self._by_scope.get(scope)
-        tag = held.forget(delivery) if held is not None else None
-        if tag is not None:
-            del self._scope_of[tag]
-        return tag
+        if held:
+            for tag, d in held.items():
+                if d is delivery:
+                    del held[tag]
+                    del self._scope_of[tag]
+                    return tag
+        return None
 
     def deliveries(self, scope: Any) -> list[Delivery]:
-        held = self._by_scope.get(scope)
-        return held.deliveries() if held is not None else []
+        return list(self._by_scope.get(scope, {}).values())
 
 
 def end_consumers(vhost: Any, consumers: Iterable[Any], held: Iterable[Delivery]) -> None:
