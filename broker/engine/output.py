@@ -70,7 +70,12 @@ class Output:
 
     def add(self, data: bytes) -> None:
         self.chunks.append(data)
-        self.added(len(data))
+        # (added() inlined: this runs for every frame of every protocol)
+        self.size += len(data)
+        if self.size >= self.limit:
+            self.flush()
+        elif not self.scheduled and not self.holding:
+            self.schedule()
 
     def added(self, nbytes: int) -> None:
         """``nbytes`` more were appended to ``chunks``: send them in time."""
