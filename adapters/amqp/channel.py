@@ -169,9 +169,11 @@ class Channel:
         else:
             for _, d in pairs:
                 d.reject(requeue)
-        held = len(self.unacked)
-        if self.window.freed(held + len(pairs), held):
-            self.resume_consumers()
+        window = self.window
+        if window.limit:
+            held = len(self.unacked)
+            if window.freed(held + len(pairs), held):
+                self.resume_consumers()
 
     def resume_consumers(self) -> None:
         resume(self.consumers.values())

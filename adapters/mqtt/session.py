@@ -72,6 +72,8 @@ class MqttSession(ConnectMethods, InboundMethods, SubscribeMethods, OutboundMeth
         self.request_problem_info = True
         #: output, one write per input chunk or loop tick (chunks handed over unjoined)
         self.output = Output(_FLUSH_BYTES, writelines=True)
+        #: queue bytes for the client (every PUBLISH and ack goes through here: bound once)
+        self._send = self.output.add
         #: acknowledgements waiting, in order, for the writes they promise
         self._acks = InOrderReplies(self._release_ack, self.output.flush)
         self._clean_disconnect = False
@@ -154,9 +156,6 @@ class MqttSession(ConnectMethods, InboundMethods, SubscribeMethods, OutboundMeth
         self._resume_consumers()
 
     # ================================================================ output
-    def _send(self, data: bytes) -> None:
-        self.output.add(data)
-
     def _flush(self) -> None:
         self.output.flush()
 

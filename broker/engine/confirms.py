@@ -49,8 +49,11 @@ class PublisherConfirms:
             if self._order:
                 # an older publish is still on its way to disk: a cumulative ack would cover it
                 self._ack(seq, False)
+            elif self._upto > self._sent:
+                self._upto = seq  # joins the cumulative ack already due
             else:
-                self._due_upto(seq)
+                self._upto = seq
+                self._due(self)
         else:
             self._waiting.add(seq)
             self._order.append(seq)
