@@ -129,7 +129,7 @@ class InboundMethods:
                     wait = stored if wait is None else asyncio.gather(wait, stored)
             packet = c.serialize(c.Pubrec(p.packet_id, code), self.version)  # type: ignore[arg-type]
         if wait is None:
-            self._ack_after(None, packet)
+            self._acks.add((packet, None, None))  # _ack_after without the call: hot path
             return
         # A write that failed is never acknowledged: MQTT 5 gets reason 0x80 (the client may
         # resend), MQTT 3.1.1 cannot refuse a PUBLISH, so the connection is closed and the

@@ -35,6 +35,8 @@ class Subscription(Consumer):
         self.destination = destination
         self.queue_name = queue
         self.ack_mode = ack_mode
+        #: an ACK/NACK covers every earlier message too (the session's Ledger reads this)
+        self.cumulative = ack_mode == "client"
         self.durable = durable
         #: MESSAGE ``destination`` for every delivery (temp queues), else derived per message
         self.fixed_destination = fixed_destination
@@ -260,14 +262,10 @@ class SubscriptionMethods:
             tag = int(ack_id)
         except ValueError:
             raise StompError("Invalid message-id", f"unknown message id {ack_id!r}") from None
-        held = self.held
-        sub = held.scope_of(tag)
-        if sub is None:
-            return  # already settled (a cumulative ACK covered it) or timed out
         # client mode: the ACK/NACK covers every earlier message of the subscription
-        # [STOMP 1.2 "SUBSCRIBE ack Header"].
-        settled = held.take_upto(tag) if sub.ack_mode == "client" else held.take(tag)
-        for _, delivery in settled:
+        # [STOMP 1.2 "SUBSCRIBE ack Header"] (Subscription.cumulative). A tag not held was
+        # settled already (a cumulative ACK covered it) or timed out: nothing to do.
+        for _, delivery in self.held.take_acked(tag):
             if ack:
                 delivery.ack()
             else:

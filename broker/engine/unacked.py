@@ -78,7 +78,8 @@ class Ledger:
     """The deliveries one connection's client holds, by the connection's tags, each in a scope:
     the consumer whose cumulative acks cover it (a STOMP subscription in ``client`` mode acks
     "this message and every earlier one *of this subscription*" [STOMP 1.2 "SUBSCRIBE ack
-    Header"]). Tags are added in increasing order, as for :class:`Unacked`, so each scope's dict
+    Header"]); its ``cumulative`` attribute says whether its acks are. Tags are added in
+    increasing order, as for :class:`Unacked`, so each scope's dict
     is in tag order. (Plain dicts rather than an ``Unacked`` per scope: this is on the path of
     every acknowledged STOMP message.)"""
 
@@ -101,15 +102,16 @@ class Ledger:
         held[tag] = delivery
         self._scope_of[tag] = scope
 
-    def scope_of(self, tag: int) -> Any:
-        """The scope of an outstanding tag; None if it is not held (settled, timed out)."""
-        return self._scope_of.get(tag)
-
-    def take(self, tag: int) -> list[tuple[int, Delivery]]:
-        """The one delivery with this tag (an individual ack), or nothing."""
-        scope = self._scope_of.pop(tag, None)
+    def take_acked(self, tag: int) -> list[tuple[int, Delivery]]:
+        """What an ack of ``tag`` settles: every delivery of its scope up to it when the scope's
+        acks are cumulative (the scope's ``cumulative`` attribute), else that one; nothing if
+        the tag is not held."""
+        scope = self._scope_of.get(tag)
         if scope is None:
             return []
+        if scope.cumulative:
+            return self.take_upto(tag)
+        del self._scope_of[tag]
         return [(tag, self._by_scope[scope].pop(tag))]
 
     def take_upto(self, tag: int) -> list[tuple[int, Delivery]]:

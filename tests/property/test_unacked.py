@@ -54,8 +54,15 @@ def test_forget_of_a_delivery_not_held():
     assert list(unacked) == [1]
 
 
+class Scope:
+    """A consumer as the Ledger sees it: whether its acks are cumulative."""
+
+    def __init__(self, cumulative: bool) -> None:
+        self.cumulative = cumulative
+
+
 LEDGER_OPS = st.lists(st.tuples(
-    st.sampled_from(["add", "take", "upto", "scope", "all", "forget"]),
+    st.sampled_from(["add", "upto", "acked", "scope", "all", "forget"]),
     st.integers(min_value=0, max_value=40), st.integers(min_value=0, max_value=2)), max_size=80)
 
 
@@ -65,6 +72,7 @@ def test_ledger_matches_a_model_of_tags_in_scopes(ops):
     """Ledger (STOMP: one connection's tags, each in its subscription's scope) against a dict
     tag -> (delivery, scope): a cumulative ack takes only its own scope's earlier tags."""
     ledger = Ledger()
+    scopes = [Scope(False), Scope(True), Scope(False)]  # scope 1 acks cumulatively
     model: dict[int, tuple[object, int]] = {}
     next_tag = 1
 
@@ -74,12 +82,9 @@ def test_ledger_matches_a_model_of_tags_in_scopes(ops):
     for op, n, scope in ops:
         if op == "add":
             delivery = object()
-            ledger.add(next_tag, delivery, scope)  # type: ignore[arg-type]
+            ledger.add(next_tag, delivery, scopes[scope])  # type: ignore[arg-type]
             model[next_tag] = (delivery, scope)
             next_tag += 1
-        elif op == "take":
-            expected = pairs([n] if n in model else [])
-            assert ledger.take(n) == expected
         elif op == "upto":
             if n in model:
                 own = model[n][1]
@@ -87,8 +92,17 @@ def test_ledger_matches_a_model_of_tags_in_scopes(ops):
             else:
                 expected = []
             assert ledger.take_upto(n) == expected
+        elif op == "acked":
+            if n in model:
+                own = model[n][1]
+                cumulative = scopes[own].cumulative
+                expected = pairs([t for t, (_, s) in model.items()
+                                  if s == own and (t <= n if cumulative else t == n)])
+            else:
+                expected = []
+            assert ledger.take_acked(n) == expected
         elif op == "scope":
-            assert ledger.take_scope(scope) == pairs([t for t, (_, s) in model.items()
+            assert ledger.take_scope(scopes[scope]) == pairs([t for t, (_, s) in model.items()
                                                       if s == scope])
         elif op == "all":
             got = ledger.take_all()
@@ -96,15 +110,15 @@ def test_ledger_matches_a_model_of_tags_in_scopes(ops):
         elif op == "forget" and model:
             tag = sorted(model)[n % len(model)]
             delivery, own = model[tag]
-            assert ledger.forget(delivery, (own + 1) % 3) is None  # not held in that scope
-            assert ledger.forget(delivery, own) == tag  # type: ignore[arg-type]
+            assert ledger.forget(delivery, scopes[(own + 1) % 3]) is None  # not in that scope
+            assert ledger.forget(delivery, scopes[own]) == tag  # type: ignore[arg-type]
             del model[tag]
         assert len(ledger) == len(model)
         for t in range(next_tag):
             assert (t in ledger) == (t in model)
-            assert ledger.scope_of(t) == (model[t][1] if t in model else None)
         for s in range(3):
-            assert ledger.deliveries(s) == [d for t, (d, o) in sorted(model.items()) if o == s]
+            assert ledger.deliveries(scopes[s]) == [d for t, (d, o) in sorted(model.items())
+                                                    if o == s]
 
 
 def test_end_consumers_cancels_every_consumer_before_it_requeues():
