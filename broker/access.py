@@ -505,6 +505,10 @@ class AccessControl:
         return Grant(self, user.name, vhost)
 
 
+def _checked() -> bool:
+    return True
+
+
 @dataclass
 class Grant:
     """One connection's rights in one vhost. Decisions are cached per resource until the
@@ -578,6 +582,16 @@ class Grant:
                 return True
             return _matches(getattr(perm, action), routing_key, self.user, self.vhost)
         return self._decide(key, decide)
+
+    def check_publish(self, exchange: str, routing_key: str) -> None:
+        """What every publish needs: write on the exchange and topic write on the routing key
+        (RabbitMQ's rules), as one cached lookup once allowed."""
+        key = ("publish", exchange, routing_key)
+        if self._cached(key):
+            return
+        self.write("exchange", exchange)
+        self.check_topic("write", exchange, routing_key)
+        self._decide(key, _checked)
 
     def check_topic(self, action: str, exchange: str, routing_key: str) -> None:
         if not self.topic_allowed(action, exchange, routing_key):
