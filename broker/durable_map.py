@@ -74,5 +74,17 @@ class DurableMap:
         self.log.settle(record_id)
         return wait
 
+    async def put_durably(self, key: Hashable, value: Any) -> None:
+        """``put``, returning once the value is durable (at once without a log)."""
+        wait = self.put(key, value)
+        if wait is not None:
+            await wait
+
+    async def delete_durably(self, key: Hashable) -> None:
+        """``delete``, returning once the deletion is durable (at once without a log)."""
+        wait = self.delete(key)
+        if wait is not None:
+            await wait
+
     def __contains__(self, key: Hashable) -> bool:
         return key in self._ids
