@@ -162,8 +162,12 @@ class FileQueueLog(LogRecovery):
             self.max_id_seen = msg_id
         future = None
         if self.store.fsync != "never":
-            future = self.store._loop.create_future()  # type: ignore[union-attr]
-            chunk.waiters.append(future)
+            # Every record of a chunk becomes durable at the same moment (or fails together),
+            # so the appends into it share one future rather than one each.
+            future = chunk.confirm
+            if future is None:
+                future = chunk.confirm = self.store._loop.create_future()  # type: ignore[union-attr]
+                chunk.waiters.append(future)
         self.store._dirty(self)
         return future
 
