@@ -44,7 +44,7 @@ class DurableMap:
                 self.log.settle(older)  # replaced, its tombstone lost: settle it now
             self._ids[key] = record_id
             values[key] = value
-        self._next_id = max(getattr(self.log, "max_id_seen", 0) + 1, 1)
+        self._next_id = max(self.log.max_id_seen + 1, 1)
         return values
 
     def put(self, key: Hashable, value: Any) -> Awaitable[None] | None:

@@ -44,8 +44,8 @@ class Segment:
 
 
 class Recovery:
-    """What :meth:`FileQueueLog.recover` returns: an iterator of ``(msg_id, payload)``. A caller
-    that files messages left on disk in bulk sets :attr:`spans`; from then on each run of them
+    """What :meth:`FileQueueLog.recover` returns: an iterator of ``(msg_id, payload)``. With
+    :attr:`spans` (the caller files messages left on disk in bulk) each run of them
     (up to a segment's end or a flagged message) comes as one item ``(first_id, (ids,
     lengths))``, two arrays, instead of one ``(msg_id, length)`` per message."""
     __slots__ = ("spans", "replay")
@@ -74,7 +74,7 @@ class LogRecovery:
     scanned_segments: int
 
     # ------------------------------------------------------------------ recovery
-    def recover(self, resident_bytes: int | None = None) -> Recovery:
+    def recover(self, resident_bytes: int | None = None, spans: bool = False) -> Recovery:
         """Rebuild the unsettled set from the segments; truncate each at its first bad record.
 
         Yields ``(msg_id, payload)`` in id order. Payloads past the first ``resident_bytes``
@@ -120,6 +120,7 @@ class LogRecovery:
             self.max_id_seen = max(self.max_id_seen, self.segments[-1].base_id - 1)
         self.store._unlink_later(self._compact())
         recovery = Recovery()
+        recovery.spans = spans
         recovery.replay = self._replay(resident_bytes, read_anyway, recovery)
         return recovery
 
