@@ -183,7 +183,7 @@ async def test_failed_index_writes_lose_nothing_and_the_next_start_scans(tmp_pat
     assert log.indexed_segments == 0 and log.scanned_segments == len(files(tmp_path, ".seg"))
 
 
-async def test_a_torn_index_write_is_not_trusted(tmp_path):
+async def test_segments_with_failed_fsyncs_recover_what_was_confirmed(tmp_path):
     fs = FaultyFS()
     store = FileStore(str(tmp_path), fs=fs, segment_bytes=SEGMENT_BYTES)
     await store.open()
