@@ -26,6 +26,10 @@ log = logging.getLogger("manifold.persistence")
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
 
 
+class StoreError(OSError):
+    """A write the store could not make durable; the append it covers was not stored."""
+
+
 class Chunk:
     """Bytes for one segment file: ``start`` is the file's length before them (0 with ``create``,
     whose bytes begin with the file header)."""
