@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sys
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
                                  rule)
@@ -232,11 +232,12 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(no_ack=st.booleans())
     def get(self, no_ack):
         delivery = self.queue.get(no_ack)
+        live = [s for s in self.ready if not self._expired(s)]  # expired ones go on the way
         if delivery is None:
-            assert not self.ready
+            assert not live
             return
         seq = seq_of(delivery.message)
-        assert seq == min(self.ready), "Basic.Get takes the oldest ready message"
+        assert seq == min(live), "Basic.Get takes the oldest ready message"
         assert seq not in self.settled
         self.ready.discard(seq)
         if no_ack:
@@ -330,8 +331,10 @@ class QueueMachine(RuleBasedStateMachine):
         assert not any(c.has_credit() for c in self.consumers)
 
 
+# No explain phase: on Python 3.11 it traces every line, minutes for a failing case.
 QueueMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=50,
                                           deadline=None,
+                                          phases=[p for p in Phase if p is not Phase.explain],
                                           suppress_health_check=[HealthCheck.too_slow])
 test_queue_machine = QueueMachine.TestCase
 
