@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from .coldrun import ColdRun
+from .coldrun import ColdRun, file_span
 from .entry import ENTRY_OVERHEAD_BYTES, READY, Entry
 from .message import Message
 from .message_codec import decode_message, encode_message
@@ -202,33 +202,45 @@ class QueuePaging:
 
     def _recover(self) -> int:
         """Reload the messages the log holds unsettled (after a restart), in their old order.
-        Past the resident limit, bodies stay on disk and are read when delivered (a priority
-        queue reads them all: the priority is inside the message)."""
+        Bodies stay on disk and are read when delivered (a priority queue reads them all: the
+        priority is inside the message)."""
         if self.log is None:
             return 0
         self._flush_writes()
         now = self.host.now_ms()
         # Priorities and groups are inside the message: those queues read every body back.
-        # Others read bodies only while within the resident budget (decided here, where the
-        # entries' own cost counts too), in queue order; the rest wait on disk.
+        # A plain queue reads none: every message goes into cold runs, 12 bytes each, its body
+        # left on disk until it reaches the head (RabbitMQ's classic queues v2 recover their
+        # index, not the bodies), and the log hands them over in bulk as (ids, sizes) arrays.
+        # One with a queue TTL reads bodies while within the resident budget (decided here,
+        # where the entries' own cost counts too).
         everything = self.max_priority or self.grouped is not None or self.resident_limit is None
-        records = self.log.recover(None if everything else 0)
+        spans = not everything and self.message_ttl is None
+        records = self.log.recover(None if everything else 0, spans)
         count = 0
         last_id = 0
         run: ColdRun | None = None
         for msg_id, data in records:
+            if data.__class__ is tuple:  # a span of messages left on disk: (ids, sizes)
+                ids, sizes = data
+                run = file_span(self._fresh[0], run, ids, sizes, 1)
+                count += len(ids)
+                self.cold_count += len(ids)
+                self.ready_count += len(ids)
+                self.ready_bytes += sum(sizes)
+                last_id = ids[-1]
+                continue
             count += 1
             last_id = msg_id
             if isinstance(data, int):  # past the log's budget: the length stands in for it
                 size = data
                 data = None
-                if self.cold_count or self._over_budget(size):
+                if self.message_ttl is None or self.cold_count or self._over_budget(size):
                     if self.message_ttl is None:
-                        # Past the resident budget: 12 bytes in a cold run (body on disk);
-                        # filed inline, a million of them is most of a long recovery.
-                        if run is None or run.full():
+                        fresh = self._fresh[0]
+                        if run is None or run.full() or fresh[-1] is not run:
                             run = ColdRun(1)
-                            self._fresh[0].append(run)
+                            fresh.append(run)
                         run.append(msg_id, size)
                         self.cold_count += 1
                         self.ready_count += 1

@@ -83,7 +83,8 @@ class MemoryLog:
         if self.records.pop(msg_id, None) is not None:
             self.settled.append(msg_id)
 
-    def recover(self, resident_bytes: int | None = None) -> list[tuple[int, bytes | int]]:
+    def recover(self, resident_bytes: int | None = None,
+                spans: bool = False) -> list[tuple[int, bytes | int]]:
         """Live records in id order; past ``resident_bytes`` their length stands in for them
         (kept a prefix, as FileQueueLog does), unless flagged to be read anyway."""
         budget = resident_bytes
