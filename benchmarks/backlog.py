@@ -74,7 +74,9 @@ class BenchManifold(ManifoldPeer):
     def environment(self) -> dict[str, str]:
         env = super().environment()
         # The HTTP listeners are not measured here; port 0 keeps them out of the way.
-        env.update(MANIFOLD_HTTP_PORT="0", MANIFOLD_MANAGEMENT_PORT="0")
+        # (Nor is WebSocket: a fixed port could be taken by another broker between restarts.)
+        env.update(MANIFOLD_HTTP_PORT="0", MANIFOLD_MANAGEMENT_PORT="0",
+                   MANIFOLD_WEBSOCKET_PORT="0")
         return env
 
 
@@ -208,11 +210,17 @@ async def queue_bench(name: str, count: int) -> dict:
         await first_delivery(peer, "backlog", count, 300)
         recovery = time.monotonic() - killed
         recovered_rss = group_rss(peer.proc.pid)
+        peer.stop()  # a clean stop (SIGTERM) and start: Manifold writes its index files
+        stopped = time.monotonic()
+        restart(peer, cmd)
+        await first_delivery(peer, "backlog", count, 300)
+        clean_restart = time.monotonic() - stopped
         drain_rate = await drain(peer, "backlog", count)
         return {"broker": peer.name, "version": peer.version, "messages": count,
                 "rss_before": before, "rss_after": after,
                 "bytes_per_message": (after - before) / count, "publish_rate": rate,
                 "recovery_s": recovery, "rss_recovered": recovered_rss,
+                "clean_restart_s": clean_restart,
                 "drain_rate": drain_rate}
     finally:
         peer.stop()
@@ -293,9 +301,10 @@ async def sample_rss(peer: Peer) -> None:
         await asyncio.sleep(0.5)
 
 
-async def core_bench(count: int, lazy: bool, data_dir: str) -> dict:
-    """The broker core in this process (no network, fsync never): RSS growth per waiting message
-    once every write is done, and the publish rate into the core."""
+async def core_bench(count: int, lazy: bool, data_dir: str, fsync: str, crash: bool) -> dict:
+    """The broker core in this process (no network): RSS growth per waiting message once every
+    write is done, and the publish rate into the core. ``crash``: end without closing the store
+    (the files as ``kill -9`` leaves them: no index of the newest segment, no clean marker)."""
     from manifold.broker.core import Broker
     from manifold.broker.message import Message, Properties
     from manifold.config.settings import Settings
@@ -305,7 +314,7 @@ async def core_bench(count: int, lazy: bool, data_dir: str) -> dict:
         with open("/proc/self/statm") as fh:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    broker = Broker(Settings(), store=FileStore(data_dir, fsync="never"))
+    broker = Broker(Settings(), store=FileStore(data_dir, fsync=fsync))
     await broker.start()
     vhost = broker.vhosts["/"]
     vhost.declare_queue("q", durable=True, arguments={"x-queue-mode": "lazy"} if lazy else None)
@@ -322,11 +331,12 @@ async def core_bench(count: int, lazy: bool, data_dir: str) -> dict:
     while store._in_flight is not None or store._dirty_logs:  # every write done
         await asyncio.sleep(0.05)
     held = rss() - before
-    await broker.close()
+    if not crash:
+        await broker.close()
     return {"messages": count, "bytes_per_message": held / count, "publish_rate": rate}
 
 
-async def recover_bench(data_dir: str) -> dict:
+async def recover_bench(data_dir: str, fsync: str) -> dict:
     """Recover the backlog ``core`` left (run in a fresh process, so RSS starts clean)."""
     from manifold.broker.core import Broker
     from manifold.config.settings import Settings
@@ -334,7 +344,7 @@ async def recover_bench(data_dir: str) -> dict:
 
     with open("/proc/self/statm") as fh:
         base = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    broker = Broker(Settings(), store=FileStore(data_dir, fsync="never"))
+    broker = Broker(Settings(), store=FileStore(data_dir, fsync=fsync))
     started = time.monotonic()
     await broker.start()
     recovery = time.monotonic() - started
@@ -342,7 +352,8 @@ async def recover_bench(data_dir: str) -> dict:
         now = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     queue = broker.vhosts["/"].queues["q"]
     result = {"messages": queue.ready_count, "cold": queue.cold_count, "recovery_s": recovery,
-              "bytes_per_message": (now - base) / max(1, queue.ready_count)}
+              "bytes_per_message": (now - base) / max(1, queue.ready_count),
+              "indexed": queue.log.indexed_segments, "scanned": queue.log.scanned_segments}
     await broker.close()
     return result
 
@@ -358,8 +369,12 @@ def main() -> None:
     c.add_argument("--messages", type=int, default=1_000_000)
     c.add_argument("--lazy", action="store_true")
     c.add_argument("--data-dir", default="")
+    c.add_argument("--fsync", default="always", choices=("always", "interval", "never"))
+    c.add_argument("--crash", action="store_true",
+                   help="end without a clean close (the newest segment is scanned at recovery)")
     r = sub.add_parser("recover")
     r.add_argument("--data-dir", required=True)
+    r.add_argument("--fsync", default="always", choices=("always", "interval", "never"))
     s = sub.add_parser("stream")
     s.add_argument("--gib", type=float, default=2.0)
     s.add_argument("--retention-mib", type=int, default=256)
@@ -369,19 +384,22 @@ def main() -> None:
                    "from first (on disk until it catches up) while the timed writer runs")
     args = parser.parse_args()
     if args.what == "recover":
-        r = asyncio.run(recover_bench(args.data_dir))
+        r = asyncio.run(recover_bench(args.data_dir, args.fsync))
         print(f"recovered {r['messages']:,} ({r['cold']:,} in cold runs) in {r['recovery_s']:.1f}"
-              f" s, {r['bytes_per_message']:.0f} B each")
+              f" s, {r['bytes_per_message']:.0f} B each; segments from index files "
+              f"{r['indexed']}, scanned {r['scanned']}")
         return
     if args.what == "core":
         import tempfile
         data_dir = args.data_dir or tempfile.mkdtemp(prefix="manifold-backlog-")
         try:
-            r = asyncio.run(core_bench(args.messages, args.lazy, data_dir))
+            r = asyncio.run(core_bench(args.messages, args.lazy, data_dir, args.fsync,
+                                       args.crash))
             print(f"{r['messages']:,} waiting messages: {r['bytes_per_message']:.0f} B each, "
                   f"published into the core at {r['publish_rate']:,.0f}/s", flush=True)
-            subprocess.run([sys.executable, __file__, "recover", "--data-dir", data_dir],
-                           check=True)
+            for _ in range(2):  # after the core's end, then after a clean close
+                subprocess.run([sys.executable, __file__, "recover", "--data-dir", data_dir,
+                                "--fsync", args.fsync], check=True)
         finally:
             if not args.data_dir:
                 shutil.rmtree(data_dir, ignore_errors=True)
@@ -392,16 +410,18 @@ def main() -> None:
                 "/usr/lib/rabbitmq/bin/rabbitmq-server"):
             names = ["manifold"]
         print(f"| broker | messages | RSS growth per waiting message | publish msg/s | "
-              f"kill -9 to first delivery | RSS after recovery | drain msg/s |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+              f"kill -9 to first delivery | RSS before kill / after recovery | "
+              f"clean restart to first delivery | drain msg/s |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for name in names:
             r = asyncio.run(queue_bench(name, args.messages))
             if "error" in r:
-                print(f"| {name} | n/a: {r['error']} |||||")
+                print(f"| {name} | n/a: {r['error']} ||||||")
                 continue
             print(f"| {r['broker']} {r['version']} | {r['messages']:,} | "
                   f"{r['bytes_per_message']:.0f} B | {r['publish_rate']:,.0f} | "
-                  f"{r['recovery_s']:.1f} s | {r['rss_recovered'] / 1e6:.0f} MB | "
+                  f"{r['recovery_s']:.1f} s | {r['rss_after'] / 1e6:.0f} / "
+                  f"{r['rss_recovered'] / 1e6:.0f} MB | {r['clean_restart_s']:.1f} s | "
                   f"{r['drain_rate']:,.0f} |", flush=True)
     else:
         r = asyncio.run(stream_bench(args.gib, args.retention_mib, args.reader))

@@ -10,6 +10,7 @@ same per-message cost in their index: "lazy" without a flag).
 from __future__ import annotations
 
 from array import array
+from typing import Any
 
 #: messages per run; a new run starts when the last is full
 RUN_CAPACITY = 16384
@@ -55,3 +56,20 @@ class ColdRun:
                 del self.sizes[i]
                 return size
         return -1
+
+
+def file_span(fresh: Any, run: ColdRun | None, ids: array, sizes: array,
+              delivery_count: int) -> ColdRun:
+    """File ready messages in bulk (a recovered log's span: ``ids`` an ``array('q')``, ``sizes``
+    non-negative 4-byte ints) at the end of ``fresh``, filling ``run`` first if it is still the
+    last item there; returns the last run."""
+    at, end = 0, len(ids)
+    while at < end:
+        if run is None or run.full() or not fresh or fresh[-1] is not run:
+            run = ColdRun(delivery_count)
+            fresh.append(run)
+        take = min(RUN_CAPACITY - len(run.ids), end - at)
+        run.ids.extend(ids[at:at + take])
+        run.sizes.frombytes(sizes[at:at + take].tobytes())  # ('i' to 'I': same bytes)
+        at += take
+    return run  # type: ignore[return-value]

@@ -65,8 +65,7 @@ class Broker:
     async def start(self) -> None:
         """Open the store, recreate the durable definitions and reload unsettled messages."""
         await self.store.open()
-        make = getattr(self.store, "state_log", None)
-        for name in self.access.load(make("access") if make is not None else None):
+        for name in self.access.load(self.store.state_log("access")):
             self._make_vhost(name)
         saved = self.store.load_definitions()
         self._restoring = True
@@ -88,8 +87,7 @@ class Broker:
     def state_map(self, name: str) -> DurableMap:
         """A durable key -> value map in the store (for adapters' own state, e.g. MQTT retained
         messages and sessions); memory-only when the store keeps nothing."""
-        make = getattr(self.store, "state_log", None)
-        return DurableMap(make(name) if make is not None else None)
+        return DurableMap(self.store.state_log(name))
 
     def save_definitions(self) -> None:
         if not self._restoring:

@@ -17,7 +17,7 @@ from .message_codec import decode_value, encode_value
 
 class DedupWindow:
     def __init__(self, log: Any, clock: Any, window_ms: int):
-        self.log = log            # a QueueLog, or None (nothing survives a restart)
+        self.log = log            # a store Log, or None (nothing survives a restart)
         self.clock = clock
         self.window_ms = window_ms
         self._seen: dict[str, tuple[int, int, Any]] = {}   # key -> (record id, expires, value)
@@ -35,7 +35,7 @@ class DedupWindow:
                 continue
             self._seen[key] = (record_id, expires, value)
             self._by_age.append((expires, key, record_id))
-        self._next_id = max([self._next_id, getattr(self.log, "max_id_seen", 0) + 1,
+        self._next_id = max([self._next_id, self.log.max_id_seen + 1,
                              *(r + 1 for r, _, _ in self._seen.values())])
 
     def _expire(self, now: int) -> None:

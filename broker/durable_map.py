@@ -44,7 +44,7 @@ class DurableMap:
                 self.log.settle(older)  # replaced, its tombstone lost: settle it now
             self._ids[key] = record_id
             values[key] = value
-        self._next_id = max(getattr(self.log, "max_id_seen", 0) + 1, 1)
+        self._next_id = max(self.log.max_id_seen + 1, 1)
         return values
 
     def put(self, key: Hashable, value: Any) -> Awaitable[None] | None:
@@ -73,6 +73,18 @@ class DurableMap:
         self.log.settle(older)
         self.log.settle(record_id)
         return wait
+
+    async def put_durably(self, key: Hashable, value: Any) -> None:
+        """``put``, returning once the value is durable (at once without a log)."""
+        wait = self.put(key, value)
+        if wait is not None:
+            await wait
+
+    async def delete_durably(self, key: Hashable) -> None:
+        """``delete``, returning once the deletion is durable (at once without a log)."""
+        wait = self.delete(key)
+        if wait is not None:
+            await wait
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._ids

@@ -85,7 +85,7 @@ def consumers(vhost: VirtualHost) -> Iterator[dict]:
 
 def fsync_latency(broker: Any) -> Any:
     """The store's fsync latency histogram (persistence/latency.py), or None for a memory store."""
-    return getattr(broker.store, "fsync_latency", None)
+    return broker.store.fsync_latency
 
 
 def disk(broker: Any) -> dict:

@@ -313,7 +313,7 @@ class VirtualHost:
     def _spill_log_for(self, name: str) -> Any:
         """Opens the queue's spill log when it first needs one (most queues never do)."""
         store = self.store
-        if store is None or getattr(store, "spill_log", None) is None:
+        if store is None:
             return None
         return lambda: store.spill_log(self.name, name)
 

@@ -3,7 +3,10 @@
 Layout under the data directory (see FORMAT.md)::
 
     definitions.bin                      durable exchanges, queues, bindings (atomic replace)
+    clean-shutdown                       written last by a clean close, removed at open
     queues/<vhost>/<queue>/<base>.seg    a queue's log: ENQUEUE records and SETTLE tombstones
+    queues/<vhost>/<queue>/<base>.idx    its index: the segment's arrays (msgindex.py), written
+                                         when it is sealed and, for the newest, at a clean close
     state/<name>/<base>.seg              a state log (MQTT retained messages, sessions), same format
     dedup/<vhost>/<queue>/<base>.seg     a queue's deduplication window (same record format)
     spill/<vhost>/<queue>/<base>.seg     transient messages paged out under memory pressure
@@ -34,24 +37,26 @@ import resource
 import urllib.parse
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any
 
 from .fs import FileSystem
-from .msgindex import SETTLED, SegmentIndex
-from .records import (ENQUEUE, FILE_HEADER_SIZE, RECORD_HEADER_SIZE, SETTLE, Walk,
-                      encode_record, file_header, parse_file_header, segment_name,
-                      FLAG_READ_ON_RECOVERY)
+from .logrecovery import LogRecovery, Segment
+from .records import (ENQUEUE, FILE_HEADER_SIZE, RECORD_HEADER_SIZE, SETTLE, encode_record,
+                      file_header, segment_name)
 from .streamlog import FileStreamLog, SegmentReader
 from .writer import Batch, Chunk, Writer
 
 log = logging.getLogger("manifold.persistence")
 
 FSYNC_POLICIES = ("always", "interval", "never")
+#: written last by a clean close, removed at open: the newest segments' index files are current
+CLEAN_MARKER_NAME = "clean-shutdown"
+CLEAN_MARKER = b"MFCLEAN\x00\x00\x01"
 #: after a failed batch, wait this long before the next one (a full disk is not retried in a spin)
 RETRY_DELAY_S = 0.05
 
 
-def _base_id(segment: "_Segment") -> int:
+def _base_id(segment: "Segment") -> int:
     return segment.base_id
 
 
@@ -77,114 +82,29 @@ class StoreError(OSError):
     """A write the store could not make durable; the append it covers was not stored."""
 
 
-class _Segment:
-    __slots__ = ("base_id", "path", "live", "size", "poisoned", "index", "written")
-
-    def __init__(self, base_id: int, path: str, size: int):
-        self.base_id = base_id
-        self.path = path
-        #: ENQUEUE records in this segment that are not settled
-        self.live = 0
-        #: bytes of this file: written, handed to the writer, or waiting in an open chunk
-        self.size = size
-        #: a write here could not be undone, or an fsync failed: nothing more is appended
-        self.poisoned = False
-        #: where this segment's messages are (compact arrays, see msgindex.py)
-        self.index = SegmentIndex()
-        #: bytes of this file the writer has written (pread beyond this reads pending chunks)
-        self.written = size
-
-
-class FileQueueLog:
+class FileQueueLog(LogRecovery):
     def __init__(self, store: "FileStore", directory: str):
         self.store = store
         self.directory = directory
-        self.segments: list[_Segment] = []
+        self.segments: list[Segment] = []
         #: chunks ready for the writer, in order; the last one may still grow (the open chunk)
         self.chunks: list[Chunk] = []
         #: chunks handed to the writer and not yet done (their bytes may not be in the file)
         self._writing: list[Chunk] = []
         #: the segment of the last id found (see _locate)
-        self._last_hit: _Segment | None = None
+        self._last_hit: Segment | None = None
         self.dropped = False
         self.recovery_problems: list[str] = []
         #: the highest record id ever written (settled or not), so ids are never reused
         self.max_id_seen = -1
+        #: whether segments get index files (not for spill logs, nor under fsync "never": an
+        #: index must never describe bytes that may not be on the disk)
+        self.indexed = store.fsync != "never"
+        #: how the last recovery found its segments (tests and logs)
+        self.indexed_segments = 0
+        self.scanned_segments = 0
 
-    # ------------------------------------------------------------------ recovery
-    def recover(self, resident_bytes: int | None = None) -> Iterator[tuple[int, bytes | int]]:
-        """Rebuild the unsettled set from the segments; truncate each at its first bad record.
-
-        Yields ``(msg_id, payload)`` in id order. Payloads past the first ``resident_bytes``
-        (None: no limit) are left on disk and come as their length (an int): fetch them with
-        :meth:`read`, so a backlog larger than memory can be recovered. The scan is done before the first item;
-        the iterator holds nothing per message (a million messages are not a million tuples)."""
-        fs = self.store.fs
-        read_anyway: set[int] = set()  # flagged messages: their payload comes back past the budget
-        try:
-            names = sorted(n for n in fs.listdir(self.directory) if n.endswith(".seg"))
-        except FileNotFoundError:
-            names = []
-        for name in names:
-            path = os.path.join(self.directory, name)
-            data = fs.read_file(path)  # one segment at a time (segment_bytes bounds it)
-            base_id = parse_file_header(data)
-            if base_id is None:
-                self.recovery_problems.append(
-                    f"{path}: missing or unknown segment header; file removed")
-                fs.unlink(path)
-                continue
-            segment = _Segment(base_id, path, 0)
-            self.segments.append(segment)
-            walked = Walk(data)
-            for kind, msg_id, position, length, flags in walked:
-                if msg_id > self.max_id_seen:
-                    self.max_id_seen = msg_id
-                if kind == ENQUEUE:
-                    segment.index.add(msg_id, position, length)
-                    segment.live += 1
-                    if flags & FLAG_READ_ON_RECOVERY:
-                        read_anyway.add(msg_id)
-                elif kind == SETTLE:
-                    found = self._locate(msg_id)
-                    if found is not None:
-                        found[0].index.kill(found[1])
-                        found[0].live -= 1
-            del data
-            if walked.problem is not None:
-                self.recovery_problems.append(f"{path}: {walked.problem}; truncated, "
-                                              f"{walked.dropped} bytes dropped")
-                fs.truncate_file(path, walked.good_bytes)
-            segment.size = segment.written = walked.good_bytes
-        for problem in self.recovery_problems:
-            log.warning("recovery: %s", problem)
-        if self.segments:
-            # New ids start at or above the newest segment's name (it may hold only tombstones,
-            # named above ids that never reached the disk): names stay the bounds _locate uses.
-            self.max_id_seen = max(self.max_id_seen, self.segments[-1].base_id - 1)
-        self.store._unlink_later(self._compact())
-        return self._replay(resident_bytes, read_anyway)
-
-    def _replay(self, resident_bytes: int | None,
-                read_anyway: set[int]) -> Iterator[tuple[int, bytes | int]]:
-        budget = resident_bytes
-        for segment in list(self.segments):
-            index = segment.index
-            for i, msg_id in enumerate(index.ids):
-                length = index.lengths[i]
-                if length == SETTLED:
-                    continue
-                if budget is None or length <= budget:
-                    yield msg_id, self.read(msg_id)
-                    if budget is not None:
-                        budget -= length
-                elif msg_id in read_anyway:
-                    yield msg_id, self.read(msg_id)
-                else:
-                    budget = 0  # keep the resident part a prefix of the queue
-                    yield msg_id, length  # the payload's length stands in for it
-
-    def _locate(self, msg_id: int) -> tuple[_Segment, int] | None:
+    def _locate(self, msg_id: int) -> tuple[Segment, int] | None:
         """The segment and slot of a live message. A segment holds ids from its base id up to
         the next segment's (ids only grow; a rehomed chunk leaves its old segment)."""
         last = self._last_hit  # recovery and draining look ids up in order: mostly one segment
@@ -237,6 +157,8 @@ class FileQueueLog:
         chunk = self._chunk_for_append(msg_id)
         segment = chunk.segment
         segment.index.add(msg_id, segment.size, len(data))
+        if flags:
+            segment.index.flag(msg_id, flags)
         self._add(chunk, encode_record(ENQUEUE, msg_id, data, flags))
         segment.live += 1
         chunk.ids.append(msg_id)
@@ -259,6 +181,8 @@ class FileQueueLog:
 
     def _tombstone(self, msg_id: int) -> None:
         chunk = self._open_chunk()
+        if msg_id < chunk.segment.base_id:  # (one of its own is settled in its arrays)
+            chunk.segment.index.note_settled(msg_id)
         self._add(chunk, encode_record(SETTLE, msg_id))
         chunk.settles.append(msg_id)
         self.store._dirty(self)
@@ -310,9 +234,10 @@ class FileQueueLog:
     def _rotate(self, base_id: int) -> Chunk:
         """Start a new segment file; its header goes out with its first chunk."""
         if self.segments:
+            self._seal(self.segments[-1])
             base_id = max(base_id, self.segments[-1].base_id + 1)  # names stay unique
         path = os.path.join(self.directory, segment_name(base_id))
-        segment = _Segment(base_id, path, FILE_HEADER_SIZE)
+        segment = Segment(base_id, path, FILE_HEADER_SIZE)
         self.segments.append(segment)
         segment.written = 0
         chunk = Chunk(self, segment, path, 0, True)
@@ -323,12 +248,16 @@ class FileQueueLog:
 
     def take_chunks(self) -> list[Chunk]:
         chunks, self.chunks = self.chunks, []
-        self._writing.extend(chunks)
+        self._writing.extend(c for c in chunks if c.segment is not None)
         return chunks
 
     def chunk_failed(self, chunk: Chunk) -> None:
         """The writer could not store ``chunk``: forget what it held, make the log true again."""
         segment = chunk.segment
+        if segment is None:  # an index file: the next start scans its segment instead
+            self.store.index_failures += 1
+            return
+        segment.indexable = False  # its arrays no longer say what the file holds
         for msg_id in chunk.ids:
             slot = segment.index.find(msg_id)
             if slot >= 0:
@@ -350,7 +279,7 @@ class FileQueueLog:
         for msg_id in chunk.settles:  # an ack must not come back after a restart
             self._tombstone(msg_id)
 
-    def _move(self, chunk: Chunk, segment: _Segment, delta: int) -> None:
+    def _move(self, chunk: Chunk, segment: Segment, delta: int) -> None:
         """Shift the chunk's live messages by ``delta`` bytes, into ``segment`` if it is new."""
         old = chunk.segment.index
         first = None
@@ -374,6 +303,7 @@ class FileQueueLog:
         self.chunks.remove(chunk)
         fresh = self._rotate(base)
         segment = fresh.segment
+        segment.indexable = False  # (its tombstones were not noted: scanned at recovery)
         offset = (FILE_HEADER_SIZE if chunk.create else 0) + chunk.start
         for msg_id in chunk.ids:
             if old.index.find(msg_id) >= 0:
@@ -395,7 +325,7 @@ class FileQueueLog:
             if segment is self._last_hit:
                 self._last_hit = None
             self.store._forget_read(segment.path)
-            gone.append(segment.path)
+            gone += [segment.path, segment.path[:-4] + ".idx"]
         return gone
 
     def drop(self) -> None:
@@ -440,6 +370,10 @@ class FileStore:
         self._segment_reader = SegmentReader(min(READER_OPEN_FILES, self.max_open_files))
         #: the last batch's error, if it failed (for the disk alarm and the logs)
         self.last_error: OSError | None = None
+        #: the last run closed cleanly: recovery may trust the newest segments' index files
+        self.clean_start = False
+        #: index files that could not be written (their segments are scanned at the next start)
+        self.index_failures = 0
 
     async def open(self) -> None:
         # The limit may have been raised since __init__ (the service does it at start).
@@ -449,24 +383,40 @@ class FileStore:
         self.fs.rmtree(os.path.join(self.data_dir, "spill"))
         for directory in self.fs.makedirs(os.path.join(self.data_dir, "queues")):
             self.fs.fsync_dir(os.path.dirname(directory))
+        self.clean_start = self._take_clean_marker()
         self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="manifold-fsync")
 
+    def _take_clean_marker(self) -> bool:
+        """Whether the last run ended with a clean close; the marker is removed (durably)
+        before anything is written, so a crash of this run is never taken for a clean end."""
+        path = os.path.join(self.data_dir, CLEAN_MARKER_NAME)
+        try:
+            clean = self.fs.read_file(path) == CLEAN_MARKER
+        except FileNotFoundError:
+            return False
+        self.fs.unlink(path)
+        self.fs.fsync_dir(self.data_dir)
+        return clean
+
     async def close(self) -> None:
-        retries = 3  # after failed batches: a few more tries, then give up (disk full)
-        while self._has_work() or self._in_flight is not None:
-            if self._in_flight is not None:
-                await asyncio.wait([self._in_flight])
-                # A batch that had already finished is awaited without a yield, while its done
-                # callback (which clears _in_flight) is still queued: give it its turn.
-                await asyncio.sleep(0)
-                continue
-            if self.last_error is not None:
-                if not retries:
-                    log.error("closing with unwritten data: %s", self.last_error)
-                    break
-                retries -= 1
-            self._kick()
+        written = await self._flush()
+        if written and self._executor is not None and self.fsync != "never":
+            # Clean shutdown: every log's newest segment gets its index file, then the marker
+            # that lets the next start trust them (RabbitMQ's recovery terms play this part).
+            failures = self.index_failures
+            for queue_log in list(self._logs.values()):
+                queue_log.index_at_shutdown()
+            if await self._flush() and self.index_failures == failures:
+                batch = Batch(None, None)
+                marker = Chunk(None, None, os.path.join(self.data_dir, CLEAN_MARKER_NAME), 0,
+                               True)
+                marker.data += CLEAN_MARKER
+                batch.chunks.append(marker)
+                await self._loop.run_in_executor(  # type: ignore[union-attr]
+                    self._executor, self.writer.run, batch)
+                if marker.error is not None:
+                    log.error("cannot write the clean-shutdown marker: %s", marker.error)
         for fd in self._read_fds.values():
             self.fs.close(fd)
         self._read_fds.clear()
@@ -479,6 +429,28 @@ class FileStore:
             self._executor.shutdown(wait=True)
         else:
             self.writer.close_all()
+
+    async def _flush(self) -> bool:
+        """Write everything waiting; whether it all went well."""
+        retries = 3  # after failed batches: a few more tries, then give up (disk full)
+        while True:
+            while self._has_work() or self._in_flight is not None:
+                if self._in_flight is not None:
+                    await asyncio.wait([self._in_flight])
+                    # A batch that had already finished is awaited without a yield, while its
+                    # done callback (which clears _in_flight) is still queued: give it its turn.
+                    await asyncio.sleep(0)
+                    continue
+                if self.last_error is not None:
+                    if not retries:
+                        log.error("closing with unwritten data: %s", self.last_error)
+                        return False
+                    retries -= 1
+                self._kick()
+            # Callbacks of the last batch's futures (a sealed segment's index) run next turn.
+            await asyncio.sleep(0)
+            if not self._has_work():
+                return self.last_error is None
 
     # ------------------------------------------------------------------ definitions
 
@@ -538,7 +510,9 @@ class FileStore:
     def spill_log(self, vhost: str, queue: str) -> FileQueueLog:
         """Where a queue puts transient messages past its resident budget (same record format;
         removed at every start: transient messages do not survive a restart)."""
-        return self._log(os.path.join(self.data_dir, "spill", _fs_name(vhost), _fs_name(queue)))
+        spill = self._log(os.path.join(self.data_dir, "spill", _fs_name(vhost), _fs_name(queue)))
+        spill.indexed = False  # never recovered
+        return spill
 
     def dedup_log(self, vhost: str, queue: str) -> FileQueueLog:
         """The log of a queue's deduplication window (same records as a queue log: each key is
@@ -666,6 +640,7 @@ class FileStore:
             failure = failure or error
             if chunk.error is not None:
                 log.error("writing %s failed: %s (%s)", chunk.path, chunk.error,
+                          "the next start scans its segment" if chunk.segment is None else
                           "rolled back" if chunk.rolled_back else "segment retired")
             queue_log = chunk.log
             if not queue_log.dropped:

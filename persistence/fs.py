@@ -37,6 +37,9 @@ class FileSystem:
         with open(path, "rb") as fh:
             return fh.read()
 
+    def size(self, path: str) -> int:
+        return os.stat(path).st_size
+
     def listdir(self, path: str) -> list[str]:
         return os.listdir(path)
 

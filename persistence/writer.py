@@ -127,8 +127,10 @@ class Writer:
     def _fd_for(self, chunk: Chunk, touched: dict, new_entries: dict) -> int:
         fd = self._fds.get(chunk.path)
         if fd is not None:
-            self._fds.move_to_end(chunk.path)
-            return fd
+            if not chunk.create:
+                self._fds.move_to_end(chunk.path)
+                return fd
+            self._drop_fd(chunk.path)  # a file written anew (an index file): O_TRUNC it
         fs = self.fs
         flags = os.O_WRONLY | os.O_APPEND
         directory = os.path.dirname(chunk.path)

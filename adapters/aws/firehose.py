@@ -20,7 +20,6 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from manifold.broker.durable_map import DurableMap
 
 from .firehose_delivery import (BufferConsumer, KinesisSource, buffer_queue, encode_batch,
                                 object_key, post_http, record_message)
@@ -121,7 +120,7 @@ class Firehose:
         self.objects = objects
         self.kinesis = kinesis
         self.http_timeout_s = settings.sns.http_timeout_s
-        self.state = DurableMap(broker.store.state_log("firehose"))
+        self.state = broker.state_map("firehose")
         self.streams: dict[str, DeliveryStream] = {}
         for name, value in self.state.load().items():
             self.streams[name] = DeliveryStream(**value)
@@ -162,9 +161,7 @@ class Firehose:
             await self.session.close()
 
     async def save(self, stream: DeliveryStream) -> None:
-        wait = self.state.put(stream.name, asdict(stream))
-        if wait is not None:
-            await wait
+        await self.state.put_durably(stream.name, asdict(stream))
 
     def stream(self, params: dict) -> DeliveryStream:
         name = params.get("DeliveryStreamName")
@@ -271,9 +268,7 @@ class Firehose:
         self._stop(stream.name)
         del self.streams[stream.name]
         self.vhost.delete_queue(buffer_queue(stream.name))
-        wait = self.state.delete(stream.name)
-        if wait is not None:
-            await wait
+        await self.state.delete_durably(stream.name)
         return {}
 
     async def describe(self, p: dict) -> dict:
@@ -320,8 +315,8 @@ class Firehose:
     def _direct(self, p: dict) -> DeliveryStream:
         stream = self.stream(p)
         if stream.kind != "DirectPut":
-            raise invalid(f"This operation is not permitted on KinesisStreamAsSource delivery "
-                          f"stream type.")
+            raise invalid("This operation is not permitted on KinesisStreamAsSource delivery "
+                          "stream type.")
         return stream
 
     async def publish(self, stream: DeliveryStream, records: list[bytes]) -> list[str]:

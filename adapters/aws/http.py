@@ -69,7 +69,7 @@ class AwsRequest:
     params: dict[str, Any]         # JSON body, or the flat query parameters
     access_key_id: str | None      # from the SigV4 Authorization header, if signed
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    json_target_prefix: str = ""   # e.g. "AmazonSQS", for the JSON error type
+    json_target_prefix: str = ""   # e.g. "AmazonSQS": which JSON service handles it
     user: Any = None               # the signing key's user, set by the SigV4 check (sigv4.py)
     grant: Any = None              # its rights; handlers check with sigv4.require(...)
 
@@ -122,19 +122,18 @@ class AwsApi:
         try:
             request = await self._classify(http)
         except AwsError as exc:
-            return error_response(exc, "query", "", str(uuid.uuid4()))
+            return error_response(exc, "query", str(uuid.uuid4()))
         try:
             if self.authenticate is not None and \
                     (request.service, request.operation) not in self.unsigned:
                 await self.authenticate(request)
             return await self._call(request)
         except AwsError as exc:
-            return error_response(exc, request.protocol, request.json_target_prefix,
-                                  request.request_id)
+            return error_response(exc, request.protocol, request.request_id)
         except Exception:  # never a bare 500 page: AWS's InternalFailure, and the log says why
             log.exception("%s %s failed", request.service, request.operation)
             return error_response(AwsError("InternalFailure", "internal error", 500, sender=False),
-                                  request.protocol, request.json_target_prefix, request.request_id)
+                                  request.protocol, request.request_id)
 
     async def _classify(self, http: web.Request) -> AwsRequest:
         match = _CREDENTIAL.search(http.headers.get("Authorization", ""))
@@ -187,6 +186,31 @@ class AwsApi:
         return await self.rest_handler(request)
 
 
+#: query parameters that carry the request's action, version or signature, not its input
+ENVELOPE_PARAMS = frozenset({"Action", "Version", "AWSAccessKeyId", "Signature",
+                             "SignatureMethod", "SignatureVersion", "Timestamp", "Expires"})
+
+
+def query_tree(flat: dict[str, str]) -> dict[str, Any]:
+    """Undo the query protocol's flattening: ``Tags.member.2.Value=v`` becomes
+    ``{"Tags": {"member": {"2": {"Value": "v"}}}}``. Envelope and ``X-Amz-*`` parameters are left
+    out; each service then shapes ``member.N``/``entry.N`` nodes into its own lists and maps. A
+    name that is both a value and a prefix (``A=1&A.b=2``) keeps the value it met first."""
+    tree: dict[str, Any] = {}
+    for name, value in flat.items():
+        if name in ENVELOPE_PARAMS or name.startswith("X-Amz-"):
+            continue
+        node = tree
+        parts = name.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[parts[-1]] = value
+    return tree
+
+
 def query_response(operation: str, result_xml: str, request_id: str) -> web.Response:
     """``<OpResponse><OpResult>...</OpResult><ResponseMetadata>`` as the query protocol answers."""
     body = (f'<?xml version="1.0"?><{operation}Response xmlns="http://queue.amazonaws.com/doc/'
@@ -195,8 +219,7 @@ def query_response(operation: str, result_xml: str, request_id: str) -> web.Resp
     return web.Response(body=body.encode(), content_type="text/xml")
 
 
-def error_response(exc: AwsError, protocol: str, json_prefix: str,
-                   request_id: str) -> web.Response:
+def error_response(exc: AwsError, protocol: str, request_id: str) -> web.Response:
     fault = "Sender" if exc.sender else "Receiver"
     if protocol == "json":
         body = json.dumps({"__type": exc.code, "message": exc.message}).encode()

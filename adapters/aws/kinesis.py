@@ -16,7 +16,6 @@ import re
 import time
 from typing import Any
 
-from manifold.broker.durable_map import DurableMap
 from manifold.broker.errors import BrokerError
 from manifold.broker.message import Message, Properties
 
@@ -50,7 +49,7 @@ class Kinesis:
     def __init__(self, broker: Any, settings: Any):
         self.vhost = broker.vhosts[VHOST]
         self.iterator_ttl_ms = settings.kinesis.iterator_ttl_s * 1000
-        self.state = DurableMap(broker.store.state_log("kinesis"))
+        self.state = broker.state_map("kinesis")
         self.streams: dict[str, KinesisStream] = {
             name: KinesisStream.from_value(value) for name, value in self.state.load().items()}
         for stream in self.streams.values():
@@ -77,9 +76,7 @@ class Kinesis:
         return self.vhost.queue(stream.queue_name(shard))
 
     async def save(self, stream: KinesisStream) -> None:
-        wait = self.state.put(stream.name, stream.to_value())
-        if wait is not None:
-            await wait
+        await self.state.put_durably(stream.name, stream.to_value())
 
     def stream(self, params: dict) -> KinesisStream:
         name = params.get("StreamName")
@@ -124,9 +121,7 @@ class Kinesis:
         del self.streams[stream.name]
         for shard in stream.shards:
             self.vhost.delete_queue(stream.queue_name(shard))
-        wait = self.state.delete(stream.name)
-        if wait is not None:
-            await wait
+        await self.state.delete_durably(stream.name)
         return {}
 
     def _shards_page(self, stream: KinesisStream, p: dict, limit_key: str) -> tuple[list, bool]:

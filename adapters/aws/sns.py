@@ -21,7 +21,6 @@ from typing import Any
 
 from aiohttp import web
 
-from manifold.broker.durable_map import DurableMap
 from manifold.broker.errors import BrokerError
 
 from . import sns_wire
@@ -73,7 +72,7 @@ class Sns:
         self.settings = settings
         self.sqs = sqs
         self.firehose = firehose
-        self.state = DurableMap(broker.store.state_log("sns"))
+        self.state = broker.state_map("sns")
         saved = self.state.load()
         self.topics: dict[str, Topic] = {}
         self.subscriptions: dict[str, Subscription] = {}   # id -> subscription
@@ -90,7 +89,7 @@ class Sns:
 
     async def start(self) -> None:
         if self.signer.created:
-            await self._put(("signer", ""), self.signer.saved())
+            await self.state.put_durably(("signer", ""), self.signer.saved())
         for topic in self.topics.values():
             self.vhost.declare_exchange(topic.name, "topic", durable=True)
         for sub in self.subscriptions.values():
@@ -105,16 +104,6 @@ class Sns:
         await self.sender.close()
 
     # -- helpers -------------------------------------------------------------------------------
-    async def _put(self, key: tuple, value: Any) -> None:
-        wait = self.state.put(key, value)
-        if wait is not None:
-            await wait
-
-    async def _delete(self, key: tuple) -> None:
-        wait = self.state.delete(key)
-        if wait is not None:
-            await wait
-
     def _background(self, coroutine: Any) -> None:
         """A one-shot send (confirmation, unsubscribe notice) that the caller does not wait for."""
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -227,7 +216,7 @@ class Sns:
             raise invalid(f"Topic Name: the exchange '{name}' exists with another type "
                           f"({exc})") from None
         self.topics[name] = topic
-        await self._put(("topic", name), topic.to_value())
+        await self.state.put_durably(("topic", name), topic.to_value())
         return {"TopicArn": topic.arn}
 
     async def delete_topic(self, request: AwsRequest, p: dict) -> dict:
@@ -238,7 +227,7 @@ class Sns:
             await self._remove_subscription(sub)
         del self.topics[name]
         self.vhost.delete_exchange(name)
-        await self._delete(("topic", name))
+        await self.state.delete_durably(("topic", name))
         return {}
 
     async def list_topics(self, request: AwsRequest, p: dict) -> dict:
@@ -271,7 +260,7 @@ class Sns:
         name, value = p.get("AttributeName"), p.get("AttributeValue", "")
         check_topic_attribute(topic, name, value, creating=False)
         topic.attributes[name] = value
-        await self._put(("topic", topic.name), topic.to_value())
+        await self.state.put_durably(("topic", topic.name), topic.to_value())
         return {}
 
     async def tag_resource(self, request: AwsRequest, p: dict) -> dict:
@@ -281,14 +270,14 @@ class Sns:
             raise AwsError("TagLimitExceeded", "Could not complete request: tag quota of per "
                            "resource exceeded")
         topic.tags.update(tags)
-        await self._put(("topic", topic.name), topic.to_value())
+        await self.state.put_durably(("topic", topic.name), topic.to_value())
         return {}
 
     async def untag_resource(self, request: AwsRequest, p: dict) -> dict:
         topic = self.topic(p.get("ResourceArn"))
         for key in p.get("TagKeys") or []:
             topic.tags.pop(key, None)
-        await self._put(("topic", topic.name), topic.to_value())
+        await self.state.put_durably(("topic", topic.name), topic.to_value())
         return {}
 
     async def list_tags(self, request: AwsRequest, p: dict) -> dict:
@@ -324,7 +313,7 @@ class Sns:
                            self.base_url(request), attributes, confirmed=not needs_confirmation,
                            token=secrets.token_hex(64) if needs_confirmation else "")
         self.subscriptions[sub.id] = sub
-        await self._put(("subscription", sub.id), sub.to_value())
+        await self.state.put_durably(("subscription", sub.id), sub.to_value())
         if sub.confirmed:
             self._start_worker(sub)
             return {"SubscriptionArn": sub.arn}
@@ -359,7 +348,7 @@ class Sns:
                     sub.confirmed = True
                     sub.authenticate_on_unsubscribe = str(
                         p.get("AuthenticateOnUnsubscribe", "")).lower() == "true"
-                    await self._put(("subscription", sub.id), sub.to_value())
+                    await self.state.put_durably(("subscription", sub.id), sub.to_value())
                     self._start_worker(sub)
                 return {"SubscriptionArn": sub.arn}
         raise invalid("Token")
@@ -368,7 +357,7 @@ class Sns:
         self._stop_worker(sub.id)
         self.subscriptions.pop(sub.id, None)
         self.vhost.delete_queue(sub.queue)
-        await self._delete(("subscription", sub.id))
+        await self.state.delete_durably(("subscription", sub.id))
 
     async def unsubscribe(self, request: AwsRequest, p: dict) -> dict:
         sub = self.subscription(p.get("SubscriptionArn"))
@@ -418,7 +407,7 @@ class Sns:
         if name == "RedrivePolicy":
             self._check_targets(request, "", "", {name: value})
         sub.attributes = merged
-        await self._put(("subscription", sub.id), sub.to_value())
+        await self.state.put_durably(("subscription", sub.id), sub.to_value())
         return {}
 
     # -- publish -------------------------------------------------------------------------------
@@ -581,8 +570,7 @@ def install(api: AwsApi, sqs: Any, firehose: Any) -> Sns:
         if (request.service, request.operation) in api.unsigned and api.authenticate and (
                 "Authorization" in request.http.headers or "X-Amz-Signature" in request.http.query):
             await api.authenticate(request)  # signed anyway: then the signature must hold
-        params = sns_wire.unflatten({k: v for k, v in request.params.items()
-                                     if k not in ("Action", "Version")})
+        params = sns_wire.unflatten(request.params)
         sns.check_permission(request, params)
         try:
             result = await operation(request, params)

@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from .http import query_tree
+
 XMLNS = "http://sns.amazonaws.com/doc/2010-03-31/"
 VERSION = "2010-03-31"
 
@@ -31,17 +33,7 @@ VERSION = "2010-03-31"
 # ================================================================== query -> dict
 def unflatten(params: dict[str, str]) -> dict[str, Any]:
     """Flat query parameters -> nested dicts; ``member.N`` -> lists, ``entry.N`` -> maps."""
-    tree: dict[str, Any] = {}
-    for name, value in params.items():
-        node = tree
-        parts = name.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                break
-        else:
-            node[parts[-1]] = value
-    return _shape(tree)
+    return _shape(query_tree(params))
 
 
 def _shape(node: Any) -> Any:

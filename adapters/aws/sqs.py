@@ -50,7 +50,7 @@ def check_permission(ctx: SqsContext, request: AwsRequest, params: dict) -> None
 
 
 def install(api: AwsApi) -> SqsContext:
-    ctx = SqsContext(api.broker, api.settings)
+    ctx = SqsContext(api.broker, api.settings, sqs_redrive.MoveTasks(api.broker.state_map))
 
     async def handle(request: AwsRequest) -> Any:
         operation = OPERATIONS.get(request.operation)
@@ -73,7 +73,11 @@ def install(api: AwsApi) -> SqsContext:
                 woken.set_result(None)
         await sqs_redrive.close(ctx)
 
+    async def on_startup(_app: web.Application) -> None:
+        sqs_redrive.resume(ctx)
+
     api.register_json("AmazonSQS", "sqs", handle)
     api.register_query("sqs", handle)
+    api.app.on_startup.append(on_startup)
     api.app.on_shutdown.append(on_shutdown)
     return ctx

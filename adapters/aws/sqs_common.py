@@ -145,7 +145,7 @@ class SqsContext:
     """Per-listener state of the SQS API: the vhost, this process's epoch (receipt handles name
     it), recently deleted names, purge times, sequence numbers, move tasks, open long polls."""
 
-    def __init__(self, broker: Any, settings: Any):
+    def __init__(self, broker: Any, settings: Any, move_tasks: Any):
         self.broker = broker
         self.settings = settings
         self.vhost = broker.vhosts[VHOST]
@@ -153,7 +153,7 @@ class SqsContext:
         self.deleted_at: dict[str, float] = {}
         self.purged_at: dict[str, float] = {}
         self._last_sequence = 0
-        self.move_tasks: dict[str, Any] = {}       # task handle -> MoveTask
+        self.move_tasks = move_tasks               # sqs_redrive.MoveTasks
         self.long_polls: set = set()               # futures of waiting ReceiveMessage calls
         self.closing = False
         self._blocked_sends: set = set()           # futures of sends held by a resource alarm

@@ -16,7 +16,7 @@ import binascii
 from typing import Any
 from xml.sax.saxutils import escape
 
-from .http import AwsError
+from .http import AwsError, query_tree
 
 # query list name -> (JSON name, kind): kind "list", or ("map", key field, value field)
 _QUERY_COLLECTIONS: dict[str, tuple[str, Any]] = {
@@ -144,21 +144,7 @@ def decode_binaries(params: dict) -> dict:
 
 def from_query(flat: dict[str, str]) -> dict:
     """Flat query parameters -> JSON-shaped parameters."""
-    tree: dict = {}
-    for key, value in flat.items():
-        if key in ("Action", "Version") or key.startswith("X-Amz-") or key in (
-                "AWSAccessKeyId", "Signature", "SignatureMethod", "SignatureVersion",
-                "Timestamp", "Expires"):
-            continue
-        node = tree
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                break
-        else:
-            node[parts[-1]] = value
-    return _shape(tree)
+    return _shape(query_tree(flat))
 
 
 def _shape(tree: dict) -> dict:

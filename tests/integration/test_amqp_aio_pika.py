@@ -13,6 +13,8 @@ import aiormq
 import pytest
 from aio_pika import ExchangeType, Message
 
+from tests.fakes import PendingLog
+
 T = 5  # seconds: the bound on every wait
 
 
@@ -502,25 +504,6 @@ async def test_exclusive_queues_go_with_their_connection(running_broker):
     assert "excl" not in running_broker.call(lambda: list(running_broker.broker.vhosts["/"].queues))
 
 
-class SlowLog:
-    """A queue log whose appends stay unsafe until the test says so (a slow disk)."""
-
-    def __init__(self, loop):
-        self.loop = loop
-        self.pending: list = []
-
-    def append(self, msg_id, message, flags=0):
-        future = self.loop.create_future()
-        self.pending.append(future)
-        return future
-
-    def settle(self, msg_id):
-        pass
-
-    def drop(self):
-        pass
-
-
 async def test_confirms_wait_for_disk_and_nack_when_it_fails(running_broker):
     rb = running_broker
     conn = await aiormq.connect(url(rb))
@@ -528,7 +511,7 @@ async def test_confirms_wait_for_disk_and_nack_when_it_fails(running_broker):
         ch = await conn.channel()  # aiormq channels confirm by default
         await ch.queue_declare("disk", durable=True)
         vhost = rb.broker.vhosts["/"]
-        log = SlowLog(rb.loop)
+        log = PendingLog(rb.loop)
         rb.call(lambda: setattr(vhost.queues["disk"], "log", log))
         persistent = aiormq.spec.Basic.Properties(delivery_mode=2)
         first = asyncio.ensure_future(ch.basic_publish(b"1", routing_key="disk"))

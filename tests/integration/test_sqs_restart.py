@@ -3,6 +3,7 @@ handles (DeleteMessage still deletes), the FIFO deduplication window."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -78,3 +79,53 @@ def test_fifo_deduplication_window_survives_a_restart(make_broker):
     assert int(later["SequenceNumber"]) > int(first["SequenceNumber"])
     attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["FifoQueue"])["Attributes"]
     assert attrs == {"FifoQueue": "true"}
+
+
+def _arn(sqs, url):
+    return sqs.get_queue_attributes(QueueUrl=url,
+                                    AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+
+def test_a_running_move_task_resumes_after_a_restart(make_broker):
+    broker = make_broker()
+    sqs = sqs_client(broker)
+    dlq = sqs.create_queue(QueueName="moves-dlq")["QueueUrl"]
+    sqs.create_queue(QueueName="moves-src", Attributes={"RedrivePolicy": json.dumps({
+        "deadLetterTargetArn": _arn(sqs, dlq), "maxReceiveCount": 1})})
+    target = sqs.create_queue(QueueName="moves-target")["QueueUrl"]
+    for i in range(12):
+        sqs.send_message(QueueUrl=dlq, MessageBody=f"d{i}")
+    sqs.start_message_move_task(SourceArn=_arn(sqs, dlq), DestinationArn=_arn(sqs, target),
+                                MaxNumberOfMessagesPerSecond=4)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # stop it part-way: after its first batch, before the end
+        (task,) = sqs.list_message_move_tasks(SourceArn=_arn(sqs, dlq))["Results"]
+        if task["ApproximateNumberOfMessagesMoved"] > 0:
+            break
+        time.sleep(0.05)
+    assert task["Status"] == "RUNNING"
+    assert 0 < task["ApproximateNumberOfMessagesMoved"] < 12
+    broker = restart(make_broker, broker)
+    sqs = sqs_client(broker)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        (after,) = sqs.list_message_move_tasks(SourceArn=_arn(sqs, dlq))["Results"]
+        if after["Status"] != "RUNNING":
+            break
+        time.sleep(0.2)
+    assert after["Status"] == "COMPLETED"
+    assert after["ApproximateNumberOfMessagesToMove"] == 12
+    assert after["ApproximateNumberOfMessagesMoved"] == 12
+    assert after["StartedTimestamp"] == task["StartedTimestamp"]
+    bodies: list[str] = []
+    while time.monotonic() < deadline + 10:
+        got = sqs.receive_message(QueueUrl=target, MaxNumberOfMessages=10).get("Messages", [])
+        if not got:
+            break
+        bodies += [m["Body"] for m in got]
+        sqs.delete_message_batch(QueueUrl=target, Entries=[
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
+    assert sorted(bodies) == sorted(f"d{i}" for i in range(12))
+    attrs = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["All"])["Attributes"]
+    assert attrs["ApproximateNumberOfMessages"] == "0"
+    assert attrs["ApproximateNumberOfMessagesNotVisible"] == "0"

@@ -5,6 +5,8 @@ import pytest
 from manifold.broker.dedup import DedupWindow
 from manifold.broker.errors import PreconditionFailed
 
+from tests.fakes import MemoryLog
+
 from .core_helpers import Recorder, make_vhost, send
 
 
@@ -155,23 +157,9 @@ def test_purge_and_overflow_ignore_group_locks():
     assert vhost.purge_queue("q") == 4
 
 
-class FakeLog:
-    def __init__(self):
-        self.records, self.settled = {}, set()
-
-    def append(self, record_id, data, flags=0):
-        self.records[record_id] = data
-
-    def settle(self, record_id):
-        self.settled.add(record_id)
-
-    def recover(self, resident_bytes=None):
-        return [(i, d) for i, d in sorted(self.records.items()) if i not in self.settled]
-
-
 def test_dedup_window_expires_and_recovers():
     _, clock = make_vhost()
-    log = FakeLog()
+    log = MemoryLog()
     window = DedupWindow(log, clock, 300_000)
     window.add("k1", ["id-1", "seq-1"])
     clock.advance(100_000)

@@ -9,6 +9,7 @@ import pytest
 
 from manifold.broker.errors import PreconditionFailed
 from manifold.broker.queue import DEAD_LETTER_RETRY_MS, QUORUM_DELIVERY_LIMIT
+from tests.fakes import FakeStore, PendingLog
 from tests.unit.core_helpers import Recorder, make_vhost, send
 
 QUORUM = {"x-queue-type": "quorum"}
@@ -101,43 +102,10 @@ def test_at_most_once_drops_a_dead_letter_with_no_route():
     assert send(vhost, "", "q", "fits").routed == 1  # nothing held
 
 
-class PendingLog:
-    """A queue log whose writes complete when the test says so; records settlements."""
-
-    def __init__(self):
-        self.pending: list[asyncio.Future] = []
-        self.settled: list[int] = []
-
-    def append(self, msg_id, data, flags=0):
-        future = asyncio.get_running_loop().create_future()
-        self.pending.append(future)
-        return future
-
-    def settle(self, msg_id):
-        self.settled.append(msg_id)
-
-    def recover(self, resident_bytes=None):
-        return []
-
-    def read(self, msg_id):
-        raise AssertionError("bodies stay resident here")
-
-
-class PendingStore:
-    def __init__(self):
-        self.logs: dict[str, PendingLog] = {}
-
-    def queue_log(self, vhost, name):
-        return self.logs.setdefault(name, PendingLog())
-
-    def __getattr__(self, name):  # definitions and other store calls: not needed here
-        return lambda *a, **k: None
-
-
 def _rejected_on_disk():
     """A durable at-least-once quorum queue whose one persistent message was just rejected
     into a durable dead-letter queue; writes complete when the test says so."""
-    vhost, clock = make_vhost(store=PendingStore())
+    vhost, clock = make_vhost(store=FakeStore(PendingLog))
     vhost.declare_exchange("dlx", "fanout")
     vhost.declare_queue("dead", durable=True)
     vhost.bind_queue("dead", "dlx", "")
