@@ -341,6 +341,9 @@ class FileQueueLog(LogRecovery):
 
 
 class FileStore:
+    #: what a refused write's waiters get (the stream log raises it too)
+    error = StoreError
+
     def __init__(self, data_dir: str, *, fsync: str = "always", fsync_interval_ms: int = 200,
                  segment_bytes: int = 64 * 1024 * 1024, fs: FileSystem | None = None,
                  max_open_files: int = 64):

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from typing import Any
 
 import msgpack
 
 from .records import (ENQUEUE, FILE_HEADER_SIZE, SETTLE, STREAM, encode_record, file_header, scan,
                       segment_name)
-from .streamlog import _stream_payload
+
+#: a STREAM record's payload starts with the arrival time (FORMAT.md "Record")
+_TIMESTAMP = struct.Struct(">Q")
 
 log = logging.getLogger("manifold.persistence")
 
@@ -91,7 +94,7 @@ def _write_legacy(fs: Any, legacy: str, staging: str, segment_bytes: int) -> int
                 stamp = int(msgpack.unpackb(record.payload, raw=True, strict_map_key=False)[5] or 0)
             except (ValueError, TypeError, IndexError, msgpack.UnpackException):
                 stamp = 0
-            data = encode_record(STREAM, record.msg_id, _stream_payload(stamp, record.payload))
+            data = encode_record(STREAM, record.msg_id, _TIMESTAMP.pack(stamp) + record.payload)
             out["buffer"] += data
             out["size"] += len(data)
             moved += 1
