@@ -44,7 +44,7 @@ from .logrecovery import LogRecovery, Segment
 from .records import (ENQUEUE, FILE_HEADER_SIZE, RECORD_HEADER_SIZE, SETTLE, encode_record,
                       file_header, segment_name)
 from .streamlog import FileStreamLog, SegmentReader
-from .writer import Batch, Chunk, Writer
+from .writer import Batch, Chunk, StoreError, Writer
 
 log = logging.getLogger("manifold.persistence")
 
@@ -76,10 +76,6 @@ def _descriptor_budget(wanted: int) -> int:
 
 #: read-only descriptors the stream reader thread keeps (readers behind the tail use few files)
 READER_OPEN_FILES = 16
-
-
-class StoreError(OSError):
-    """A write the store could not make durable; the append it covers was not stored."""
 
 
 class FileQueueLog(LogRecovery):
@@ -166,8 +162,12 @@ class FileQueueLog(LogRecovery):
             self.max_id_seen = msg_id
         future = None
         if self.store.fsync != "never":
-            future = self.store._loop.create_future()  # type: ignore[union-attr]
-            chunk.waiters.append(future)
+            # Every record of a chunk becomes durable at the same moment (or fails together),
+            # so the appends into it share one future rather than one each.
+            future = chunk.confirm
+            if future is None:
+                future = chunk.confirm = self.store._loop.create_future()  # type: ignore[union-attr]
+                chunk.waiters.append(future)
         self.store._dirty(self)
         return future
 
@@ -341,9 +341,6 @@ class FileQueueLog(LogRecovery):
 
 
 class FileStore:
-    #: what a refused write's waiters get (the stream log raises it too)
-    error = StoreError
-
     def __init__(self, data_dir: str, *, fsync: str = "always", fsync_interval_ms: int = 200,
                  segment_bytes: int = 64 * 1024 * 1024, fs: FileSystem | None = None,
                  max_open_files: int = 64):

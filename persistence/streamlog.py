@@ -34,7 +34,7 @@ import crc32c
 from .records import (FILE_HEADER_SIZE, RECORD_HEADER, RECORD_HEADER_SIZE, RECORD_MAGIC, STREAM,
                       encode_record, file_header, parse_file_header, scan, segment_name)
 from .streammigration import migrate_legacy
-from .writer import Chunk
+from .writer import Chunk, StoreError
 
 log = logging.getLogger("manifold.persistence")
 
@@ -527,11 +527,12 @@ class FileStreamLog:
             log.error("cannot cut %s back to %d bytes after a failed write: %s", chunk.path,
                       chunk.start, exc)
 
-    def _refuse(self, chunk: Chunk, error: OSError | None) -> None:
+    @staticmethod
+    def _refuse(chunk: Chunk, error: OSError | None) -> None:
         code = (error.errno if error is not None else None) or errno.EIO
         for waiter in chunk.waiters:
             if not waiter.done():
-                waiter.set_exception(self.store.error(code, f"not stored: {error}"))
+                waiter.set_exception(StoreError(code, f"not stored: {error}"))
 
     # ------------------------------------------------------------------ reading
     #: reads go through :meth:`read_later` (a reader thread), not inline on the event loop

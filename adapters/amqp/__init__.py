@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from manifold.broker.engine.output import FlushGroup
+
 from .session import AMQPSession
 
 
@@ -18,10 +20,9 @@ class AMQPServer:
         self.settings = settings
         #: direct reply-to tokens -> the consumer (on some channel) that replies go to
         self.reply_to: dict = {}
-        #: sessions with output waiting, flushed when the current read is done (see
-        #: AMQPSession.schedule_flush); ``receiving`` counts reads in progress
-        self.dirty: list = []
-        self.receiving = 0
+        #: output of every AMQP connection made while one of them reads goes out at the end
+        #: of that read (a publish fanning out to consumers: one write each, no extra tick)
+        self.flush_group = FlushGroup()
 
     def new_session(self) -> AMQPSession:
         return AMQPSession(self)

@@ -5,7 +5,6 @@ publish fast path with RabbitMQ's direct reply-to and Basic.Return.
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 from typing import Any
@@ -48,12 +47,11 @@ class BasicMethods:
         if m.prefetch_size:
             raise AMQPError(540, f"NOT_IMPLEMENTED - prefetch_size!=0 ({m.prefetch_size})", True)
         if m.global_:
-            raised = m.prefetch_count == 0 or m.prefetch_count > ch.global_prefetch
-            ch.global_prefetch = m.prefetch_count
+            raised = ch.window.set_limit(m.prefetch_count)
         else:
             raised = False
             ch.prefetch = m.prefetch_count
-        self.out.append(replies.basic_qos_ok(ch.number))
+        self.send(replies.basic_qos_ok(ch.number))
         if raised:
             ch.resume_consumers()
 
@@ -74,15 +72,15 @@ class BasicMethods:
                                 exclusive=bool(m.exclusive), arguments=m.arguments or {},
                                 owner=self)
         # ConsumeOk must precede the first delivery, and consume() may deliver at once.
-        mark = len(self.out)
+        mark = len(self.output.chunks)
         if not m.nowait:
-            self.out.append(replies.basic_consume_ok(ch.number, tag))
+            self.send(replies.basic_consume_ok(ch.number, tag))
         ch.consumers[tag] = consumer
         try:
             self.vhost.consume(queue, consumer, owner=self)
         except BaseException:
             ch.consumers.pop(tag, None)
-            del self.out[mark:]
+            del self.output.chunks[mark:]
             raise
 
     def _consume_reply_to(self, ch: Channel, m: Any) -> None:
@@ -101,7 +99,7 @@ class BasicMethods:
         ch.reply_token = base64.urlsafe_b64encode(os.urandom(18)).decode()
         self.server.reply_to[ch.reply_token] = consumer
         if not m.nowait:
-            self.out.append(replies.basic_consume_ok(ch.number, tag))
+            self.send(replies.basic_consume_ok(ch.number, tag))
 
     def _basic_cancel(self, ch: Channel, m: Any) -> None:
         consumer = ch.consumers.pop(m.consumer_tag, None)
@@ -112,7 +110,7 @@ class BasicMethods:
         elif consumer is not None:
             self.vhost.cancel(consumer)
         if not m.nowait:
-            self.out.append(replies.basic_cancel_ok(ch.number, m.consumer_tag))
+            self.send(replies.basic_cancel_ok(ch.number, m.consumer_tag))
 
     def _basic_cancel_ok(self, ch: Channel, m: Any) -> None:
         pass  # a client's answer to our server-sent Basic.Cancel
@@ -122,7 +120,7 @@ class BasicMethods:
         self.grant.read("queue", queue)
         delivery, remaining = self.vhost.get(queue, no_ack=bool(m.no_ack), owner=self)
         if delivery is None:
-            self.out.append(replies.basic_get_empty(ch.number))
+            self.send(replies.basic_get_empty(ch.number))
             return
         ch.next_tag = tag = ch.next_tag + 1
         if not m.no_ack:
@@ -131,9 +129,11 @@ class BasicMethods:
         encoded = message.encoded
         if type(encoded) is not Encoded:
             encoded = message.encoded = Encoded.of(message)
-        self.out.append(replies.basic_get_ok(ch.number, tag, delivery.redelivered,
+        self.send(replies.basic_get_ok(ch.number, tag, delivery.redelivered,
                                              encoded.exchange_and_key, remaining))
-        codec.content_frames(ch.number, encoded.header, message.body, self.frame_max, self.out)
+        codec.content_frames(ch.number, encoded.header, message.body, self.frame_max,
+                             self.output.chunks)
+        self.output.added(len(message.body))
 
     def _basic_reject(self, ch: Channel, m: Any) -> None:
         ch.settle(ch.take(m.delivery_tag, False), False, bool(m.requeue))
@@ -155,7 +155,7 @@ class BasicMethods:
 
     def _basic_recover(self, ch: Channel, m: Any) -> None:
         self._recover(ch, m)
-        self.out.append(replies.basic_recover_ok(ch.number))
+        self.send(replies.basic_recover_ok(ch.number))
 
     def _recover(self, ch: Channel, m: Any) -> None:
         if not m.requeue:
@@ -185,10 +185,8 @@ class BasicMethods:
                 raise PreconditionFailed(f"user_id property set to '{props.user_id}' but "
                                          f"authenticated user was '{self.user.name}'")
             # Publishing needs write on the exchange and topic write on the routing key; the
-            # grant caches its decisions, so this is two dict lookups per message.
-            grant = self.grant
-            grant.write("exchange", ev.exchange)
-            grant.check_topic("write", ev.exchange, ev.routing_key)
+            # grant caches the decision, so this is one dict lookup per message.
+            self.grant.check_publish(ev.exchange, ev.routing_key)
             message = Message(ev.exchange, ev.routing_key, body, props, ev.encoded)
             if props.reply_to == REPLY_TO:
                 message = self._reply_to(ch, message)
@@ -208,17 +206,9 @@ class BasicMethods:
         if not result.routed and ev.mandatory and not result.rejected:
             # a queue that refused it (overflow) was still a route: RabbitMQ nacks, no return
             self.basic_return(ch, message, 312, "NO_ROUTE")
-        if ch.confirm:
-            ch.publish_seq = seq = ch.publish_seq + 1
-            if result.rejected:
-                self.out.append(replies.basic_nack(ch.number, seq))
-            elif result.wait is None:
-                ch.confirmed(seq)
-            else:
-                ch.outstanding.add(seq)
-                ch.outstanding_order.append(seq)
-                future = asyncio.ensure_future(result.wait)
-                future.add_done_callback(lambda f, seq=seq, ch=ch: ch.wait_done(seq, f))
+        confirms = ch.confirms
+        if confirms is not None:
+            confirms.published(result.wait, result.rejected)
 
     def _reply_to(self, ch: Channel, message: Message) -> Message:
         """A request asking for a direct reply: name this channel's reply consumer in it."""
@@ -240,5 +230,7 @@ class BasicMethods:
         encoded = message.encoded
         if type(encoded) is not Encoded:
             encoded = message.encoded = Encoded.of(message)
-        self.out.append(replies.basic_return(ch.number, code, text, encoded.exchange_and_key))
-        codec.content_frames(ch.number, encoded.header, message.body, self.frame_max, self.out)
+        self.send(replies.basic_return(ch.number, code, text, encoded.exchange_and_key))
+        codec.content_frames(ch.number, encoded.header, message.body, self.frame_max,
+                             self.output.chunks)
+        self.output.added(len(message.body))

@@ -7,14 +7,15 @@ The session (``session.py``) owns the channels and routes methods to them.
 """
 from __future__ import annotations
 
-import asyncio
-from collections import deque
 from typing import Any
 
 from manifold.broker.consumer import Consumer, Delivery
+from manifold.broker.engine.confirms import PublisherConfirms
+from manifold.broker.engine.credit import Window, resume
+from manifold.broker.engine.in_order import InOrderReplies
+from manifold.broker.engine.unacked import Unacked, end_consumers
 from manifold.broker.errors import PreconditionFailed
 from manifold.broker.message import Message
-from manifold.broker.unacked import Unacked
 
 from . import codec, fields, replies
 from .fields import shortstr
@@ -49,7 +50,8 @@ class AMQPConsumer(Consumer):
         if self.prefetch and self.in_flight >= self.prefetch:
             return False
         ch = self.channel
-        if ch.global_prefetch and not self.no_ack and len(ch.unacked) >= ch.global_prefetch:
+        window = ch.window
+        if window.limit and not self.no_ack and not window.open(len(ch.unacked)):
             return False
         return ch.active and ch.session.conn.writable
 
@@ -74,19 +76,16 @@ class Channel:
         self.unacked = Unacked()
         self.next_tag = 0
         self.prefetch = 0         # Basic.Qos global=false: for consumers created afterwards
-        self.global_prefetch = 0  # Basic.Qos global=true: shared by the channel's consumers
+        #: Basic.Qos global=true: one prefetch window shared by the channel's consumers
+        self.window = Window()
         self.last_queue = ""      # [AMQP 0-9-1 queue.bind/consume/get] empty name = last declared
-        # publisher confirms
-        self.confirm = False
-        self.publish_seq = 0
-        self.ack_upto = 0      # highest seq confirmed but not yet sent (sent as multiple=True)
-        self.ack_sent = 0
-        self.outstanding: set[int] = set()  # seqs waiting for disk
-        self.outstanding_order: deque[int] = deque()  # the same, oldest first (lazy deletion)
+        #: publisher confirms, once Confirm.Select put the channel in confirm mode
+        self.confirms: PublisherConfirms | None = None
         # transactions: None, or held publishes and settlements
         self.tx: list | None = None
         self.tx_settles: list = []
-        self.commit_wait: asyncio.Future | None = None  # the last Tx.Commit waiting for disk
+        #: Tx.Commit-Ok frames, each after the writes of its transaction, in commit order
+        self.commits: InOrderReplies | None = None
         # direct reply-to: this channel's token in the server's registry, if consuming it
         self.reply_token: str | None = None
 
@@ -96,6 +95,7 @@ class Channel:
         if not consumer.no_ack:
             self.unacked.add(tag, delivery)
         session = self.session
+        output = session.output
         message = delivery.message
         encoded = message.encoded
         if type(encoded) is not Encoded:
@@ -111,7 +111,7 @@ class Channel:
             if prefix is None:
                 prefix = consumer.prefixes[exrk_len] = codec.deliver_prefix(
                     self.number, consumer.ctag, exrk_len)
-            session.out.append(b"".join((prefix, _pack_tag(tag, delivery.redelivered),
+            output.chunks.append(b"".join((prefix, _pack_tag(tag, delivery.redelivered),
                                          encoded.tail_for(self.number, size), body, b"\xce")))
         else:
             header = encoded.header
@@ -119,12 +119,10 @@ class Channel:
                 header = _stream_header(message, delivery.offset)
             codec.deliver_frames(self.number, consumer.ctag, tag, delivery.redelivered,
                                  encoded.exchange_and_key, header, body, session.frame_max,
-                                 session.out)
-        session.out_bytes += size + 64
-        if session.out_bytes >= FLUSH_BYTES:
-            session.flush()  # may pause us via conn.writable: that is the backpressure
-        elif not session._in_receive and not session._flush_scheduled:
-            session.schedule_flush()
+                                 output.chunks)
+        # Past FLUSH_BYTES this writes at once, which may pause us via conn.writable: that is
+        # the backpressure.
+        output.added(size + 64)
 
     def server_cancel(self, consumer: AMQPConsumer) -> None:
         """The queue went away under a consumer: Basic.Cancel to clients that support it."""
@@ -171,73 +169,87 @@ class Channel:
         else:
             for _, d in pairs:
                 d.reject(requeue)
-        if self.global_prefetch:
-            self.resume_consumers()
+        window = self.window
+        if window.limit:
+            held = len(self.unacked)
+            if window.freed(held + len(pairs), held):
+                self.resume_consumers()
 
     def resume_consumers(self) -> None:
-        for consumer in list(self.consumers.values()):
-            consumer.resume()
+        resume(self.consumers.values())
 
     # ------------------------------------------------------------------ confirms
-    def confirmed(self, seq: int) -> None:
-        if self.outstanding:
+    def select_confirms(self) -> None:
+        """Confirm.Select: from now on every publish is confirmed (broker/engine/confirms.py:
+        in order, cumulative acks folded into one ``multiple=true`` ack per write)."""
+        if self.confirms is None:
+            self.confirms = PublisherConfirms(self._confirm_ack, self._confirm_nack,
+                                              self._confirms_due)
+
+    def _confirm_ack(self, seq: int, multiple: bool) -> None:
+        if multiple:
+            # from flush_confirms, which runs as the session's output is written
+            self.session.output.chunks.append(replies.basic_ack(self.number, seq, True))
+        elif not self.closing and not self.closed:
             self.session.send(replies.basic_ack(self.number, seq, False))
-        else:
-            self.ack_upto = seq
-            self.session.confirm_dirty.add(self)
 
-    def flush_confirms(self) -> None:
-        if self.ack_upto > self.ack_sent:
-            self.session.out.append(replies.basic_ack(self.number, self.ack_upto, True))
-            self.ack_sent = self.ack_upto
+    def _confirm_nack(self, seq: int) -> None:
+        if not self.closing and not self.closed:
+            self.session.send(replies.basic_nack(self.number, seq))
 
-    def wait_done(self, seq: int, future: asyncio.Future) -> None:
-        outstanding = self.outstanding
-        outstanding.discard(seq)
-        order = self.outstanding_order
-        while order and order[0] not in outstanding:
-            order.popleft()
-        if self.closed or self.closing:
+    def _confirms_due(self, confirms: PublisherConfirms) -> None:
+        if self.closing or self.closed:
             return
         session = self.session
-        if future.cancelled() or future.exception() is not None:
-            session.send(replies.basic_nack(self.number, seq))
-        elif order and order[0] < seq:
-            # an older publish is still on its way to disk: a multiple ack would cover it
-            session.send(replies.basic_ack(self.number, seq, False))
-        else:
-            # everything up to seq is settled: fold into one multiple ack per batch
-            if seq > self.ack_upto:
-                self.ack_upto = seq
-            session.confirm_dirty.add(self)
-            if not session._flush_scheduled and not session._in_receive:
-                session.schedule_flush()
+        session.confirm_dirty.add(self)
+        session.output.soon()
+
+    def flush_confirms(self) -> None:
+        if self.confirms is not None:
+            self.confirms.flush()
+
+    def commit_ok(self, wait: Any) -> None:
+        """Tx.Commit-Ok once ``wait`` (the transaction's writes, or None) is done, after the
+        Commit-Oks before it: it is a promise like a confirm."""
+        if self.commits is None:
+            self.commits = InOrderReplies(self._release_commit_ok)
+        self.commits.add(None, wait)
+
+    def _release_commit_ok(self, _reply: Any, error: Any) -> bool:
+        if self.closing or self.closed:
+            return False
+        if error is not None:
+            # No Commit-Ok for what is not on disk: the channel ends, the client knows the
+            # transaction's outcome is unknown (RabbitMQ closes the channel the same way).
+            self.session.channel_error(self, 541, "INTERNAL_ERROR - transaction not stored: "
+                                       f"{error}", 90, 20)
+            return False
+        self.session.send(replies.tx_commit_ok(self.number))
+        return True
 
     # ------------------------------------------------------------------ teardown
     def cleanup(self) -> None:
-        """Channel closed or connection gone: cancel consumers, return unacked deliveries."""
-        self.cancel_consumers()
-        self.release()
+        """Channel closed: cancel its consumers, return its unacked deliveries."""
+        consumers = self.take_consumers()
+        held = self.take_held()
+        if self.session.vhost is not None:
+            end_consumers(self.session.vhost, consumers, held)
 
-    def cancel_consumers(self) -> None:
-        vhost = self.session.vhost
+    def take_consumers(self) -> list[AMQPConsumer]:
+        """The channel's consumers, which it no longer has (for ``end_consumers``)."""
         consumers = list(self.consumers.values())
         self.consumers.clear()
-        if vhost is not None:
-            for consumer in consumers:
-                vhost.cancel(consumer)
         if self.reply_token is not None:
             self.session.server.reply_to.pop(self.reply_token, None)
             self.reply_token = None
+        return consumers
 
-    def release(self) -> None:
-        """Return unacked (and tx-held) deliveries to their queues."""
-        vhost = self.session.vhost
+    def take_held(self) -> list[Delivery]:
+        """The unacked (and tx-held) deliveries, which the channel no longer holds."""
         deliveries = [d for _, d in self.unacked.take_all()]
         for held, _ack, _requeue in self.tx_settles:
             deliveries.extend(d for _, d in held)
         self.tx_settles = []
         self.tx = [] if self.tx is not None else None
-        if vhost is not None:
-            vhost.requeue(deliveries)
         self.session.decoder.reset_channel(self.number)
+        return deliveries

@@ -65,7 +65,7 @@ class ConnectionMethods:
         mechanisms = "PLAIN AMQPLAIN" + (" EXTERNAL" if external else "")
         payload = (b"\x00\x09" + fields.encode_table(props) + codec.longstr(mechanisms) +
                    codec.longstr("en_US"))
-        self.out.append(replies.connection_start(payload))
+        self.send(replies.connection_start(payload))
         self.state = AWAIT_START_OK
 
     def _start_ok(self, m: Any) -> None:
@@ -156,7 +156,7 @@ class ConnectionMethods:
             if not channel.closing:
                 channel.flush_confirms()
         self.cleanup_all()
-        self.out.append(replies.connection_close_ok())
+        self.send(replies.connection_close_ok())
         self.state = CLOSED
         self.flush()
         self.conn.close(f"client closed the connection ({m.reply_code} {m.reply_text})")

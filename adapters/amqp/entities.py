@@ -22,14 +22,14 @@ class EntityMethods:
         ch.closed = True
         ch.cleanup()
         del self.channels[ch.number]
-        self.out.append(replies.channel_close_ok(ch.number))
+        self.send(replies.channel_close_ok(ch.number))
 
     def _channel_close_ok(self, ch: Channel, m: Any) -> None:
         pass  # we never sent Channel.Close on an open channel
 
     def _channel_flow(self, ch: Channel, m: Any) -> None:
         ch.active = bool(m.active)
-        self.out.append(replies.channel_flow_ok(ch.number, ch.active))
+        self.send(replies.channel_flow_ok(ch.number, ch.active))
         if ch.active:
             ch.resume_consumers()
 
@@ -44,26 +44,26 @@ class EntityMethods:
                                     durable=m.durable, auto_delete=m.auto_delete,
                                     internal=m.internal, arguments=m.arguments or {})
         if not m.nowait:
-            self.out.append(replies.exchange_declare_ok(ch.number))
+            self.send(replies.exchange_declare_ok(ch.number))
 
     def _exchange_delete(self, ch: Channel, m: Any) -> None:
         self.grant.configure("exchange", m.exchange)
         self.vhost.delete_exchange(m.exchange, if_unused=m.if_unused)
         if not m.nowait:
-            self.out.append(replies.exchange_delete_ok(ch.number))
+            self.send(replies.exchange_delete_ok(ch.number))
 
     def _exchange_bind(self, ch: Channel, m: Any) -> None:
         self._check_binding("exchange", m.destination, m.source, m.routing_key or "")
         self.vhost.bind_exchange(m.destination, m.source, m.routing_key or "", m.arguments or {})
         if not m.nowait:
-            self.out.append(replies.exchange_bind_ok(ch.number))
+            self.send(replies.exchange_bind_ok(ch.number))
 
     def _exchange_unbind(self, ch: Channel, m: Any) -> None:
         self._check_binding("exchange", m.destination, m.source, m.routing_key or "")
         self.vhost.unbind_exchange(m.destination, m.source, m.routing_key or "",
                                    m.arguments or {})
         if not m.nowait:
-            self.out.append(replies.exchange_unbind_ok(ch.number))
+            self.send(replies.exchange_unbind_ok(ch.number))
 
     def _check_binding(self, kind: str, destination: str, source: str, key: str) -> None:
         """(Un)binding needs write on the destination, read on the source exchange and topic
@@ -93,7 +93,7 @@ class EntityMethods:
                                         arguments=m.arguments or {}, owner=self)
         ch.last_queue = info.name
         if not m.nowait:
-            self.out.append(replies.queue_declare_ok(ch.number, info.name, info.message_count,
+            self.send(replies.queue_declare_ok(ch.number, info.name, info.message_count,
                                                      info.consumer_count))
 
     def _queue_bind(self, ch: Channel, m: Any) -> None:
@@ -102,21 +102,21 @@ class EntityMethods:
         self.vhost.bind_queue(queue, m.exchange, m.routing_key or "", m.arguments or {},
                               owner=self)
         if not m.nowait:
-            self.out.append(replies.queue_bind_ok(ch.number))
+            self.send(replies.queue_bind_ok(ch.number))
 
     def _queue_unbind(self, ch: Channel, m: Any) -> None:
         queue = self._queue_name(ch, m.queue)
         self._check_binding("queue", queue, m.exchange, m.routing_key or "")
         self.vhost.unbind_queue(queue, m.exchange, m.routing_key or "", m.arguments or {},
                                 owner=self)
-        self.out.append(replies.queue_unbind_ok(ch.number))
+        self.send(replies.queue_unbind_ok(ch.number))
 
     def _queue_purge(self, ch: Channel, m: Any) -> None:
         queue = self._queue_name(ch, m.queue)
         self.grant.read("queue", queue)
         count = self.vhost.purge_queue(queue, owner=self)
         if not m.nowait:
-            self.out.append(replies.queue_purge_ok(ch.number, count))
+            self.send(replies.queue_purge_ok(ch.number, count))
 
     def _queue_delete(self, ch: Channel, m: Any) -> None:
         queue = self._queue_name(ch, m.queue)
@@ -124,4 +124,4 @@ class EntityMethods:
         count = self.vhost.delete_queue(queue, if_unused=m.if_unused,
                                         if_empty=m.if_empty, owner=self)
         if not m.nowait:
-            self.out.append(replies.queue_delete_ok(ch.number, count))
+            self.send(replies.queue_delete_ok(ch.number, count))

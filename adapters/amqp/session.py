@@ -11,10 +11,11 @@ handlers live by AMQP class in the session's parts:
 Per-channel state (consumers, unacked deliveries, confirms) is ``channel.Channel``; the frames
 the server sends are named in ``replies``.
 
-Output goes into one list per session and is written with one ``conn.write`` per batch: at the
-end of each ``data_received`` pass, for deliveries caused by another AMQP connection's read at
-the end of that read, otherwise (timers, disk confirms, other protocols) from one ``call_soon``.
-No task or future per message on the transient no-confirm path.
+Output goes into one ``broker.engine.output.Output`` per session and is written with one
+``conn.write`` per batch: at the end of each ``data_received`` pass, for deliveries caused by
+another AMQP connection's read at the end of that read (the server's ``FlushGroup``), otherwise
+(timers, disk confirms, other protocols) from one ``call_soon``. No task or future per message on
+the transient no-confirm path.
 """
 from __future__ import annotations
 
@@ -24,11 +25,13 @@ from typing import Any
 
 from pamqp import commands as C
 
+from manifold.broker.engine.output import Output
+from manifold.broker.engine.unacked import end_consumers
 from manifold.broker.errors import BrokerError
 
 from . import codec, replies
 from .basic import BasicMethods
-from .channel import Channel
+from .channel import FLUSH_BYTES, Channel
 from .codec import (Ack, FrameError, Heartbeat, Method, ProtocolHeaderMismatch,
                     ProtocolHeaderReceived, Publish)
 from .connection import (AWAIT_HEADER, AWAIT_OPEN, AWAIT_START_OK, AWAIT_TUNE_OK, CLOSED,
@@ -68,16 +71,16 @@ class AMQPSession(ConnectionMethods, EntityMethods, BasicMethods, TransactionMet
         self.client_properties: dict = {}
         self.cancel_notify = False
         self.blocked_notify = False
-        self.out: list = []
-        self.out_bytes = 0
+        #: channels with confirms to fold into one ``multiple`` ack before the next write
         self.confirm_dirty: set[Channel] = set()
-        self._in_receive = False
-        self._flush_scheduled = False
+        self.output = Output(FLUSH_BYTES, group=server.flush_group,
+                             before_flush=self._flush_confirms)
         self._close_timer: asyncio.TimerHandle | None = None
 
     # ---------------------------------------------------------------- transport callbacks
     def connection_made(self, conn: Any) -> None:
         self.conn = conn
+        self.output.conn = conn
         self.loop = asyncio.get_running_loop()
         conn.set_keepalive(HANDSHAKE_TIMEOUT_S,
                            lambda: conn.abort("handshake timeout: no AMQP handshake in "
@@ -86,9 +89,10 @@ class AMQPSession(ConnectionMethods, EntityMethods, BasicMethods, TransactionMet
     def data_received(self, data: bytes) -> None:
         decoder = self.decoder
         decoder.receive_data(data)
-        self._in_receive = True
-        server = self.server
-        server.receiving += 1
+        output = self.output
+        group = self.server.flush_group
+        group.enter()
+        output.hold()
         try:
             while self.state != CLOSED:
                 try:
@@ -103,7 +107,7 @@ class AMQPSession(ConnectionMethods, EntityMethods, BasicMethods, TransactionMet
                     break
                 except ProtocolHeaderMismatch:
                     # [AMQP 0-9-1 4.2.2] answer with the protocol header we support, then close
-                    self.out.append(codec.PROTOCOL_HEADER)
+                    self.send(codec.PROTOCOL_HEADER)
                     self.state = CLOSED
                     self.flush()
                     self.conn.close("bad AMQP protocol header")
@@ -128,14 +132,8 @@ class AMQPSession(ConnectionMethods, EntityMethods, BasicMethods, TransactionMet
             self.flush()
             self.conn.close("internal error in the AMQP session")
         finally:
-            self._in_receive = False
-            self.flush()
-            server.receiving -= 1
-            if not server.receiving and server.dirty:
-                dirty, server.dirty = server.dirty, []
-                for session in dirty:
-                    if session._flush_scheduled:
-                        session.flush()
+            output.release()
+            group.leave()
 
     def connection_lost(self) -> None:
         self.state = CLOSED
@@ -162,7 +160,7 @@ class AMQPSession(ConnectionMethods, EntityMethods, BasicMethods, TransactionMet
             for channel in self.channels.values():
                 if not channel.closing:
                     channel.flush_confirms()
-            self.out.append(replies.connection_close(320, text))
+            self.send(replies.connection_close(320, text))
         self.state = CLOSED
         self.flush()
         self.conn.close(reason)
@@ -171,7 +169,7 @@ class AMQPSession(ConnectionMethods, EntityMethods, BasicMethods, TransactionMet
         """Open channels for the management API (RabbitMQ's /api/channels field names)."""
         return [{"number": ch.number, "consumer_count": len(ch.consumers),
                  "messages_unacknowledged": len(ch.unacked), "prefetch_count": ch.prefetch,
-                 "global_prefetch_count": ch.global_prefetch, "confirm": ch.confirm,
+                 "global_prefetch_count": ch.window.limit, "confirm": ch.confirms is not None,
                  "transactional": ch.tx is not None}
                 for ch in self.channels.values() if not ch.closed]
 
@@ -183,9 +181,9 @@ class AMQPSession(ConnectionMethods, EntityMethods, BasicMethods, TransactionMet
         if on:
             alarms = self.broker.memory
             reason = "low on disk" if alarms.disk_alarm and not alarms.alarm else "low on memory"
-            self.out.append(replies.connection_blocked(reason))
+            self.send(replies.connection_blocked(reason))
         else:
-            self.out.append(replies.connection_unblocked())
+            self.send(replies.connection_unblocked())
         self.flush()
 
     def resume_writing(self) -> None:
@@ -195,35 +193,18 @@ class AMQPSession(ConnectionMethods, EntityMethods, BasicMethods, TransactionMet
 
     # ---------------------------------------------------------------- output
     def send(self, frame: bytes) -> None:
-        self.out.append(frame)
-        if not self._in_receive and not self._flush_scheduled:
-            self.schedule_flush()
-
-    def schedule_flush(self) -> None:
-        """Write ``out`` soon: at the end of the read being processed on any AMQP connection
-        (a publish fanning out to consumers on other connections flushes them right after its
-        batch, without an extra loop turn), else from one ``call_soon``."""
-        self._flush_scheduled = True
-        server = self.server
-        if server.receiving:
-            server.dirty.append(self)
-        else:
-            self.loop.call_soon(self.flush)  # type: ignore[union-attr]
+        self.output.add(frame)
 
     def flush(self) -> None:
-        self._flush_scheduled = False
+        self.output.flush()
+
+    def _flush_confirms(self) -> None:
+        """Before each write: the confirms that became due go as one ``multiple`` ack each."""
         if self.confirm_dirty:
             for channel in self.confirm_dirty:
                 if not channel.closing and not channel.closed:
                     channel.flush_confirms()
             self.confirm_dirty.clear()
-        out = self.out
-        if not out:
-            return
-        self.out = []
-        self.out_bytes = 0
-        if self.conn is not None:
-            self.conn.write(b"".join(out))
 
     # ---------------------------------------------------------------- errors
     def channel_error(self, channel: Channel, code: int, text: str, class_id: int,
@@ -232,10 +213,8 @@ class AMQPSession(ConnectionMethods, EntityMethods, BasicMethods, TransactionMet
             return
         channel.flush_confirms()
         channel.closing = True
-        self.out.append(replies.channel_close(channel.number, code, text, class_id, method_id))
+        self.send(replies.channel_close(channel.number, code, text, class_id, method_id))
         channel.cleanup()
-        if not self._in_receive and not self._flush_scheduled:
-            self.schedule_flush()
 
     def connection_error(self, code: int, text: str, class_id: int = 0,
                          method_id: int = 0) -> None:
@@ -245,14 +224,14 @@ class AMQPSession(ConnectionMethods, EntityMethods, BasicMethods, TransactionMet
         for channel in self.channels.values():
             if not channel.closing:
                 channel.flush_confirms()
-        self.out.append(replies.connection_close(code, text, class_id, method_id))
+        self.send(replies.connection_close(code, text, class_id, method_id))
         self.state = CLOSING
         self.cleanup_all()
         self._close_reason = f"AMQP connection exception {code}: {text}"
         if self.loop is not None:
             self._close_timer = self.loop.call_later(
                 CLOSE_OK_TIMEOUT_S, lambda: self.conn.close(self._close_reason))
-        if not self._in_receive:
+        if not self.output.holding:
             self.flush()
 
     def fail(self, channel: Channel | None, exc: Exception, class_id: int,
@@ -270,10 +249,10 @@ class AMQPSession(ConnectionMethods, EntityMethods, BasicMethods, TransactionMet
             channel.closed = True
         # Every consumer of this connection goes before any message is requeued, so that a
         # message given back by one channel is not handed to another channel that is closing.
-        for channel in channels:
-            channel.cancel_consumers()
-        for channel in channels:
-            channel.release()
+        consumers = [c for channel in channels for c in channel.take_consumers()]
+        held = [d for channel in channels for d in channel.take_held()]
+        if self.vhost is not None:
+            end_consumers(self.vhost, consumers, held)
         self.channels.clear()
         self.confirm_dirty.clear()
 
@@ -291,7 +270,7 @@ class AMQPSession(ConnectionMethods, EntityMethods, BasicMethods, TransactionMet
                 self.conn.close(getattr(self, "_close_reason", "connection closed"))
             elif kind is C.Connection.Close:
                 # both sides closed at once: answer, and we are done [AMQP 0-9-1 connection.close]
-                self.out.append(replies.connection_close_ok())
+                self.send(replies.connection_close_ok())
                 self.state = CLOSED
                 self.flush()
                 self.conn.close(getattr(self, "_close_reason", "connection closed"))
@@ -322,14 +301,14 @@ class AMQPSession(ConnectionMethods, EntityMethods, BasicMethods, TransactionMet
                     raise AMQPError(504, f"CHANNEL_ERROR - channel {number} is above the "
                                          f"negotiated channel_max {self.channel_max}", True)
                 self.channels[number] = Channel(self, number)
-                self.out.append(replies.channel_open_ok(number))
+                self.send(replies.channel_open_ok(number))
                 return
             if channel is None:
                 raise AMQPError(504, "CHANNEL_ERROR - expected 'channel.open'", True)
             if channel.closing:
                 if kind is C.Channel.CloseOk or kind is C.Channel.Close:
                     if kind is C.Channel.Close:
-                        self.out.append(replies.channel_close_ok(number))
+                        self.send(replies.channel_close_ok(number))
                     channel.closed = True
                     del self.channels[number]
                 return

@@ -22,16 +22,16 @@ class TransactionMethods:
     def _confirm_select(self, ch: Channel, m: Any) -> None:
         if ch.tx is not None:
             raise PreconditionFailed("cannot switch from tx to confirm mode")
-        ch.confirm = True
+        ch.select_confirms()
         if not m.nowait:
-            self.out.append(replies.confirm_select_ok(ch.number))
+            self.send(replies.confirm_select_ok(ch.number))
 
     def _tx_select(self, ch: Channel, m: Any) -> None:
-        if ch.confirm:
+        if ch.confirms is not None:
             raise PreconditionFailed("cannot switch from confirm to tx mode")
         if ch.tx is None:
             ch.tx = []
-        self.out.append(replies.tx_select_ok(ch.number))
+        self.send(replies.tx_select_ok(ch.number))
 
     def _tx_commit(self, ch: Channel, m: Any) -> None:
         if ch.tx is None:
@@ -55,31 +55,13 @@ class TransactionMethods:
                 ch.settle(deliveries, ack, requeue)
         finally:
             ch.tx = held
+        if settles and ch.window.limit:
+            # the acks left the window when they were received; its consumers go on now
+            ch.resume_consumers()
         # Commit-Ok is a promise like a confirm: it follows the fsync of every persistent
         # message of the transaction, and commits are answered in order.
-        previous = ch.commit_wait
-        if previous is not None:
-            waits.append(previous)
-        if not waits:
-            self.out.append(replies.tx_commit_ok(ch.number))
-            return
-        future = asyncio.gather(*waits) if len(waits) > 1 else asyncio.ensure_future(waits[0])
-        ch.commit_wait = future
-        future.add_done_callback(lambda f, ch=ch: self._commit_stored(ch, f))
-
-    def _commit_stored(self, ch: Channel, future: asyncio.Future) -> None:
-        if ch.commit_wait is future:
-            ch.commit_wait = None
-        if ch.closing or ch.closed:
-            return
-        if future.cancelled() or future.exception() is not None:
-            error = "cancelled" if future.cancelled() else future.exception()
-            # No Commit-Ok for what is not on disk: the channel ends, the client knows the
-            # transaction's outcome is unknown (RabbitMQ closes the channel the same way).
-            self.channel_error(ch, 541, f"INTERNAL_ERROR - transaction not stored: {error}",
-                               90, 20)
-            return
-        self.send(replies.tx_commit_ok(ch.number))
+        ch.commit_ok(None if not waits else
+                     asyncio.gather(*waits) if len(waits) > 1 else waits[0])
 
     def _tx_rollback(self, ch: Channel, m: Any) -> None:
         if ch.tx is None:
@@ -88,4 +70,4 @@ class TransactionMethods:
         for pairs, _ack, _requeue in ch.tx_settles:
             ch.unacked.restore(pairs)
         ch.tx, ch.tx_settles = [], []
-        self.out.append(replies.tx_rollback_ok(ch.number))
+        self.send(replies.tx_rollback_ok(ch.number))

@@ -8,6 +8,7 @@ negotiated limits and output.
 from __future__ import annotations
 
 from manifold.broker.consumer import Delivery
+from manifold.broker.engine.credit import resume
 from manifold.broker.message import Message
 
 from . import codec as c
@@ -56,11 +57,12 @@ class OutboundMethods:
         self._settle(out)
 
     def _settle(self, out: Outbound) -> None:
-        window_was_full = len(self.state.outbound) + 1 >= self.client_receive_max  # type: ignore[union-attr]
+        held = len(self.state.outbound)  # type: ignore[union-attr]
         if out.delivery is not None:
             out.delivery.ack()  # pumps this delivery's queue
             out.delivery = None
-        if window_was_full:
+        if self.window.freed(held + 1, held):
+            # room for consumers of other queues (shared subscriptions) too
             self._resume_consumers()
 
     def _resume_consumers(self) -> None:
@@ -69,8 +71,7 @@ class OutboundMethods:
             return
         if state.consumer is not None:
             state.consumer.resume()
-        for consumer in state.shared.values():
-            consumer.resume()
+        resume(state.shared.values())
 
     # ---------------------------------------------------------------- deliveries
     def deliver(self, delivery: Delivery, share: Subscription | None) -> None:

@@ -12,6 +12,7 @@ import time
 from typing import Any, Callable, Protocol
 
 from manifold.broker.consumer import Consumer, Delivery
+from manifold.broker.engine.unacked import end_consumers
 from manifold.broker.message import Message, Properties
 from manifold.broker.message_codec import decode_value
 from manifold.broker.queue import ENTRY_OVERHEAD_BYTES
@@ -276,8 +277,13 @@ class SessionState:
         if self.expiry_timer is not None:
             self.expiry_timer.cancel()
             self.expiry_timer = None
-        # Unsettled deliveries return to their queues: a shared group's other members get them.
-        self.vhost.requeue([o.delivery for o in self.outbound.values() if o.delivery is not None])
+        # Every consumer of the session stops, then its unsettled deliveries return to their
+        # queues: a shared group's other members get them.
+        consumers = list(self.shared.values())
+        if self.consumer is not None:
+            consumers.append(self.consumer)
+        end_consumers(self.vhost, consumers,
+                      [o.delivery for o in self.outbound.values() if o.delivery is not None])
         self.outbound.clear()
         for topic_filter in [f for f, s in self.subscriptions.items() if s.group is not None]:
             self.remove_subscription(topic_filter)

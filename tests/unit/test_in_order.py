@@ -1,10 +1,10 @@
-"""broker/in_order.py: replies leave in request order, each after its own write, never for a
+"""broker/engine/in_order.py: replies leave in request order, each after its own write, never for a
 write that failed or was cancelled."""
 from __future__ import annotations
 
 import asyncio
 
-from manifold.broker.in_order import InOrderReplies
+from manifold.broker.engine.in_order import InOrderReplies
 
 
 class Sink:

@@ -134,7 +134,7 @@ async def test_consumer_timeout_then_late_ack_is_ignored():
            b"SEND\ndestination:/queue/ct\n\nslow\x00")
     [msg] = h.frames()
     sub = h.session.subscriptions["s"]
-    [delivery] = sub.pending.deliveries()
+    [delivery] = h.session.held.deliveries(sub)
     delivery.queue.settle(delivery, False, True)  # what the core's consumer timeout does
     sub.delivery_timed_out(delivery)
     await asyncio.sleep(0)  # output outside an input chunk goes on the next loop turn

@@ -14,24 +14,29 @@ from typing import Any, Callable
 
 
 class InOrderReplies:
-    __slots__ = ("_release", "_drained", "_waiting")
+    __slots__ = ("_release", "_drained", "_waiting", "_ended")
 
     def __init__(self, release: Callable[[Any, Any], bool],
                  drained: Callable[[], None] | None = None):
         """``release(reply, error)`` sends one reply and returns False when the connection is
-        ending, which drops every reply still waiting. ``drained()`` runs after replies were
-        released because a write completed (outside the session's own input handling)."""
+        ending, which drops every reply still waiting and every reply added later.
+        ``drained()`` runs after replies were released because a write completed (outside the
+        session's own input handling)."""
         self._release = release
         self._drained = drained
         #: [ready, reply, error], oldest first
         self._waiting: deque[list] = deque()
+        self._ended = False
 
     def __len__(self) -> int:
         return len(self._waiting)
 
     def add(self, reply: Any, wait: Any = None) -> None:
+        if self._ended:
+            return
         if wait is None and not self._waiting:
-            self._release(reply, None)
+            if not self._release(reply, None):
+                self._ended = True
             return
         entry = [wait is None, reply, None]
         self._waiting.append(entry)
@@ -54,9 +59,11 @@ class InOrderReplies:
             _, reply, error = waiting.popleft()
             if not self._release(reply, error):
                 waiting.clear()
+                self._ended = True
                 return False
         return True
 
     def clear(self) -> None:
         """Forget the replies still waiting (the connection is gone); their writes go on."""
         self._waiting.clear()
+        self._ended = True
