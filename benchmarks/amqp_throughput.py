@@ -54,6 +54,7 @@ class Client(GeneratorProtocol):
         buf += data
         pos, end = 0, len(buf)
         count = 0
+        confirmed = self.confirmed
         last_tag = None
         while end - pos >= 7:
             kind = buf[pos]
@@ -91,6 +92,7 @@ class Client(GeneratorProtocol):
             self.transport.write(pframe.marshal(commands.Basic.Ack(last_tag, True), 1))
         if count:
             self.deliveries += count
+        if count or self.confirmed != confirmed:
             self.progress.set()
 
 
@@ -106,10 +108,11 @@ async def expect(client: Client, kinds, timeout: float):
     return obj
 
 
-async def open_client(args, progress: asyncio.Event, manual_ack: bool = False) -> Client:
+async def open_client(args, progress: asyncio.Event, manual_ack: bool = False,
+                      client_class: type = Client) -> Client:
     loop = asyncio.get_running_loop()
     _, client = await asyncio.wait_for(loop.create_connection(
-        lambda: Client(progress, manual_ack), args.host, args.port), args.timeout)
+        lambda: client_class(progress, manual_ack), args.host, args.port), args.timeout)
     sock = client.transport.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -165,13 +168,16 @@ async def run(args) -> dict:
     window, batch = max(1, args.window), max(1, args.batch)
 
     async def phase(count: int, deadline: float):
-        base = sub.deliveries
+        base, base_confirmed = sub.deliveries, pub.confirmed
         sent = 0
         t_first = time.perf_counter()
         last_seen, last_progress = 0, time.monotonic()
         while True:
             received = sub.deliveries - base
-            if received >= count:
+            # With confirms, a message counts once it is both delivered and confirmed, and the
+            # window bounds what is unconfirmed too (as a publisher waiting on confirms would).
+            done = min(received, pub.confirmed - base_confirmed) if args.confirm else received
+            if done >= count:
                 break
             if sub.closed.done() or pub.closed.done():
                 raise RuntimeError("the broker closed a connection")
@@ -182,18 +188,21 @@ async def run(args) -> dict:
                         _, _, obj = pframe.unmarshal(raw)
                         raise RuntimeError(f"broker sent {obj!r:.300}")
             now = time.monotonic()
-            if received != last_seen:
-                last_seen, last_progress = received, now
+            if done != last_seen:
+                last_seen, last_progress = done, now
             if now > deadline or now - last_progress > args.idle_timeout:
                 break
-            allowed = min(count - sent, window - (sent - received), batch)
+            allowed = min(count - sent, window - (sent - done), batch)
             if allowed > 0 and pub.can_write.is_set():
                 pub.transport.write(one * allowed)
                 sent += allowed
                 await asyncio.sleep(0)
                 continue
             await wait_for_progress(progress)
-        return sub.deliveries - base, t_first, time.perf_counter()
+        received = sub.deliveries - base
+        if args.confirm:
+            received = min(received, pub.confirmed - base_confirmed)
+        return received, t_first, time.perf_counter()
 
     received = await warm_then_measure(phase, args, result)
     if args.confirm:

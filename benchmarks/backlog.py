@@ -227,7 +227,10 @@ async def queue_bench(name: str, count: int) -> dict:
         peer.cleanup()
 
 
-async def stream_bench(gib: float, retention_mib: int) -> dict:
+async def stream_bench(gib: float, retention_mib: int, reader_from: str = "first") -> dict:
+    """``reader_from``: ``first`` (a reader from first of the empty stream, so at the tail),
+    ``none`` (the writer alone), ``behind`` (the retention's worth published first, then a
+    reader from first starts with the timed writer: it reads from disk until it catches up)."""
     peer = BenchManifold()
     if not peer.start():
         raise SystemExit(peer.error)
@@ -239,12 +242,16 @@ async def stream_bench(gib: float, retention_mib: int) -> dict:
         declare.transport.write(pframe.marshal(commands.Queue.Declare(
             queue="events", durable=True, arguments=args), 1))
         await expect(declare, commands.Queue.DeclareOk, 60)
+        if reader_from == "behind":
+            await publish(peer, "events", (retention_mib << 20) // size, b"s" * size, args,
+                          persistent=False)
         reader, _ = await connect(peer, manual_ack=True)
-        reader.transport.write(pframe.marshal(commands.Basic.Qos(prefetch_count=1000), 1))
-        await expect(reader, commands.Basic.QosOk, 60)
-        reader.transport.write(pframe.marshal(commands.Basic.Consume(
-            queue="events", arguments={"x-stream-offset": "first"}), 1))
-        await expect(reader, commands.Basic.ConsumeOk, 60)
+        if reader_from != "none":
+            reader.transport.write(pframe.marshal(commands.Basic.Qos(prefetch_count=1000), 1))
+            await expect(reader, commands.Basic.QosOk, 60)
+            reader.transport.write(pframe.marshal(commands.Basic.Consume(
+                queue="events", arguments={"x-stream-offset": "first"}), 1))
+            await expect(reader, commands.Basic.ConsumeOk, 60)
         peak = group_rss(peer.proc.pid)
         sampler = asyncio.create_task(sample_rss(peer))
         # streams store every record (delivery mode 1 here); confirms pace the publisher
@@ -371,6 +378,10 @@ def main() -> None:
     s = sub.add_parser("stream")
     s.add_argument("--gib", type=float, default=2.0)
     s.add_argument("--retention-mib", type=int, default=256)
+    s.add_argument("--reader", choices=("first", "none", "behind"), default="first",
+                   help="first: a reader from first of the empty stream (at the tail); none: "
+                   "no reader; behind: the retention's worth published first, then a reader "
+                   "from first (on disk until it catches up) while the timed writer runs")
     args = parser.parse_args()
     if args.what == "recover":
         r = asyncio.run(recover_bench(args.data_dir, args.fsync))
@@ -413,11 +424,12 @@ def main() -> None:
                   f"{r['rss_recovered'] / 1e6:.0f} MB | {r['clean_restart_s']:.1f} s | "
                   f"{r['drain_rate']:,.0f} |", flush=True)
     else:
-        r = asyncio.run(stream_bench(args.gib, args.retention_mib))
+        r = asyncio.run(stream_bench(args.gib, args.retention_mib, args.reader))
         print("| measure | figure |\n|---|---:|")
         print(f"| records published (4 KiB) | {r['records']:,} ({r['bytes'] / (1 << 30):.1f} GiB) |")
         print(f"| publish rate | {r['publish_rate']:,.0f} rec/s ({r['publish_mib_s']:.0f} MiB/s) |")
-        print(f"| reader from first, while the writer runs | {r['reader_rate']:,.0f} rec/s |")
+        print(f"| reader from first ({args.reader}), while the writer runs | "
+              f"{r['reader_rate']:,.0f} rec/s |")
         print(f"| a reader from first after the writer ({r['retained']:,} retained records, from "
               f"disk) | {r['late_rate']:,.0f} rec/s ({r['late_rate'] * 4096 / (1 << 20):.0f} MiB/s) |")
         print(f"| broker peak RSS | {r['peak_rss'] / 1e6:.0f} MB |")

@@ -24,7 +24,9 @@ def start_manifold(protocol: str, port: int, data_dir: str) -> subprocess.Popen:
     returns once that port accepts connections (15 s at most)."""
     exe = Path(sys.executable).parent / "manifold"
     cmd = [str(exe), "serve", "--bind", "127.0.0.1", "--data-dir", data_dir,
-           "--log-level", "warning"]
+           "--log-level", "warning",
+           # off: their fixed default ports may be taken by another broker on the machine
+           "--http-port", "0", "--management-port", "0", "--ws-port", "0"]
     for name in PROTOCOLS:
         cmd += [f"--{name}-port", str(port if name == protocol else free_port())]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

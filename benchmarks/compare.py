@@ -59,6 +59,11 @@ CASES = (  # table order; DEFAULT_CASES below are what runs without --cases
     Case("amqp", "AMQP 0-9-1", "amqp", peers=("rabbitmq",)),
     Case("amqp-ack", "AMQP 0-9-1 manual ack + confirms", "amqp", (("--ack", None),
          ("--confirm", None)), ("rabbitmq",), needs=("--ack", "--confirm")),
+    # Durable queue, persistent messages, publisher confirms, manual acks: Manifold with its
+    # default fsync "always" (nothing confirmed before it is on disk), RabbitMQ with its own.
+    Case("amqp-persistent", "AMQP 0-9-1 persistent + confirms (fsync)", "amqp",
+         (("--ack", None), ("--confirm", None), ("--persistent", None)), ("rabbitmq",),
+         needs=("--ack", "--confirm", "--persistent")),
     Case("mqtt-qos0", "MQTT 3.1.1 QoS 0", "mqtt", (("--qos", "0"),),
          ("mosquitto", "rabbitmq", "amqtt")),
     Case("mqtt-qos1", "MQTT 3.1.1 QoS 1", "mqtt", (("--qos", "1"),),

@@ -42,6 +42,9 @@ HOST = "127.0.0.1"
 #: protocol ports of Manifold's defaults, never handed out to a peer
 MANIFOLD_DEFAULT_PORTS = {5672, 1883, 61613, 8883, 15672, 25672, 4369, 61614}
 
+#: ``manifold serve`` options that switch off the listeners a benchmark does not use
+DISABLED_LISTENERS = ("--http-port", "0", "--management-port", "0", "--ws-port", "0")
+
 _given_ports: set[int] = set()
 
 
@@ -275,7 +278,16 @@ class ManifoldPeer(Peer):
         return [exe, "serve", "--data-dir", str(self.workdir / "data"),
                 "--bind", HOST, "--amqp-port", str(self.ports["amqp"]),
                 "--mqtt-port", str(self.ports["mqtt"]), "--stomp-port", str(self.ports["stomp"]),
+                # Listeners not measured are off: their fixed default ports (15672, 15675,
+                # 4566) may be taken by another broker on the machine.
+                *DISABLED_LISTENERS,
                 "--log-level", "info"]  # info: its "listening" line says it is ready
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # The default, said explicitly: confirms of persistent messages wait for an fsync.
+        env.setdefault("MANIFOLD_PERSISTENCE_FSYNC", "always")
+        return env
 
     def required_ports(self) -> dict[str, int]:
         # Manifold opens only the protocols whose adapter exists, so readiness is its log line

@@ -505,6 +505,10 @@ class AccessControl:
         return Grant(self, user.name, vhost)
 
 
+def _checked() -> bool:
+    return True
+
+
 @dataclass
 class Grant:
     """One connection's rights in one vhost. Decisions are cached per resource until the
@@ -526,16 +530,27 @@ class Grant:
             allowed = self._cache[key] = decide()
         return allowed
 
+    def _cached(self, key: tuple) -> bool | None:
+        """The cached decision, if the definitions have not changed since: the publish path
+        ends here, without building the ``decide`` closure."""
+        if self._generation == self.access.generation:
+            return self._cache.get(key)
+        return None
+
     def allowed(self, action: str, kind: str, name: str) -> bool:
         """``action`` is configure, write or read; ``kind`` queue or exchange."""
         if kind == "exchange" and name == "":
             name = "amq.default"
+        key = (action, kind, name)
+        hit = self._cached(key)
+        if hit is not None:
+            return hit
 
         def decide() -> bool:
             perm = self.access.permissions.get((self.user, self.vhost))
             return perm is not None and _matches(perm.pattern(action), name, self.user,
                                                  self.vhost)
-        return self._decide((action, kind, name), decide)
+        return self._decide(key, decide)
 
     def check(self, action: str, kind: str, name: str) -> None:
         if not self.allowed(action, kind, name):
@@ -555,13 +570,28 @@ class Grant:
     def topic_allowed(self, action: str, exchange: str, routing_key: str) -> bool:
         """``action`` is write (publish) or read (bind, subscribe); no topic permissions on the
         exchange means every routing key is allowed."""
+        key = ("topic", action, exchange, routing_key)
+        hit = self._cached(key)
+        if hit is not None:
+            return hit
+
         def decide() -> bool:
             perms = self.access.topic_permissions.get((self.user, self.vhost))
             perm = perms.get(exchange) if perms else None
             if perm is None:
                 return True
             return _matches(getattr(perm, action), routing_key, self.user, self.vhost)
-        return self._decide(("topic", action, exchange, routing_key), decide)
+        return self._decide(key, decide)
+
+    def check_publish(self, exchange: str, routing_key: str) -> None:
+        """What every publish needs: write on the exchange and topic write on the routing key
+        (RabbitMQ's rules), as one cached lookup once allowed."""
+        key = ("publish", exchange, routing_key)
+        if self._cached(key):
+            return
+        self.write("exchange", exchange)
+        self.check_topic("write", exchange, routing_key)
+        self._decide(key, _checked)
 
     def check_topic(self, action: str, exchange: str, routing_key: str) -> None:
         if not self.topic_allowed(action, exchange, routing_key):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import operator
+import threading
 from typing import Any
 
 import msgpack
@@ -38,12 +40,21 @@ def _ext_hook(code: int, data: bytes) -> Any:
     return msgpack.ExtType(code, data)
 
 
+#: the property values in PROPERTY_NAMES order, in one call
+_property_values = operator.attrgetter(*PROPERTY_NAMES)
+#: one reusable msgpack Packer per thread (``packb`` builds a new one per call; a Packer is
+#: not safe to share between threads)
+_packers = threading.local()
+
+
 def encode_message(message: Message) -> bytes:
-    props = message.properties
-    values = [getattr(props, name) for name in PROPERTY_NAMES]
-    return msgpack.packb([FORMAT_VERSION, message.exchange, message.routing_key, values,
-                          message.body, message.timestamp_ms], default=_default,
-                         use_bin_type=True)
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(default=_default, use_bin_type=True)
+    # A tuple packs as the same msgpack array as a list.
+    return packer.pack((FORMAT_VERSION, message.exchange, message.routing_key,
+                        _property_values(message.properties), message.body,
+                        message.timestamp_ms))
 
 
 def decode_message(data: bytes) -> Message:

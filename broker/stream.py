@@ -9,6 +9,7 @@ Model: rabbitmq/osiris ``offset_spec()`` and ``retention_spec()``.
 from __future__ import annotations
 
 import datetime
+import logging
 import re
 import time
 from collections import deque
@@ -22,6 +23,8 @@ from .errors import PreconditionFailed
 from .message import Message
 from .message_codec import decode_message, encode_message
 
+logger = logging.getLogger("manifold.broker")
+
 _INTERVAL = re.compile(r"^(\d+)(Y|M|D|h|m|s)$")
 _UNIT_S = {"Y": 365 * 86400, "M": 30 * 86400, "D": 86400, "h": 3600, "m": 60, "s": 1}
 
@@ -32,12 +35,16 @@ def parse_interval_s(value: str) -> int | None:
 
 
 #: the tail of the stream kept in memory for readers that keep up (records not yet written to
-#: disk stay in it whatever its size)
+#: disk stay in it besides, whatever their size); written records a reader in the cache has not
+#: read yet stay up to TAIL_CACHE_MAX_BYTES, so a burst does not push it onto the disk
 TAIL_CACHE_BYTES = 4 * 1024 * 1024
-#: a reader behind the tail reads this much from disk at a time (its read-ahead)
-READ_AHEAD_BYTES = 256 * 1024
-#: disk bytes one pump may read for one reader before it yields to the event loop
-PUMP_DISK_BYTES = 4 * 1024 * 1024
+TAIL_CACHE_MAX_BYTES = 16 * 1024 * 1024
+#: a reader behind the tail reads this much from disk at a time (its read-ahead); the next read
+#: starts as soon as it holds less than this, so a reader holds at most about twice this, and
+#: has at most one read in flight (in the store's reader thread, off the event loop)
+READ_AHEAD_BYTES = 2 * 1024 * 1024
+#: what a read for a single record asks for (the sparse index bounds what comes before it)
+SINGLE_READ_BYTES = 4096
 #: stored offsets of named readers are written at most this often (and when a reader leaves)
 OFFSET_FLUSH_MS = 200
 #: default segment size of a stream (RabbitMQ's x-stream-max-segment-size-bytes is 500 MB)
@@ -46,23 +53,32 @@ DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 
 class _Record:
     """One record handed to a reader (a Delivery's ``entry``)."""
-    __slots__ = ("offset", "timestamp_ms", "message", "delivery_count")
+    __slots__ = ("offset", "timestamp_ms", "message", "delivery_count", "lost")
 
     def __init__(self, offset: int, timestamp_ms: int, message: Message):
         self.offset = offset
         self.timestamp_ms = timestamp_ms
         self.message = message
         self.delivery_count = 1
+        #: a failed write lost it (its publisher was refused): readers skip it
+        self.lost = False
 
 
 class _Reader:
-    __slots__ = ("position", "reference", "ahead")
+    __slots__ = ("position", "reference", "ahead", "ahead_bytes", "reading")
 
     def __init__(self, position: int, reference: str | None):
         self.position = position
         self.reference = reference
         #: records read from disk ahead of ``position``: (offset, timestamp_ms, payload)
         self.ahead: deque[tuple[int, int, bytes]] = deque()
+        self.ahead_bytes = 0
+        #: a read for it is in flight in the store's reader threads
+        self.reading = False
+
+    def drop_ahead(self) -> None:
+        self.ahead.clear()
+        self.ahead_bytes = 0
 
 
 class Stream:
@@ -100,10 +116,14 @@ class Stream:
         self.log: Any = store.stream_log(vhost, name, segment_bytes) if store is not None else None
         if self.log is None:
             self.log = MemoryStreamLog(segment_bytes or DEFAULT_SEGMENT_BYTES, memory)
-        self.log.on_written = self._evict
+        self.log.on_written = self._written
+        self.log.on_lost = self._lost
         self._offsets = DurableMap(self.log.offsets_log)
         self._cache: deque[_Record] = deque()
         self._cache_bytes = 0
+        #: bytes of the cached records not yet written (up to offset ``_counted_upto``)
+        self._unwritten_bytes = 0
+        self._counted_upto = -1
         self._last_ts = 0
         self.consumers: list[Consumer] = []
         self._readers: dict[Consumer, _Reader] = {}
@@ -163,6 +183,8 @@ class Stream:
         self.published_total += 1
         self._cache.append(_Record(offset, now, stamped))
         self._cache_account(len(message.body))
+        if offset > self.log.written_offset:
+            self._unwritten_bytes += len(message.body)
         self._evict()
         self._apply_retention(now)
         if self.consumers:
@@ -175,11 +197,49 @@ class Stream:
             self.memory.add(delta)
 
     def _evict(self) -> None:
-        """Keep the tail cache within its budget, but never drop a record not yet on disk."""
+        """Keep the written records of the tail cache within its budget (the records not yet
+        written stay in it besides, whatever their size: readers at the tail get them from
+        here once they are written)."""
         cache = self._cache
         written = self.log.written_offset
-        while cache and self._cache_bytes > TAIL_CACHE_BYTES and cache[0].offset <= written:
-            self._cache_account(-len(cache.popleft().message.body))
+        needed = None
+        while cache and self._cache_bytes - self._unwritten_bytes > TAIL_CACHE_BYTES and (
+                cache[0].offset <= written or cache[0].lost):
+            if self._cache_bytes - self._unwritten_bytes <= TAIL_CACHE_MAX_BYTES:
+                if needed is None:  # a reader in the cache keeps it (up to the hard limit)
+                    needed = min((r.position for r in self._readers.values()
+                                  if r.position >= cache[0].offset), default=written + 1)
+                if cache[0].offset >= needed:
+                    break
+            gone = cache.popleft()
+            if gone.offset > self._counted_upto:  # a lost record, counted as unwritten
+                self._unwritten_bytes -= len(gone.message.body)
+            self._cache_account(-len(gone.message.body))
+
+    def _written(self) -> None:
+        """More records are on disk: readers see records only once they are (so never one a
+        failed write loses), and the cache may shrink."""
+        cache = self._cache
+        written = self.log.written_offset
+        if cache:
+            first = cache[0].offset
+            i = max(0, self._counted_upto + 1 - first)
+            while i < len(cache) and cache[i].offset <= written:
+                self._unwritten_bytes -= len(cache[i].message.body)
+                i += 1
+        self._counted_upto = max(self._counted_upto, written)
+        if self.consumers:
+            self.pump()
+        self._evict()
+
+    def _lost(self, offsets: list[int]) -> None:
+        cache = self._cache
+        if not cache:
+            return
+        first = cache[0].offset
+        for offset in offsets:
+            if first <= offset < first + len(cache):
+                cache[offset - first].lost = True
 
     def recover(self) -> int:
         """Reopen the segments (offsets and timestamps as they were) and the stored offsets."""
@@ -268,44 +328,93 @@ class Stream:
         return self.log.next_offset
 
     def read(self, offset: int, limit: int) -> list[tuple[int, int, Message]]:
-        """(offset, timestamp_ms, message) from ``offset``, at most ``limit`` of them."""
+        """(offset, timestamp_ms, message) from ``offset``, at most ``limit`` of them, read now
+        (Kinesis GetRecords: bounded by ``limit``; one record reads only what it needs)."""
         out: list[tuple[int, int, Message]] = []
         reader = _Reader(max(offset, self.log.first_offset), None)
+        ahead = READ_AHEAD_BYTES if limit > 1 else SINGLE_READ_BYTES
         while len(out) < limit:
-            record = self._next_record(reader)
+            record = self._next_record(reader, inline=True, read_bytes=ahead)
             if record is None:
                 break
             out.append((record.offset, record.timestamp_ms, record.message))
         return out
 
-    def _next_record(self, reader: _Reader) -> _Record | None:
+    def _next_record(self, reader: _Reader, consumer: Consumer | None = None,
+                     inline: bool = False, read_bytes: int = READ_AHEAD_BYTES
+                     ) -> _Record | None:
         """The record at the reader's position (or the first after a gap), and advance it: from
-        the tail cache, else from the reader's read-ahead, else from disk."""
+        the tail cache, else from the reader's read-ahead, else from disk: now if ``inline`` (or
+        the log is in memory), else a read is started in the store's reader threads and None
+        returned (the pump goes on when it is back). Records not yet on disk are not read."""
         log = self.log
         if reader.position < log.first_offset:
             reader.position = log.first_offset  # retention deleted its segment
-        position = reader.position
-        if position >= log.next_offset:
-            return None
-        cache = self._cache
-        if cache and position >= cache[0].offset:
-            record = cache[position - cache[0].offset]
-            reader.position = record.offset + 1
-            reader.ahead.clear()
-            return record
-        ahead = reader.ahead
-        while ahead and ahead[0][0] < position:
-            ahead.popleft()
-        if not ahead:
-            ahead.extend(log.read(position, READ_AHEAD_BYTES))
-            if not ahead:
-                if cache:  # a gap (a lost write): go on at the tail
-                    reader.position = cache[0].offset
-                    return self._next_record(reader)
+            reader.drop_ahead()
+        while reader.position <= log.written_offset:
+            position = reader.position
+            cache = self._cache
+            if cache and position >= cache[0].offset:
+                record = cache[position - cache[0].offset]
+                reader.position = position + 1
+                reader.drop_ahead()
+                if record.lost:
+                    continue
+                return record
+            ahead = reader.ahead
+            while ahead and ahead[0][0] < position:
+                reader.ahead_bytes -= len(ahead.popleft()[2])
+            if ahead:
+                offset, timestamp_ms, payload = ahead.popleft()
+                reader.ahead_bytes -= len(payload)
+                reader.position = offset + 1
+                if consumer is not None and reader.ahead_bytes < READ_AHEAD_BYTES:
+                    self._read_ahead(reader, consumer)  # the next read overlaps this one's use
+                return _Record(offset, timestamp_ms, decode_message(payload))
+            if not (inline or log.reads_inline):
+                if consumer is not None:
+                    self._read_ahead(reader, consumer)
                 return None
-        offset, timestamp_ms, payload = ahead.popleft()
-        reader.position = offset + 1
-        return _Record(offset, timestamp_ms, decode_message(payload))
+            ahead.extend(log.read(position, read_bytes))
+            reader.ahead_bytes = sum(len(r[2]) for r in ahead)
+            if not ahead:
+                # Nothing on disk from here (records a failed write lost): go on at the tail.
+                reader.position = cache[0].offset if cache else log.written_offset + 1
+        return None
+
+    def _read_ahead(self, reader: _Reader, consumer: Consumer) -> None:
+        """Start the reader's next disk read (one in flight at most) after what it holds,
+        unless that is in the tail cache or not on disk yet."""
+        if reader.reading:
+            return
+        start = reader.ahead[-1][0] + 1 if reader.ahead else reader.position
+        if start > self.log.written_offset or (self._cache and start >= self._cache[0].offset):
+            return
+        reader.reading = True
+        self.log.read_later(start, READ_AHEAD_BYTES,
+                            lambda records, resume, error: self._read_back(
+                                reader, consumer, start, records, resume, error))
+
+    def _read_back(self, reader: _Reader, consumer: Consumer, start: int, records: list,
+                   resume: int, error: BaseException | None) -> None:
+        """A disk read is back (on the event loop): keep what follows on from what the reader
+        holds, and deliver."""
+        reader.reading = False
+        if self.deleted or self._readers.get(consumer) is not reader:
+            return
+        following = reader.ahead[-1][0] + 1 if reader.ahead else reader.position
+        if error is not None:
+            logger.error("stream %r in vhost %r: reading at offset %d failed (%s); the reader "
+                      "goes on at offset %d", self.name, self.vhost, start, error, resume)
+            records = []
+        if start <= following:
+            for record in records:
+                if record[0] >= following:
+                    reader.ahead.append(record)
+                    reader.ahead_bytes += len(record[2])
+            if not records and not reader.ahead and resume > reader.position:
+                reader.position = resume  # past a gap, or past what could not be read
+        self.pump()
 
     def add_consumer(self, consumer: Consumer) -> None:
         args = consumer.arguments
@@ -334,14 +443,10 @@ class Stream:
             reader = self._readers.get(consumer)
             if reader is None:
                 continue
-            disk_budget = PUMP_DISK_BYTES
-            while consumer.has_credit() and reader.position < self.log.next_offset:
-                from_disk = not self._cache or reader.position < self._cache[0].offset
-                record = self._next_record(reader)
+            while consumer.has_credit():
+                record = self._next_record(reader, consumer)
                 if record is None:
                     break
-                if from_disk:
-                    disk_budget -= len(record.message.body) + 64
                 self.delivered_total += 1
                 delivery = Delivery(self, record, consumer, False, settled=consumer.no_ack,
                                     offset=record.offset)
@@ -349,10 +454,6 @@ class Stream:
                     consumer.in_flight += 1
                 consumer.deliver(delivery)
                 if self.deleted or consumer not in self._readers:
-                    break
-                if disk_budget <= 0:
-                    # A reader far behind must not hold the loop: go on at the next turn.
-                    self.host.schedule(self, self.host.now_ms())
                     break
 
     def settle(self, delivery: Delivery, ack: bool, requeue: bool, pump: bool = True) -> bool:
@@ -410,7 +511,7 @@ class Stream:
         self._cache.clear()
         self._cache_account(-self._cache_bytes)
         for reader in self._readers.values():
-            reader.ahead.clear()
+            reader.drop_ahead()
         return count
 
     def ready_messages(self) -> list[Message]:

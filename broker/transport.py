@@ -405,11 +405,14 @@ class Connection(asyncio.Protocol):
         if self._held is not None:
             self._held.extend(bytes(chunk) for chunk in chunks)
             return
+        # One joined buffer: cheaper than handing the transport many small ones (uvloop
+        # takes each separately), and the usual batch is many small frames.
+        data = b"".join(chunks)
         if self._layered:
-            self._write_layered(b"".join(chunks))
+            self._write_layered(data)
         else:
-            transport.writelines(chunks)
-        self.bytes_out += sum(map(len, chunks))
+            transport.write(data)
+        self.bytes_out += len(data)
         self._wrote(transport)
 
     def _write_layered(self, data: bytes | bytearray | memoryview) -> None:

@@ -489,10 +489,15 @@ class VirtualHost:
             # The publish time, from which a consumer is told how much of the lifetime is left
             # (MQTT 5 Message Expiry Interval [MQTT-3.3.2-6]); read only for expiring messages.
             message.timestamp_ms = self.clock.now_ms()
+        if self._exchange_bindings or ex.alternate_exchange is not None:
+            targets = self._targets(ex, routing_key, message.properties.headers)
+        else:  # the common case: the exchange's own bindings are the whole answer
+            # (a snapshot: a delivery may change the bindings while we enqueue)
+            targets = tuple(ex.route(routing_key, message.properties.headers))
         routed = 0
         rejected = False
         waits = None
-        for queue in self._targets(ex, routing_key, message.properties.headers):
+        for queue in targets:
             outcome = queue.enqueue(message)
             if outcome is False:
                 rejected = True

@@ -43,8 +43,8 @@ from .fs import FileSystem
 from .logrecovery import LogRecovery, Segment
 from .records import (ENQUEUE, FILE_HEADER_SIZE, RECORD_HEADER_SIZE, SETTLE, encode_record,
                       file_header, segment_name)
-from .streamlog import FileStreamLog
-from .writer import Batch, Chunk, Writer
+from .streamlog import FileStreamLog, SegmentReader
+from .writer import Batch, Chunk, StoreError, Writer
 
 log = logging.getLogger("manifold.persistence")
 
@@ -74,8 +74,8 @@ def _descriptor_budget(wanted: int) -> int:
     return max(1, min(wanted, max(4, soft // 8)))
 
 
-class StoreError(OSError):
-    """A write the store could not make durable; the append it covers was not stored."""
+#: read-only descriptors the stream reader thread keeps (readers behind the tail use few files)
+READER_OPEN_FILES = 16
 
 
 class FileQueueLog(LogRecovery):
@@ -162,8 +162,12 @@ class FileQueueLog(LogRecovery):
             self.max_id_seen = msg_id
         future = None
         if self.store.fsync != "never":
-            future = self.store._loop.create_future()  # type: ignore[union-attr]
-            chunk.waiters.append(future)
+            # Every record of a chunk becomes durable at the same moment (or fails together),
+            # so the appends into it share one future rather than one each.
+            future = chunk.confirm
+            if future is None:
+                future = chunk.confirm = self.store._loop.create_future()  # type: ignore[union-attr]
+                chunk.waiters.append(future)
         self.store._dirty(self)
         return future
 
@@ -360,6 +364,10 @@ class FileStore:
         self._removals: list[str] = []              # directories of dropped logs
         self._unlinks: list[str] = []               # compacted segment files
         self._read_fds: OrderedDict[str, int] = OrderedDict()
+        #: the thread that reads stream segments for readers behind the tail (its descriptors:
+        #: streamlog.SegmentReader)
+        self._read_executor: ThreadPoolExecutor | None = None
+        self._segment_reader = SegmentReader(min(READER_OPEN_FILES, self.max_open_files))
         #: the last batch's error, if it failed (for the disk alarm and the logs)
         self.last_error: OSError | None = None
         #: the last run closed cleanly: recovery may trust the newest segments' index files
@@ -370,6 +378,7 @@ class FileStore:
     async def open(self) -> None:
         # The limit may have been raised since __init__ (the service does it at start).
         self.max_open_files = self.writer.max_open = _descriptor_budget(self._wanted_open_files)
+        self._segment_reader.max_open = min(READER_OPEN_FILES, self.max_open_files)
         # Transient messages spilled by the last run are not kept across a restart.
         self.fs.rmtree(os.path.join(self.data_dir, "spill"))
         for directory in self.fs.makedirs(os.path.join(self.data_dir, "queues")):
@@ -411,6 +420,10 @@ class FileStore:
         for fd in self._read_fds.values():
             self.fs.close(fd)
         self._read_fds.clear()
+        if self._read_executor is not None:
+            self._read_executor.submit(self._segment_reader.close_all, self.fs)
+            self._read_executor.shutdown(wait=True)
+            self._read_executor = None
         if self._executor is not None:
             self._executor.submit(self.writer.close_all).result()
             self._executor.shutdown(wait=True)
@@ -490,7 +503,9 @@ class FileStore:
         store's segment size."""
         return FileStreamLog(self, os.path.join(self.data_dir, "streams", _fs_name(vhost),
                                                 _fs_name(stream)),
-                             segment_bytes or self.segment_bytes)
+                             segment_bytes or self.segment_bytes,
+                             legacy_directory=os.path.join(self.data_dir, "queues",
+                                                           _fs_name(vhost), _fs_name(stream)))
 
     def spill_log(self, vhost: str, queue: str) -> FileQueueLog:
         """Where a queue puts transient messages past its resident budget (same record format;
@@ -541,10 +556,19 @@ class FileStore:
             raise OSError(errno.EIO, f"{path}: short read at byte {position}")
         return data
 
+    def _read_later(self, path: str, length: int, position: int) -> asyncio.Future:
+        """``pread`` in the reader thread (off the event loop, beside the writer thread)."""
+        if self._read_executor is None:
+            self._read_executor = ThreadPoolExecutor(1, thread_name_prefix="manifold-read")
+        return self._loop.run_in_executor(  # type: ignore[union-attr]
+            self._read_executor, self._segment_reader.read, self.fs, path, length, position)
+
     def _forget_read(self, path: str) -> None:
         fd = self._read_fds.pop(path, None)
         if fd is not None:
             self.fs.close(fd)
+        if self._read_executor is not None:
+            self._read_executor.submit(self._segment_reader.forget, self.fs, path)
 
     def _close_reads(self) -> None:
         for fd in self._read_fds.values():

@@ -20,24 +20,31 @@ the segment otherwise (the segment being written is always scanned).
 from __future__ import annotations
 
 import bisect
+import errno
 import logging
 import os
 import struct
 import sys
 from array import array
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any, Awaitable
 
 import crc32c
+import msgpack
 
-from .records import (FILE_HEADER_SIZE, RECORD_HEADER, RECORD_HEADER_SIZE, RECORD_MAGIC, STREAM,
-                      encode_record, file_header, parse_file_header, scan, segment_name)
-from .writer import Chunk
+from .records import (ENQUEUE, FILE_HEADER_SIZE, RECORD_HEADER, RECORD_HEADER_SIZE, RECORD_MAGIC,
+                      SETTLE, STREAM, encode_record, file_header, parse_file_header, scan,
+                      segment_name)
+from .writer import Chunk, StoreError
 
 log = logging.getLogger("manifold.persistence")
 
 #: one sparse index entry per this many bytes of records (and one for each segment's first)
 INDEX_EVERY_BYTES = 64 * 1024
+#: the smallest read (a record header and a small record fit; fewer syscalls than exact reads)
+MIN_READ_BYTES = 4096
+#: segments one read in a reader thread may go through to find the next record (past a gap)
+SPANS_PER_READ = 4
 _TIMESTAMP = struct.Struct(">Q")
 INDEX_MAGIC = b"MFIDX\x00"
 INDEX_VERSION = 1
@@ -60,7 +67,7 @@ def _stream_payload(timestamp_ms: int, data: bytes) -> bytes:
 
 class StreamSegment:
     __slots__ = ("base", "path", "size", "written", "last_offset", "first_ts", "last_ts",
-                 "index", "poisoned")
+                 "index", "poisoned", "sealed")
 
     def __init__(self, base: int, path: str, size: int):
         self.base = base
@@ -75,6 +82,8 @@ class StreamSegment:
         #: sparse index, flat: offset, timestamp_ms, byte position, offset, ...
         self.index = array("q")
         self.poisoned = False
+        #: its index file was handed to the writer (the next segment started)
+        self.sealed = False
 
     def note(self, offset: int, timestamp_ms: int, position: int) -> None:
         """Account a record at ``position``; index it if it starts a new index interval."""
@@ -88,9 +97,33 @@ class StreamSegment:
 
     def position_for(self, offset: int) -> int:
         """Byte position of the last indexed record at or before ``offset``."""
+        return self.span_for(offset)[0]
+
+    def span_for(self, offset: int) -> tuple[int, int]:
+        """(byte position of the last indexed record at or before ``offset``, bytes at most to
+        skip from there to reach the record of ``offset``): the next index entry bounds it."""
         offsets = self.index[0::3]
         i = bisect.bisect_right(offsets, offset) - 1
-        return self.index[3 * i + 2] if i >= 0 else FILE_HEADER_SIZE
+        if i < 0:
+            return FILE_HEADER_SIZE, max(0, self.written - FILE_HEADER_SIZE)
+        position = self.index[3 * i + 2]
+        if offsets[i] == offset:
+            return position, 0
+        following = self.index[3 * i + 5] if 3 * i + 5 < len(self.index) else self.written
+        return position, max(0, following - position)
+
+    def forget_bytes(self, start: int, length: int) -> None:
+        """Bytes ``[start, start + length)`` are gone from the file (a failed chunk cut back):
+        drop their index entries and move the ones after them back."""
+        entries = array("q")
+        index = self.index
+        for i in range(0, len(index), 3):
+            position = index[i + 2]
+            if position < start:
+                entries.extend(index[i:i + 3])
+            elif position >= start + length:
+                entries.extend((index[i], index[i + 1], position - length))
+        self.index = entries
 
     def entry_before_time(self, timestamp_ms: int) -> int:
         """Offset of the last indexed record stamped before ``timestamp_ms`` (the segment's
@@ -149,13 +182,243 @@ def parse_records(data: bytes, position: int, start: int = 0) -> tuple[list, int
     return out, pos - start
 
 
+def read_span(pread: Any, path: str, position: int, skip: int, end: int, offset: int,
+              visible: int, max_bytes: int) -> list:
+    """Records of one segment file from the first at or after ``offset`` up to ``visible``,
+    about ``max_bytes`` of them (at least one, if any): ``pread(path, length, position)`` reads
+    (on the event loop or in a reader thread). The first read covers at most ``skip`` bytes of
+    records before ``offset`` (the sparse index bounds it) and ``max_bytes`` more."""
+    out: list = []
+    want = max(max_bytes, MIN_READ_BYTES)
+    length = skip + want
+    while position < end and not out:
+        length = min(length, end - position)
+        data = pread(path, length, position)
+        records, used = parse_records(data, position)
+        if not records:
+            # One record bigger than the read: read exactly it.
+            size = RECORD_HEADER.unpack_from(data, 0)[4] + RECORD_HEADER_SIZE
+            data = pread(path, size, position)
+            records, used = parse_records(data, position)
+            if not records:
+                raise OSError(f"{path}: unreadable record at byte {position}")
+        out = [r for r in records if offset <= r[0] <= visible]
+        position += used
+        length = want
+        if records[-1][0] >= visible:
+            break
+    return out
+
+
+class SegmentReader:
+    """The reader thread's side: ``pread`` of segment files through a small LRU of read-only
+    descriptors that only that thread touches (so a read costs one system call, and the thread
+    takes the interpreter lock as little as possible while the event loop is busy)."""
+
+    def __init__(self, max_open: int):
+        self.max_open = max(1, max_open)
+        self._fds: OrderedDict[str, int] = OrderedDict()
+
+    def read(self, fs: Any, path: str, length: int, position: int) -> bytes:
+        fd = self._fds.get(path)
+        if fd is None:
+            try:
+                fd = fs.open(path, os.O_RDONLY)
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE) or not self._fds:
+                    raise
+                self.close_all(fs)  # out of descriptors: give ours back and try once more
+                fd = fs.open(path, os.O_RDONLY)
+            self._fds[path] = fd
+            while len(self._fds) > self.max_open:
+                fs.close(self._fds.popitem(last=False)[1])
+        else:
+            self._fds.move_to_end(path)
+        data = fs.pread(fd, length, position)
+        if len(data) != length:
+            raise OSError(errno.EIO, f"{path}: short read at byte {position}")
+        return data
+
+    def forget(self, fs: Any, path: str) -> None:
+        """The file is deleted (retention): close it, so its space is freed."""
+        fd = self._fds.pop(path, None)
+        if fd is not None:
+            fs.close(fd)
+
+    def close_all(self, fs: Any) -> None:
+        for fd in self._fds.values():
+            fs.close(fd)
+        self._fds.clear()
+
+
+#: in a stream directory made from an old-layout queue log: the migration is complete (so the old
+#: files left by a crash before their removal are removed, not migrated again)
+MIGRATED_MARKER = "migrated-from-queues"
+
+
+def migrate_legacy(fs: Any, legacy: str, directory: str, segment_bytes: int) -> int:
+    """Move a stream the previous build kept as a queue log (``queues/<vhost>/<stream>``:
+    ENQUEUE records whose id is the offset and whose payload is the message with its arrival
+    timestamp; trimmed records SETTLEd) into stream segments, keeping offsets and timestamps.
+    The segments are written in ``<directory>#migrating``, fsynced, then that directory is
+    renamed to ``directory``; only then are the old files removed. Returns the records moved."""
+    if not os.path.isdir(legacy):
+        return 0
+    names = fs.listdir(directory) if os.path.isdir(directory) else []
+    if MIGRATED_MARKER not in names:
+        if any(name.endswith(".seg") for name in names):
+            log.warning("%s: old-layout stream not migrated: %s already holds records",
+                        legacy, directory)
+            return 0
+        staging = directory + "#migrating"  # ('#' is never in a quoted name)
+        fs.rmtree(staging)  # an attempt a crash cut short
+        moved = _write_legacy(fs, legacy, staging, segment_bytes)
+        fs.rmtree(directory)  # no records in it: at most the stored offsets of an empty stream
+        fs.replace(staging, directory)
+        fs.fsync_dir(os.path.dirname(directory))
+        log.warning("%s: %d records of an old-layout stream moved to %s", legacy, moved,
+                    directory)
+    else:
+        moved = 0
+    fs.rmtree(legacy)
+    fs.fsync_dir(os.path.dirname(legacy))
+    return moved
+
+
+def _write_legacy(fs: Any, legacy: str, staging: str, segment_bytes: int) -> int:
+    segments = sorted(n for n in fs.listdir(legacy) if n.endswith(".seg"))
+    settled: set[int] = set()
+    highest = -1
+    for name in segments:  # a SETTLE may sit in a later segment than its ENQUEUE
+        for record in scan(fs.read_file(os.path.join(legacy, name))).records:
+            highest = max(highest, record.msg_id)
+            if record.kind == SETTLE:
+                settled.add(record.msg_id)
+    created = fs.makedirs(staging)
+    out: dict[str, Any] = {"fd": None, "size": 0, "buffer": bytearray()}
+    moved = 0
+
+    def flush() -> None:
+        fs.write_all(out["fd"], bytes(out["buffer"]))
+        out["buffer"].clear()
+
+    def close() -> None:
+        if out["fd"] is not None:
+            flush()
+            fs.fsync(out["fd"])
+            fs.close(out["fd"])
+            out["fd"] = None
+
+    def start(base: int) -> None:
+        close()
+        out["fd"] = fs.open(os.path.join(staging, segment_name(base)),
+                            os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        out["buffer"] += file_header(base)
+        out["size"] = FILE_HEADER_SIZE
+
+    for name in segments:
+        for record in scan(fs.read_file(os.path.join(legacy, name))).records:
+            if record.kind != ENQUEUE or record.msg_id in settled:
+                continue
+            if out["fd"] is None or out["size"] >= segment_bytes:
+                start(record.msg_id)
+            try:
+                stamp = int(msgpack.unpackb(record.payload, raw=True, strict_map_key=False)[5] or 0)
+            except (ValueError, TypeError, IndexError, msgpack.UnpackException):
+                stamp = 0
+            data = encode_record(STREAM, record.msg_id, _stream_payload(stamp, record.payload))
+            out["buffer"] += data
+            out["size"] += len(data)
+            moved += 1
+            if len(out["buffer"]) >= 1 << 20:
+                flush()
+    if out["fd"] is None:
+        start(highest + 1)  # every record trimmed: the offsets still never go back
+    close()
+    fs.close(fs.open(os.path.join(staging, MIGRATED_MARKER), os.O_WRONLY | os.O_CREAT))
+    fs.fsync_dir(staging)
+    for made in created:  # (the staging directory's own entry is made durable by the rename's)
+        if made != staging:
+            fs.fsync_dir(os.path.dirname(made))
+    return moved
+
+
+class _ReadJob:
+    """One :meth:`FileStreamLog.read_later`: reads piece by piece through the planned segments
+    until records at or after ``offset`` turn up (a piece is parsed on the event loop; only the
+    ``pread`` runs in the reader thread)."""
+    __slots__ = ("log", "spans", "offset", "visible", "want", "resume", "done", "path", "end")
+
+    def __init__(self, stream_log: "FileStreamLog", spans: Any, offset: int, visible: int,
+                 want: int, resume: int, done: Any):
+        self.log = stream_log
+        self.spans = spans
+        self.offset = offset
+        self.visible = visible
+        self.want = want
+        self.resume = resume
+        self.done = done
+        self.path = ""
+        self.end = 0
+
+    def next_span(self) -> None:
+        span = next(self.spans, None)
+        if span is None:
+            # nothing at or after ``offset`` in what was read: it is not on disk
+            self.done([], max(self.resume, self.offset + 1), None)
+            return
+        self.path, position, skip, self.end = span
+        self.read(position, min(skip + self.want, self.end - position))
+
+    def read(self, position: int, length: int) -> None:
+        self.log.store._read_later(self.path, length, position).add_done_callback(
+            lambda future: self.back(future, position, length))
+
+    def back(self, future: Any, position: int, length: int) -> None:
+        if future.cancelled():
+            self.done([], self.resume, None)
+            return
+        error = future.exception()
+        if isinstance(error, FileNotFoundError):
+            self.next_span()  # deleted by retention meanwhile
+            return
+        try:
+            if error is not None:
+                raise error
+            data = future.result()
+            records, used = parse_records(data, position)
+            if not records:
+                # One record bigger than the piece: read exactly it.
+                size = RECORD_HEADER.unpack_from(data, 0)[4] + RECORD_HEADER_SIZE
+                if size <= length:
+                    raise OSError(f"{self.path}: unreadable record at byte {position}")
+                self.read(position, min(size, self.end - position))
+                return
+        except (OSError, struct.error) as exc:
+            self.done([], self.resume, exc)
+            return
+        wanted = [r for r in records if self.offset <= r[0] <= self.visible]
+        if wanted:
+            self.done(wanted, self.resume, None)
+        elif records[-1][0] >= self.visible:
+            self.done([], self.resume, None)
+        elif position + used < self.end:
+            self.read(position + used, min(self.want, self.end - position - used))
+        else:
+            self.next_span()
+
+
 class FileStreamLog:
     """One stream's segments. Offsets are assigned by the caller, in order, from
     :attr:`next_offset`; a record is readable from disk once :attr:`written_offset` reached it."""
 
-    def __init__(self, store: Any, directory: str, segment_bytes: int):
+    def __init__(self, store: Any, directory: str, segment_bytes: int,
+                 legacy_directory: str | None = None):
         self.store = store
         self.directory = directory
+        #: where the build before streams on disk kept this stream (a queue log of ENQUEUE
+        #: records): migrated into segments at the first start (see :func:`migrate_legacy`)
+        self.legacy_directory = legacy_directory
         self.segment_bytes = segment_bytes
         self.segments: list[StreamSegment] = []
         self._bases: list[int] = []
@@ -168,6 +431,8 @@ class FileStreamLog:
         self.recovery_problems: list[str] = []
         #: called when more records became readable from disk (the owner's cache may shrink)
         self.on_written: Any = None
+        #: called with the offsets of records a failed write lost
+        self.on_lost: Any = None
         self.offsets_log = store._log(os.path.join(directory, "offsets"))
 
     @property
@@ -177,6 +442,8 @@ class FileStreamLog:
     # ------------------------------------------------------------------ recovery
     def recover(self) -> None:
         fs = self.store.fs
+        if self.legacy_directory is not None:
+            migrate_legacy(fs, self.legacy_directory, self.directory, self.segment_bytes)
         try:
             names = sorted(fs.listdir(self.directory))
         except FileNotFoundError:
@@ -280,9 +547,11 @@ class FileStreamLog:
     def _rotate(self, base: int) -> Chunk:
         if self.segments:
             sealed = self.segments[-1]
-            # The sealed segment's index goes out after its last records (same batch order).
-            self._new_chunk(sealed, 0, True, sealed.path[:-4] + ".idx").data += \
-                sealed.encode_index()
+            if not sealed.sealed:
+                # The sealed segment's index goes out after its last records (same batch order).
+                sealed.sealed = True
+                self._new_chunk(sealed, 0, True, sealed.path[:-4] + ".idx").data += \
+                    sealed.encode_index()
             base = max(base, sealed.base + 1)
         path = os.path.join(self.directory, segment_name(base))
         segment = StreamSegment(base, path, FILE_HEADER_SIZE)
@@ -299,50 +568,110 @@ class FileStreamLog:
         return chunks
 
     def chunk_failed(self, chunk: Chunk) -> None:
-        """The writer could not store ``chunk``: its records are lost (their publishers were
-        refused); the segment takes no more records, and readers skip the gap."""
+        """The writer could not store ``chunk``: its records are lost (their publishers are
+        refused, :attr:`on_lost` hears of them, readers never see them: nothing past
+        :attr:`written_offset` is read). A chunk the writer cut back off the file is forgotten
+        and the records after it move back; otherwise the segment is retired (nothing more is
+        appended to it), its file is cut back here so that a restart cannot bring back records
+        that were refused, and the records still waiting for it are refused too."""
         segment = chunk.segment
         if not chunk.ids or not isinstance(segment, StreamSegment):
             return  # an index file: a restart scans the segment instead
-        segment.poisoned = True
-        index = segment.index
-        while index and index[-1] >= chunk.start:
-            del index[-3:]
+        lost = list(chunk.ids)
+        length = len(chunk.data)
+        if chunk.rolled_back and not segment.poisoned:
+            segment.forget_bytes(chunk.start, length)
+            segment.size -= length
+            self.total_bytes -= length
+            for later in self.chunks:
+                if later.segment is segment:
+                    later.start -= length
+        else:
+            segment.poisoned = True
+            self._cut_back(chunk)
+            for later in [c for c in self.chunks if c.segment is segment]:
+                self.chunks.remove(later)
+                lost += later.ids
+                self._refuse(later, chunk.error)
+            self.total_bytes -= segment.size - chunk.start
+            segment.size = chunk.start
+            segment.forget_bytes(chunk.start, 1 << 62)
+            if chunk.create and segment in self.segments:
+                # Its file is gone: the segment never was (an older one stays the oldest).
+                i = self.segments.index(segment)
+                del self.segments[i], self._bases[i]
+        if self.on_lost is not None:
+            self.on_lost(lost)
+
+    def _cut_back(self, chunk: Chunk) -> None:
+        """Take a failed chunk's bytes off the file (a new file goes), durably; if that fails
+        too, a restart may find them (as after a failed fsync nobody knows what is on disk)."""
+        fs = self.store.fs
+        try:
+            if chunk.create:
+                try:
+                    fs.unlink(chunk.path)
+                except FileNotFoundError:
+                    pass
+                fs.fsync_dir(os.path.dirname(chunk.path))
+            else:
+                fs.truncate_file(chunk.path, chunk.start)
+        except OSError as exc:
+            log.error("cannot cut %s back to %d bytes after a failed write: %s", chunk.path,
+                      chunk.start, exc)
+
+    @staticmethod
+    def _refuse(chunk: Chunk, error: OSError | None) -> None:
+        code = (error.errno if error is not None else None) or errno.EIO
+        for waiter in chunk.waiters:
+            if not waiter.done():
+                waiter.set_exception(StoreError(code, f"not stored: {error}"))
 
     # ------------------------------------------------------------------ reading
+    #: reads go through :meth:`read_later` (a reader thread), not inline on the event loop
+    reads_inline = False
+
     def read(self, offset: int, max_bytes: int) -> list[tuple[int, int, bytes]]:
         """Records from the first one at or after ``offset`` (up to :attr:`written_offset`),
-        about ``max_bytes`` of them (at least one)."""
-        segments = self.segments
-        i = max(0, bisect.bisect_right(self._bases, offset) - 1)
-        while i < len(segments):
-            segment = segments[i]
-            if segment.last_offset >= offset and segment.written > FILE_HEADER_SIZE:
-                records = self._read_segment(segment, offset, max_bytes)
-                if records:
-                    return records
-            i += 1
+        about ``max_bytes`` of them (at least one), read now with ``pread``."""
+        for path, position, skip, end in self._spans(offset, len(self.segments))[0]:
+            records = read_span(self.store._pread, path, position, skip, end, offset,
+                                self.written_offset, max_bytes)
+            if records:
+                return records
         return []
 
+    def read_later(self, offset: int, max_bytes: int, done: Any) -> None:
+        """Like :meth:`read`, with the ``pread`` calls in the store's reader thread and the rest
+        on the event loop: ``done(records, resume, error)`` is called on the loop, ``resume``
+        being where to read on if ``records`` is empty (past a gap, or past what could not be
+        read)."""
+        spans, after = self._spans(offset, SPANS_PER_READ)
+        visible = self.written_offset
+        job = _ReadJob(self, iter(spans), offset, visible, max(max_bytes, MIN_READ_BYTES),
+                       min(visible + 1, after), done)
+        job.next_span()
+
+    def _spans(self, offset: int, most: int) -> tuple[list[tuple[str, int, int, int]], int]:
+        """(path, position, skip, end) of up to ``most`` segments that may hold ``offset`` or
+        the records after it, in order; and the offset after the last of them."""
+        spans = []
+        segments = self.segments
+        after = offset
+        i = max(0, bisect.bisect_right(self._bases, offset) - 1)
+        while i < len(segments) and len(spans) < most:
+            segment = segments[i]
+            if segment.last_offset >= offset and segment.written > FILE_HEADER_SIZE:
+                position, skip = segment.span_for(offset)
+                spans.append((segment.path, position, skip, segment.written))
+            after = max(after, segment.last_offset + 1)
+            i += 1
+        return spans, after
+
     def _read_segment(self, segment: StreamSegment, offset: int, max_bytes: int) -> list:
-        position = segment.position_for(offset)
-        out: list = []
-        while position < segment.written and not out:
-            length = min(max(max_bytes, 4096), segment.written - position)
-            data = self.store._pread(segment.path, length, position)
-            records, used = parse_records(data, position)
-            if not records:
-                # One record bigger than the chunk: read exactly it.
-                size = RECORD_HEADER.unpack_from(data, 0)[4] + RECORD_HEADER_SIZE
-                data = self.store._pread(segment.path, size, position)
-                records, used = parse_records(data, position)
-                if not records:
-                    raise OSError(f"{segment.path}: unreadable record at byte {position}")
-            out = [r for r in records if offset <= r[0] <= self.written_offset]
-            position += used
-            if records[-1][0] >= self.written_offset:
-                break
-        return out
+        position, skip = segment.span_for(offset)
+        return read_span(self.store._pread, segment.path, position, skip, segment.written, offset,
+                         self.written_offset, max_bytes)
 
     def offset_at(self, timestamp_ms: int) -> int:
         """The first record stamped at or after ``timestamp_ms`` (next_offset if none)."""
@@ -409,6 +738,10 @@ class MemoryStreamLog:
         self.total_bytes = 0
         self.offsets_log = None
         self.on_written: Any = None
+        self.on_lost: Any = None
+
+    #: records are in memory: :meth:`read` is as cheap as a reader thread's hand-over
+    reads_inline = True
 
     @property
     def first_offset(self) -> int:

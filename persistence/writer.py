@@ -26,11 +26,15 @@ log = logging.getLogger("manifold.persistence")
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
 
 
+class StoreError(OSError):
+    """A write the store could not make durable; the append it covers was not stored."""
+
+
 class Chunk:
     """Bytes for one segment file: ``start`` is the file's length before them (0 with ``create``,
     whose bytes begin with the file header)."""
     __slots__ = ("log", "segment", "path", "start", "create", "data", "ids", "settles", "waiters",
-                 "error", "rolled_back")
+                 "confirm", "error", "rolled_back")
 
     def __init__(self, owner: Any, segment: Any, path: str, start: int, create: bool):
         self.log = owner
@@ -42,6 +46,8 @@ class Chunk:
         self.ids: list[int] = []        # ENQUEUE records in data
         self.settles: list[int] = []    # SETTLE records in data
         self.waiters: list = []         # futures resolved once data is durable
+        #: the one future (also in ``waiters``) every append into this chunk returns
+        self.confirm: Any = None
         #: set by the writer: why the chunk is not durable, and whether the file was cut back
         self.error: OSError | None = None
         self.rolled_back = False

@@ -36,9 +36,7 @@ class InboundMethods:
                 self._keys.clear()
             self._keys[topic] = key
         # Publishing needs write on amq.topic and topic write on the routing key (RabbitMQ).
-        grant = self.grant
-        grant.write("exchange", TOPIC_EXCHANGE)
-        grant.check_topic("write", TOPIC_EXCHANGE, key)
+        self.grant.check_publish(TOPIC_EXCHANGE, key)
         message = MqttMessage(TOPIC_EXCHANGE, key, payload,
                               properties_from_mqtt(props, qos), origin=origin, retain=retain,
                               qos=qos, mqtt_properties=props or None,

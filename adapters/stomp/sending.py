@@ -36,9 +36,7 @@ class SendMethods:
             # RabbitMQ: a temp queue named in reply-to is created (and subscribed) on this
             # connection; the header is rewritten so that replies route back to it.
             props.reply_to = "/reply-queue/" + self._temp_queue(reply_to[12:])
-        grant = self.grant
-        grant.write("exchange", exchange)
-        grant.check_topic("write", exchange, routing_key)
+        self.grant.check_publish(exchange, routing_key)
         message = Message(exchange, routing_key, frame.body, props)
         self.conn.mark_publishing()
         tx = headers.get("transaction")

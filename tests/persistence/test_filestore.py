@@ -193,9 +193,18 @@ async def test_stream_records_offsets_and_stored_retention_survive_restart(tmp_p
     assert (stream.first_offset, stream.next_offset) == (first, nxt)
     reader = Recorder(arguments={"x-stream-offset": "first"})
     vhost.consume("events", reader)
+    # (read from disk in a reader thread; a new record is read once it is on disk)
+    for _ in range(500):
+        if len(reader.deliveries) >= nxt - first:
+            break
+        await asyncio.sleep(0.01)
     assert [d.offset for d in reader.deliveries] == list(range(first, nxt))
     assert reader.deliveries[-1].message.body == b"event 099" * 5
-    vhost.publish("", "events", Message("", "", b"after restart"))
+    await vhost.publish("", "events", Message("", "", b"after restart")).wait
+    for _ in range(500):
+        if reader.deliveries[-1].offset == 100:
+            break
+        await asyncio.sleep(0.01)
     assert reader.deliveries[-1].offset == 100
     await broker.close()
 

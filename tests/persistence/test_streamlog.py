@@ -35,6 +35,16 @@ def numbers(recorder):
     return [int(d.message.body[:8]) for d in recorder.deliveries]
 
 
+async def delivered(recorder, count, timeout_s=5.0):
+    """The first ``count`` record numbers ``recorder`` got (readers behind the tail read from
+    disk in a reader thread: deliveries come back on a later turn of the loop)."""
+    for _ in range(int(timeout_s / 0.01)):
+        if len(recorder.deliveries) >= count:
+            break
+        await asyncio.sleep(0.01)
+    return numbers(recorder)
+
+
 async def test_records_live_on_disk_and_memory_stays_at_the_tail_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(stream_module, "TAIL_CACHE_BYTES", 100_000)
     broker, vhost = await open_broker(tmp_path)
@@ -54,6 +64,29 @@ async def test_records_live_on_disk_and_memory_stays_at_the_tail_cache(tmp_path,
         await asyncio.sleep(0.01)
     assert numbers(reader) == list(range(3000))
     assert reader.deliveries[1234].offset == 1234
+    await broker.close()
+
+
+async def test_a_stalled_reader_at_the_tail_holds_the_cache_only_up_to_its_hard_limit(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(stream_module, "TAIL_CACHE_BYTES", 100_000)
+    monkeypatch.setattr(stream_module, "TAIL_CACHE_MAX_BYTES", 300_000)
+    broker, vhost = await open_broker(tmp_path)
+    vhost.declare_queue("s", durable=True, arguments=STREAM)
+    stalled = Recorder(arguments={"x-stream-offset": "next"}, prefetch=1)  # never acks
+    vhost.consume("s", stalled)
+    peak = 0
+    wait = None
+    for i in range(3000):  # 3 MB, ten times the hard limit
+        wait = vhost.publish("", "s", Message("", "", f"{i:08d}".encode() + b"x" * 992)).wait
+        if i % 100 == 99:
+            await asyncio.wait_for(wait, 10)
+            peak = max(peak, broker.memory.used_bytes)
+    # the broker's own accounting: the hard limit plus the records of one batch not yet written
+    assert 100_000 < peak <= 300_000 + 100 * 1000 + 2000
+    assert numbers(stalled) == [0]
+    stalled.deliveries[0].ack()  # its next record left the cache: it reads on from disk
+    assert await delivered(stalled, 2) == [0, 1]
     await broker.close()
 
 
@@ -85,10 +118,10 @@ async def test_readers_at_first_a_timestamp_and_a_stored_offset_after_a_restart(
     at_offset = Recorder(arguments={"x-stream-offset": 777}, prefetch=1)
     for reader in (first, at_time, resumed, at_offset):
         vhost.consume("s", reader)
-    assert numbers(first) == [0, 1, 2, 3, 4]
-    assert numbers(at_time)[0] == 500
-    assert numbers(resumed) == [7, 8, 9, 10, 11]
-    assert numbers(at_offset) == [777]
+    assert await delivered(first, 5) == [0, 1, 2, 3, 4]
+    assert (await delivered(at_time, 5))[0] == 500
+    assert await delivered(resumed, 5) == [7, 8, 9, 10, 11]
+    assert await delivered(at_offset, 1) == [777]
     await broker.close()
 
 
@@ -106,7 +139,7 @@ async def test_a_damaged_index_is_rebuilt_from_its_segment(tmp_path):
     broker, vhost = await open_broker(tmp_path)
     reader = Recorder(arguments={"x-stream-offset": 150}, prefetch=3)
     vhost.consume("s", reader)
-    assert numbers(reader) == [150, 151, 152]
+    assert await delivered(reader, 3) == [150, 151, 152]
     assert vhost.queues["s"].next_offset == 300
     await broker.close()
 

@@ -7,9 +7,10 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-# Named on purpose though not in the repository: written by benchmarks/compare.py, or another
+# Named on purpose though not in the repository: written by benchmarks/compare.py or latency.py, or another
 # project's file (nats-server's server/README-MQTT.md).
-NOT_OURS = {"benchmarks/results/latest.md", "latest.md", "server/README-MQTT.md"}
+NOT_OURS = {"benchmarks/results/latest.md", "latest.md", "benchmarks/results/latency.md",
+            "results/latency.md", "latency.md", "server/README-MQTT.md"}
 REFERENCE = re.compile(r"[A-Za-z0-9_./-]*[A-Za-z0-9_-]+\.md\b")
 
 
