@@ -1,7 +1,8 @@
 """Data larger than memory: a persistent backlog in a durable queue, and a stream with retention.
 
     .venv/bin/python benchmarks/backlog.py queue --messages 1000000 [--peers rabbitmq,rabbitmq-lazy]
-    .venv/bin/python benchmarks/backlog.py stream --gib 2 --retention-mib 256
+    .venv/bin/python benchmarks/backlog.py stream --gib 2 --retention-mib 256 [--reader none|behind]
+    .venv/bin/python benchmarks/backlog.py stream-core --records 40000 --read-delay-ms 5
 
 ``queue``: for each broker (Manifold, and RabbitMQ 3.10 classic queues when installed: default
 and ``x-queue-mode: lazy``), publish ``--messages`` persistent 64-byte messages into one durable
@@ -14,6 +15,10 @@ rate of the recovered backlog (read from disk). RSS is the broker's whole proces
 ``stream``: publish ``--gib`` of 4 KiB records into a stream with ``x-max-length-bytes`` set to
 ``--retention-mib``, while a reader reads from ``first``; report the publish rate, the reader's
 rate, the broker's peak RSS and the data directory's size at the end.
+
+``stream-core``: in this process, a writer's publish rate into a stream alone and while a reader
+from ``first`` reads what is on disk, every ``pread`` made slower by ``--read-delay-ms`` (a cold
+disk): whether a reader behind the tail slows the writer.
 
 CPU heavy: run it by hand on a quiet machine, never in CI. Results go to stdout as Markdown.
 """
@@ -336,6 +341,56 @@ async def core_bench(count: int, lazy: bool, data_dir: str, fsync: str, crash: b
     return {"messages": count, "bytes_per_message": held / count, "publish_rate": rate}
 
 
+async def stream_core_bench(records: int, read_delay_ms: float, data_dir: str) -> dict:
+    """The broker core in this process (no network): a writer publishes ``records`` 4 KiB
+    records with confirms (awaited every 500) into a stream, once alone and once while a reader
+    from ``first`` reads the records already on disk; every ``pread`` of the store takes
+    ``read_delay_ms`` more (through its FileSystem seam: a disk whose reads miss the page cache).
+    A read on the event loop stalls the writer for that long; one in a reader thread does not."""
+    from manifold.broker.consumer import Consumer
+    from manifold.broker.core import Broker
+    from manifold.broker.message import Message
+    from manifold.config.settings import Settings
+    from manifold.persistence.filestore import FileStore
+    from manifold.persistence.fs import FileSystem
+
+    class SlowReads(FileSystem):
+        def pread(self, fd: int, length: int, position: int) -> bytes:
+            time.sleep(read_delay_ms / 1000)
+            return super().pread(fd, length, position)
+
+    class Counting(Consumer):
+        count = 0
+
+        def deliver(self, delivery) -> None:
+            self.count += 1
+
+    broker = Broker(Settings(), store=FileStore(data_dir, fs=SlowReads()))
+    await broker.start()
+    vhost = broker.vhosts["/"]
+    vhost.declare_queue("s", durable=True, arguments={"x-queue-type": "stream"})
+    body = b"s" * 4096
+
+    async def publish() -> float:
+        wait = None
+        started = time.monotonic()
+        for i in range(records):
+            wait = vhost.publish("", "s", Message("", "", body)).wait or wait
+            if i % 500 == 499:
+                await wait
+        await wait
+        return records / (time.monotonic() - started)
+
+    await publish()  # what the reader will read from disk
+    alone = await publish()
+    reader = Counting("reader", arguments={"x-stream-offset": "first"})
+    vhost.consume("s", reader)
+    with_reader = await publish()
+    await broker.close()
+    return {"alone": alone, "with_reader": with_reader,
+            "reader_rate": reader.count / (records / with_reader)}
+
+
 async def recover_bench(data_dir: str, fsync: str) -> dict:
     """Recover the backlog ``core`` left (run in a fresh process, so RSS starts clean)."""
     from manifold.broker.core import Broker
@@ -382,7 +437,21 @@ def main() -> None:
                    help="first: a reader from first of the empty stream (at the tail); none: "
                    "no reader; behind: the retention's worth published first, then a reader "
                    "from first (on disk until it catches up) while the timed writer runs")
+    sc = sub.add_parser("stream-core")
+    sc.add_argument("--records", type=int, default=40_000)
+    sc.add_argument("--read-delay-ms", type=float, default=5.0)
     args = parser.parse_args()
+    if args.what == "stream-core":
+        import tempfile
+        data_dir = tempfile.mkdtemp(prefix="manifold-stream-")
+        try:
+            r = asyncio.run(stream_core_bench(args.records, args.read_delay_ms, data_dir))
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        print(f"writer alone {r['alone']:,.0f} rec/s; with a reader from first "
+              f"{r['with_reader']:,.0f} rec/s ({r['with_reader'] / r['alone']:.0%}); the reader "
+              f"read {r['reader_rate']:,.0f} rec/s meanwhile (reads {args.read_delay_ms} ms slower)")
+        return
     if args.what == "recover":
         r = asyncio.run(recover_bench(args.data_dir, args.fsync))
         print(f"recovered {r['messages']:,} ({r['cold']:,} in cold runs) in {r['recovery_s']:.1f}"

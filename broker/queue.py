@@ -16,9 +16,10 @@ then runs at once, but its effects join the queue of effects already running, be
 before them. So no command runs inside another, and each consumer gets its deliveries in the
 order they were checked out.
 
-Credit is opaque (``consumer.has_credit()`` may depend on the connection's output buffer, which
-only a delivery changes), so a pump checks out one message per consumer per round and, if more
-could go, asks for another round (:data:`CONTINUE`) after those deliveries ran.
+Credit is opaque (``consumer.has_credit()`` may depend on the connection's output buffer or an
+MQTT in-flight window, which only a delivery changes), so a pump checks out at most one message
+per consumer per round and, if more could go, asks for another round (:data:`CONTINUE`) that
+runs after those deliveries.
 
 Parts: queue_ready.py (ready messages and their order), queue_paging.py (bodies in memory or on
 disk, cold runs, recovery), queue_deadletter.py (discard, dead-lettering), queue_args.py
@@ -522,21 +523,23 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
 
     def _pump(self) -> None:
         """One round: at most one message per consumer, then CONTINUE if more could go (a
-        consumer's credit may depend on what its deliveries do to its connection)."""
+        consumer's credit may depend on what its deliveries do to it: MQTT's in-flight window,
+        the connection's output buffer)."""
         if self.deleted:
             return
-        for _ in range(len(self.consumers)):
-            if not self.ready_count:
-                return
+        served: list[Consumer] = []
+        while self.ready_count and self.consumers:
             chosen = self._pick_consumer()
             if chosen is None:
+                return
+            if chosen in served:  # its credit is current only once its delivery has run
+                self._effects.append(CONTINUE)
                 return
             entry = self._next_live()
             if entry is None:
                 return
             self._checkout(entry, chosen)
-        if self.ready_count and self.consumers:
-            self._effects.append(CONTINUE)
+            served.append(chosen)
 
     def _next_live(self, prefer: Any = NO_GROUP) -> Entry | None:
         """The next ready entry that has not expired (expired ones are dead-lettered on the way)."""

@@ -43,7 +43,8 @@ TAIL_CACHE_MAX_BYTES = 16 * 1024 * 1024
 #: starts as soon as it holds less than this, so a reader holds at most about twice this, and
 #: has at most one read in flight (in the store's reader thread, off the event loop)
 READ_AHEAD_BYTES = 2 * 1024 * 1024
-#: what a read for a single record asks for (the sparse index bounds what comes before it)
+#: what a read asks for per record wanted, when the caller wants few (Kinesis GetRecords with a
+#: small Limit, the MillisBehindLatest probe); the sparse index bounds what comes before them
 SINGLE_READ_BYTES = 4096
 #: stored offsets of named readers are written at most this often (and when a reader leaves)
 OFFSET_FLUSH_MS = 200
@@ -332,7 +333,7 @@ class Stream:
         (Kinesis GetRecords: bounded by ``limit``; one record reads only what it needs)."""
         out: list[tuple[int, int, Message]] = []
         reader = _Reader(max(offset, self.log.first_offset), None)
-        ahead = READ_AHEAD_BYTES if limit > 1 else SINGLE_READ_BYTES
+        ahead = min(READ_AHEAD_BYTES, limit * SINGLE_READ_BYTES)
         while len(out) < limit:
             record = self._next_record(reader, inline=True, read_bytes=ahead)
             if record is None:
@@ -405,7 +406,7 @@ class Stream:
         following = reader.ahead[-1][0] + 1 if reader.ahead else reader.position
         if error is not None:
             logger.error("stream %r in vhost %r: reading at offset %d failed (%s); the reader "
-                      "goes on at offset %d", self.name, self.vhost, start, error, resume)
+                         "goes on at offset %d", self.name, self.vhost, start, error, resume)
             records = []
         if start <= following:
             for record in records:

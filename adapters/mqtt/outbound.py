@@ -106,9 +106,11 @@ class OutboundMethods:
             retain = False
         sub_ids = None
         if self.v5:
-            ids = [s.identifier for s in subs if s.identifier is not None]
-            if ids:
-                sub_ids = ids
+            if len(subs) == 1:  # the common case, without building a list
+                if subs[0].identifier is not None:
+                    sub_ids = [subs[0].identifier]
+            else:
+                sub_ids = [s.identifier for s in subs if s.identifier is not None] or None
         if qos == 0:
             self._send_publish(message, topic, 0, retain, sub_ids, None, False)
             if not delivery.settled:
@@ -134,13 +136,22 @@ class OutboundMethods:
                                         pid, None))
             return True
         is_mqtt = type(message) is MqttMessage
+        expiration = message.properties.expiration
+        if (is_mqtt and not message.mqtt_properties  # type: ignore[attr-defined]
+                and expiration is None and not sub_ids and not self.client_alias_max):
+            # the common case: no property to send, nothing to build
+            packet = c.encode_publish(topic.encode("utf-8"), message.body, qos, retain, dup, pid,
+                                      b"\x00")
+            if len(packet) > self.client_max_packet:
+                return False  # [MQTT-3.1.2-25]
+            self._send(packet)
+            return True
         if is_mqtt:
             props = message.mqtt_properties  # type: ignore[attr-defined]
             props = dict(props) if props else {}
         else:
             props = mqtt_from_properties(message.properties)
         # Message expiry: forward what is left of it [MQTT-3.3.2-6]; drop if expired.
-        expiration = message.properties.expiration
         if expiration is not None:
             try:
                 ttl_ms = int(expiration)

@@ -209,5 +209,8 @@ class MqttSession(ConnectMethods, InboundMethods, SubscribeMethods, OutboundMeth
     def can_deliver(self) -> bool:
         # (Our own output never holds back credit: it goes to the transport at _FLUSH_BYTES,
         # where conn.writable sees it.)
-        return (self.state_name == CONNECTED and not self._closing and self.conn.writable and
-                self.window.open(len(self.state.outbound)))  # type: ignore[union-attr]
+        if self.state_name != CONNECTED or self._closing or not self.conn.writable:
+            return False
+        # An empty window is always open: QoS 0 traffic skips the call.
+        outbound = self.state.outbound  # type: ignore[union-attr]
+        return not outbound or self.window.open(len(outbound))

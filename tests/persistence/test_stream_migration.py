@@ -12,7 +12,7 @@ from manifold.broker.message import Message
 from manifold.broker.message_codec import encode_message
 from manifold.config.settings import Settings
 from manifold.persistence.filestore import FileStore
-from manifold.persistence.streamlog import MIGRATED_MARKER
+from manifold.persistence.streammigration import MIGRATED_MARKER
 
 from tests.unit.core_helpers import Recorder
 

@@ -8,6 +8,7 @@ from manifold.broker.core import Broker
 from manifold.broker.message import Message
 from manifold.config.settings import Settings
 from manifold.persistence.filestore import FileStore
+from manifold.persistence.fs import FileSystem
 
 from tests.unit.core_helpers import Recorder
 
@@ -184,4 +185,31 @@ async def test_a_deleted_stream_leaves_nothing_behind(tmp_path):
     vhost.consume("s", fresh)
     assert (vhost.queues["s"].first_offset, vhost.queues["s"].next_offset) == (0, 0)
     assert fresh.deliveries == []
+    await broker.close()
+
+
+async def test_reading_one_record_reads_only_from_the_index_entry_before_it(tmp_path):
+    class CountingFS(FileSystem):
+        read = 0
+
+        def pread(self, fd, length, position):
+            CountingFS.read += length
+            return super().pread(fd, length, position)
+
+    broker, vhost = await open_broker(tmp_path)
+    vhost.declare_queue("s", durable=True, arguments={
+        "x-queue-type": "stream", "x-stream-max-segment-size-bytes": 8 << 20})
+    await publish(vhost, "s", 3000)  # 3 MB in one segment, indexed every 64 KiB
+    await broker.close()
+    broker = Broker(Settings(), store=FileStore(str(tmp_path), fs=CountingFS()))
+    await broker.start()
+    s = broker.vhosts["/"].queues["s"]
+    for offset in (0, 1234, 2999):  # what Kinesis GetRecords with Limit 1 asks
+        CountingFS.read = 0
+        [(got, _, message)] = s.read(offset, 1)
+        assert got == offset and int(message.body[:8]) == offset
+        assert CountingFS.read <= stream_module.SINGLE_READ_BYTES + 64 * 1024 + 2000
+    CountingFS.read = 0
+    assert [r[0] for r in s.read(1000, 10)] == list(range(1000, 1010))
+    assert CountingFS.read <= 10 * stream_module.SINGLE_READ_BYTES + 64 * 1024 + 2000
     await broker.close()

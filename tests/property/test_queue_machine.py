@@ -1,7 +1,8 @@
 """The queue machine against a naive model, with crashes (Hypothesis ``RuleBasedStateMachine``).
 
-Random sequences of publishes (persistent or not), consumers attaching and leaving, credit going
-and coming, acks, requeues, rejects, Basic.Get, purges, fsyncs and power cuts, against a model
+Random sequences of publishes (persistent or not, some with a TTL), consumers attaching and
+leaving, credit going and coming, acks, requeues, rejects, Basic.Get, purges, time passing (TTL
+expiry), fsyncs and power cuts, against a model
 that is a dict per state. The queue's log is a ``PowerCutLog`` (tests/fakes.py): a power cut keeps
 only what the last ``sync`` covered, and a new queue recovers from that. Checked:
 
@@ -12,13 +13,15 @@ only what the last ``sync`` covered, and a new queue recovers from that. Checked
 - a message has at most one holder; each consumer gets fresh messages in publish order, and
   ready messages wait in publish order (a returned one goes back to its place);
 - deliveries respect credit: none reaches a consumer without credit or past its prefetch;
+- an expired message is never delivered; a ready message leaves only by a take, a purge or its
+  expiry (an expired one may linger until the queue looks at it: the model accepts either);
 - the queue's counters agree with the model.
 """
 from __future__ import annotations
 
 import sys
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
                                  rule)
@@ -26,6 +29,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
 from manifold.broker.clock import ManualClock
 from manifold.broker.consumer import Consumer
 from manifold.broker.message import Message, Properties
+from manifold.broker.message_codec import decode_message
 from manifold.broker.queue import Queue
 from manifold.broker.queue_commands import Append, Credit, Enqueue, Remove, Settle
 from tests.fakes import PowerCutLog
@@ -116,6 +120,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.synced_settled: set[int] = set()
         self.consumers: list[Recorder] = []
         self.tags = 0
+        self.expires: dict[int, int] = {}  # seq -> when its TTL runs out (ms)
 
     def _new_queue(self, log) -> Queue:
         return Queue(self.host, "/", "q", durable=True, log=log, resident_bytes=self.resident)
@@ -123,6 +128,7 @@ class QueueMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------ model callbacks
     def delivered(self, consumer: Recorder, delivery) -> None:
         seq = seq_of(delivery.message)
+        assert not self._expired(seq), "an expired message was delivered"
         assert consumer.queue is self.queue
         assert consumer.open, "a delivery reached a consumer without credit"
         assert not consumer.prefetch or consumer.in_flight <= consumer.prefetch
@@ -155,18 +161,29 @@ class QueueMachine(RuleBasedStateMachine):
         else:
             assert delivery.reject(requeue=how == "requeue")
 
+    def _expired(self, seq: int, strictly: bool = True) -> bool:
+        """Past its TTL. A message is not delivered once strictly past; it may be dropped from
+        the moment its TTL is reached (a zero TTL: unless a consumer takes it at once)."""
+        expires = self.expires.get(seq)
+        now = self.host.now_ms()
+        return expires is not None and (expires < now if strictly else expires <= now)
+
     def _gone(self, seq: int) -> None:
         self.settled.add(seq)
         if seq in self.persistent:
             self.settled_log.append(seq)
 
     # ------------------------------------------------------------ rules
-    @rule(persistent=st.booleans(), size=st.sampled_from([1, 2, 200]))
-    def publish(self, persistent, size):
+    @rule(persistent=st.booleans(), size=st.sampled_from([1, 2, 200]),
+          ttl=st.sampled_from([None, None, None, 0, 100, 1000]))
+    def publish(self, persistent, size, ttl):
         seq = self.next_seq
         self.next_seq += 1
         body = str(seq).rjust(size, "0").encode()
-        props = Properties(delivery_mode=2 if persistent else 1)
+        props = Properties(delivery_mode=2 if persistent else 1,
+                           expiration=None if ttl is None else str(ttl))
+        if ttl is not None:
+            self.expires[seq] = self.host.now_ms() + ttl
         self.ready.add(seq)  # before: a consumer with credit gets it during enqueue
         if persistent:
             self.persistent.add(seq)
@@ -215,11 +232,12 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(no_ack=st.booleans())
     def get(self, no_ack):
         delivery = self.queue.get(no_ack)
+        live = [s for s in self.ready if not self._expired(s)]  # expired ones go on the way
         if delivery is None:
-            assert not self.ready
+            assert not live
             return
         seq = seq_of(delivery.message)
-        assert seq == min(self.ready), "Basic.Get takes the oldest ready message"
+        assert seq == min(live), "Basic.Get takes the oldest ready message"
         assert seq not in self.settled
         self.ready.discard(seq)
         if no_ack:
@@ -245,6 +263,12 @@ class QueueMachine(RuleBasedStateMachine):
             self._gone(seq)
         self.ready.clear()
 
+    @rule(ms=st.sampled_from([1, 100, 1000]))
+    def time_passes(self, ms):
+        """The clock moves on and the queue's timer fires (the Tick command): TTLs expire."""
+        self.host.clock.advance(ms)
+        self.queue.tick()
+
     @rule()
     def sync(self):
         self.log.sync()
@@ -260,6 +284,11 @@ class QueueMachine(RuleBasedStateMachine):
         self.queue.recover()
         survivors = self.synced_published - self.synced_settled
         assert {seq_of(m) for m in self.queue.ready_messages()} == survivors
+        now = self.host.now_ms()
+        for seq, data in self.log.recover():  # a restart starts the TTL again
+            expiration = decode_message(data).properties.expiration
+            if expiration is not None:
+                self.expires[seq_of(decode_message(data))] = now + int(expiration)
         self.ready = set(survivors)
         self.persistent = set(survivors)
         self.settled -= survivors  # an unsynced settle is undone, as on a real disk
@@ -287,19 +316,25 @@ class QueueMachine(RuleBasedStateMachine):
         if not hasattr(self, "queue"):
             return
         ready = [seq_of(m) for m in self.queue.ready_messages()]
+        for seq in self.ready - set(ready):
+            assert self._expired(seq, strictly=False), f"ready message {seq} vanished"
+            self.ready.discard(seq)  # dropped on expiry (settled in the log)
+            self._gone(seq)
         assert ready == sorted(self.ready)
         assert self.queue.ready_count == len(self.ready)
 
     @invariant()
     def no_idle_consumer_with_credit(self):
         """Work conserving: a consumer with credit never waits while a message is ready."""
-        if not hasattr(self, "queue") or not self.ready:
-            return
+        if not hasattr(self, "queue") or all(self._expired(s, False) for s in self.ready):
+            return  # (an expired message the queue has not looked at yet need not go out)
         assert not any(c.has_credit() for c in self.consumers)
 
 
+# No explain phase: on Python 3.11 it traces every line, minutes for a failing case.
 QueueMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=50,
                                           deadline=None,
+                                          phases=[p for p in Phase if p is not Phase.explain],
                                           suppress_health_check=[HealthCheck.too_slow])
 test_queue_machine = QueueMachine.TestCase
 
