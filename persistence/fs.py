@@ -92,6 +92,14 @@ class FileSystem:
         finally:
             self.close(fd)
 
+    def fsync_file(self, path: str) -> None:
+        """fsync a file that is not open for writing (recovery, before indexing a segment)."""
+        fd = self.open(path, os.O_RDONLY)
+        try:
+            self.fsync(fd)
+        finally:
+            self.close(fd)
+
     def write_all(self, fd: int, data: bytes) -> None:
         view = memoryview(data)
         while view:

@@ -93,6 +93,11 @@ class LogRecovery:
         index_names = {n for n in names if n.endswith(".idx")}
         for orphan in index_names - {n[:-4] + ".idx" for n in segment_names}:
             fs.unlink(os.path.join(self.directory, orphan))  # its segment was compacted
+        # Sealed segments scanned for want of a usable index (one written by an older build, or
+        # cut back after a failed write): their index is written now, so that the next start
+        # need not scan them again. Frozen right after the scan: later segments' SETTLEs are
+        # in those segments' own index files.
+        rescanned: list[tuple[Segment, SegmentIndex]] = []
         for i, name in enumerate(segment_names):
             path = os.path.join(self.directory, name)
             segment = None
@@ -103,6 +108,8 @@ class LogRecovery:
                 segment = self._from_index(path)
             if segment is None:
                 segment = self._scan(path)
+                if segment is not None and i < len(segment_names) - 1:
+                    rescanned.append((segment, segment.index.snapshot()))
             if segment is None:
                 continue
             index = segment.index
@@ -119,6 +126,8 @@ class LogRecovery:
             # named above ids that never reached the disk): names stay the bounds _locate uses.
             self.max_id_seen = max(self.max_id_seen, self.segments[-1].base_id - 1)
         self.store._unlink_later(self._compact())
+        for segment, snapshot in rescanned:
+            self._index_rescanned(segment, snapshot)
         recovery = Recovery()
         recovery.spans = spans
         recovery.replay = self._replay(resident_bytes, read_anyway, recovery)
@@ -250,6 +259,19 @@ class LogRecovery:
         done.add_done_callback(
             lambda f: f.cancelled() or f.exception() is not None or
             self._queue_index(segment, snapshot, size))
+
+    def _index_rescanned(self, segment: Segment, snapshot: SegmentIndex) -> None:
+        """Write the index of a sealed segment recovery had to scan. The segment is fsynced
+        first: what the scan read may still be only in the page cache after a crash, and an
+        index must never describe records the disk does not hold."""
+        if not self.indexed or self.store._loop is None or segment not in self.segments:
+            return
+        try:
+            self.store.fs.fsync_file(segment.path)
+        except OSError as exc:  # it is scanned again at the next start
+            log.warning("recovery: cannot fsync %s to index it: %s", segment.path, exc)
+            return
+        self._queue_index(segment, snapshot, segment.size)
 
     def _queue_index(self, segment: Segment, index: SegmentIndex, size: int) -> None:
         """Append the index file's bytes as a chunk of their own (``segment`` None: the log's

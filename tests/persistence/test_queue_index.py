@@ -259,3 +259,23 @@ async def test_a_queue_recovers_its_backlog_from_index_files_in_order(tmp_path):
         got.append(delivery.message.body)
     assert got == [f"m{i:03d}".encode() * 5 for i in range(20, 300)]
     await broker.close()
+
+
+async def test_a_sealed_segment_scanned_at_start_is_indexed_for_the_next(tmp_path):
+    """A segment without a usable index (an older build's, or one cut back after a failed
+    write) is scanned once: recovery fsyncs it and writes its index, so the next clean start
+    reads no segment at all."""
+    store = FileStore(str(tmp_path), segment_bytes=SEGMENT_BYTES)
+    await store.open()
+    _, expected = await fill(store, settled=[2, 3, 30])
+    await store.close()
+    segments = files(tmp_path, ".seg")
+    for name in files(tmp_path, ".idx"):
+        os.unlink(os.path.join(queue_dir(tmp_path), name))
+    records, log = await recover(tmp_path)
+    assert records == expected and log.scanned_segments == len(segments)
+    fs = CountingFS()
+    records, log = await recover(tmp_path, fs)
+    assert records == expected
+    assert [p for p in fs.read_paths if p.endswith(".seg")] == []
+    assert log.scanned_segments == 0 and log.indexed_segments == len(segments)
