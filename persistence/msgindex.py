@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import bisect
 import struct
-import sys
 from array import array
 
 import crc32c
+
+from .records import array_from_disk, array_to_disk
 
 SETTLED = -1
 
@@ -31,22 +32,6 @@ INDEX_VERSION = 1
 # magic(6) version(u16) base id(u64) segment size(u64) entries(u32) settled runs(u32) flagged(u32)
 INDEX_HEADER = struct.Struct(">6sHQQIII")
 _CRC = struct.Struct(">I")
-
-
-def _on_disk(values: array) -> bytes:
-    """The array's bytes big-endian, as every integer on disk is."""
-    if sys.byteorder == "little":
-        values = array(values.typecode, values)
-        values.byteswap()
-    return values.tobytes()
-
-
-def _from_disk(typecode: str, data: memoryview) -> array:
-    values = array(typecode)
-    values.frombytes(data)
-    if sys.byteorder == "little":
-        values.byteswap()
-    return values
 
 
 class SegmentIndex:
@@ -138,8 +123,8 @@ class SegmentIndex:
         """The index file for a segment of ``segment_size`` bytes whose records this describes."""
         head = INDEX_HEADER.pack(INDEX_MAGIC, INDEX_VERSION, base_id, segment_size, len(self.ids),
                                  len(self.settled) // 2, len(self.flagged) // 2)
-        data = b"".join((head, _on_disk(self.ids), _on_disk(self.positions),
-                         _on_disk(self.lengths), _on_disk(self.settled), _on_disk(self.flagged)))
+        data = b"".join((head, array_to_disk(self.ids), array_to_disk(self.positions),
+                         array_to_disk(self.lengths), array_to_disk(self.settled), array_to_disk(self.flagged)))
         return data + _CRC.pack(crc32c.crc32c(data))
 
     @classmethod
@@ -161,6 +146,6 @@ class SegmentIndex:
         for name, typecode, width in (("ids", "q", 8 * count), ("positions", "I", 4 * count),
                                       ("lengths", "i", 4 * count), ("settled", "q", 16 * runs),
                                       ("flagged", "q", 16 * flagged)):
-            setattr(index, name, _from_disk(typecode, view[at:at + width]))
+            setattr(index, name, array_from_disk(typecode, view[at:at + width]))
             at += width
         return index

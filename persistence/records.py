@@ -8,6 +8,8 @@ says where, so the caller can truncate there (nats-server ``rebuildStateFromBufL
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -151,3 +153,21 @@ class Walk:
         view.release()
         self.good_bytes = pos
         self.dropped = end - pos
+
+
+# ------------------------------------------------------------------ index arrays on disk
+def array_to_disk(values: array) -> bytes:
+    """An array's bytes big-endian, as every integer on disk is (index files)."""
+    if sys.byteorder == "little":
+        values = array(values.typecode, values)
+        values.byteswap()
+    return values.tobytes()
+
+
+def array_from_disk(typecode: str, data: bytes | memoryview) -> array:
+    """The array whose big-endian bytes are ``data``."""
+    values = array(typecode)
+    values.frombytes(data)
+    if sys.byteorder == "little":
+        values.byteswap()
+    return values

@@ -24,7 +24,6 @@ import errno
 import logging
 import os
 import struct
-import sys
 from array import array
 from collections import OrderedDict, deque
 from typing import Any, Awaitable
@@ -32,7 +31,8 @@ from typing import Any, Awaitable
 import crc32c
 
 from .records import (FILE_HEADER_SIZE, RECORD_HEADER, RECORD_HEADER_SIZE, RECORD_MAGIC, STREAM,
-                      encode_record, file_header, parse_file_header, scan, segment_name)
+                      array_from_disk, array_to_disk, encode_record, file_header,
+                      parse_file_header, scan, segment_name)
 from .streammigration import migrate_legacy
 from .writer import Chunk, StoreError
 
@@ -50,14 +50,6 @@ INDEX_VERSION = 1
 # magic(6) version(u16) base(u64) segment_bytes(u64) last_offset(q) first_ts(q) last_ts(q) count(u32)
 INDEX_HEADER = struct.Struct(">6sHQQqqqI")
 _ENTRY = struct.Struct(">qqq")
-
-
-def _big_endian(values: array) -> array:
-    """The array in big-endian byte order (its own inverse), as every integer on disk is."""
-    if sys.byteorder == "little":
-        values = array(values.typecode, values)
-        values.byteswap()
-    return values
 
 
 def _stream_payload(timestamp_ms: int, data: bytes) -> bytes:
@@ -132,7 +124,7 @@ class StreamSegment:
         return self.index[3 * i] if i >= 0 else self.base
 
     def encode_index(self) -> bytes:
-        body = _big_endian(self.index).tobytes()
+        body = array_to_disk(self.index)
         head = INDEX_HEADER.pack(INDEX_MAGIC, INDEX_VERSION, self.base, self.size,
                                  self.last_offset, self.first_ts, self.last_ts,
                                  len(self.index) // 3)
@@ -149,9 +141,7 @@ class StreamSegment:
         if (magic != INDEX_MAGIC or version != INDEX_VERSION or base != self.base or
                 size != file_size or len(data) != INDEX_HEADER.size + count * _ENTRY.size + 4):
             return False
-        entries = array("q")
-        entries.frombytes(data[INDEX_HEADER.size:-4])
-        self.index = _big_endian(entries)
+        self.index = array_from_disk("q", data[INDEX_HEADER.size:-4])
         self.size = self.written = size
         self.last_offset, self.first_ts, self.last_ts = last, first_ts, last_ts
         return True
