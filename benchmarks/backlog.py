@@ -420,6 +420,8 @@ def main() -> None:
     q.add_argument("--messages", type=int, default=1_000_000)
     q.add_argument("--peers", default="rabbitmq,rabbitmq-lazy",
                    help="comma-separated: rabbitmq, rabbitmq-lazy (none: Manifold only)")
+    q.add_argument("--without-manifold", action="store_true",
+                   help="run only the peers (e.g. a long RabbitMQ run beside earlier figures)")
     c = sub.add_parser("core")
     c.add_argument("--messages", type=int, default=1_000_000)
     c.add_argument("--lazy", action="store_true")
@@ -478,9 +480,11 @@ def main() -> None:
         if not shutil.which("rabbitmq-server") and not os.path.exists(
                 "/usr/lib/rabbitmq/bin/rabbitmq-server"):
             names = ["manifold"]
-        print(f"| broker | messages | RSS growth per waiting message | publish msg/s | "
-              f"kill -9 to first delivery | RSS before kill / after recovery | "
-              f"clean restart to first delivery | drain msg/s |")
+        if args.without_manifold:
+            names.remove("manifold")
+        print("| broker | messages | RSS growth per waiting message | publish msg/s | "
+              "kill -9 to first delivery | RSS before kill / after recovery | "
+              "clean restart to first delivery | drain msg/s |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for name in names:
             r = asyncio.run(queue_bench(name, args.messages))

@@ -211,8 +211,8 @@ def main() -> int:
         print(f"\n{options.messages} messages, {options.workers} workers, median of "
               f"{options.rounds} rounds; duplicates (median) Manifold {m['duplicates']:.0f}, "
               f"moto {o['duplicates']:.0f}")
-        print(f"\n| phase | Manifold msg/s | moto msg/s | ratio | Manifold CPU us/msg | "
-              f"moto CPU us/msg |\n|---|---|---|---|---|---|")
+        print("\n| phase | Manifold msg/s | moto msg/s | ratio | Manifold CPU us/msg | "
+              "moto CPU us/msg |\n|---|---|---|---|---|---|")
         for phase, label in (("send", "SendMessageBatch"),
                              ("receive", "ReceiveMessage + DeleteMessageBatch")):
             print(f"| {label} | {m[phase + '_per_s']:,.0f} | {o[phase + '_per_s']:,.0f} | "
