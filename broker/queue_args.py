@@ -44,29 +44,24 @@ def validate_arguments(name: str, vhost: str, args: dict) -> None:
         low = 1 if key == "x-expires" else -1 if key == "x-delivery-limit" else 0
         _int_argument(name, vhost, args, key, low=low,
                       high=255 if key == "x-max-priority" else None)
-    strategy = args.get("x-dead-letter-strategy")
-    if strategy is not None and strategy not in DEAD_LETTER_STRATEGIES:
-        raise PreconditionFailed(f"invalid arg 'x-dead-letter-strategy' for queue '{name}' in "
-                                 f"vhost '{vhost}': {strategy!r}; accepted: "
-                                 f"{', '.join(DEAD_LETTER_STRATEGIES)}")
-    overflow = args.get("x-overflow")
-    if overflow is not None and overflow not in OVERFLOW_MODES:
-        raise PreconditionFailed(f"invalid arg 'x-overflow' for queue '{name}' in vhost "
-                                 f"'{vhost}': {overflow!r}; accepted: {', '.join(OVERFLOW_MODES)}")
-    sac = args.get("x-single-active-consumer")
-    if sac is not None and not isinstance(sac, bool):
-        raise PreconditionFailed(f"invalid arg 'x-single-active-consumer' for queue '{name}' in "
-                                 f"vhost '{vhost}': {sac!r}; accepted: true or false")
-    reasons = args.get("x-dead-letter-reasons")
-    if reasons is not None and (not isinstance(reasons, (list, tuple)) or
-                                any(r not in DEAD_LETTER_REASONS for r in reasons)):
-        raise PreconditionFailed(f"invalid arg 'x-dead-letter-reasons' for queue '{name}' in "
-                                 f"vhost '{vhost}': {reasons!r}; accepted: a list of "
-                                 f"{', '.join(DEAD_LETTER_REASONS)}")
-    kind = args.get("x-queue-type")
-    if kind is not None and kind not in QUEUE_TYPES:
-        raise PreconditionFailed(f"invalid arg 'x-queue-type' for queue '{name}' in vhost "
-                                 f"'{vhost}': {kind!r}; accepted: {', '.join(QUEUE_TYPES)}")
+    for key, valid, accepted in _CHOICE_ARGUMENTS:
+        value = args.get(key)
+        if value is not None and not valid(value):
+            raise PreconditionFailed(f"invalid arg '{key}' for queue '{name}' in vhost "
+                                     f"'{vhost}': {value!r}; accepted: {accepted}")
+
+
+#: arguments with a fixed set of values: (key, check, what the error says is accepted)
+_CHOICE_ARGUMENTS = (
+    ("x-dead-letter-strategy", DEAD_LETTER_STRATEGIES.__contains__,
+     ", ".join(DEAD_LETTER_STRATEGIES)),
+    ("x-overflow", OVERFLOW_MODES.__contains__, ", ".join(OVERFLOW_MODES)),
+    ("x-single-active-consumer", lambda v: isinstance(v, bool), "true or false"),
+    ("x-dead-letter-reasons",
+     lambda v: isinstance(v, (list, tuple)) and all(r in DEAD_LETTER_REASONS for r in v),
+     "a list of " + ", ".join(DEAD_LETTER_REASONS)),
+    ("x-queue-type", QUEUE_TYPES.__contains__, ", ".join(QUEUE_TYPES)),
+)
 
 
 def parse_expiration(value: Any) -> int | None:
