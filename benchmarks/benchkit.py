@@ -10,13 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+from peers import free_port  # noqa: F401  (one port picker, shared by the throughput scripts)
+
 PROTOCOLS = ("amqp", "mqtt", "stomp")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_manifold(protocol: str, port: int, data_dir: str) -> subprocess.Popen:

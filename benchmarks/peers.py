@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -46,18 +47,37 @@ MANIFOLD_DEFAULT_PORTS = {5672, 1883, 61613, 8883, 15672, 25672, 4369, 61614}
 DISABLED_LISTENERS = ("--http-port", "0", "--management-port", "0", "--ws-port", "0")
 
 _given_ports: set[int] = set()
+_random = random.SystemRandom()
 
 
 def free_port() -> int:
-    """A loopback TCP port nobody listens on now (and that this process has not handed out)."""
-    for _ in range(200):
+    """A loopback TCP port nobody listens on now, not handed out before by this process, and
+    below the kernel's ephemeral range: a port the kernel hands to a port-0 listener or an
+    outgoing connection could be taken again between this call and the caller's bind, so CI
+    saw "address already in use" now and then."""
+    low = _ephemeral_range_start()
+    for _ in range(500):
+        port = _random.randrange(10_000, low)
+        if port in _given_ports or port in MANIFOLD_DEFAULT_PORTS:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((HOST, 0))
-            port = s.getsockname()[1]
-        if port not in _given_ports and port not in MANIFOLD_DEFAULT_PORTS:
-            _given_ports.add(port)
-            return port
+            try:
+                s.bind((HOST, port))
+            except OSError:  # something on the host listens there
+                continue
+        _given_ports.add(port)
+        return port
     raise RuntimeError("no free loopback port found")
+
+
+def _ephemeral_range_start() -> int:
+    """The first port of Linux's ephemeral range (32768 by default; elsewhere assume that)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return max(low, 11_000)
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+# The TLS listeners take port 0 as 'disabled', so tests name free ports; one picker for tests and
+# benchmarks.
+from benchmarks.peers import free_port  # noqa: F401,E402
 
 
 def _name(cn: str) -> x509.Name:
@@ -77,10 +80,3 @@ def make_pki(directory: Path) -> Pki:
     ca_path = directory / "ca.crt"
     ca_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return Pki(directory, ca_path, key)
-
-
-def free_port() -> int:
-    """A port the kernel just handed out (the TLS listeners take 0 as 'disabled')."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
