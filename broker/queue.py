@@ -581,8 +581,13 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
         replaces the deadline (the heap keeps the old item, skipped when it comes up)."""
         delivery.deadline = deadline
         self._timeout_seq += 1
-        heapq.heappush(self._timeouts, (deadline, self._timeout_seq, delivery))
-        self._effects.append(Timer(deadline))
+        timeouts = self._timeouts
+        if not timeouts or deadline < timeouts[0][0]:
+            # Only a new earliest deadline needs a timer: the heap's earliest has one (asked
+            # for when it was pushed), and the Tick it brings asks for the next deadline. With
+            # one consumer timeout, deadlines only grow: one timer, not one per delivery.
+            self._effects.append(Timer(deadline))
+        heapq.heappush(timeouts, (deadline, self._timeout_seq, delivery))
 
     def _get(self, no_ack: bool) -> Delivery | None:
         self.touch()

@@ -42,7 +42,7 @@ from typing import Any
 from .fs import FileSystem
 from .logrecovery import LogRecovery, Segment
 from .msgindex import SETTLED
-from .records import (ENQUEUE, FILE_HEADER_SIZE, RECORD_HEADER_SIZE, SETTLE, encode_record,
+from .records import (ENQUEUE, FILE_HEADER_SIZE, RECORD_HEADER_SIZE, SETTLE, append_record,
                       file_header, segment_name)
 from .streamlog import FileStreamLog, SegmentReader
 from .writer import Batch, Chunk, StoreError, Writer
@@ -168,7 +168,7 @@ class FileQueueLog(LogRecovery):
         segment.index.add(msg_id, segment.size, len(data))
         if flags:
             segment.index.flag(msg_id, flags)
-        self._add(chunk, encode_record(ENQUEUE, msg_id, data, flags))
+        segment.size += append_record(chunk.data, ENQUEUE, msg_id, data, flags)
         segment.live += 1
         chunk.ids.append(msg_id)
         if msg_id > self.max_id_seen:
@@ -196,13 +196,9 @@ class FileQueueLog(LogRecovery):
         chunk = self._open_chunk()
         if msg_id < chunk.segment.base_id:  # (one of its own is settled in its arrays)
             chunk.segment.index.note_settled(msg_id)
-        self._add(chunk, encode_record(SETTLE, msg_id))
+        chunk.segment.size += append_record(chunk.data, SETTLE, msg_id)
         chunk.settles.append(msg_id)
         self.store._dirty(self)
-
-    def _add(self, chunk: Chunk, record: bytes) -> None:
-        chunk.data += record
-        chunk.segment.size += len(record)
 
     def _open_chunk(self) -> Chunk:
         """The chunk new records join: the current segment's, started if need be."""

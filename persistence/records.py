@@ -63,6 +63,22 @@ def encode_record(kind: int, msg_id: int, payload: bytes = b"", flags: int = 0) 
     return head + struct.pack(">I", crc) + payload
 
 
+_pack_head = struct.Struct(">BBBBIQ").pack
+_pack_crc = struct.Struct(">I").pack
+_crc32c = crc32c.crc32c
+
+
+def append_record(buffer: bytearray, kind: int, msg_id: int, payload: bytes = b"",
+                  flags: int = 0) -> int:
+    """Append the record :func:`encode_record` makes to ``buffer`` (without building it apart
+    first: this is on the path of every persistent message and every ack); returns its length."""
+    head = _pack_head(RECORD_MAGIC, RECORD_VERSION, kind, flags, len(payload), msg_id)
+    buffer += head
+    buffer += _pack_crc(_crc32c(payload, _crc32c(head)) if payload else _crc32c(head))
+    buffer += payload
+    return RECORD_HEADER_SIZE + len(payload)
+
+
 @dataclass
 class Record:
     kind: int
