@@ -421,7 +421,8 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
         self._arrived(entry)
         if self.grouped is not None:
             entry.group = props.headers.get(GROUP_HEADER) if props.headers else None
-        ttl = self._ttl_of(message)
+        ttl = (self._ttl_of(message) if self.message_ttl is not None or
+               props.expiration is not None else None)
         reply: bool | Append = True
         if self.log is not None and props.delivery_mode == 2:
             entry.on_disk = True
