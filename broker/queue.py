@@ -315,6 +315,17 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
             self._run()
         return reply
 
+    def settle_many(self, deliveries: list[Delivery], ack: bool, requeue: bool) -> None:
+        """Settle several deliveries of this queue at once (an AMQP ``multiple`` ack, a STOMP
+        cumulative ack): one command per delivery, then one pump and one run of the effects, so
+        a requeued batch is redelivered in its old order."""
+        for delivery in deliveries:
+            self._settle(delivery, ack, requeue, False)
+        if self.ready_count and self.consumers and not self.deleted:
+            self._pump()
+        if self._writes or self._effects:
+            self._run()
+
     def pump(self) -> None:
         """Hand ready messages to consumers with credit, round robin (the Credit command)."""
         self._pump()
