@@ -42,8 +42,8 @@ from typing import Any
 from .fs import FileSystem
 from .logrecovery import LogRecovery, Segment
 from .msgindex import SETTLED
-from .records import (ENQUEUE, FILE_HEADER_SIZE, RECORD_HEADER_SIZE, SETTLE, append_record,
-                      file_header, segment_name)
+from .records import (ENQUEUE, FILE_HEADER_SIZE, RECORD_HEADER_SIZE, append_record,
+                      append_settle, file_header, segment_name)
 from .streamlog import FileStreamLog, SegmentReader
 from .writer import Batch, Chunk, StoreError, Writer
 
@@ -216,7 +216,7 @@ class FileQueueLog(LogRecovery):
             segment = chunk.segment
         if msg_id < segment.base_id:  # (one of its own is settled in its arrays)
             segment.index.note_settled(msg_id)
-        segment.size += append_record(chunk.data, SETTLE, msg_id)
+        segment.size += append_settle(chunk.data, msg_id)
         chunk.settles.append(msg_id)
         store = self.store
         store._dirty_logs[self] = None
