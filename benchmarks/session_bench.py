@@ -177,11 +177,14 @@ async def amqp(n: int, ack: bool) -> float:
     return spent
 
 
-async def amqp_persistent(n: int) -> tuple[float, float]:
+async def amqp_persistent(n: int, prefetch: int = 0) -> float:
     """Persistent messages into a durable queue on a FileStore with fsync "always", publisher
-    confirms, one ``multiple`` ack per batch (as amqp_throughput.py --persistent does). Returns
-    the event loop thread's CPU (``time.thread_time``), the figure the writer thread does not
-    blur; the whole process's CPU goes to ``process_cpu``."""
+    confirms, ``multiple`` acks of everything delivered (as amqp_throughput.py --persistent
+    does). With ``prefetch`` below the batch, messages wait in the queue until an ack makes room
+    (as they do in the socket benchmark); else each goes straight to the consumer. Returns the
+    event loop thread's CPU (``time.thread_time``), the figure the writer thread does not blur;
+    the whole process's CPU goes to ``PROCESS_CPU``."""
+    case = "amqp-persistent" + ("-ready" if prefetch else "")
     import tempfile
 
     from pamqp import commands as C
@@ -205,7 +208,8 @@ async def amqp_persistent(n: int) -> tuple[float, float]:
             s.data_received(pframe.marshal(C.Channel.Open(), 1))
         pub.data_received(pframe.marshal(C.Queue.Declare(queue="p", durable=True), 1))
         pub.data_received(pframe.marshal(C.Confirm.Select(), 1))
-        sub.data_received(pframe.marshal(C.Basic.Qos(prefetch_count=PERSISTENT_BATCH * 2), 1))
+        sub.data_received(pframe.marshal(C.Basic.Qos(
+            prefetch_count=prefetch or PERSISTENT_BATCH * 2), 1))
         sub.data_received(pframe.marshal(C.Basic.Consume(queue="p", consumer_tag="c"), 1))
         while store._in_flight is not None or store._has_work():  # the declaration
             await asyncio.sleep(0.001)
@@ -214,19 +218,23 @@ async def amqp_persistent(n: int) -> tuple[float, float]:
                    _frame(3, 1, b"x" * 64))
         batch = publish * PERSISTENT_BATCH
         confirms = pub.channels[1].confirms
+        delivered = sub.channels[1]
+        acked = 0
         start, process_start = time.thread_time(), time.process_time()
         for first in range(1, n + 1, PERSISTENT_BATCH):
             pub.data_received(batch)
             await ticks()
-            last = first + PERSISTENT_BATCH - 1
-            sub.data_received(_method(1, 60, 80, struct.pack(">QB", last, 1)))
+            while acked < first + PERSISTENT_BATCH - 1:  # ack what came; acks make room
+                acked = delivered.next_tag
+                sub.data_received(_method(1, 60, 80, struct.pack(">QB", acked, 1)))
+                await ticks()
             while len(confirms):  # every confirm of the batch went out (after its fsync)
                 if store._in_flight is not None:
                     await asyncio.wait([store._in_flight])
                 await asyncio.sleep(0)
             await ticks()
         spent = time.thread_time() - start
-        PROCESS_CPU["amqp-persistent"] = time.process_time() - process_start
+        PROCESS_CPU[case] = time.process_time() - process_start
         await ticks()
         check(broker, sub, n)
         await broker.close()
@@ -245,6 +253,7 @@ CASES = {
     "stomp": lambda n: stomp(n, False),
     "stomp-ack": lambda n: stomp(n, True),
     "amqp-persistent": amqp_persistent,
+    "amqp-persistent-ready": lambda n: amqp_persistent(n, prefetch=PERSISTENT_BATCH // 2),
 }
 
 
