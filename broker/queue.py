@@ -692,7 +692,11 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
         """The entry leaves the queue for good: out of the memory count, settled on disk."""
         self._release(entry)
         if entry.on_disk:
-            self._writes.append(Remove(self.log, entry.msg_id))
+            writes = self._writes
+            if writes and writes[-1].__class__ is Remove and writes[-1].log is self.log:
+                writes[-1].ids.append(entry.msg_id)  # (an ack of many: one effect)
+            else:
+                writes.append(Remove(self.log, entry.msg_id))
 
     # ---------------------------------------------------------------- consumers
     def _attach(self, consumer: Consumer) -> None:
