@@ -242,8 +242,11 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
     def _run(self) -> None:
         """Run the pending effects, unless a run further up the stack will (it picks up effects
         added meanwhile, in order, after the ones it holds)."""
-        if self._writes:
-            self._flush_writes()
+        writes = self._writes
+        if writes:  # (_flush_writes, inlined: once per command)
+            self._writes = []
+            for write in writes:
+                write.run(self)
         if self._running:
             return
         effects = self._effects

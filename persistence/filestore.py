@@ -169,14 +169,19 @@ class FileQueueLog(LogRecovery):
         chunks = self.chunks
         # The path of every persistent message: the open chunk of the current segment takes it,
         # unless the segment is full or poisoned or the id is out of order (then _rotate).
+        index = segment.index if segment is not None else None
         if (segment is not None and not segment.poisoned and segment.size < store.segment_bytes
-                and (not segment.index.ids or segment.index.ids[-1] < msg_id)):
+                and (not index.ids or index.ids[-1] < msg_id)):
             chunk = chunks[-1] if chunks and chunks[-1].segment is segment else self._open_chunk()
+            # (SegmentIndex.add, inlined: the id is above every other, so it goes at the end)
+            index.ids.append(msg_id)
+            index.positions.append(segment.size)
+            index.lengths.append(len(data))
         else:
             chunk = self._chunk_for_append(msg_id)
             segment = chunk.segment
-        index = segment.index
-        index.add(msg_id, segment.size, len(data))
+            index = segment.index
+            index.add(msg_id, segment.size, len(data))
         if flags:
             index.flag(msg_id, flags)
         segment.size += append_record(chunk.data, ENQUEUE, msg_id, data, flags)
