@@ -242,8 +242,11 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
     def _run(self) -> None:
         """Run the pending effects, unless a run further up the stack will (it picks up effects
         added meanwhile, in order, after the ones it holds)."""
-        if self._writes:
-            self._flush_writes()
+        writes = self._writes
+        if writes:  # (_flush_writes, inlined: once per command)
+            self._writes = []
+            for write in writes:
+                write.run(self)
         if self._running:
             return
         effects = self._effects
@@ -314,6 +317,17 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
         if self._writes or self._effects:
             self._run()
         return reply
+
+    def settle_many(self, deliveries: list[Delivery], ack: bool, requeue: bool) -> None:
+        """Settle several deliveries of this queue at once (an AMQP ``multiple`` ack, a STOMP
+        cumulative ack): one command per delivery, then one pump and one run of the effects, so
+        a requeued batch is redelivered in its old order."""
+        for delivery in deliveries:
+            self._settle(delivery, ack, requeue, False)
+        if self.ready_count and self.consumers and not self.deleted:
+            self._pump()
+        if self._writes or self._effects:
+            self._run()
 
     def pump(self) -> None:
         """Hand ready messages to consumers with credit, round robin (the Credit command)."""
@@ -421,7 +435,8 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
         self._arrived(entry)
         if self.grouped is not None:
             entry.group = props.headers.get(GROUP_HEADER) if props.headers else None
-        ttl = self._ttl_of(message)
+        ttl = (self._ttl_of(message) if self.message_ttl is not None or
+               props.expiration is not None else None)
         reply: bool | Append = True
         if self.log is not None and props.delivery_mode == 2:
             entry.on_disk = True
@@ -581,8 +596,13 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
         replaces the deadline (the heap keeps the old item, skipped when it comes up)."""
         delivery.deadline = deadline
         self._timeout_seq += 1
-        heapq.heappush(self._timeouts, (deadline, self._timeout_seq, delivery))
-        self._effects.append(Timer(deadline))
+        timeouts = self._timeouts
+        if not timeouts or deadline < timeouts[0][0]:
+            # Only a new earliest deadline needs a timer: the heap's earliest has one (asked
+            # for when it was pushed), and the Tick it brings asks for the next deadline. With
+            # one consumer timeout, deadlines only grow: one timer, not one per delivery.
+            self._effects.append(Timer(deadline))
+        heapq.heappush(timeouts, (deadline, self._timeout_seq, delivery))
 
     def _get(self, no_ack: bool) -> Delivery | None:
         self.touch()
@@ -675,7 +695,11 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
         """The entry leaves the queue for good: out of the memory count, settled on disk."""
         self._release(entry)
         if entry.on_disk:
-            self._writes.append(Remove(self.log, entry.msg_id))
+            writes = self._writes
+            if writes and writes[-1].__class__ is Remove and writes[-1].log is self.log:
+                writes[-1].ids.append(entry.msg_id)  # (an ack of many: one effect)
+            else:
+                writes.append(Remove(self.log, entry.msg_id))
 
     # ---------------------------------------------------------------- consumers
     def _attach(self, consumer: Consumer) -> None:

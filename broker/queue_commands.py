@@ -182,15 +182,19 @@ class Append(Effect):
 
 
 class Remove(Effect):
-    """Settle ``msg_id`` in ``log`` (its tombstone): it will not come back after a restart."""
-    __slots__ = ("log", "msg_id")
+    """Settle ``msg_id`` in ``log`` (its tombstone): it will not come back after a restart.
+    Messages settled one after another in the same log join the last Remove (``ids``, in
+    order), so a batch of acks makes one effect, not one each."""
+    __slots__ = ("log", "ids")
 
     def __init__(self, log: Any, msg_id: int):
         self.log = log
-        self.msg_id = msg_id
+        self.ids = [msg_id]
 
     def run(self, queue: Any) -> None:
-        self.log.settle(self.msg_id)
+        settle = self.log.settle
+        for msg_id in self.ids:
+            settle(msg_id)
 
 
 class Timer(Effect):

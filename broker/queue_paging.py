@@ -175,13 +175,15 @@ class QueuePaging:
 
     def _arrived(self, entry: Entry) -> None:
         entry.counted = True
-        self._count(entry, ENTRY_OVERHEAD_BYTES + (entry.size if entry.message is not None
-                                                   else 0))
+        if self.memory is not None:  # (_count, inlined: once per message)
+            self.memory.add(ENTRY_OVERHEAD_BYTES + (entry.size if entry.message is not None
+                                                    else 0))
 
     def _release(self, entry: Entry) -> None:
         if entry.counted:
-            self._count(entry, -ENTRY_OVERHEAD_BYTES - (entry.size if entry.message is not None
-                                                        else 0))
+            if self.memory is not None:
+                self.memory.add(-ENTRY_OVERHEAD_BYTES - (entry.size if entry.message is not None
+                                                         else 0))
             entry.counted = False
 
     def _load(self, entry: Entry) -> Message:

@@ -29,6 +29,7 @@ class QueueReady:
     max_length_bytes: int | None
     ready_count: int
     ready_bytes: int
+    resident_bytes: int
     cold_count: int
     log: Any
     spill: Any
@@ -68,7 +69,7 @@ class QueueReady:
         self.ready_count += 1
         self.ready_bytes += entry.size
         if entry.message is not None:
-            self._resident(entry.size)
+            self.resident_bytes += entry.size  # (_resident, inlined: once per message)
         if entry.expires_at:
             heapq.heappush(self._expiries, (entry.expires_at, entry.msg_id, entry))
             self._effects.append(Timer(entry.expires_at))
@@ -124,7 +125,7 @@ class QueueReady:
         self.ready_count -= 1
         self.ready_bytes -= entry.size
         if entry.message is not None:
-            self._resident(-entry.size)
+            self.resident_bytes -= entry.size  # (_resident, inlined: once per message)
         # Entries that left the queue stay in the expiry heap until their deadline, keeping their
         # messages alive; drop them once they are the majority (amortised O(1)).
         if len(self._expiries) > 2 * self.ready_count + 64:

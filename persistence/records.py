@@ -63,6 +63,38 @@ def encode_record(kind: int, msg_id: int, payload: bytes = b"", flags: int = 0) 
     return head + struct.pack(">I", crc) + payload
 
 
+#: a SETTLE record is these 8 bytes, the id (u64) and the CRC32C of the 16 before it, which
+#: continues from the CRC of these 8 (computed once)
+_SETTLE_START = struct.pack(">BBBBI", RECORD_MAGIC, RECORD_VERSION, SETTLE, 0, 0)
+_SETTLE_START_CRC = crc32c.crc32c(_SETTLE_START)
+
+
+def append_settle(buffer: bytearray, msg_id: int) -> int:
+    """Append ``encode_record(SETTLE, msg_id)`` to ``buffer`` (once per ack: its own, short
+    path); returns its length."""
+    id_bytes = msg_id.to_bytes(8, "big")
+    buffer += _SETTLE_START
+    buffer += id_bytes
+    buffer += crc32c.crc32c(id_bytes, _SETTLE_START_CRC).to_bytes(4, "big")
+    return RECORD_HEADER_SIZE
+
+
+_pack_head = struct.Struct(">BBBBIQ").pack
+_pack_crc = struct.Struct(">I").pack
+_crc32c = crc32c.crc32c
+
+
+def append_record(buffer: bytearray, kind: int, msg_id: int, payload: bytes = b"",
+                  flags: int = 0) -> int:
+    """Append the record :func:`encode_record` makes to ``buffer`` (without building it apart
+    first: this is on the path of every persistent message and every ack); returns its length."""
+    head = _pack_head(RECORD_MAGIC, RECORD_VERSION, kind, flags, len(payload), msg_id)
+    buffer += head
+    buffer += _pack_crc(_crc32c(payload, _crc32c(head)) if payload else _crc32c(head))
+    buffer += payload
+    return RECORD_HEADER_SIZE + len(payload)
+
+
 @dataclass
 class Record:
     kind: int

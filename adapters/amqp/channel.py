@@ -13,7 +13,7 @@ from manifold.broker.consumer import Consumer, Delivery
 from manifold.broker.engine.confirms import PublisherConfirms
 from manifold.broker.engine.credit import Window, resume
 from manifold.broker.engine.in_order import InOrderReplies
-from manifold.broker.engine.unacked import Unacked, end_consumers
+from manifold.broker.engine.unacked import Unacked, end_consumers, settle_all
 from manifold.broker.errors import PreconditionFailed
 from manifold.broker.message import Message
 
@@ -163,12 +163,11 @@ class Channel:
         if self.tx is not None:
             self.tx_settles.append((pairs, ack, requeue))
             return
-        if ack:
-            for _, d in pairs:
-                d.ack()
+        if len(pairs) == 1:
+            delivery = pairs[0][1]
+            delivery.queue.settle(delivery, ack, requeue and not ack)
         else:
-            for _, d in pairs:
-                d.reject(requeue)
+            settle_all([d for _, d in pairs], ack, requeue and not ack)
         window = self.window
         if window.limit:
             held = len(self.unacked)
