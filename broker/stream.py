@@ -355,6 +355,8 @@ class Stream:
         bodies; what it reads ahead is bounded by ``limit`` (one record reads only what the
         sparse index says it needs) and by READER_BUDGET_BYTES."""
         out: list[tuple[int, int, Message]] = []
+        if limit < 1:
+            return out
         size = 0
         reader = _Reader(max(offset, self.log.first_offset), None)
         budget = min(READER_BUDGET_BYTES, limit * SINGLE_READ_BYTES)
@@ -385,8 +387,8 @@ class Stream:
             reader.drop_ahead()
         return out
 
-    def _next_record(self, reader: _Reader, inline: bool = False, read_bytes: int = READ_BYTES,
-                     budget_bytes: int = READER_BUDGET_BYTES) -> _Record | None:
+    def _next_record(self, reader: _Reader, inline: bool = False, read_bytes: int = 0,
+                     budget_bytes: int = 0) -> _Record | None:
         """The record at the reader's position (or the first after a gap), and advance it: from
         the tail cache, else from disk: now if ``inline`` (or the log is in memory), else
         through the reader's cursor, whose reads run in the store's reader thread (None while
@@ -412,13 +414,14 @@ class Stream:
                 while ahead and ahead[0][0] < position:
                     ahead.popleft()
                 if not ahead:
-                    ahead.extend(log.read(position, read_bytes))
+                    ahead.extend(log.read(position, read_bytes or READ_BYTES))
                 found = ahead.popleft() if ahead else None
             else:
                 cursor = reader.cursor
                 if cursor is None:
-                    cursor = reader.cursor = log.cursor(position, budget_bytes, read_bytes,
-                                                        reader.on_ready)
+                    cursor = reader.cursor = log.cursor(
+                        position, budget_bytes or READER_BUDGET_BYTES, read_bytes or READ_BYTES,
+                        reader.on_ready)
                 found = cursor.take(position)
                 if found is None and not cursor.exhausted:
                     return None
