@@ -34,7 +34,7 @@ import crc32c
 
 from .records import (FILE_HEADER_SIZE, RECORD_HEADER, RECORD_HEADER_SIZE, STREAM,
                       array_from_disk, array_to_disk, encode_record, file_header,
-                      parse_file_header, scan, segment_name)
+                      parse_file_header, scan, segment_name, truncate_at_problem)
 from .streamcursor import StreamCursor, parse_records
 from .streammigration import migrate_legacy
 from .writer import Chunk, StoreError
@@ -298,9 +298,8 @@ class FileStreamLog:
             fs.unlink(path)
             return None
         if result.problem is not None:
-            self.recovery_problems.append(f"{path}: {result.problem}; truncated, "
-                                          f"{len(data) - result.good_bytes} bytes dropped")
-            fs.truncate_file(path, result.good_bytes)
+            truncate_at_problem(fs, path, result.problem, result.good_bytes,
+                                len(data) - result.good_bytes, self.recovery_problems)
         segment = StreamSegment(base, path, result.good_bytes)
         for record in result.records:
             if record.kind == STREAM:
