@@ -44,7 +44,7 @@ TAIL_CACHE_MAX_BYTES = 16 * 1024 * 1024
 #: whole budget's worth; what it holds plus what it has in flight stays within
 #: READER_BUDGET_BYTES (a record bigger than that is read whole)
 READER_BUDGET_BYTES = 8 * 1024 * 1024
-READ_BYTES = 1024 * 1024
+READ_BYTES = 2 * 1024 * 1024
 #: what a read asks for per record wanted, when the caller wants few (Kinesis GetRecords with a
 #: small Limit, the MillisBehindLatest probe); the sparse index bounds what comes before them
 SINGLE_READ_BYTES = 4096
