@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import operator
 import re
 import time
 from collections import deque
@@ -20,10 +21,11 @@ from manifold.persistence.streamlog import MemoryStreamLog
 from .consumer import Consumer, Delivery
 from .durable_map import DurableMap
 from .errors import PreconditionFailed
-from .message import Message
+from .message import PROPERTY_NAMES, Message
 from .message_codec import decode_message, encode_message
 
 
+_envelope = operator.attrgetter(*PROPERTY_NAMES)
 _INTERVAL = re.compile(r"^(\d+)(Y|M|D|h|m|s)$")
 _UNIT_S = {"Y": 365 * 86400, "M": 30 * 86400, "D": 86400, "h": 3600, "m": 60, "s": 1}
 
@@ -68,7 +70,7 @@ class _Record:
 
 
 class _Reader:
-    __slots__ = ("position", "reference", "ahead", "cursor", "on_ready")
+    __slots__ = ("position", "reference", "ahead", "cursor", "on_ready", "last")
 
     def __init__(self, position: int, reference: str | None):
         self.position = position
@@ -79,6 +81,24 @@ class _Reader:
         self.cursor: Any = None
         #: called on the event loop when disk reads of its cursor are back
         self.on_ready: Any = None
+        #: the last message it read from disk
+        self.last: Message | None = None
+
+    def decode(self, payload: bytes) -> Message:
+        """A record read from disk: its message shares the Properties and the adapters' cached
+        wire form (``Message.encoded``) of the last one when their envelopes are equal
+        (properties without headers, exchange, routing key, body size), as consecutive
+        publishes do, so a reader of a long run of alike records does not re-encode each."""
+        message = decode_message(payload)
+        last = self.last
+        if (last is not None and message.properties.headers is None and
+                len(message.body) == len(last.body) and
+                message.routing_key == last.routing_key and message.exchange == last.exchange
+                and _envelope(message.properties) == _envelope(last.properties)):
+            message.properties = last.properties
+            message.encoded = last.encoded
+        self.last = message
+        return message
 
     def drop_ahead(self) -> None:
         self.ahead.clear()
@@ -432,7 +452,7 @@ class Stream:
                 continue
             offset, timestamp_ms, payload = found
             reader.position = offset + 1
-            return _Record(offset, timestamp_ms, decode_message(payload))
+            return _Record(offset, timestamp_ms, reader.decode(payload))
         return None
 
     def add_consumer(self, consumer: Consumer) -> None:

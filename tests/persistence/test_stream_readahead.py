@@ -205,3 +205,30 @@ async def test_read_later_reads_a_cold_range_off_the_loop_within_limit_and_bytes
     limited = await asyncio.wait_for(s.read_later(100, 10000, max_bytes=50_000), 20)
     assert [r[0] for r in limited] == list(range(100, 150))
     await broker.close()
+
+
+async def test_alike_records_read_from_disk_share_their_envelope_and_others_keep_theirs(
+        tmp_path, monkeypatch):
+    from manifold.broker.message import Properties
+    monkeypatch.setattr(stream_module, "TAIL_CACHE_BYTES", 10_000)
+    broker, vhost = await open_broker(tmp_path)
+    vhost.declare_queue("s", durable=True, arguments=SEGMENT)
+    kinds = [Properties(content_type="a", delivery_mode=2), Properties(content_type="b"),
+             Properties(content_type="b", headers={"h": 1})]
+    plan = [0, 0, 0, 1, 1, 0, 2, 2, 0, 0] * 30  # 300 records of 1,000 bytes
+    wait = None
+    for i, kind in enumerate(plan):
+        message = Message("", "", f"{i:08d}".encode() + b"x" * 992, kinds[kind])
+        wait = vhost.publish("", "s", message).wait or wait
+    await asyncio.wait_for(wait, 20)
+    reader = Recorder(arguments={"x-stream-offset": "first"}, prefetch=0)
+    vhost.consume("s", reader)
+    await until(lambda: len(reader.deliveries) == 300)
+    assert numbers(reader) == list(range(300))
+    got = [d.message.properties for d in reader.deliveries[:200]]  # (the first 200 from disk)
+    assert [(p.content_type, p.delivery_mode, p.headers) for p in got] == \
+        [(kinds[k].content_type, kinds[k].delivery_mode, kinds[k].headers) for k in plan[:200]]
+    for i in range(1, 200):
+        alike = plan[i] == plan[i - 1] and plan[i] != 2  # (headers: never shared)
+        assert (got[i] is got[i - 1]) == alike
+    await broker.close()
