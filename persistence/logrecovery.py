@@ -16,7 +16,8 @@ from itertools import compress
 from typing import Any, Iterator
 
 from .msgindex import SETTLED, SegmentIndex
-from .records import ENQUEUE, FLAG_READ_ON_RECOVERY, SETTLE, Walk, parse_file_header
+from .records import (ENQUEUE, FLAG_READ_ON_RECOVERY, SETTLE, Walk, parse_file_header,
+                      truncate_at_problem)
 from .writer import Chunk
 
 log = logging.getLogger("manifold.persistence")
@@ -198,9 +199,8 @@ class LogRecovery:
                     index.note_settled(msg_id)
         del data
         if walked.problem is not None:
-            self.recovery_problems.append(f"{path}: {walked.problem}; truncated, "
-                                          f"{walked.dropped} bytes dropped")
-            fs.truncate_file(path, walked.good_bytes)
+            truncate_at_problem(fs, path, walked.problem, walked.good_bytes, walked.dropped,
+                                self.recovery_problems)
         segment.size = segment.written = walked.good_bytes
         return segment
 

@@ -3,7 +3,8 @@
 A segment file is a 16-byte file header followed by records. Each record carries a magic byte, a
 format version, a type, its payload length, a message id and a CRC32C over header and payload.
 Readers trust nothing: :func:`scan` stops at the first short, mislabelled or corrupt record and
-says where, so the caller can truncate there (nats-server ``rebuildStateFromBufLocked``).
+says where, so the caller can truncate there (nats-server ``rebuildStateFromBufLocked``), with
+:func:`truncate_at_problem`, which every recovery uses to cut and report the same way.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import struct
 import sys
 from array import array
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import crc32c
 
@@ -185,6 +186,15 @@ class Walk:
         view.release()
         self.good_bytes = pos
         self.dropped = end - pos
+
+
+def truncate_at_problem(fs: Any, path: str, problem: str, good_bytes: int, dropped: int,
+                        problems: list[str]) -> None:
+    """Recovery found ``problem`` in the segment file ``path``: cut it back to its last good
+    record (nothing after the first bad one is trusted) and add what was dropped to
+    ``problems`` (the recovering log reports them)."""
+    problems.append(f"{path}: {problem}; truncated, {dropped} bytes dropped")
+    fs.truncate_file(path, good_bytes)
 
 
 # ------------------------------------------------------------------ index arrays on disk
