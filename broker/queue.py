@@ -422,7 +422,7 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
     def _enqueue(self, message: Message) -> bool | Append:
         if self.max_length is not None or self.max_length_bytes is not None:
             if self._full(len(message.body)) and self.overflow != "drop-head":
-                if self.overflow == "reject-publish-dlx":
+                if self.overflow == "reject-publish-dlx" and self._dead_letters("maxlen"):
                     self._effects.append(DeadLetter(None, message, "maxlen"))
                 return False
         props = message.properties

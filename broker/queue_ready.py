@@ -27,6 +27,7 @@ class QueueReady:
     grouped: Any
     max_length: int | None
     max_length_bytes: int | None
+    overflow: str
     ready_count: int
     ready_bytes: int
     resident_bytes: int
@@ -75,8 +76,11 @@ class QueueReady:
             self._effects.append(Timer(entry.expires_at))
 
     def _trim(self) -> None:
-        """drop-head: the oldest ready messages make room [RabbitMQ x-overflow]."""
-        if self.max_length is None and self.max_length_bytes is None:
+        """drop-head: the oldest ready messages make room [RabbitMQ x-overflow]. Under
+        reject-publish(-dlx) only publishes are refused: a message that becomes ready otherwise
+        (delay over, requeued) may take the queue past its limit, and nothing is dropped."""
+        if (self.max_length is None and self.max_length_bytes is None) or (
+                self.overflow != "drop-head"):
             return
         while self._over_limit():
             head = self._take_head(ignore_groups=True)
