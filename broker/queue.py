@@ -22,8 +22,9 @@ per consumer per round and, if more could go, asks for another round (:data:`CON
 runs after those deliveries.
 
 Parts: queue_ready.py (ready messages and their order), queue_paging.py (bodies in memory or on
-disk, cold runs, recovery), queue_deadletter.py (discard, dead-lettering), queue_args.py
-(declare arguments), entry.py (one message in the queue).
+disk, cold runs, recovery), queue_deadletter.py (discard, dead-lettering), queue_receives.py
+(receive state kept across restarts), queue_args.py (declare arguments), entry.py (one message
+in the queue).
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ from .queue_commands import (STORE_WRITES, Append, Cancel, ChangeDeadline, Check
 from .queue_deadletter import QueueDeadLetters
 from .queue_paging import QueuePaging
 from .queue_ready import QueueReady
+from .queue_receives import QueueReceives
 
 log = logging.getLogger("manifold.queue")
 
@@ -82,7 +84,7 @@ def consumer_priority(consumer: Consumer) -> int:
     return priority if isinstance(priority, int) and not isinstance(priority, bool) else 0
 
 
-class Queue(QueueReady, QueuePaging, QueueDeadLetters):
+class Queue(QueueReady, QueuePaging, QueueDeadLetters, QueueReceives):
     is_exchange = False
 
     def __init__(self, host: QueueHost, vhost: str, name: str, *, durable: bool = False,
@@ -205,8 +207,11 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
             raise PreconditionFailed(f"queue '{self.name}' in vhost '{self.vhost}': message "
                                      "grouping cannot change while the queue holds messages")
         self.policy = dict(policy)
+        old_ttl = self.message_ttl
         self._configure()
         self._set_grouped(bool({**self.arguments, **self.policy}.get("x-message-groups")))
+        if self.message_ttl != old_ttl:
+            self._retime(old_ttl)  # (SQS: a new MessageRetentionPeriod holds for every message)
         if self.expires_ms and not self.consumers:
             self._effects.append(Timer(self.last_used_ms + self.expires_ms))
         self._trim()
@@ -611,6 +616,7 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
                 entry.first_delivered_ms = now
             self._leases[entry.msg_id] = delivery
             self._set_deadline(delivery, now + visibility_ms)
+            self._mark(entry, now + visibility_ms)  # kept across a restart, as on AWS
             taken.append(delivery)
         return taken
 
@@ -620,6 +626,8 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
         if timeout_ms <= 0:
             return self._settle(delivery, False, True)
         self._set_deadline(delivery, self.host.now_ms() + timeout_ms)
+        if delivery.consumer is None:
+            self._mark(delivery.entry, delivery.deadline)
         return True
 
     def _withdraw(self, msg_id: int) -> bool:
@@ -653,6 +661,8 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
             self.acked_total += 1
             self._forget(entry)
         elif requeue:
+            if consumer is None or self.delivery_limit is not None:
+                self._mark(entry, 0)  # the count a restart must keep (queue_receives.py)
             self._return(entry)
         else:
             self._drop(entry, "rejected")
@@ -724,7 +734,7 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
         expiries = self._expiries
         while expiries and expiries[0][0] <= now:
             _, _, entry = heapq.heappop(expiries)
-            if entry.state == READY and entry.expires_at <= now:
+            if entry.state == READY and 0 < entry.expires_at <= now:
                 self._unready(entry)
                 self._drop(entry, "expired")
                 entry.message = None  # it may wait in a deque until the head reaches it

@@ -225,7 +225,13 @@ async def _stop(task: MoveTask) -> None:
         await asyncio.wait_for(asyncio.shield(task.task), STOP_TIMEOUT_S)
     except asyncio.TimeoutError:  # a batch stuck on a write: give up on it
         task.task.cancel()
-    except (asyncio.CancelledError, Exception):
+    except asyncio.CancelledError:
+        # Either the task ended cancelled (what a stop between batches does: _run recorded
+        # it), or whoever awaits this stop is being cancelled, which must go on up.
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+    except Exception:
         pass  # the task ended; _run recorded how
 
 
