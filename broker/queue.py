@@ -339,12 +339,13 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters, QueueReceives):
         """AMQP Basic.Get / SQS ReceiveMessage without a consumer."""
         return self._call(Get(no_ack))
 
-    def receive(self, max_count: int, visibility_ms: int) -> list[Delivery]:
+    def receive(self, max_count: int, visibility_ms: int, kept: bool = True) -> list[Delivery]:
         """Check out up to ``max_count`` ready messages without a consumer, each returning to the
         queue after ``visibility_ms`` unless settled (SQS ReceiveMessage; the receiver names them
         later by message id, see :meth:`lease`). In a grouped queue it takes as many messages of
-        one group as it can, in order, before it moves on to the next group (as SQS does)."""
-        return self._call(Receive(max_count, visibility_ms))
+        one group as it can, in order, before it moves on to the next group (as SQS does).
+        ``kept``: a restart keeps the leases (else their messages are visible after one)."""
+        return self._call(Receive(max_count, visibility_ms, kept))
 
     def change_deadline(self, delivery: Delivery, timeout_ms: int) -> bool:
         """Move an unsettled delivery's return deadline to ``timeout_ms`` from now (0 returns it
@@ -601,7 +602,7 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters, QueueReceives):
             self._forget(entry)
         return delivery
 
-    def _receive(self, max_count: int, visibility_ms: int) -> list[Delivery]:
+    def _receive(self, max_count: int, visibility_ms: int, kept: bool) -> list[Delivery]:
         self.touch()
         now = self.host.now_ms()
         taken: list[Delivery] = []
@@ -616,7 +617,7 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters, QueueReceives):
                 entry.first_delivered_ms = now
             self._leases[entry.msg_id] = delivery
             self._set_deadline(delivery, now + visibility_ms)
-            self._mark(entry, now + visibility_ms)  # kept across a restart, as on AWS
+            self._mark(entry, now + visibility_ms if kept else 0)  # as on AWS
             taken.append(delivery)
         return taken
 
@@ -794,7 +795,7 @@ _HANDLERS: dict[type, Any] = {
     Return: lambda q, c: q._settle(c.delivery, False, True, c.pump),
     Discard: lambda q, c: q._settle(c.delivery, False, False),
     Get: lambda q, c: q._get(c.no_ack),
-    Receive: lambda q, c: q._receive(c.max_count, c.visibility_ms),
+    Receive: lambda q, c: q._receive(c.max_count, c.visibility_ms, c.kept),
     ChangeDeadline: lambda q, c: q._change_deadline(c.delivery, c.timeout_ms),
     Withdraw: lambda q, c: q._withdraw(c.msg_id),
     Tick: lambda q, c: q._tick(),

@@ -100,12 +100,14 @@ class Get(Command):
 
 class Receive(Command):
     """SQS ReceiveMessage: up to ``max_count`` leased deliveries, returning after
-    ``visibility_ms`` unless settled. Reply: the list of deliveries."""
-    __slots__ = ("max_count", "visibility_ms")
+    ``visibility_ms`` unless settled; ``kept``: the leases outlive a restart (their receive
+    counts always do). Reply: the list of deliveries."""
+    __slots__ = ("max_count", "visibility_ms", "kept")
 
-    def __init__(self, max_count: int, visibility_ms: int):
+    def __init__(self, max_count: int, visibility_ms: int, kept: bool = True):
         self.max_count = max_count
         self.visibility_ms = visibility_ms
+        self.kept = kept
 
 
 class ChangeDeadline(Command):

@@ -164,7 +164,8 @@ async def _run(ctx: SqsContext, task: MoveTask) -> None:
                 task.moved + task.failed < task.to_move:
             started = asyncio.get_running_loop().time()
             wanted = min(BATCH, task.to_move - task.moved - task.failed, task.rate or BATCH)
-            deliveries = vhost.receive(task.source, wanted, 60_000)
+            # (not kept: after a crash mid-batch, the resumed task finds them visible at once)
+            deliveries = vhost.receive(task.source, wanted, 60_000, kept=False)
             if not deliveries:
                 break
             # A batch is not cancelled half-way (see _stop): copies made and not deleted from the
