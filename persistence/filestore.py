@@ -198,8 +198,9 @@ class FileQueueLog(LogRecovery):
              first_receive_ms: int) -> None:
         """Record a live message's receive state (a MARK record, see FORMAT.md). Nothing waits
         for it: it goes out with the next batch, like a SETTLE."""
-        if self.dropped or self._locate(msg_id) is None:
-            return  # settled, or its append failed: nothing to describe
+        if self.dropped or not self.segments:
+            return
+        # (not looked up: recovery ignores the MARK of a message that is settled or was lost)
         chunk = self._open_chunk()
         chunk.segment.index.note_mark(msg_id, receive_count, invisible_until_ms,
                                       first_receive_ms)
