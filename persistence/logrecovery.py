@@ -15,8 +15,7 @@ from array import array
 from itertools import compress
 from typing import Any, Iterator
 
-from .msgindex import SETTLED, SegmentIndex
-from .msgindex import MARK_WIDTH
+from .msgindex import MARK_WIDTH, SETTLED, SegmentIndex
 from .records import (ENQUEUE, FLAG_READ_ON_RECOVERY, MARK, MARK_PAYLOAD, RECORD_HEADER_SIZE,
                       SETTLE, Walk, parse_file_header)
 from .writer import Chunk
@@ -256,7 +255,8 @@ class LogRecovery:
                 elif msg_id in read_anyway:
                     yield msg_id, self.read(msg_id)
                 elif recovery.spans and msg_id not in marked:
-                    stop = next((s for s in stops if s > i), end)
+                    k = bisect.bisect_right(stops, i)
+                    stop = stops[k] if k < len(stops) else end
                     span_ids, span_lengths = ids[i:stop], lengths[i:stop]
                     if span_lengths.count(SETTLED):
                         live = list(map(SETTLED.__ne__, span_lengths))

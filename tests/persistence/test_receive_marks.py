@@ -35,7 +35,7 @@ async def write_marked_log(root):
     log.mark(30, 7, 0, 300)          # returned (visible)
     log.mark(31, 1, 5_000, 310)
     log.settle(31)                   # deleted: its mark means nothing any more
-    log.mark(999, 1, 1, 1)           # no such message: not written
+    log.mark(999, 1, 1, 1)           # no such message: ignored at recovery
     await asyncio.wait_for(log.append(61, b"after the marks"), 10)
     return store, log
 
