@@ -202,10 +202,12 @@ class FileQueueLog(LogRecovery):
             return
         # (not looked up: recovery ignores the MARK of a message that is settled or was lost)
         chunk = self._open_chunk()
-        chunk.segment.index.note_mark(msg_id, receive_count, invisible_until_ms,
-                                      first_receive_ms)
-        self._add(chunk, encode_record(MARK, msg_id, MARK_PAYLOAD.pack(
-            receive_count, invisible_until_ms, first_receive_ms)))
+        segment = chunk.segment
+        segment.index.note_mark(msg_id, receive_count, invisible_until_ms, first_receive_ms)
+        record = encode_record(MARK, msg_id, MARK_PAYLOAD.pack(
+            receive_count, invisible_until_ms, first_receive_ms))
+        chunk.data += record
+        segment.size += len(record)
         self.store._dirty(self)
 
     def _tombstone(self, msg_id: int) -> None:
