@@ -5,7 +5,7 @@ import aio_pika
 import pytest
 
 pytestmark = pytest.mark.timeout(60)
-WAIT = 5.0
+WAIT = 30.0  # seconds: generous, only a failing wait takes that long (a loaded CI machine)
 
 
 async def connect(rb):

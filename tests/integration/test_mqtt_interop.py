@@ -15,7 +15,7 @@ pika = pytest.importorskip("pika")
 
 pytestmark = pytest.mark.timeout(60)
 
-WAIT = 5.0
+WAIT = 30.0  # seconds: generous, only a failing wait takes that long (a loaded CI machine)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from paho.mqtt.properties import Properties
 
 pytestmark = pytest.mark.timeout(60)
 
-WAIT = 5.0
+WAIT = 30.0  # seconds: generous, only a failing wait takes that long (a loaded CI machine)
 
 
 def connect(port: int, client_id: str, *, clean: bool = True, expiry: int = 0):

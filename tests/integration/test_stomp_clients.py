@@ -13,7 +13,7 @@ from manifold.broker.message import Message, Properties
 
 VERSIONS = ["1.0", "1.1", "1.2"]
 CLASSES = {"1.0": stomp.Connection10, "1.1": stomp.Connection11, "1.2": stomp.Connection12}
-WAIT = 5.0
+WAIT = 30.0  # seconds: generous, only a failing wait takes that long (a loaded CI machine)
 
 
 class Listener(stomp.ConnectionListener):

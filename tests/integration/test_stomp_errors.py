@@ -9,7 +9,7 @@ import pytest
 
 from manifold.adapters.stomp.codec import NEED_DATA, FrameCodec
 
-WAIT = 5.0
+WAIT = 30.0  # seconds: generous, only a failing wait takes that long (a loaded CI machine)
 CONNECT_12 = b"CONNECT\naccept-version:1.2\nlogin:guest\npasscode:guest\nhost:/\n\n\x00"
 
 

@@ -22,7 +22,7 @@ from tests.conftest import RunningBroker, broker_settings
 from tests.persistence.fsshim import FaultyFS
 
 pytestmark = pytest.mark.timeout(60)
-WAIT = 5.0
+WAIT = 30.0  # seconds: generous, only a failing wait takes that long (a loaded CI machine)
 
 
 class ShimBroker(RunningBroker):
