@@ -16,7 +16,7 @@ from pamqp import heartbeat as pheartbeat
 
 from tests.conftest import RunningBroker, broker_settings
 
-T = 5
+T = 30  # seconds: the bound on every wait (generous: only a failing wait takes that long)
 HEADER = b"AMQP\x00\x00\x09\x01"
 
 

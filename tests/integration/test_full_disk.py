@@ -85,7 +85,7 @@ def test_a_full_disk_nacks_instead_of_confirming_and_nothing_confirmed_is_lost(t
             method, props, _ = och.basic_get("q")
             drained.append(int(props.message_id))
             och.basic_ack(method.delivery_tag)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # generous: only a failing wait takes that long
         while True:
             try:
                 ch.basic_publish("", "q", BODY, persistent(1000))

@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties as MqttProperties
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)  # a hang fails; a loaded machine is only slow
 
 WAIT = 30.0  # seconds: generous, only a failing wait takes that long (a loaded CI machine)
 BODY = bytes(range(256)) + b"\x00\x00binary tail\xff"

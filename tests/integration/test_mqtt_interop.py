@@ -13,7 +13,7 @@ from paho.mqtt.properties import Properties
 
 pika = pytest.importorskip("pika")
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)  # a hang fails; a loaded machine is only slow
 
 WAIT = 30.0  # seconds: generous, only a failing wait takes that long (a loaded CI machine)
 

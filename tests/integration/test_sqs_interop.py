@@ -12,7 +12,7 @@ import stomp
 
 from .sqs_helpers import sqs_client
 
-WAIT = 10
+WAIT = 30  # seconds: generous, only a failing wait takes that long
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ def test_sqs_and_stomp_both_ways(sqs, running_broker):
     finally:
         conn.disconnect()
     (message,) = sqs.receive_message(QueueUrl=url, MessageAttributeNames=["All"],
-                                     WaitTimeSeconds=5)["Messages"]
+                                     WaitTimeSeconds=20)["Messages"]
     assert message["Body"] == "from stomp"
     assert message["MessageAttributes"]["shape"] == {"DataType": "String", "StringValue": "box"}
 

@@ -32,7 +32,7 @@ from tests.conftest import RunningBroker, broker_settings
 from .fsshim import PowerCutFS
 
 pytestmark = pytest.mark.timeout(120)
-WAIT = 10.0
+WAIT = 30.0  # seconds: generous, only a failing wait takes that long
 N = 20
 
 
