@@ -177,6 +177,74 @@ async def amqp(n: int, ack: bool) -> float:
     return spent
 
 
+async def amqp_persistent(n: int, prefetch: int = 0) -> float:
+    """Persistent messages into a durable queue on a FileStore with fsync "always", publisher
+    confirms, ``multiple`` acks of everything delivered (as amqp_throughput.py --persistent
+    does). With ``prefetch`` below the batch, messages wait in the queue until an ack makes room
+    (as they do in the socket benchmark); else each goes straight to the consumer. Returns the
+    event loop thread's CPU (``time.thread_time``), the figure the writer thread does not blur;
+    the whole process's CPU goes to ``PROCESS_CPU``."""
+    case = "amqp-persistent" + ("-ready" if prefetch else "")
+    import tempfile
+
+    from pamqp import commands as C
+    from pamqp import frame as pframe
+
+    from manifold.adapters.amqp import make_server
+    from manifold.persistence.filestore import FileStore
+    with tempfile.TemporaryDirectory(prefix="session-bench-") as data_dir:
+        store = FileStore(data_dir, fsync="always")
+        broker = Broker(Settings(), store=store)
+        await broker.start()
+        server = make_server(broker, broker.settings)
+        pub, sub = session(server), session(server)
+        for s in (pub, sub):
+            s.data_received(b"AMQP\x00\x00\x09\x01")
+            s.data_received(b"".join(pframe.marshal(f, 0) for f in (
+                C.Connection.StartOk(client_properties={}, mechanism="PLAIN",
+                                     response="\x00guest\x00guest"),
+                C.Connection.TuneOk(channel_max=16, frame_max=131072, heartbeat=0),
+                C.Connection.Open(virtual_host="/"))))
+            s.data_received(pframe.marshal(C.Channel.Open(), 1))
+        pub.data_received(pframe.marshal(C.Queue.Declare(queue="p", durable=True), 1))
+        pub.data_received(pframe.marshal(C.Confirm.Select(), 1))
+        sub.data_received(pframe.marshal(C.Basic.Qos(
+            prefetch_count=prefetch or PERSISTENT_BATCH * 2), 1))
+        sub.data_received(pframe.marshal(C.Basic.Consume(queue="p", consumer_tag="c"), 1))
+        while store._in_flight is not None or store._has_work():  # the declaration
+            await asyncio.sleep(0.001)
+        publish = (_method(1, 60, 40, b"\x00\x00" + _shortstr("") + _shortstr("p") + b"\x00") +
+                   _frame(2, 1, struct.pack(">HHQHB", 60, 0, 64, 0x1000, 2)) +
+                   _frame(3, 1, b"x" * 64))
+        batch = publish * PERSISTENT_BATCH
+        confirms = pub.channels[1].confirms
+        delivered = sub.channels[1]
+        acked = 0
+        start, process_start = time.thread_time(), time.process_time()
+        for first in range(1, n + 1, PERSISTENT_BATCH):
+            pub.data_received(batch)
+            await ticks()
+            while acked < first + PERSISTENT_BATCH - 1:  # ack what came; acks make room
+                acked = delivered.next_tag
+                sub.data_received(_method(1, 60, 80, struct.pack(">QB", acked, 1)))
+                await ticks()
+            while len(confirms):  # every confirm of the batch went out (after its fsync)
+                if store._in_flight is not None:
+                    await asyncio.wait([store._in_flight])
+                await asyncio.sleep(0)
+            await ticks()
+        spent = time.thread_time() - start
+        PROCESS_CPU[case] = time.process_time() - process_start
+        await ticks()
+        check(broker, sub, n)
+        await broker.close()
+        return spent
+
+
+PERSISTENT_BATCH = 500
+#: whole-process CPU of the cases that have a writer thread
+PROCESS_CPU: dict[str, float] = {}
+
 CASES = {
     "amqp": lambda n: amqp(n, False),
     "amqp-ack": lambda n: amqp(n, True),
@@ -184,6 +252,8 @@ CASES = {
     "mqtt-qos1": lambda n: mqtt(n, 1),
     "stomp": lambda n: stomp(n, False),
     "stomp-ack": lambda n: stomp(n, True),
+    "amqp-persistent": amqp_persistent,
+    "amqp-persistent-ready": lambda n: amqp_persistent(n, prefetch=PERSISTENT_BATCH // 2),
 }
 
 
@@ -203,6 +273,8 @@ def main() -> None:
     for case in args.cases.split(","):
         best = min(runner(CASES[case](n)) for _ in range(args.repeat))
         result[case] = round(best / n * 1e6, 2)
+        if case in PROCESS_CPU:
+            result[case + " (process)"] = round(PROCESS_CPU[case] / n * 1e6, 2)
     print(json.dumps(result))
 
 

@@ -43,18 +43,33 @@ def _ext_hook(code: int, data: bytes) -> Any:
 #: the property values in PROPERTY_NAMES order, in one call
 _property_values = operator.attrgetter(*PROPERTY_NAMES)
 #: one reusable msgpack Packer per thread (``packb`` builds a new one per call; a Packer is
-#: not safe to share between threads)
+#: not safe to share between threads), and the encoded start of the last message it packed
 _packers = threading.local()
+#: msgpack's header of the six-element array every stored message is
+_ARRAY_OF_SIX = b"\x96"
 
 
 def encode_message(message: Message) -> bytes:
-    packer = getattr(_packers, "packer", None)
+    """``[FORMAT_VERSION, exchange, routing_key, [property values], body, timestamp_ms]`` in
+    msgpack. Consecutive messages from one publisher usually share their Properties object (the
+    AMQP decoder reuses it for a repeated content header: properties are immutable once
+    published, see message.py), exchange and routing key: the bytes of everything before the
+    body are then reused, and only body and timestamp are packed."""
+    local = _packers
+    packer = getattr(local, "packer", None)
     if packer is None:
-        packer = _packers.packer = msgpack.Packer(default=_default, use_bin_type=True)
-    # A tuple packs as the same msgpack array as a list.
-    return packer.pack((FORMAT_VERSION, message.exchange, message.routing_key,
-                        _property_values(message.properties), message.body,
-                        message.timestamp_ms))
+        packer = local.packer = msgpack.Packer(default=_default, use_bin_type=True)
+        local.start = (None, None, None, b"")
+    properties, exchange, routing_key, start = local.start
+    if (properties is not message.properties or exchange != message.exchange or
+            routing_key != message.routing_key or properties.headers is not None):
+        # (headers are a dict, which could change in place: never reused)
+        properties, exchange, routing_key = (message.properties, message.exchange,
+                                             message.routing_key)
+        start = b"".join((_ARRAY_OF_SIX, packer.pack(FORMAT_VERSION), packer.pack(exchange),
+                          packer.pack(routing_key), packer.pack(_property_values(properties))))
+        local.start = (properties, exchange, routing_key, start)
+    return start + packer.pack(message.body) + packer.pack(message.timestamp_ms)
 
 
 def decode_message(data: bytes) -> Message:
@@ -62,7 +77,7 @@ def decode_message(data: bytes) -> Message:
         data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
     if version != FORMAT_VERSION:
         raise ValueError(f"unknown stored message format {version}")
-    props = Properties(**dict(zip(PROPERTY_NAMES, values)))
+    props = Properties(*values)  # (PROPERTY_NAMES order is the order __init__ takes)
     return Message(exchange, routing_key, body, props, timestamp_ms=timestamp_ms)
 
 

@@ -42,8 +42,8 @@ from typing import Any
 from .fs import FileSystem
 from .logrecovery import LogRecovery, Segment
 from .msgindex import SETTLED
-from .records import (ENQUEUE, FILE_HEADER_SIZE, RECORD_HEADER_SIZE, SETTLE, encode_record,
-                      file_header, segment_name)
+from .records import (ENQUEUE, FILE_HEADER_SIZE, MARK, MARK_PAYLOAD, RECORD_HEADER_SIZE,
+                      append_record, append_settle, file_header, segment_name)
 from .streamlog import FileStreamLog, SegmentReader
 from .writer import Batch, Chunk, StoreError, Writer
 
@@ -101,6 +101,8 @@ class FileQueueLog(LogRecovery):
         #: how the last recovery found its segments (tests and logs)
         self.indexed_segments = 0
         self.scanned_segments = 0
+        #: what recover() found of MARK records, until marks() hands it over
+        self._marks: dict[int, tuple[int, int, int]] = {}
 
     def _locate(self, msg_id: int) -> tuple[Segment, int] | None:
         """The segment and slot of a live message. A segment holds ids from its base id up to
@@ -163,46 +165,84 @@ class FileQueueLog(LogRecovery):
     # ------------------------------------------------------------------ writing (event loop side)
     def append(self, msg_id: int, data: bytes, flags: int = 0) -> asyncio.Future | None:
         """``flags``: FLAG_READ_ON_RECOVERY for a message recovery must read past the budget."""
-        chunk = self._chunk_for_append(msg_id)
-        segment = chunk.segment
-        segment.index.add(msg_id, segment.size, len(data))
+        store = self.store
+        segments = self.segments
+        segment = segments[-1] if segments else None
+        chunks = self.chunks
+        # The path of every persistent message: the open chunk of the current segment takes it,
+        # unless the segment is full or poisoned or the id is out of order (then _rotate).
+        index = segment.index if segment is not None else None
+        if (segment is not None and not segment.poisoned and segment.size < store.segment_bytes
+                and (not index.ids or index.ids[-1] < msg_id)):
+            chunk = chunks[-1] if chunks and chunks[-1].segment is segment else self._open_chunk()
+            # (SegmentIndex.add, inlined: the id is above every other, so it goes at the end)
+            index.ids.append(msg_id)
+            index.positions.append(segment.size)
+            index.lengths.append(len(data))
+        else:
+            chunk = self._chunk_for_append(msg_id)
+            segment = chunk.segment
+            index = segment.index
+            index.add(msg_id, segment.size, len(data))
         if flags:
-            segment.index.flag(msg_id, flags)
-        self._add(chunk, encode_record(ENQUEUE, msg_id, data, flags))
+            index.flag(msg_id, flags)
+        segment.size += append_record(chunk.data, ENQUEUE, msg_id, data, flags)
         segment.live += 1
         chunk.ids.append(msg_id)
         if msg_id > self.max_id_seen:
             self.max_id_seen = msg_id
         future = None
-        if self.store.fsync != "never":
+        if store.fsync != "never":
             # Every record of a chunk becomes durable at the same moment (or fails together),
             # so the appends into it share one future rather than one each.
             future = chunk.confirm
             if future is None:
-                future = chunk.confirm = self.store._loop.create_future()  # type: ignore[union-attr]
+                future = chunk.confirm = store._loop.create_future()  # type: ignore[union-attr]
                 chunk.waiters.append(future)
-        self.store._dirty(self)
+        store._dirty_logs[self] = None  # (FileStore._dirty, inlined: once per message)
+        if store._in_flight is None and not store._scheduled:
+            store._schedule_kick()
         return future
 
     def settle(self, msg_id: int) -> None:
         found = self._locate(msg_id)
         if found is None or self.dropped:
             return
-        found[0].index.kill(found[1])
-        found[0].live -= 1
+        segment, slot = found
+        segment.index.lengths[slot] = SETTLED  # (SegmentIndex.kill, inlined: once per ack)
+        segment.live -= 1
         self._tombstone(msg_id)
 
-    def _tombstone(self, msg_id: int) -> None:
+    def mark(self, msg_id: int, receive_count: int, invisible_until_ms: int,
+             first_receive_ms: int) -> None:
+        """Record a live message's receive state (a MARK record, see FORMAT.md). Nothing waits
+        for it: it goes out with the next batch, like a SETTLE."""
+        if self.dropped or not self.segments:
+            return
+        # (not looked up: recovery ignores the MARK of a message that is settled or was lost)
         chunk = self._open_chunk()
-        if msg_id < chunk.segment.base_id:  # (one of its own is settled in its arrays)
-            chunk.segment.index.note_settled(msg_id)
-        self._add(chunk, encode_record(SETTLE, msg_id))
-        chunk.settles.append(msg_id)
+        segment = chunk.segment
+        segment.index.note_mark(msg_id, receive_count, invisible_until_ms, first_receive_ms)
+        segment.size += append_record(chunk.data, MARK, msg_id, MARK_PAYLOAD.pack(
+            receive_count, invisible_until_ms, first_receive_ms))
         self.store._dirty(self)
 
-    def _add(self, chunk: Chunk, record: bytes) -> None:
-        chunk.data += record
-        chunk.segment.size += len(record)
+    def _tombstone(self, msg_id: int) -> None:
+        chunks = self.chunks
+        segment = self.segments[-1] if self.segments else None
+        if chunks and segment is not None and chunks[-1].segment is segment:
+            chunk = chunks[-1]  # (the common case of _open_chunk)
+        else:
+            chunk = self._open_chunk()
+            segment = chunk.segment
+        if msg_id < segment.base_id:  # (one of its own is settled in its arrays)
+            segment.index.note_settled(msg_id)
+        segment.size += append_settle(chunk.data, msg_id)
+        chunk.settles.append(msg_id)
+        store = self.store
+        store._dirty_logs[self] = None
+        if store._in_flight is None and not store._scheduled:
+            store._schedule_kick()
 
     def _open_chunk(self) -> Chunk:
         """The chunk new records join: the current segment's, started if need be."""

@@ -8,6 +8,10 @@ still waiting for its write; a publish confirmed while an older one waits gets a
 (``flush``, called by the session before it writes). A publish that a queue refused or whose
 write failed gets a nack; a nack is never folded.
 
+Publishes in a row that wait for the same awaitable (the store gives every append into one
+chunk the same future: they become durable, or fail, together) are kept as one run with one
+done callback, not one callback each: a run is answered as a whole.
+
 Events go out through two callbacks: ``ack(seq, multiple)`` and ``nack(seq)``, and ``due(self)``
 tells the session that ``flush`` has an ack to send.
 """
@@ -17,9 +21,12 @@ import asyncio
 from collections import deque
 from typing import Any, Callable
 
+# A run: [awaitable, first seq, last seq, ended]
+_WAIT, _FIRST, _LAST, _ENDED = range(4)
+
 
 class PublisherConfirms:
-    __slots__ = ("seq", "_ack", "_nack", "_due", "_waiting", "_order", "_upto", "_sent")
+    __slots__ = ("seq", "_ack", "_nack", "_due", "_runs", "_waiting", "_upto", "_sent")
 
     def __init__(self, ack: Callable[[int, bool], None], nack: Callable[[int], None],
                  due: Callable[["PublisherConfirms"], None]):
@@ -28,16 +35,17 @@ class PublisherConfirms:
         self._due = due
         #: the last sequence number given out (the first publish is 1)
         self.seq = 0
-        #: publishes waiting for their write, and the same oldest first (lazy deletion)
-        self._waiting: set[int] = set()
-        self._order: deque[int] = deque()
+        #: runs of publishes waiting for their write, oldest first (ended runs leave from the
+        #: head: lazy deletion), and how many publishes they hold
+        self._runs: deque[list] = deque()
+        self._waiting = 0
         #: highest sequence number that may be acked cumulatively, and the last one sent so
         self._upto = 0
         self._sent = 0
 
     def __len__(self) -> int:
         """Publishes still waiting for their write."""
-        return len(self._waiting)
+        return self._waiting
 
     def published(self, wait: Any = None, rejected: bool = False) -> int:
         """A publish was routed: ``wait`` is the awaitable of its write (None: nothing to wait
@@ -46,7 +54,7 @@ class PublisherConfirms:
         if rejected:
             self._nack(seq)
         elif wait is None:
-            if self._order:
+            if self._waiting:
                 # an older publish is still on its way to disk: a cumulative ack would cover it
                 self._ack(seq, False)
             elif self._upto > self._sent:
@@ -55,47 +63,45 @@ class PublisherConfirms:
                 self._upto = seq
                 self._due(self)
         else:
-            self._waiting.add(seq)
-            self._order.append(seq)
+            self._waiting += 1
+            runs = self._runs
+            if runs:
+                tail = runs[-1]
+                if tail[_WAIT] is wait and tail[_LAST] == seq - 1 and not tail[_ENDED]:
+                    tail[_LAST] = seq  # the same write as the publish before: same outcome
+                    return seq
+            run = [wait, seq, seq, False]
+            runs.append(run)
             asyncio.ensure_future(wait).add_done_callback(
-                lambda future, seq=seq: self._written(seq, future))
+                lambda future, run=run: self._written(run, future))
         return seq
 
-    def _written(self, seq: int, future: Any) -> None:
+    def _written(self, run: list, future: Any) -> None:
+        """The write of a run ended: every publish in it is safe, or none is."""
         error = None
         if future.cancelled():
             error = "cancelled"
         elif future.exception() is not None:
             error = future.exception()
-        self.written(seq, error)
-
-    def written(self, seq: int, error: Any = None) -> None:
-        """The write of ``seq`` ended (``error``: why it failed, None if it is safe)."""
-        waiting = self._waiting
-        waiting.discard(seq)
-        order = self._order
-        while order and order[0] not in waiting:
-            order.popleft()
+        run[_ENDED] = True
+        first, last = run[_FIRST], run[_LAST]
+        self._waiting -= last - first + 1
+        runs = self._runs
+        while runs and runs[0][_ENDED]:
+            runs.popleft()
         if error is not None:
-            self._nack(seq)
-        else:
-            self._confirm(seq)
-
-    def _confirm(self, seq: int) -> None:
-        order = self._order
-        if order and order[0] < seq:
+            for seq in range(first, last + 1):
+                self._nack(seq)
+        elif runs and runs[0][_FIRST] < first:
             # an older publish is still on its way to disk: a cumulative ack would cover it
-            self._ack(seq, False)
-            return
-        if seq > self._upto:
-            self._due_upto(seq)
-
-    def _due_upto(self, seq: int) -> None:
-        # Tell the session once per batch: later confirms join the ack already due.
-        was_due = self._upto > self._sent
-        self._upto = seq
-        if not was_due:
-            self._due(self)
+            for seq in range(first, last + 1):
+                self._ack(seq, False)
+        elif last > self._upto:
+            # Tell the session once per batch: later confirms join the ack already due.
+            was_due = self._upto > self._sent
+            self._upto = last
+            if not was_due:
+                self._due(self)
 
     def flush(self) -> None:
         """Send the cumulative ack that became due, if any (before the session's next write)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Iterator
 
 from ..consumer import Delivery
+from ..queue import Queue
 
 
 class Unacked:
@@ -173,3 +174,21 @@ def end_consumers(vhost: Any, consumers: Iterable[Any], held: Iterable[Delivery]
     for consumer in consumers:
         vhost.cancel(consumer)
     vhost.requeue(held)
+
+
+def settle_all(deliveries: list[Delivery], ack: bool, requeue: bool) -> None:
+    """Settle what one acknowledgement names (AMQP ``multiple``, a STOMP cumulative ack): each
+    run of deliveries from one queue settles as one batch (:meth:`Queue.settle_many`); a stream
+    delivery is settled on its own."""
+    count = len(deliveries)
+    start = 0
+    while start < count:
+        queue = deliveries[start].queue
+        end = start + 1
+        if queue.__class__ is Queue:
+            while end < count and deliveries[end].queue is queue:
+                end += 1
+            queue.settle_many(deliveries[start:end], ack, requeue)
+        else:
+            queue.settle(deliveries[start], ack, requeue)
+        start = end

@@ -1,8 +1,8 @@
 """Segment bytes: every truncation and every bit flip is survived, and only good records are kept."""
 import random
 
-from manifold.persistence.records import (ENQUEUE, FILE_HEADER_SIZE, SETTLE, encode_record, file_header,
-                                 scan)
+from manifold.persistence.records import (ENQUEUE, FILE_HEADER_SIZE, RECORD_HEADER_SIZE, SETTLE,
+                                          encode_record, file_header, scan)
 
 
 def segment(n=5):
@@ -52,3 +52,17 @@ def test_bit_flips_stop_the_scan_at_the_damaged_record():
 
 def test_foreign_file_is_refused():
     assert scan(b"not a segment at all, sorry").problem is not None
+
+
+def test_appended_records_are_the_encoded_ones():
+    """The hot paths append records into a chunk's buffer (append_record, append_settle): the
+    bytes are exactly encode_record's, whatever the id, flags or payload."""
+    from manifold.persistence.records import append_record, append_settle
+    for msg_id in (0, 1, 255, 2 ** 32, 2 ** 63 - 1):
+        buffer = bytearray(b"before")
+        assert append_settle(buffer, msg_id) == RECORD_HEADER_SIZE
+        assert bytes(buffer) == b"before" + encode_record(SETTLE, msg_id)
+        for payload, flags in ((b"", 0), (b"body", 1), (bytes(range(256)) * 5, 0)):
+            buffer = bytearray()
+            assert append_record(buffer, ENQUEUE, msg_id, payload, flags) == len(buffer)
+            assert bytes(buffer) == encode_record(ENQUEUE, msg_id, payload, flags)

@@ -69,6 +69,7 @@ def test_failed_or_cancelled_writes_and_refusals_are_nacked():
         confirms.published(cancelled)
         confirms.published(rejected=True)
         assert rec.events == [("nack", 3)]
+        assert len(confirms) == 2
         failed.set_exception(OSError("EIO"))
         cancelled.cancel()
         loop.run_until_complete(asyncio.sleep(0))
@@ -78,7 +79,7 @@ def test_failed_or_cancelled_writes_and_refusals_are_nacked():
 
 
 OPS = st.lists(st.one_of(
-    st.tuples(st.just("publish"), st.sampled_from(["now", "wait", "rejected"])),
+    st.tuples(st.just("publish"), st.sampled_from(["now", "wait", "same", "rejected"])),
     st.tuples(st.just("written"), st.integers(0, 30), st.booleans()),
     st.tuples(st.just("flush"))), max_size=80)
 
@@ -114,28 +115,36 @@ def test_confirms_against_a_model(ops):
             elif op[1] == "rejected":
                 bad.add(confirms.published(rejected=True))
             else:
-                future = loop.create_future()
+                # "same": the write of the last waiting publish (appends into one store chunk
+                # share a future), else a write of its own
+                future = (futures[waiting[-1]] if op[1] == "same" and waiting
+                          else loop.create_future())
                 seq = confirms.published(future)
                 futures[seq] = future
                 waiting.append(seq)
         elif op[0] == "written":
             if waiting:
-                seq = waiting.pop(op[1] % len(waiting))
-                (good if op[2] else bad).add(seq)
+                future = futures[waiting[op[1] % len(waiting)]]
+                ended = [seq for seq in waiting if futures[seq] is future]
+                for seq in ended:  # every publish waiting for that write
+                    waiting.remove(seq)
+                    (good if op[2] else bad).add(seq)
                 if op[2]:
-                    futures[seq].set_result(None)
+                    future.set_result(None)
                 else:
-                    futures[seq].set_exception(OSError("EIO"))
+                    future.set_exception(OSError("EIO"))
                 loop.run_until_complete(asyncio.sleep(0))  # the done callbacks run
         else:
             confirms.flush()
         check_new_events(start)
         assert len(confirms) == len(waiting)
-    for seq in list(waiting):
-        waiting.remove(seq)
-        good.add(seq)
+    while waiting:
+        future = futures[waiting[0]]
+        for seq in [s for s in waiting if futures[s] is future]:
+            waiting.remove(seq)
+            good.add(seq)
         start = len(rec.events)
-        futures[seq].set_result(None)
+        future.set_result(None)
         loop.run_until_complete(asyncio.sleep(0))
         check_new_events(start)
     loop.close()
@@ -145,3 +154,27 @@ def test_confirms_against_a_model(ops):
     assert answered == good | bad  # every publish was answered
     # a safe publish is never nacked
     assert not any(e[0] == "nack" and e[1] in good for e in rec.events)
+
+
+def test_publishes_sharing_a_write_are_answered_together():
+    """Appends into one store chunk share a future: one run, one cumulative ack; a failed
+    write nacks each publish in it."""
+    confirms, rec = make()
+    loop = asyncio.new_event_loop()
+    try:
+        chunk, failing = loop.create_future(), loop.create_future()
+        for _ in range(3):
+            confirms.published(chunk)
+        confirms.published(failing)
+        confirms.published(failing)
+        assert len(confirms) == 5
+        failing.set_exception(OSError("ENOSPC"))
+        loop.run_until_complete(asyncio.sleep(0))
+        assert rec.events == [("nack", 4), ("nack", 5)]
+        chunk.set_result(None)
+        loop.run_until_complete(asyncio.sleep(0))
+        confirms.flush()
+        assert rec.events[2:] == [("ack", 3, True)]
+        assert len(confirms) == 0
+    finally:
+        loop.close()

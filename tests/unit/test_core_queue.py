@@ -407,3 +407,28 @@ def test_consumer_priorities_prefer_the_highest_with_credit():
     high_a.deliveries[0].ack()
     send(vhost, "", "q", "m4")
     assert high_a.bodies() == [b"m0", b"m4"]
+
+
+def test_settle_all_acks_and_requeues_runs_per_queue_in_order():
+    """One acknowledgement naming deliveries of two queues (an AMQP multiple ack or nack):
+    each queue settles its run at once; requeued messages come back in their old order,
+    marked redelivered, and the credit the acks freed is used."""
+    from manifold.broker.engine.unacked import settle_all
+    vhost, _ = setup()
+    vhost.declare_queue("r")
+    publish_n(vhost, 4)
+    publish_n(vhost, 2, key="r")
+    c = Recorder(prefetch=3)
+    vhost.consume("q", c)
+    d = Recorder("d", prefetch=2)
+    vhost.consume("r", d)
+    q, r = vhost.queues["q"], vhost.queues["r"]
+    assert c.bodies() == [b"m0", b"m1", b"m2"] and d.bodies() == [b"m0", b"m1"]
+    settle_all(c.deliveries[:2] + d.deliveries, True, False)
+    assert r.unacked_count == 0 and r.message_count == 0
+    assert c.bodies() == [b"m0", b"m1", b"m2", b"m3"]  # two credits back, one message left
+    settle_all(c.deliveries[2:], False, True)
+    assert q.unacked_count == 2 and q.message_count == 0
+    assert c.bodies()[4:] == [b"m2", b"m3"] and all(x.redelivered for x in c.deliveries[4:])
+    settle_all(c.deliveries[2:4], True, False)  # settled already: nothing happens
+    assert q.unacked_count == 2
