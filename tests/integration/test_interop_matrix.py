@@ -326,8 +326,9 @@ async def test_interop_cell(running_broker, publisher, consumer, kind):
                 assert SENT["headers"].items() <= got.items(), got
         elif field == "expiration":
             if expected:
-                # MQTT works in whole seconds and reports what is left of the lifetime.
-                assert got is not None and EXPIRY_MS - 3000 <= int(got) <= EXPIRY_MS, got
+                # MQTT works in whole seconds and reports what is left of the lifetime (a
+                # minute's margin for a loaded machine).
+                assert got is not None and EXPIRY_MS - 60_000 <= int(got) <= EXPIRY_MS, got
         elif expected:
             assert got == SENT[field], (field, got)
         elif consumer != "mqtt311":

@@ -356,7 +356,7 @@ def test_paho_v5_publish_properties_forwarded(port, clients):
     p.ResponseTopic = "reply/to.me"
     p.ContentType = "application/json"
     p.PayloadFormatIndicator = 1
-    p.MessageExpiryInterval = 60
+    p.MessageExpiryInterval = 600
     pub.publish("props/t", b'{"k": 1}', 1, properties=p)
     m = sub.get()
     props = m.properties
@@ -365,7 +365,7 @@ def test_paho_v5_publish_properties_forwarded(port, clients):
     assert props.ResponseTopic == "reply/to.me"
     assert props.ContentType == "application/json"
     assert props.PayloadFormatIndicator == 1
-    assert 55 <= props.MessageExpiryInterval <= 60
+    assert 540 <= props.MessageExpiryInterval <= 600  # what is left (a loaded machine is slow)
 
 
 def test_paho_v5_invalid_utf8_with_payload_format_indicator(port, clients):

@@ -129,7 +129,7 @@ def test_message_moves_to_dlq_after_max_receive_count(sqs):
     sent = sqs.send_message(QueueUrl=src, MessageBody="poison", MessageAttributes={
         "k": {"DataType": "String", "StringValue": "v"}})
     for _ in range(2):
-        got = sqs.receive_message(QueueUrl=src, VisibilityTimeout=1, WaitTimeSeconds=5)
+        got = sqs.receive_message(QueueUrl=src, VisibilityTimeout=1, WaitTimeSeconds=20)
         assert got["Messages"][0]["Body"] == "poison"
         time.sleep(1.1)
     assert "Messages" not in sqs.receive_message(QueueUrl=src, WaitTimeSeconds=1)
