@@ -230,7 +230,7 @@ def test_amqp_external_mechanism(make_broker, pki):
         return pika.BlockingConnection(pika.ConnectionParameters(
             "127.0.0.1", rb.ports["amqps"], credentials=pika.credentials.ExternalCredentials(),
             ssl_options=pika.SSLOptions(pki.client_context(cert), "localhost"),
-            connection_attempts=1, socket_timeout=5))
+            connection_attempts=1, socket_timeout=30))
     conn = connect(pki.issue("device1"))
     conn.channel().queue_declare("external-q")
     assert "device1" in users_connected(rb)
