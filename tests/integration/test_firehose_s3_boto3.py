@@ -248,11 +248,11 @@ def test_aws_cli_lists_what_firehose_delivered(clients, running_broker, tmp_path
            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}
     endpoint = f"http://127.0.0.1:{running_broker.ports['http']}"
     listed = subprocess.run(["aws", "--endpoint-url", endpoint, "s3", "ls", "--recursive",
-                             "s3://cli/"], env=env, capture_output=True, text=True, timeout=60)
+                             "s3://cli/"], env=env, capture_output=True, text=True, timeout=180)
     assert listed.returncode == 0, listed.stderr
     assert key in listed.stdout
     copied = subprocess.run(["aws", "--endpoint-url", endpoint, "s3", "cp", f"s3://cli/{key}",
                              str(tmp_path / "out")], env=env, capture_output=True, text=True,
-                            timeout=60)
+                            timeout=180)
     assert copied.returncode == 0, copied.stderr
     assert (tmp_path / "out").read_bytes() == b"seen by the cli"
