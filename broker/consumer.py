@@ -84,6 +84,12 @@ class Delivery:
         return self.entry.delivery_count
 
     @property
+    def on_disk(self) -> bool:
+        """Whether the message is in its queue's log (its id and receive count outlive a
+        restart)."""
+        return self.entry.on_disk
+
+    @property
     def first_delivered_ms(self) -> int:
         """When the message was first handed out by :meth:`Queue.receive` (0: unknown)."""
         return self.entry.first_delivered_ms

@@ -77,7 +77,7 @@ def decode_message(data: bytes) -> Message:
         data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
     if version != FORMAT_VERSION:
         raise ValueError(f"unknown stored message format {version}")
-    props = Properties(**dict(zip(PROPERTY_NAMES, values)))
+    props = Properties(*values)  # (PROPERTY_NAMES order is the order __init__ takes)
     return Message(exchange, routing_key, body, props, timestamp_ms=timestamp_ms)
 
 

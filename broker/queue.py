@@ -22,8 +22,9 @@ per consumer per round and, if more could go, asks for another round (:data:`CON
 runs after those deliveries.
 
 Parts: queue_ready.py (ready messages and their order), queue_paging.py (bodies in memory or on
-disk, cold runs, recovery), queue_deadletter.py (discard, dead-lettering), queue_args.py
-(declare arguments), entry.py (one message in the queue).
+disk, cold runs, recovery), queue_deadletter.py (discard, dead-lettering), queue_receives.py
+(receive state kept across restarts), queue_args.py (declare arguments), entry.py (one message
+in the queue).
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ from .queue_commands import (STORE_WRITES, Append, Cancel, ChangeDeadline, Check
 from .queue_deadletter import QueueDeadLetters
 from .queue_paging import QueuePaging
 from .queue_ready import QueueReady
+from .queue_receives import QueueReceives
 
 log = logging.getLogger("manifold.queue")
 
@@ -82,7 +84,7 @@ def consumer_priority(consumer: Consumer) -> int:
     return priority if isinstance(priority, int) and not isinstance(priority, bool) else 0
 
 
-class Queue(QueueReady, QueuePaging, QueueDeadLetters):
+class Queue(QueueReady, QueuePaging, QueueDeadLetters, QueueReceives):
     is_exchange = False
 
     def __init__(self, host: QueueHost, vhost: str, name: str, *, durable: bool = False,
@@ -205,8 +207,11 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
             raise PreconditionFailed(f"queue '{self.name}' in vhost '{self.vhost}': message "
                                      "grouping cannot change while the queue holds messages")
         self.policy = dict(policy)
+        old_ttl = self.message_ttl
         self._configure()
         self._set_grouped(bool({**self.arguments, **self.policy}.get("x-message-groups")))
+        if self.message_ttl != old_ttl:
+            self._retime(old_ttl)  # (SQS: a new MessageRetentionPeriod holds for every message)
         if self.expires_ms and not self.consumers:
             self._effects.append(Timer(self.last_used_ms + self.expires_ms))
         self._trim()
@@ -348,12 +353,13 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
         """AMQP Basic.Get / SQS ReceiveMessage without a consumer."""
         return self._call(Get(no_ack))
 
-    def receive(self, max_count: int, visibility_ms: int) -> list[Delivery]:
+    def receive(self, max_count: int, visibility_ms: int, kept: bool = True) -> list[Delivery]:
         """Check out up to ``max_count`` ready messages without a consumer, each returning to the
         queue after ``visibility_ms`` unless settled (SQS ReceiveMessage; the receiver names them
         later by message id, see :meth:`lease`). In a grouped queue it takes as many messages of
-        one group as it can, in order, before it moves on to the next group (as SQS does)."""
-        return self._call(Receive(max_count, visibility_ms))
+        one group as it can, in order, before it moves on to the next group (as SQS does).
+        ``kept``: a restart keeps the leases (else their messages are visible after one)."""
+        return self._call(Receive(max_count, visibility_ms, kept))
 
     def change_deadline(self, delivery: Delivery, timeout_ms: int) -> bool:
         """Move an unsettled delivery's return deadline to ``timeout_ms`` from now (0 returns it
@@ -422,7 +428,7 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
     def _enqueue(self, message: Message) -> bool | Append:
         if self.max_length is not None or self.max_length_bytes is not None:
             if self._full(len(message.body)) and self.overflow != "drop-head":
-                if self.overflow == "reject-publish-dlx":
+                if self.overflow == "reject-publish-dlx" and self._dead_letters("maxlen"):
                     self._effects.append(DeadLetter(None, message, "maxlen"))
                 return False
         props = message.properties
@@ -616,7 +622,7 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
             self._forget(entry)
         return delivery
 
-    def _receive(self, max_count: int, visibility_ms: int) -> list[Delivery]:
+    def _receive(self, max_count: int, visibility_ms: int, kept: bool) -> list[Delivery]:
         self.touch()
         now = self.host.now_ms()
         taken: list[Delivery] = []
@@ -631,6 +637,7 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
                 entry.first_delivered_ms = now
             self._leases[entry.msg_id] = delivery
             self._set_deadline(delivery, now + visibility_ms)
+            self._mark(entry, now + visibility_ms if kept else 0)  # as on AWS
             taken.append(delivery)
         return taken
 
@@ -640,6 +647,8 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
         if timeout_ms <= 0:
             return self._settle(delivery, False, True)
         self._set_deadline(delivery, self.host.now_ms() + timeout_ms)
+        if delivery.consumer is None:
+            self._mark(delivery.entry, delivery.deadline)
         return True
 
     def _withdraw(self, msg_id: int) -> bool:
@@ -673,6 +682,8 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
             self.acked_total += 1
             self._forget(entry)
         elif requeue:
+            if consumer is None or self.delivery_limit is not None:
+                self._mark(entry, 0)  # the count a restart must keep (queue_receives.py)
             self._return(entry)
         else:
             self._drop(entry, "rejected")
@@ -748,7 +759,7 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters):
         expiries = self._expiries
         while expiries and expiries[0][0] <= now:
             _, _, entry = heapq.heappop(expiries)
-            if entry.state == READY and entry.expires_at <= now:
+            if entry.state == READY and 0 < entry.expires_at <= now:
                 self._unready(entry)
                 self._drop(entry, "expired")
                 entry.message = None  # it may wait in a deque until the head reaches it
@@ -808,7 +819,7 @@ _HANDLERS: dict[type, Any] = {
     Return: lambda q, c: q._settle(c.delivery, False, True, c.pump),
     Discard: lambda q, c: q._settle(c.delivery, False, False),
     Get: lambda q, c: q._get(c.no_ack),
-    Receive: lambda q, c: q._receive(c.max_count, c.visibility_ms),
+    Receive: lambda q, c: q._receive(c.max_count, c.visibility_ms, c.kept),
     ChangeDeadline: lambda q, c: q._change_deadline(c.delivery, c.timeout_ms),
     Withdraw: lambda q, c: q._withdraw(c.msg_id),
     Tick: lambda q, c: q._tick(),

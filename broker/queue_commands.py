@@ -10,7 +10,8 @@ Commands are plain data. Effects are:
 
 - a :class:`~broker.consumer.Delivery`: hand it to ``delivery.consumer.deliver`` (deliveries
   are the hot path: they are their own effect, no wrapper object);
-- :class:`Append` / :class:`Remove`: store writes (a message onto a log, its settle tombstone).
+- :class:`Append` / :class:`Remove` / :class:`Mark`: store writes (a message onto a log, its
+  settle tombstone, its receive state).
   They never call back into the queue, so the queue runs them before any store read in the same
   command (a read must see the writes before it) and first when the command is done;
 - :class:`Timer`, :class:`DeadLetter`, :class:`TimedOut`, :class:`Wake`, :class:`Unused`: timers
@@ -99,12 +100,14 @@ class Get(Command):
 
 class Receive(Command):
     """SQS ReceiveMessage: up to ``max_count`` leased deliveries, returning after
-    ``visibility_ms`` unless settled. Reply: the list of deliveries."""
-    __slots__ = ("max_count", "visibility_ms")
+    ``visibility_ms`` unless settled; ``kept``: the leases outlive a restart (their receive
+    counts always do). Reply: the list of deliveries."""
+    __slots__ = ("max_count", "visibility_ms", "kept")
 
-    def __init__(self, max_count: int, visibility_ms: int):
+    def __init__(self, max_count: int, visibility_ms: int, kept: bool = True):
         self.max_count = max_count
         self.visibility_ms = visibility_ms
+        self.kept = kept
 
 
 class ChangeDeadline(Command):
@@ -197,6 +200,25 @@ class Remove(Effect):
             settle(msg_id)
 
 
+class Mark(Effect):
+    """Record message ``msg_id``'s receive state in ``log`` (a MARK record): how often it was
+    received, until when it stays invisible (wall-clock ms, 0: visible) and when it was first
+    received, so that a restart keeps them. Nothing waits for it."""
+    __slots__ = ("log", "msg_id", "receive_count", "invisible_until_ms", "first_receive_ms")
+
+    def __init__(self, log: Any, msg_id: int, receive_count: int, invisible_until_ms: int,
+                 first_receive_ms: int):
+        self.log = log
+        self.msg_id = msg_id
+        self.receive_count = receive_count
+        self.invisible_until_ms = invisible_until_ms
+        self.first_receive_ms = first_receive_ms
+
+    def run(self, queue: Any) -> None:
+        self.log.mark(self.msg_id, self.receive_count, self.invisible_until_ms,
+                      self.first_receive_ms)
+
+
 class Timer(Effect):
     """Send :class:`Tick` at ``when_ms`` (the host keeps one timer per queue: the earliest)."""
     __slots__ = ("when_ms",)
@@ -255,4 +277,4 @@ class Unused(Effect):
 
 
 #: store writes: run before any store read and before the other effects
-STORE_WRITES = (Append, Remove)
+STORE_WRITES = (Append, Remove, Mark)

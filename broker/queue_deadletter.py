@@ -31,11 +31,15 @@ class QueueDeadLetters:
     _dead_letter_held: deque
     _effects: list
 
+    def _dead_letters(self, reason: str) -> bool:
+        """Whether a message leaving for ``reason`` goes to the dead-letter exchange."""
+        return self.dlx is not None and (self.dead_letter_reasons is None
+                                         or reason in self.dead_letter_reasons)
+
     def _drop(self, entry: Entry, reason: str) -> None:
         """Discard or dead-letter an entry, whether its body is in memory or only on disk."""
         entry.state = GONE
-        if self.dlx is None or (self.dead_letter_reasons is not None
-                                and reason not in self.dead_letter_reasons):
+        if not self._dead_letters(reason):
             self._forget(entry)
             return
         try:

@@ -219,6 +219,8 @@ class QueuePaging:
         everything = self.max_priority or self.grouped is not None or self.resident_limit is None
         spans = not everything and self.message_ttl is None
         records = self.log.recover(None if everything else 0, spans)
+        # Received messages (queue_receives.py): the log hands them over one by one.
+        marks = self.log.marks()
         count = 0
         last_id = 0
         run: ColdRun | None = None
@@ -237,7 +239,9 @@ class QueuePaging:
             if isinstance(data, int):  # past the log's budget: the length stands in for it
                 size = data
                 data = None
-                if self.message_ttl is None or self.cold_count or self._over_budget(size):
+                if msg_id in marks:
+                    pass  # an entry of its own, its body left on disk
+                elif self.message_ttl is None or self.cold_count or self._over_budget(size):
                     if self.message_ttl is None:
                         fresh = self._fresh[0]
                         if run is None or run.full() or fresh[-1] is not run:
@@ -262,11 +266,15 @@ class QueuePaging:
                     entry.group = message.properties.headers.get(GROUP_HEADER)
             entry.on_disk = True
             self._arrived(entry)
+            if ttl is not None:
+                entry.expires_at = now + ttl
+            mark = marks.get(msg_id)
+            if mark is not None:
+                self._restore_receive(entry, mark, now)  # type: ignore[attr-defined]
+                continue
             # It may have been delivered before the restart: redelivered=true / DUP, as
             # RabbitMQ marks recovered messages.
             entry.delivery_count = 1
-            if ttl is not None:
-                entry.expires_at = now + ttl
             self._push_ready(entry, False)
             self._became_ready(entry)
         self._next_id = max(self._next_id, self.log.max_id_seen + 1, last_id + 1)

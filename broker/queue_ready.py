@@ -18,6 +18,7 @@ from .entry import GONE, READY, Entry
 from .groups import NO_GROUP
 from .message import Message
 from .message_codec import decode_message
+from .queue_args import parse_expiration
 from .queue_commands import Remove, Timer, Wake
 
 
@@ -27,15 +28,21 @@ class QueueReady:
     grouped: Any
     max_length: int | None
     max_length_bytes: int | None
+    overflow: str
     ready_count: int
     ready_bytes: int
     resident_bytes: int
     cold_count: int
     log: Any
     spill: Any
+    message_ttl: int | None
+    host: Any
     _fresh: list
     _returned: list
     _expiries: list
+    _delayed: list
+    _leases: dict
+    _timeouts: list
     _dead_letter_held: deque
     _ready_listeners: deque
     _writes: list
@@ -74,9 +81,42 @@ class QueueReady:
             heapq.heappush(self._expiries, (entry.expires_at, entry.msg_id, entry))
             self._effects.append(Timer(entry.expires_at))
 
+    def _retime(self, old_ttl: int | None) -> None:
+        """The queue's TTL changed from ``old_ttl``: every message already in the queue gets
+        the new one, counted from when it was sent (SQS applies a new MessageRetentionPeriod
+        to the messages already queued). A message whose body is in memory counts from its
+        timestamp and keeps its own shorter ``expiration``; one paged out counts from its
+        arrival (its expiry minus the old TTL) or, with no TTL before, from now. Messages in
+        cold runs (queues that had no TTL) get none."""
+        new_ttl, now = self.message_ttl, self.host.now_ms()
+        entries = self._ready_entries()
+        entries += [e for _, _, e in self._delayed]
+        entries += [d.entry for d in self._leases.values()]
+        entries += [d.entry for _, _, d in self._timeouts if not d.settled]
+        earliest = 0
+        for entry in dict.fromkeys(entries):  # (an entry may be listed twice)
+            message = entry.message
+            own = parse_expiration(message.properties.expiration) if message else None
+            if message is not None and message.timestamp_ms:
+                sent = message.timestamp_ms
+            elif old_ttl is not None and entry.expires_at:
+                sent = entry.expires_at - old_ttl
+            else:
+                sent = now
+            ttl = new_ttl if own is None else own if new_ttl is None else min(new_ttl, own)
+            entry.expires_at = 0 if ttl is None else sent + ttl
+            if entry.expires_at and entry.state == READY:
+                heapq.heappush(self._expiries, (entry.expires_at, entry.msg_id, entry))
+                earliest = min(earliest or entry.expires_at, entry.expires_at)
+        if earliest:
+            self._effects.append(Timer(earliest))  # (the host keeps the earliest timer)
+
     def _trim(self) -> None:
-        """drop-head: the oldest ready messages make room [RabbitMQ x-overflow]."""
-        if self.max_length is None and self.max_length_bytes is None:
+        """drop-head: the oldest ready messages make room [RabbitMQ x-overflow]. Under
+        reject-publish(-dlx) only publishes are refused: a message that becomes ready otherwise
+        (delay over, requeued) may take the queue past its limit, and nothing is dropped."""
+        if (self.max_length is None and self.max_length_bytes is None) or (
+                self.overflow != "drop-head"):
             return
         while self._over_limit():
             head = self._take_head(ignore_groups=True)

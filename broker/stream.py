@@ -8,8 +8,9 @@ Model: rabbitmq/osiris ``offset_spec()`` and ``retention_spec()``.
 """
 from __future__ import annotations
 
+import asyncio
 import datetime
-import logging
+import operator
 import re
 import time
 from collections import deque
@@ -20,11 +21,11 @@ from manifold.persistence.streamlog import MemoryStreamLog
 from .consumer import Consumer, Delivery
 from .durable_map import DurableMap
 from .errors import PreconditionFailed
-from .message import Message
+from .message import PROPERTY_NAMES, Message
 from .message_codec import decode_message, encode_message
 
-logger = logging.getLogger("manifold.broker")
 
+_envelope = operator.attrgetter(*PROPERTY_NAMES)
 _INTERVAL = re.compile(r"^(\d+)(Y|M|D|h|m|s)$")
 _UNIT_S = {"Y": 365 * 86400, "M": 30 * 86400, "D": 86400, "h": 3600, "m": 60, "s": 1}
 
@@ -39,10 +40,13 @@ def parse_interval_s(value: str) -> int | None:
 #: read yet stay up to TAIL_CACHE_MAX_BYTES, so a burst does not push it onto the disk
 TAIL_CACHE_BYTES = 4 * 1024 * 1024
 TAIL_CACHE_MAX_BYTES = 16 * 1024 * 1024
-#: a reader behind the tail reads this much from disk at a time (its read-ahead); the next read
-#: starts as soon as it holds less than this, so a reader holds at most about twice this, and
-#: has at most one read in flight (in the store's reader thread, off the event loop)
-READ_AHEAD_BYTES = 2 * 1024 * 1024
+#: a reader behind the tail reads the segment files sequentially ahead of what it delivers
+#: (persistence/streamcursor.py): reads of READ_BYTES, several in flight in the store's reader
+#: thread (off the event loop), so that reads coming back in one turn of a busy loop bring a
+#: whole budget's worth; what it holds plus what it has in flight stays within
+#: READER_BUDGET_BYTES (a record bigger than that is read whole)
+READER_BUDGET_BYTES = 8 * 1024 * 1024
+READ_BYTES = 2 * 1024 * 1024
 #: what a read asks for per record wanted, when the caller wants few (Kinesis GetRecords with a
 #: small Limit, the MillisBehindLatest probe); the sparse index bounds what comes before them
 SINGLE_READ_BYTES = 4096
@@ -66,20 +70,41 @@ class _Record:
 
 
 class _Reader:
-    __slots__ = ("position", "reference", "ahead", "ahead_bytes", "reading")
+    __slots__ = ("position", "reference", "ahead", "cursor", "on_ready", "last")
 
     def __init__(self, position: int, reference: str | None):
         self.position = position
         self.reference = reference
-        #: records read from disk ahead of ``position``: (offset, timestamp_ms, payload)
+        #: records read on the spot ahead of ``position`` (a log in memory, Stream.read)
         self.ahead: deque[tuple[int, int, bytes]] = deque()
-        self.ahead_bytes = 0
-        #: a read for it is in flight in the store's reader threads
-        self.reading = False
+        #: its read-ahead through the segment files while it is behind the tail cache
+        self.cursor: Any = None
+        #: called on the event loop when disk reads of its cursor are back
+        self.on_ready: Any = None
+        #: the last message it read from disk
+        self.last: Message | None = None
+
+    def decode(self, payload: bytes) -> Message:
+        """A record read from disk: its message shares the Properties and the adapters' cached
+        wire form (``Message.encoded``) of the last one when their envelopes are equal
+        (properties without headers, exchange, routing key, body size), as consecutive
+        publishes do, so a reader of a long run of alike records does not re-encode each."""
+        message = decode_message(payload)
+        last = self.last
+        if (last is not None and message.properties.headers is None and
+                len(message.body) == len(last.body) and
+                message.routing_key == last.routing_key and message.exchange == last.exchange
+                and _envelope(message.properties) == _envelope(last.properties)):
+            message.properties = last.properties
+            message.encoded = last.encoded
+        self.last = message
+        return message
 
     def drop_ahead(self) -> None:
         self.ahead.clear()
-        self.ahead_bytes = 0
+        if self.cursor is not None:
+            self.cursor.close()
+            self.cursor = None
 
 
 class Stream:
@@ -329,11 +354,12 @@ class Stream:
         return self.log.next_offset
 
     def read(self, offset: int, limit: int) -> list[tuple[int, int, Message]]:
-        """(offset, timestamp_ms, message) from ``offset``, at most ``limit`` of them, read now
-        (Kinesis GetRecords: bounded by ``limit``; one record reads only what it needs)."""
+        """(offset, timestamp_ms, message) from ``offset``, at most ``limit`` of them, read now,
+        on the event loop (a log in memory, ``ready_messages``); :meth:`read_later` reads with
+        the disk reads off the loop."""
         out: list[tuple[int, int, Message]] = []
         reader = _Reader(max(offset, self.log.first_offset), None)
-        ahead = min(READ_AHEAD_BYTES, limit * SINGLE_READ_BYTES)
+        ahead = min(READ_BYTES, limit * SINGLE_READ_BYTES)
         while len(out) < limit:
             record = self._next_record(reader, inline=True, read_bytes=ahead)
             if record is None:
@@ -341,13 +367,53 @@ class Stream:
             out.append((record.offset, record.timestamp_ms, record.message))
         return out
 
-    def _next_record(self, reader: _Reader, consumer: Consumer | None = None,
-                     inline: bool = False, read_bytes: int = READ_AHEAD_BYTES
-                     ) -> _Record | None:
+    async def read_later(self, offset: int, limit: int, max_bytes: int | None = None
+                         ) -> list[tuple[int, int, Message]]:
+        """Like :meth:`read` (Kinesis GetRecords, Firehose reading a Kinesis stream), with the
+        disk reads in the store's reader thread, so the event loop serves other clients while a
+        cold shard is read. At most ``limit`` records and, past the first, ``max_bytes`` of
+        bodies; what it reads ahead is bounded by ``limit`` (one record reads only what the
+        sparse index says it needs) and by READER_BUDGET_BYTES."""
+        out: list[tuple[int, int, Message]] = []
+        if limit < 1:
+            return out
+        size = 0
+        reader = _Reader(max(offset, self.log.first_offset), None)
+        budget = min(READER_BUDGET_BYTES, limit * SINGLE_READ_BYTES)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future | None = None
+
+        def ready() -> None:
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+        reader.on_ready = ready
+        try:
+            while len(out) < limit and not self.deleted:
+                record = self._next_record(reader, read_bytes=min(READ_BYTES, budget),
+                                           budget_bytes=budget)
+                if record is None:
+                    if reader.cursor is None or not reader.cursor.waiting:
+                        break
+                    waiter = loop.create_future()
+                    await waiter
+                    continue
+                body = len(record.message.body)
+                if out and max_bytes is not None and size + body > max_bytes:
+                    break
+                size += body
+                out.append((record.offset, record.timestamp_ms, record.message))
+        finally:
+            reader.drop_ahead()
+        return out
+
+    def _next_record(self, reader: _Reader, inline: bool = False, read_bytes: int = 0,
+                     budget_bytes: int = 0) -> _Record | None:
         """The record at the reader's position (or the first after a gap), and advance it: from
-        the tail cache, else from the reader's read-ahead, else from disk: now if ``inline`` (or
-        the log is in memory), else a read is started in the store's reader threads and None
-        returned (the pump goes on when it is back). Records not yet on disk are not read."""
+        the tail cache, else from disk: now if ``inline`` (or the log is in memory), else
+        through the reader's cursor, whose reads run in the store's reader thread (None while
+        they are in flight: ``reader.on_ready`` is called when some are back). Records not yet
+        on disk are not read."""
         log = self.log
         if reader.position < log.first_offset:
             reader.position = log.first_offset  # retention deleted its segment
@@ -358,64 +424,36 @@ class Stream:
             if cache and position >= cache[0].offset:
                 record = cache[position - cache[0].offset]
                 reader.position = position + 1
-                reader.drop_ahead()
+                if reader.cursor is not None or reader.ahead:
+                    reader.drop_ahead()  # caught up with the tail
                 if record.lost:
                     continue
                 return record
-            ahead = reader.ahead
-            while ahead and ahead[0][0] < position:
-                reader.ahead_bytes -= len(ahead.popleft()[2])
-            if ahead:
-                offset, timestamp_ms, payload = ahead.popleft()
-                reader.ahead_bytes -= len(payload)
-                reader.position = offset + 1
-                if consumer is not None and reader.ahead_bytes < READ_AHEAD_BYTES:
-                    self._read_ahead(reader, consumer)  # the next read overlaps this one's use
-                return _Record(offset, timestamp_ms, decode_message(payload))
-            if not (inline or log.reads_inline):
-                if consumer is not None:
-                    self._read_ahead(reader, consumer)
-                return None
-            ahead.extend(log.read(position, read_bytes))
-            reader.ahead_bytes = sum(len(r[2]) for r in ahead)
-            if not ahead:
+            if inline or log.reads_inline:
+                ahead = reader.ahead
+                while ahead and ahead[0][0] < position:
+                    ahead.popleft()
+                if not ahead:
+                    ahead.extend(log.read(position, read_bytes or READ_BYTES))
+                found = ahead.popleft() if ahead else None
+            else:
+                cursor = reader.cursor
+                if cursor is None:
+                    cursor = reader.cursor = log.cursor(
+                        position, budget_bytes or READER_BUDGET_BYTES, read_bytes or READ_BYTES,
+                        reader.on_ready)
+                found = cursor.take(position)
+                if found is None and not cursor.exhausted:
+                    return None
+            if found is None:
                 # Nothing on disk from here (records a failed write lost): go on at the tail.
+                reader.drop_ahead()
                 reader.position = cache[0].offset if cache else log.written_offset + 1
+                continue
+            offset, timestamp_ms, payload = found
+            reader.position = offset + 1
+            return _Record(offset, timestamp_ms, reader.decode(payload))
         return None
-
-    def _read_ahead(self, reader: _Reader, consumer: Consumer) -> None:
-        """Start the reader's next disk read (one in flight at most) after what it holds,
-        unless that is in the tail cache or not on disk yet."""
-        if reader.reading:
-            return
-        start = reader.ahead[-1][0] + 1 if reader.ahead else reader.position
-        if start > self.log.written_offset or (self._cache and start >= self._cache[0].offset):
-            return
-        reader.reading = True
-        self.log.read_later(start, READ_AHEAD_BYTES,
-                            lambda records, resume, error: self._read_back(
-                                reader, consumer, start, records, resume, error))
-
-    def _read_back(self, reader: _Reader, consumer: Consumer, start: int, records: list,
-                   resume: int, error: BaseException | None) -> None:
-        """A disk read is back (on the event loop): keep what follows on from what the reader
-        holds, and deliver."""
-        reader.reading = False
-        if self.deleted or self._readers.get(consumer) is not reader:
-            return
-        following = reader.ahead[-1][0] + 1 if reader.ahead else reader.position
-        if error is not None:
-            logger.error("stream %r in vhost %r: reading at offset %d failed (%s); the reader "
-                         "goes on at offset %d", self.name, self.vhost, start, error, resume)
-            records = []
-        if start <= following:
-            for record in records:
-                if record[0] >= following:
-                    reader.ahead.append(record)
-                    reader.ahead_bytes += len(record[2])
-            if not records and not reader.ahead and resume > reader.position:
-                reader.position = resume  # past a gap, or past what could not be read
-        self.pump()
 
     def add_consumer(self, consumer: Consumer) -> None:
         args = consumer.arguments
@@ -428,34 +466,47 @@ class Stream:
         else:
             position = self.resolve_offset(args.get("x-stream-offset"))
         consumer.queue = self
-        self._readers[consumer] = _Reader(position, reference)
+        reader = self._readers[consumer] = _Reader(position, reference)
+        reader.on_ready = lambda: self._read_back(consumer, reader)
         self.consumers.append(consumer)
         self.pump()
+
+    def _read_back(self, consumer: Consumer, reader: _Reader) -> None:
+        """Disk reads of a reader's cursor are back (on the event loop): deliver on."""
+        if not self.deleted and self._readers.get(consumer) is reader:
+            self._pump_one(consumer, reader)
 
     def remove_consumer(self, consumer: Consumer) -> None:
         if consumer in self.consumers:
             self.consumers.remove(consumer)
         reader = self._readers.pop(consumer, None)
-        if reader is not None and reader.reference in self._unflushed:
-            self._flush_offsets()
+        if reader is not None:
+            reader.drop_ahead()
+            if reader.reference in self._unflushed:
+                self._flush_offsets()
 
     def pump(self) -> None:
         for consumer in list(self.consumers):
             reader = self._readers.get(consumer)
-            if reader is None:
-                continue
-            while consumer.has_credit():
-                record = self._next_record(reader, consumer)
-                if record is None:
-                    break
-                self.delivered_total += 1
-                delivery = Delivery(self, record, consumer, False, settled=consumer.no_ack,
-                                    offset=record.offset)
-                if not consumer.no_ack:
-                    consumer.in_flight += 1
-                consumer.deliver(delivery)
-                if self.deleted or consumer not in self._readers:
-                    break
+            if reader is not None:
+                self._pump_one(consumer, reader)
+
+    def _pump_one(self, consumer: Consumer, reader: _Reader) -> None:
+        cursor = reader.cursor
+        if cursor is not None and cursor.waiting:
+            return  # (on every append: cheap) its reads are in flight; on_ready goes on
+        while consumer.has_credit():
+            record = self._next_record(reader)
+            if record is None:
+                break
+            self.delivered_total += 1
+            delivery = Delivery(self, record, consumer, False, settled=consumer.no_ack,
+                                offset=record.offset)
+            if not consumer.no_ack:
+                consumer.in_flight += 1
+            consumer.deliver(delivery)
+            if self.deleted or self._readers.get(consumer) is not reader:
+                break
 
     def settle(self, delivery: Delivery, ack: bool, requeue: bool, pump: bool = True) -> bool:
         """Stream acks only return credit (and store a named reader's offset); nothing is removed."""

@@ -385,10 +385,12 @@ class VirtualHost:
         queue.set_policy(policy)
         self._durable_changed(queue)
 
-    def receive(self, name: str, max_count: int, timeout_ms: int) -> list[Delivery]:
+    def receive(self, name: str, max_count: int, timeout_ms: int,
+                kept: bool = True) -> list[Delivery]:
         """Up to ``max_count`` messages checked out without a consumer; each returns to the queue
-        ``timeout_ms`` later unless settled (see ``Queue.receive``)."""
-        return self._work_queue(name).receive(max_count, timeout_ms)
+        ``timeout_ms`` later unless settled, a restart notwithstanding unless ``kept`` is false
+        (see ``Queue.receive``)."""
+        return self._work_queue(name).receive(max_count, timeout_ms, kept)
 
     def lease(self, name: str, msg_id: int) -> Delivery | None:
         return self._work_queue(name).lease(msg_id)

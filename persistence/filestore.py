@@ -42,8 +42,8 @@ from typing import Any
 from .fs import FileSystem
 from .logrecovery import LogRecovery, Segment
 from .msgindex import SETTLED
-from .records import (ENQUEUE, FILE_HEADER_SIZE, RECORD_HEADER_SIZE, append_record,
-                      append_settle, file_header, segment_name)
+from .records import (ENQUEUE, FILE_HEADER_SIZE, MARK, MARK_PAYLOAD, RECORD_HEADER_SIZE,
+                      append_record, append_settle, file_header, segment_name)
 from .streamlog import FileStreamLog, SegmentReader
 from .writer import Batch, Chunk, StoreError, Writer
 
@@ -101,6 +101,8 @@ class FileQueueLog(LogRecovery):
         #: how the last recovery found its segments (tests and logs)
         self.indexed_segments = 0
         self.scanned_segments = 0
+        #: what recover() found of MARK records, until marks() hands it over
+        self._marks: dict[int, tuple[int, int, int]] = {}
 
     def _locate(self, msg_id: int) -> tuple[Segment, int] | None:
         """The segment and slot of a live message. A segment holds ids from its base id up to
@@ -210,6 +212,20 @@ class FileQueueLog(LogRecovery):
         segment.index.lengths[slot] = SETTLED  # (SegmentIndex.kill, inlined: once per ack)
         segment.live -= 1
         self._tombstone(msg_id)
+
+    def mark(self, msg_id: int, receive_count: int, invisible_until_ms: int,
+             first_receive_ms: int) -> None:
+        """Record a live message's receive state (a MARK record, see FORMAT.md). Nothing waits
+        for it: it goes out with the next batch, like a SETTLE."""
+        if self.dropped or not self.segments:
+            return
+        # (not looked up: recovery ignores the MARK of a message that is settled or was lost)
+        chunk = self._open_chunk()
+        segment = chunk.segment
+        segment.index.note_mark(msg_id, receive_count, invisible_until_ms, first_receive_ms)
+        segment.size += append_record(chunk.data, MARK, msg_id, MARK_PAYLOAD.pack(
+            receive_count, invisible_until_ms, first_receive_ms))
+        self.store._dirty(self)
 
     def _tombstone(self, msg_id: int) -> None:
         chunks = self.chunks

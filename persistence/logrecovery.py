@@ -15,8 +15,9 @@ from array import array
 from itertools import compress
 from typing import Any, Iterator
 
-from .msgindex import SETTLED, SegmentIndex
-from .records import ENQUEUE, FLAG_READ_ON_RECOVERY, SETTLE, Walk, parse_file_header
+from .msgindex import MARK_WIDTH, SETTLED, SegmentIndex
+from .records import (ENQUEUE, FLAG_READ_ON_RECOVERY, MARK, MARK_PAYLOAD, RECORD_HEADER_SIZE,
+                      SETTLE, Walk, parse_file_header, truncate_at_problem)
 from .writer import Chunk
 
 log = logging.getLogger("manifold.persistence")
@@ -72,6 +73,7 @@ class LogRecovery:
     recovery_problems: list[str]
     indexed_segments: int
     scanned_segments: int
+    _marks: dict[int, tuple[int, int, int]]
 
     # ------------------------------------------------------------------ recovery
     def recover(self, resident_bytes: int | None = None, spans: bool = False) -> Recovery:
@@ -117,8 +119,10 @@ class LogRecovery:
                 read_anyway.update(index.ids_flagged(FLAG_READ_ON_RECOVERY))
             if index.ids and index.ids[-1] > self.max_id_seen:
                 self.max_id_seen = index.ids[-1]
+        marks = self._marks = self._live_marks()
         for segment in self.segments[:-1]:  # kept only for the next index file of the newest
             segment.index.settled = array("q")
+            segment.index.marks = array("q")
         for problem in self.recovery_problems:
             log.warning("recovery: %s", problem)
         if self.segments:
@@ -130,8 +134,25 @@ class LogRecovery:
             self._index_rescanned(segment, snapshot)
         recovery = Recovery()
         recovery.spans = spans
-        recovery.replay = self._replay(resident_bytes, read_anyway, recovery)
+        recovery.replay = self._replay(resident_bytes, read_anyway, marks, recovery)
         return recovery
+
+    def _live_marks(self) -> dict[int, tuple[int, int, int]]:
+        """The latest MARK of every live message that has one (segments and their marks are in
+        record order, so a later one overwrites)."""
+        latest: dict[int, tuple[int, int, int]] = {}
+        for segment in self.segments:
+            marks = segment.index.marks
+            for i in range(0, len(marks), MARK_WIDTH):
+                latest[marks[i]] = (marks[i + 1], marks[i + 2], marks[i + 3])
+        return {msg_id: mark for msg_id, mark in latest.items()
+                if self._locate(msg_id) is not None}
+
+    def marks(self) -> dict[int, tuple[int, int, int]]:
+        """After :meth:`recover`: ``{msg_id: (receive count, invisible until ms, first receive
+        ms)}`` for the live messages with a MARK. Handed over once (the log lets go of it)."""
+        marks, self._marks = self._marks, {}
+        return marks
 
     def _from_index(self, path: str) -> Segment | None:
         """The segment as its index file describes it, if the index is intact and was made for
@@ -189,6 +210,10 @@ class LogRecovery:
                 segment.live += 1
                 if flags:
                     index.flag(msg_id, flags)
+            elif kind == MARK:
+                at = position + RECORD_HEADER_SIZE
+                if length == MARK_PAYLOAD.size:  # (a longer one from a later version: skipped)
+                    index.note_mark(msg_id, *MARK_PAYLOAD.unpack_from(data, at))
             elif kind == SETTLE:
                 found = self._locate(msg_id)
                 if found is not None:
@@ -198,21 +223,23 @@ class LogRecovery:
                     index.note_settled(msg_id)
         del data
         if walked.problem is not None:
-            self.recovery_problems.append(f"{path}: {walked.problem}; truncated, "
-                                          f"{walked.dropped} bytes dropped")
-            fs.truncate_file(path, walked.good_bytes)
+            truncate_at_problem(fs, path, walked.problem, walked.good_bytes, walked.dropped,
+                                self.recovery_problems)
         segment.size = segment.written = walked.good_bytes
         return segment
 
-    def _replay(self, resident_bytes: int | None, read_anyway: set[int],
+    def _replay(self, resident_bytes: int | None, read_anyway: set[int], marked: dict,
                 recovery: "Recovery") -> Iterator[tuple[int, Any]]:
         budget = resident_bytes
+        singles = sorted(read_anyway.union(marked))
         for segment in list(self.segments):
             index = segment.index
             ids, lengths = index.ids, index.lengths
-            # Flagged messages are read past the budget: a span of the rest stops at each.
-            stops = [bisect.bisect_left(ids, m) for m in sorted(read_anyway)
-                     if ids and ids[0] <= m <= ids[-1]]
+            # Flagged messages are read past the budget, and marked ones come one by one (the
+            # queue gives them an entry of their own): a span of the rest stops at each.
+            stops = [bisect.bisect_left(ids, m) for m in singles[
+                bisect.bisect_left(singles, ids[0]):bisect.bisect_right(singles, ids[-1])]
+            ] if ids else []
             i, end = 0, len(ids)
             while i < end:
                 length = lengths[i]
@@ -226,8 +253,9 @@ class LogRecovery:
                         budget -= length
                 elif msg_id in read_anyway:
                     yield msg_id, self.read(msg_id)
-                elif recovery.spans:
-                    stop = next((s for s in stops if s > i), end)
+                elif recovery.spans and msg_id not in marked:
+                    k = bisect.bisect_right(stops, i)
+                    stop = stops[k] if k < len(stops) else end
                     span_ids, span_lengths = ids[i:stop], lengths[i:stop]
                     if span_lengths.count(SETTLED):
                         live = list(map(SETTLED.__ne__, span_lengths))
@@ -250,6 +278,7 @@ class LogRecovery:
         # later ones go to newer segments (and their index files).
         snapshot, size = segment.index.snapshot(), segment.size
         segment.index.settled = array("q")
+        segment.index.marks = array("q")
         pending = [c for c in self._writing + self.chunks if c.segment is segment]
         if not pending:
             self._queue_index(segment, snapshot, size)

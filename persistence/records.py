@@ -3,7 +3,8 @@
 A segment file is a 16-byte file header followed by records. Each record carries a magic byte, a
 format version, a type, its payload length, a message id and a CRC32C over header and payload.
 Readers trust nothing: :func:`scan` stops at the first short, mislabelled or corrupt record and
-says where, so the caller can truncate there (nats-server ``rebuildStateFromBufLocked``).
+says where, so the caller can truncate there (nats-server ``rebuildStateFromBufLocked``), with
+:func:`truncate_at_problem`, which every recovery uses to cut and report the same way.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import struct
 import sys
 from array import array
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import crc32c
 
@@ -32,6 +33,15 @@ _CRC_COVERED = 16
 ENQUEUE = 1  # payload: the encoded message
 SETTLE = 2   # payload: empty; msg_id names the enqueue it cancels
 STREAM = 3   # payload: timestamp_ms (u64) then the encoded message; msg_id is the stream offset
+#: a queued message's receive state (SQS receives, queues with a delivery limit): payload
+#: MARK_PAYLOAD; msg_id names the ENQUEUE (in this or an earlier segment) it describes, and the
+#: latest MARK of a message wins
+MARK = 4
+#: receive count (u32), invisible until (u64, ms since the epoch; 0: visible), first receive
+#: (u64, ms since the epoch; 0: unknown)
+MARK_PAYLOAD = struct.Struct(">IQQ")
+#: the record kinds a segment may hold
+KINDS = (ENQUEUE, SETTLE, STREAM, MARK)
 MAX_PAYLOAD = 1 << 30
 #: record flag: recovery reads this ENQUEUE's payload even past the resident budget, because the
 #: queue needs something inside the message before delivery (its per-message expiration)
@@ -123,7 +133,7 @@ def scan(data: bytes) -> ScanResult:
             return ScanResult(records, pos, f"torn record header at byte {pos}")
         magic, version, kind, _flags, length, msg_id, crc = RECORD_HEADER.unpack_from(data, pos)
         if (magic != RECORD_MAGIC or version != RECORD_VERSION or
-                kind not in (ENQUEUE, SETTLE, STREAM)):
+                kind not in KINDS):
             return ScanResult(records, pos, f"bad record header at byte {pos}")
         if length > MAX_PAYLOAD:
             return ScanResult(records, pos, f"implausible record length {length} at byte {pos}")
@@ -167,7 +177,7 @@ class Walk:
                 break
             magic, version, kind, flags, length, msg_id, stored = unpack(data, pos)
             if (magic != RECORD_MAGIC or version != RECORD_VERSION or
-                    kind not in (ENQUEUE, SETTLE, STREAM)):
+                    kind not in KINDS):
                 self.problem = f"bad record header at byte {pos}"
                 break
             if length > MAX_PAYLOAD:
@@ -185,6 +195,15 @@ class Walk:
         view.release()
         self.good_bytes = pos
         self.dropped = end - pos
+
+
+def truncate_at_problem(fs: Any, path: str, problem: str, good_bytes: int, dropped: int,
+                        problems: list[str]) -> None:
+    """Recovery found ``problem`` in the segment file ``path``: cut it back to its last good
+    record (nothing after the first bad one is trusted) and add what was dropped to
+    ``problems`` (the recovering log reports them)."""
+    problems.append(f"{path}: {problem}; truncated, {dropped} bytes dropped")
+    fs.truncate_file(path, good_bytes)
 
 
 # ------------------------------------------------------------------ index arrays on disk

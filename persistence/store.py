@@ -11,6 +11,10 @@ work-queue retention, acks and a dedup window) can implement it without the core
   may hand over a run of such messages as one ``(first_id, (ids, lengths))`` item, two arrays), ``read`` one payload back (a body that was
   paged out of memory), ``holds``/``size_of`` one record, ``drop`` the whole log when the queue
   is deleted; ``max_id_seen`` is the highest id it ever took, so ids are never reused.
+  ``mark`` records a live message's receive state (receive count, invisible-until and first
+  receive, wall-clock ms), written only where that state must outlive a restart (SQS receives,
+  returns in queues with a delivery limit) and never waited on; after ``recover``, ``marks()``
+  hands over the latest mark of each live message that has one.
 - ``state_log(name)``: a log of the same kind for durable state that is not a queue (MQTT
   retained messages, persistent sessions, QoS 2 packet ids; see ``broker/durable_map.py``).
 - ``dedup_log(vhost, queue)``: a log of the same kind for a queue's deduplication window (keys
@@ -41,6 +45,9 @@ class Log(Protocol):
 
     def append(self, msg_id: int, data: bytes, flags: int = 0) -> Awaitable[None] | None: ...
     def settle(self, msg_id: int) -> None: ...
+    def mark(self, msg_id: int, receive_count: int, invisible_until_ms: int,
+             first_receive_ms: int) -> None: ...
+    def marks(self) -> dict[int, tuple[int, int, int]]: ...
     def recover(self, resident_bytes: int | None = None,
                 spans: bool = False) -> Iterable[tuple[int, Any]]: ...
     def read(self, msg_id: int) -> bytes: ...

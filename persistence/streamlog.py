@@ -8,8 +8,10 @@ Layout (see FORMAT.md)::
 
 Memory per stream is the index: one ``(offset, timestamp, position)`` triple per
 ``INDEX_EVERY_BYTES`` of records, in a flat ``array('q')`` per segment (osiris and Kafka keep the
-same sparse index). Records are read back with ``pread`` in bounded chunks, from the position the
-index gives, and only up to the bytes the writer thread has written. Retention deletes whole
+same sparse index). Records are read back with ``pread`` from the position the index gives, only
+up to the bytes the writer thread has written: in bounded chunks on the spot (:meth:`read`), or
+sequentially ahead in the store's reader thread through a cursor (streamcursor.py), as readers
+behind the tail do. Retention deletes whole
 segments, oldest first, never the one being written. Writes ride on the file store's batches
 (group commit, fsync policy, failure handling) as chunks of this log.
 
@@ -30,9 +32,10 @@ from typing import Any, Awaitable
 
 import crc32c
 
-from .records import (FILE_HEADER_SIZE, RECORD_HEADER, RECORD_HEADER_SIZE, RECORD_MAGIC, STREAM,
+from .records import (FILE_HEADER_SIZE, RECORD_HEADER, RECORD_HEADER_SIZE, STREAM,
                       array_from_disk, array_to_disk, encode_record, file_header,
-                      parse_file_header, scan, segment_name)
+                      parse_file_header, scan, segment_name, truncate_at_problem)
+from .streamcursor import StreamCursor, parse_records
 from .streammigration import migrate_legacy
 from .writer import Chunk, StoreError
 
@@ -42,8 +45,6 @@ log = logging.getLogger("manifold.persistence")
 INDEX_EVERY_BYTES = 64 * 1024
 #: the smallest read (a record header and a small record fit; fewer syscalls than exact reads)
 MIN_READ_BYTES = 4096
-#: segments one read in a reader thread may go through to find the next record (past a gap)
-SPANS_PER_READ = 4
 _TIMESTAMP = struct.Struct(">Q")
 INDEX_MAGIC = b"MFIDX\x00"
 INDEX_VERSION = 1
@@ -147,30 +148,6 @@ class StreamSegment:
         return True
 
 
-def parse_records(data: bytes, position: int, start: int = 0) -> tuple[list, int]:
-    """Whole STREAM records in ``data`` (read from byte ``position`` of a segment), from index
-    ``start``: ``[(offset, timestamp_ms, payload)]`` and how many bytes they took. Stops at a
-    record cut short by the end of ``data``; a corrupt record raises (the file was truncated at
-    recovery, so this is a fault of the disk)."""
-    out = []
-    pos = start
-    end = len(data)
-    view = memoryview(data)
-    while end - pos >= RECORD_HEADER_SIZE:
-        magic, _v, kind, _f, length, offset, crc = RECORD_HEADER.unpack_from(data, pos)
-        if magic != RECORD_MAGIC or kind != STREAM:
-            raise OSError(f"bad stream record at byte {position + pos}")
-        body_at = pos + RECORD_HEADER_SIZE
-        if end - body_at < length:
-            break
-        if crc32c.crc32c(view[body_at:body_at + length], crc32c.crc32c(view[pos:pos + 16])) != crc:
-            raise OSError(f"CRC mismatch in stream record at byte {position + pos}")
-        timestamp_ms = _TIMESTAMP.unpack_from(data, body_at)[0]
-        out.append((offset, timestamp_ms, bytes(view[body_at + 8:body_at + length])))
-        pos = body_at + length
-    return out, pos - start
-
-
 def read_span(pread: Any, path: str, position: int, skip: int, end: int, offset: int,
               visible: int, max_bytes: int) -> list:
     """Records of one segment file from the first at or after ``offset`` up to ``visible``,
@@ -238,71 +215,6 @@ class SegmentReader:
         for fd in self._fds.values():
             fs.close(fd)
         self._fds.clear()
-
-
-class _ReadJob:
-    """One :meth:`FileStreamLog.read_later`: reads piece by piece through the planned segments
-    until records at or after ``offset`` turn up (a piece is parsed on the event loop; only the
-    ``pread`` runs in the reader thread)."""
-    __slots__ = ("log", "spans", "offset", "visible", "want", "resume", "done", "path", "end")
-
-    def __init__(self, stream_log: "FileStreamLog", spans: Any, offset: int, visible: int,
-                 want: int, resume: int, done: Any):
-        self.log = stream_log
-        self.spans = spans
-        self.offset = offset
-        self.visible = visible
-        self.want = want
-        self.resume = resume
-        self.done = done
-        self.path = ""
-        self.end = 0
-
-    def next_span(self) -> None:
-        span = next(self.spans, None)
-        if span is None:
-            # nothing at or after ``offset`` in what was read: it is not on disk
-            self.done([], max(self.resume, self.offset + 1), None)
-            return
-        self.path, position, skip, self.end = span
-        self.read(position, min(skip + self.want, self.end - position))
-
-    def read(self, position: int, length: int) -> None:
-        self.log.store._read_later(self.path, length, position).add_done_callback(
-            lambda future: self.back(future, position, length))
-
-    def back(self, future: Any, position: int, length: int) -> None:
-        if future.cancelled():
-            self.done([], self.resume, None)
-            return
-        error = future.exception()
-        if isinstance(error, FileNotFoundError):
-            self.next_span()  # deleted by retention meanwhile
-            return
-        try:
-            if error is not None:
-                raise error
-            data = future.result()
-            records, used = parse_records(data, position)
-            if not records:
-                # One record bigger than the piece: read exactly it.
-                size = RECORD_HEADER.unpack_from(data, 0)[4] + RECORD_HEADER_SIZE
-                if size <= length:
-                    raise OSError(f"{self.path}: unreadable record at byte {position}")
-                self.read(position, min(size, self.end - position))
-                return
-        except (OSError, struct.error) as exc:
-            self.done([], self.resume, exc)
-            return
-        wanted = [r for r in records if self.offset <= r[0] <= self.visible]
-        if wanted:
-            self.done(wanted, self.resume, None)
-        elif records[-1][0] >= self.visible:
-            self.done([], self.resume, None)
-        elif position + used < self.end:
-            self.read(position + used, min(self.want, self.end - position - used))
-        else:
-            self.next_span()
 
 
 class FileStreamLog:
@@ -386,9 +298,8 @@ class FileStreamLog:
             fs.unlink(path)
             return None
         if result.problem is not None:
-            self.recovery_problems.append(f"{path}: {result.problem}; truncated, "
-                                          f"{len(data) - result.good_bytes} bytes dropped")
-            fs.truncate_file(path, result.good_bytes)
+            truncate_at_problem(fs, path, result.problem, result.good_bytes,
+                                len(data) - result.good_bytes, self.recovery_problems)
         segment = StreamSegment(base, path, result.good_bytes)
         for record in result.records:
             if record.kind == STREAM:
@@ -525,7 +436,7 @@ class FileStreamLog:
                 waiter.set_exception(StoreError(code, f"not stored: {error}"))
 
     # ------------------------------------------------------------------ reading
-    #: reads go through :meth:`read_later` (a reader thread), not inline on the event loop
+    #: readers behind the tail read through a :meth:`cursor` (a reader thread), not inline
     reads_inline = False
 
     def read(self, offset: int, max_bytes: int) -> list[tuple[int, int, bytes]]:
@@ -538,16 +449,11 @@ class FileStreamLog:
                 return records
         return []
 
-    def read_later(self, offset: int, max_bytes: int, done: Any) -> None:
-        """Like :meth:`read`, with the ``pread`` calls in the store's reader thread and the rest
-        on the event loop: ``done(records, resume, error)`` is called on the loop, ``resume``
-        being where to read on if ``records`` is empty (past a gap, or past what could not be
-        read)."""
-        spans, after = self._spans(offset, SPANS_PER_READ)
-        visible = self.written_offset
-        job = _ReadJob(self, iter(spans), offset, visible, max(max_bytes, MIN_READ_BYTES),
-                       min(visible + 1, after), done)
-        job.next_span()
+    def cursor(self, offset: int, budget_bytes: int, read_bytes: int,
+               on_ready: Any) -> StreamCursor:
+        """Records from ``offset`` on, read ahead in the store's reader thread (several reads in
+        flight, within ``budget_bytes``): streamcursor.py."""
+        return StreamCursor(self, offset, budget_bytes, read_bytes, on_ready)
 
     def _spans(self, offset: int, most: int) -> tuple[list[tuple[str, int, int, int]], int]:
         """(path, position, skip, end) of up to ``most`` segments that may hold ``offset`` or

@@ -5,13 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 from typing import Any, Callable
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from manifold.broker.service import Service
 from manifold.config.settings import Settings
+
+
+# Property tests: "ci" (the default) runs the same examples every time, so the suite's result
+# does not depend on the draw: a failure is a change in the code, reproducible by rerunning.
+# A loaded machine is slow, not wrong: no per-example deadline, no too-slow health check.
+# `HYPOTHESIS_PROFILE=explore` draws fresh random examples on every run, to look for new bugs.
+hypothesis_settings.register_profile(
+    "ci", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.register_profile(
+    "explore", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 class RunningBroker:

@@ -73,6 +73,8 @@ class MemoryLog:
         self.settled: list[int] = []
         self.max_id_seen = -1
         self.dropped = False
+        #: the latest receive state of each live message that has one (``mark``)
+        self.marked: dict[int, tuple[int, int, int]] = {}
 
     def append(self, msg_id: int, data: bytes, flags: int = 0) -> Any:
         self.records[msg_id] = (bytes(data), flags)
@@ -80,8 +82,17 @@ class MemoryLog:
         return None
 
     def settle(self, msg_id: int) -> None:
+        self.marked.pop(msg_id, None)
         if self.records.pop(msg_id, None) is not None:
             self.settled.append(msg_id)
+
+    def mark(self, msg_id: int, receive_count: int, invisible_until_ms: int,
+             first_receive_ms: int) -> None:
+        if msg_id in self.records:
+            self.marked[msg_id] = (receive_count, invisible_until_ms, first_receive_ms)
+
+    def marks(self) -> dict[int, tuple[int, int, int]]:
+        return dict(self.marked)
 
     def recover(self, resident_bytes: int | None = None,
                 spans: bool = False) -> list[tuple[int, bytes | int]]:
@@ -97,6 +108,9 @@ class MemoryLog:
                     budget -= len(data)
             elif flags:
                 out.append((msg_id, data))
+            elif msg_id in self.marked:
+                budget = 0
+                out.append((msg_id, len(data)))
             else:
                 budget = 0
                 out.append((msg_id, len(data)))
@@ -140,7 +154,7 @@ class PowerCutLog(MemoryLog):
 
     def __init__(self) -> None:
         super().__init__()
-        self.journal: list[tuple[str, int, bytes, int]] = []
+        self.journal: list[tuple[str, int, bytes, Any]] = []
         self.synced = 0
 
     def append(self, msg_id: int, data: bytes, flags: int = 0) -> Any:
@@ -152,6 +166,13 @@ class PowerCutLog(MemoryLog):
             self.journal.append(("settle", msg_id, b"", 0))
         super().settle(msg_id)
 
+    def mark(self, msg_id: int, receive_count: int, invisible_until_ms: int,
+             first_receive_ms: int) -> None:
+        if msg_id in self.records:
+            self.journal.append(("mark", msg_id, b"", (receive_count, invisible_until_ms,
+                                                       first_receive_ms)))
+        super().mark(msg_id, receive_count, invisible_until_ms, first_receive_ms)
+
     def sync(self) -> None:
         self.synced = len(self.journal)
 
@@ -160,6 +181,8 @@ class PowerCutLog(MemoryLog):
         for kind, msg_id, data, flags in self.journal[:self.synced]:
             if kind == "append":
                 survivor.append(msg_id, data, flags)
+            elif kind == "mark":
+                survivor.mark(msg_id, *flags)
             else:
                 survivor.settle(msg_id)
         survivor.settled.clear()

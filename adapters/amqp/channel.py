@@ -7,6 +7,7 @@ The session (``session.py``) owns the channels and routes methods to them.
 """
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from manifold.broker.consumer import Consumer, Delivery
@@ -27,13 +28,19 @@ _pack_tag = codec.struct.Struct(">QB").pack
 Encoded = codec.Encoded
 
 
-def _stream_header(message: Message, offset: int) -> bytes:
-    # Stream deliveries carry their position as the x-stream-offset header (RabbitMQ streams).
-    props = message.properties.copy()
-    headers = dict(props.headers or {})
-    headers["x-stream-offset"] = offset
-    props.headers = headers
-    return fields.content_header_payload(props, len(message.body))
+_STREAM_OFFSET_ENTRY = fields.shortstr_lossy("x-stream-offset") + b"l"
+_i64 = struct.Struct(">q")
+
+
+def _stream_header(message: Message, header: bytes, offset: int) -> bytes:
+    # Stream deliveries carry their position as the x-stream-offset header (RabbitMQ streams),
+    # as a signed 64-bit 'l', spliced into the message's cached header (one per delivery).
+    headers = message.properties.headers
+    if headers and "x-stream-offset" in headers:  # (published with one: ours replaces it)
+        props = message.properties.copy()
+        props.headers = {**headers, "x-stream-offset": offset}
+        return fields.content_header_payload(props, len(message.body))
+    return fields.with_header_entry(header, _STREAM_OFFSET_ENTRY + _i64.pack(offset))
 
 
 class AMQPConsumer(Consumer):
@@ -116,7 +123,7 @@ class Channel:
         else:
             header = encoded.header
             if delivery.offset is not None:
-                header = _stream_header(message, delivery.offset)
+                header = _stream_header(message, header, delivery.offset)
             codec.deliver_frames(self.number, consumer.ctag, tag, delivery.redelivered,
                                  encoded.exchange_and_key, header, body, session.frame_max,
                                  output.chunks)

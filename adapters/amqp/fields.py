@@ -335,3 +335,23 @@ def content_header_payload(properties: Properties, body_size: int) -> bytes:
     """The payload of a content header frame (what ``Message.encoded`` caches)."""
     return _content_header_head.pack(BASIC_CLASS, 0, body_size, 0)[:-2] + \
         encode_properties(properties)
+
+
+def with_header_entry(header: bytes, entry: bytes) -> bytes:
+    """A content header payload ``header`` with one more field-table entry ``entry`` (name and
+    value, encoded) in its headers property: spliced into the bytes, not re-encoded (stream
+    deliveries add their x-stream-offset to a message's cached header this way). The caller
+    makes sure the name is not in the table already."""
+    flags = _u16.unpack_from(header, 12)[0]
+    pos = 14  # after class, weight, body size and the flags [AMQP 0-9-1 4.2.6.1]
+    if flags & _F_CONTENT_TYPE:
+        pos += 1 + header[pos]
+    if flags & _F_CONTENT_ENCODING:
+        pos += 1 + header[pos]
+    if flags & _F_HEADERS:
+        length = _u32.unpack_from(header, pos)[0]
+        end = pos + 4 + length
+        return b"".join((header[:pos], _u32.pack(length + len(entry)), header[pos + 4:end],
+                         entry, header[end:]))
+    return b"".join((header[:12], _u16.pack(flags | _F_HEADERS), header[14:pos],
+                     _u32.pack(len(entry)), entry, header[pos:]))

@@ -185,7 +185,7 @@ class KinesisSource:
         for shard in source.shards:
             core = kinesis.core_stream(source, shard)
             position = self.stream.positions.get(shard.id, core.first_offset)
-            records = core.read(max(position, core.first_offset), 500)
+            records = await core.read_later(max(position, core.first_offset), 500)
             if not records:
                 continue
             waits = []

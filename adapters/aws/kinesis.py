@@ -351,21 +351,21 @@ class Kinesis:
                            f"Iterator expired. The iterator was created at time {issued} while "
                            f"right now it is {now} which is further in the future than the "
                            f"tolerated delay of {self.iterator_ttl_ms} milliseconds.")
-        out, position, closed = self.read_page(stream, shard, offset, limit, now)
+        out, position, closed = await self.read_page(stream, shard, offset, limit, now)
         out["NextShardIterator"] = None if closed else make_iterator(stream, shard, position, now)
         return out
 
-    def read_page(self, stream: KinesisStream, shard: Any, offset: int, limit: int,
-                  now: int) -> tuple[dict, int, bool]:
+    async def read_page(self, stream: KinesisStream, shard: Any, offset: int, limit: int,
+                        now: int) -> tuple[dict, int, bool]:
         """(page, next offset, whether the closed shard's end was reached): ``Records``,
-        ``MillisBehindLatest`` and, at the end of a closed shard, ``ChildShards``."""
+        ``MillisBehindLatest`` and, at the end of a closed shard, ``ChildShards``. Records on
+        disk are read in the store's reader thread (Stream.read_later): other clients are
+        served meanwhile."""
         core = self.core_stream(stream, shard)
         end = shard.end_offset if shard.end_offset is not None else core.next_offset
-        records, size, position = [], 0, max(offset, core.first_offset)
-        for record_offset, stamp, message in core.read(position, min(limit, end - position)):
-            if records and size + len(message.body) > MAX_GET_BYTES:
-                break
-            size += len(message.body)
+        records, position = [], max(offset, core.first_offset)
+        for record_offset, stamp, message in await core.read_later(
+                position, min(limit, end - position), MAX_GET_BYTES):
             key = message.headers.get(PARTITION_KEY_HEADER)
             records.append({"SequenceNumber": sequence_number(shard.index, record_offset),
                             "ApproximateArrivalTimestamp": stamp / 1000,
@@ -375,7 +375,7 @@ class Kinesis:
             position = record_offset + 1
         behind = 0
         if position < core.next_offset:
-            following = core.read(position, 1)
+            following = await core.read_later(position, 1)
             behind = max(0, now - following[0][1]) if following else 0
         out: dict[str, Any] = {"Records": records, "MillisBehindLatest": behind}
         closed = shard.end_offset is not None and position >= shard.end_offset

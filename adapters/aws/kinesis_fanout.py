@@ -124,7 +124,7 @@ class FanOut:
         try:
             while time.monotonic() < deadline and stream.name in self.kinesis.streams and \
                     not self.closing:
-                page, next_offset, closed = self.kinesis.read_page(
+                page, next_offset, closed = await self.kinesis.read_page(
                     stream, shard, offset, 10000, int(time.time() * 1000))
                 if page["Records"] or closed or time.monotonic() - last_sent >= \
                         EMPTY_EVENT_EVERY_S:

@@ -257,11 +257,18 @@ async def _long_poll(ctx: SqsContext, name: str, count: int, visibility_s: int,
 
 
 # ==================================================================== delete / visibility
+def _same_receive(ctx: SqsContext, epoch: str, count: int, lease: Any) -> bool:
+    """Whether a receipt handle names ``lease``'s receive: one of this run, or of an earlier run
+    for a message on disk (its id and receive count outlive a restart, and a message still in
+    flight then is leased again: AWS's handles stay valid while the message is in flight)."""
+    return lease.receive_count == count and (epoch == ctx.epoch or lease.on_disk)
+
+
 def _delete(ctx: SqsContext, name: str, handle: Any) -> None:
     epoch, msg_id, count = parse_handle(name, handle)
     lease = ctx.vhost.lease(name, msg_id)
     if lease is not None:
-        if epoch == ctx.epoch and lease.receive_count == count:
+        if _same_receive(ctx, epoch, count, lease):
             lease.ack()
         # else: a stale handle of a message received again since: like SQS, the call succeeds
         # and the newer receiver keeps the message.
@@ -299,7 +306,7 @@ def _change(ctx: SqsContext, name: str, handle: Any, timeout: Any) -> None:
                         "The request must contain the parameter VisibilityTimeout.")
     epoch, msg_id, count = parse_handle(name, handle)
     lease = ctx.vhost.lease(name, msg_id)
-    if lease is None or epoch != ctx.epoch or lease.receive_count != count:
+    if lease is None or not _same_receive(ctx, epoch, count, lease):
         raise sqs_error("MessageNotInflight", "Message does not exist or is not available for "
                         "visibility timeout change.")
     ctx.vhost.change_deadline(lease, seconds * 1000)

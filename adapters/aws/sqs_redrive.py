@@ -164,7 +164,8 @@ async def _run(ctx: SqsContext, task: MoveTask) -> None:
                 task.moved + task.failed < task.to_move:
             started = asyncio.get_running_loop().time()
             wanted = min(BATCH, task.to_move - task.moved - task.failed, task.rate or BATCH)
-            deliveries = vhost.receive(task.source, wanted, 60_000)
+            # (not kept: after a crash mid-batch, the resumed task finds them visible at once)
+            deliveries = vhost.receive(task.source, wanted, 60_000, kept=False)
             if not deliveries:
                 break
             # A batch is not cancelled half-way (see _stop): copies made and not deleted from the
@@ -225,7 +226,13 @@ async def _stop(task: MoveTask) -> None:
         await asyncio.wait_for(asyncio.shield(task.task), STOP_TIMEOUT_S)
     except asyncio.TimeoutError:  # a batch stuck on a write: give up on it
         task.task.cancel()
-    except (asyncio.CancelledError, Exception):
+    except asyncio.CancelledError:
+        # Either the task ended cancelled (what a stop between batches does: _run recorded
+        # it), or whoever awaits this stop is being cancelled, which must go on up.
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+    except Exception:
         pass  # the task ended; _run recorded how
 
 

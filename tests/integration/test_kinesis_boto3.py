@@ -216,8 +216,11 @@ def test_shards_are_core_streams_read_over_amqp(running_broker, kinesis):
             if len(got) == 3:
                 break
         assert got == [(b"k0", "p"), (b"k1", "p"), (b"k2", "p")]
-        # An AMQP publish into the shard stream is a Kinesis record too.
-        ch.basic_publish("", "orders.shardId-000000000000", b"from-amqp")
+        # An AMQP publish into the shard stream is a Kinesis record too (once confirmed: a
+        # stream record is readable once it is on disk).
+        publisher = conn.channel()
+        publisher.confirm_delivery()
+        publisher.basic_publish("", "orders.shardId-000000000000", b"from-amqp")
     finally:
         conn.close()
     records = read_all(kinesis, "orders", "shardId-000000000000")["Records"]

@@ -42,22 +42,33 @@ def test_queue_attributes_and_messages_survive(make_broker):
     assert [u.rsplit("/", 1)[1] for u in sources] == ["keep"]
 
 
-def test_receipt_handle_from_before_a_restart_still_deletes(make_broker):
+def test_receipt_handles_from_before_a_restart_stay_valid(make_broker):
     broker = make_broker()
     sqs = sqs_client(broker)
     url = sqs.create_queue(QueueName="handles")["QueueUrl"]
     sqs.send_message(QueueUrl=url, MessageBody="one")
     sqs.send_message(QueueUrl=url, MessageBody="two")
-    received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                   VisibilityTimeout=600)["Messages"]
     assert [m["Body"] for m in received] == ["one", "two"]
     broker = restart(make_broker, broker)
     sqs = sqs_client(broker)
-    with pytest.raises(sqs.exceptions.MessageNotInflight):
-        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=received[0]["ReceiptHandle"],
-                                      VisibilityTimeout=5)
+    # both still in flight, and their handles name them
+    assert "Messages" not in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=received[1]["ReceiptHandle"],
+                                  VisibilityTimeout=0)
     sqs.delete_message(QueueUrl=url, ReceiptHandle=received[0]["ReceiptHandle"])
-    left = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
-    assert [m["Body"] for m in left] == ["two"]
+    left = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                               AttributeNames=["ApproximateReceiveCount"])["Messages"]
+    assert [(m["Body"], m["Attributes"]["ApproximateReceiveCount"]) for m in left] == [
+        ("two", "2")]
+    # the handle of an earlier receive no longer moves it (the newer receiver holds it)
+    with pytest.raises(sqs.exceptions.MessageNotInflight):
+        sqs.change_message_visibility(QueueUrl=url,
+                                      ReceiptHandle=received[1]["ReceiptHandle"],
+                                      VisibilityTimeout=0)
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=left[0]["ReceiptHandle"])
+    assert "Messages" not in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
 
 
 def test_fifo_deduplication_window_survives_a_restart(make_broker):

@@ -213,3 +213,22 @@ async def test_reading_one_record_reads_only_from_the_index_entry_before_it(tmp_
     assert [r[0] for r in s.read(1000, 10)] == list(range(1000, 1010))
     assert CountingFS.read <= 10 * stream_module.SINGLE_READ_BYTES + 64 * 1024 + 2000
     await broker.close()
+
+
+async def test_a_torn_tail_is_cut_and_reported_with_the_bytes_dropped(tmp_path):
+    broker, vhost = await open_broker(tmp_path)
+    vhost.declare_queue("s", durable=True, arguments=STREAM)
+    await publish(vhost, "s", 100)
+    last = vhost.queues["s"].log.segments[-1].path
+    await broker.close()
+    size = os.path.getsize(last)
+    with open(last, "ab") as fh:
+        fh.write(b"\xa7torn record")  # as a crash in the middle of a write leaves it
+    broker, vhost = await open_broker(tmp_path)
+    s = vhost.queues["s"]
+    assert s.log.recovery_problems == [f"{last}: torn record header at byte {size}; "
+                                       "truncated, 12 bytes dropped"]
+    assert os.path.getsize(last) == size
+    assert s.next_offset == 100
+    assert [int(m.body[:8]) for _, _, m in s.read(95, 10)] == [95, 96, 97, 98, 99]
+    await broker.close()
