@@ -139,6 +139,13 @@ class QueueReady:
         returned = self._returned
         while returned and returned[0][2].state != READY:
             heapq.heappop(returned)
+        fresh = self._fresh
+        if not returned and len(fresh) == 1:
+            # The common case (no priorities, nothing returned): the head of the one deque.
+            head = fresh[0][0] if fresh[0] else None
+            if head is not None and head.__class__ is not ColdRun and head.state == READY:
+                fresh[0].popleft()
+                return self._unready(head)
         best_fresh: Entry | None = None
         fresh_queue: deque | None = None
         for q in reversed(self._fresh):
