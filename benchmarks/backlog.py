@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 
@@ -134,13 +135,18 @@ async def publish(peer: Peer, queue: str, count: int, body: bytes, arguments: di
         if room >= WINDOW // 4 or (room > 0 and sent + room == count):
             client.transport.write(frames * room)
             sent += room
-        progress.clear()
-        await wait_for_progress(progress, 0.01)  # (confirms do not set progress: poll)
-        if client.closed.done():
-            raise RuntimeError(f"{peer.name} closed the connection")
+        await next_turn(peer, client, progress)
     rate = count / (time.monotonic() - started)
     client.transport.close()
     return rate
+
+
+async def next_turn(peer: Peer, client: Any, progress: asyncio.Event) -> None:
+    """Wait for the client's progress, at most 10 ms (confirms do not set it: poll); a closed
+    connection ends the run."""
+    await wait_for_progress(progress, 0.01)
+    if client.closed.done():
+        raise RuntimeError(f"{peer.name} closed the connection")
 
 
 async def first_delivery(peer: Peer, queue: str, expected: int, deadline_s: float) -> None:
@@ -177,10 +183,7 @@ async def drain(peer: Peer, queue: str, count: int) -> float:
     await expect(client, commands.Basic.ConsumeOk, 60)
     started = time.monotonic()
     while client.deliveries < count:
-        progress.clear()
-        await wait_for_progress(progress, 0.01)  # (confirms do not set progress: poll)
-        if client.closed.done():
-            raise RuntimeError(f"{peer.name} closed the connection")
+        await next_turn(peer, client, progress)
     rate = count / (time.monotonic() - started)
     client.transport.close()
     return rate

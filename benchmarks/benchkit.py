@@ -3,12 +3,14 @@ process, and the asyncio.Protocol base the raw-socket generators read with."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from peers import free_port  # noqa: F401  (one port picker, shared by the throughput scripts)
 
@@ -122,3 +124,14 @@ async def wait_for_progress(progress: asyncio.Event, timeout_s: float = 0.5) -> 
         await asyncio.wait_for(progress.wait(), timeout_s)
     except asyncio.TimeoutError:
         pass
+
+
+def write_report(output: str, markdown: str, data: Any) -> Path:
+    """Print the Markdown report and write it to ``output``, the raw results beside it as JSON
+    (same name, ``.json``). Returns the report's path."""
+    print(markdown, flush=True)
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(markdown + "\n")
+    out.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
+    return out

@@ -37,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peers as peers_mod  # noqa: E402
+from benchkit import write_report  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -571,11 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `{' '.join(['python', 'benchmarks/compare.py'] + (argv if argv is not None else sys.argv[1:]))}`",
     ])
-    print(md, flush=True)
-    out_path = Path(args.output)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(md + "\n")
-    out_path.with_suffix(".json").write_text(json.dumps({
+    out_path = write_report(args.output, md, {
         "started": started.isoformat(), "machine": machine_description(),
         "rounds": args.rounds, "messages": args.messages, "baseline": args.baseline,
         "versions": versions, "interrupted": interrupted, "peers": peer_info,
@@ -584,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
                      "cpu_us_per_msg": o.cpu_us, "cpu_us_median": o.cpu_median,
                      "busy_pct_broker_generator": o.busy}
                     for (k, n), o in outcomes.items()],
-    }, indent=2) + "\n")
+    })
     log(f"compare: wrote {out_path} and {out_path.with_suffix('.json')}")
     if args.update_readme and not interrupted:
         readme = HERE / "README.md"

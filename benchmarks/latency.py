@@ -36,7 +36,7 @@ import amqp_throughput as amqp  # noqa: E402
 import gen_mqtt  # noqa: E402
 import peers as peers_mod  # noqa: E402
 import stomp_throughput as stomp  # noqa: E402
-from benchkit import install_uvloop  # noqa: E402
+from benchkit import install_uvloop, write_report  # noqa: E402
 from pamqp import commands  # noqa: E402
 from pamqp import frame as pframe  # noqa: E402
 
@@ -305,11 +305,7 @@ def main(argv=None) -> int:
         "",
         f"Command: `python benchmarks/latency.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
     ])
-    print(md, flush=True)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(md + "\n")
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    write_report(args.output, md, results)
     return 0
 
 

@@ -23,8 +23,8 @@ runs after those deliveries.
 
 Parts: queue_ready.py (ready messages and their order), queue_paging.py (bodies in memory or on
 disk, cold runs, recovery), queue_deadletter.py (discard, dead-lettering), queue_receives.py
-(receive state kept across restarts), queue_args.py (declare arguments), entry.py (one message
-in the queue).
+(SQS-style receives, receive state kept across restarts), queue_args.py (declare arguments),
+entry.py (one message in the queue).
 """
 from __future__ import annotations
 
@@ -621,41 +621,6 @@ class Queue(QueueReady, QueuePaging, QueueDeadLetters, QueueReceives):
             self.unacked_count -= 1
             self._forget(entry)
         return delivery
-
-    def _receive(self, max_count: int, visibility_ms: int, kept: bool) -> list[Delivery]:
-        self.touch()
-        now = self.host.now_ms()
-        taken: list[Delivery] = []
-        group = NO_GROUP
-        while len(taken) < max_count:
-            entry = self._next_live(group)
-            if entry is None:
-                break
-            delivery = self._checkout(entry, None)
-            group = entry.group
-            if not entry.first_delivered_ms:
-                entry.first_delivered_ms = now
-            self._leases[entry.msg_id] = delivery
-            self._set_deadline(delivery, now + visibility_ms)
-            self._mark(entry, now + visibility_ms if kept else 0)  # as on AWS
-            taken.append(delivery)
-        return taken
-
-    def _change_deadline(self, delivery: Delivery, timeout_ms: int) -> bool:
-        if delivery.settled:
-            return False
-        if timeout_ms <= 0:
-            return self._settle(delivery, False, True)
-        self._set_deadline(delivery, self.host.now_ms() + timeout_ms)
-        if delivery.consumer is None:
-            self._mark(delivery.entry, delivery.deadline)
-        return True
-
-    def _withdraw(self, msg_id: int) -> bool:
-        delivery = self._leases.get(msg_id)
-        if delivery is not None:
-            return self._settle(delivery, True, False)
-        return self._withdraw_ready(msg_id)
 
     # ---------------------------------------------------------------- settle
     def _settle(self, delivery: Delivery, ack: bool, requeue: bool, pump: bool = True) -> bool:

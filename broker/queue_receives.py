@@ -1,6 +1,7 @@
-"""Receive state that outlives a restart: how often a message was received, until when it stays
-invisible, when it was first received (SQS ``ApproximateReceiveCount``, visibility timeout,
-``ApproximateFirstReceiveTimestamp``; the delivery count behind ``x-delivery-limit``).
+"""Consumer-less receives (SQS ReceiveMessage: leases with a deadline, deadline changes, withdraw
+by id) and the receive state that outlives a restart: how often a message was received, until
+when it stays invisible, when it was first received (SQS ``ApproximateReceiveCount``, visibility
+timeout, ``ApproximateFirstReceiveTimestamp``; the delivery count behind ``x-delivery-limit``).
 
 Part of :class:`broker.queue.Queue` (it inherits :class:`QueueReceives`). The state goes to the
 queue's log as a MARK record (persistence/FORMAT.md) only where a restart must keep it, so plain
@@ -25,18 +26,56 @@ from typing import Any
 
 from .consumer import Delivery
 from .entry import UNACKED, Entry
+from .groups import NO_GROUP
 from .queue_commands import Mark
 
 
 class QueueReceives:
     # State of Queue this part uses (set in Queue.__init__; methods it calls live in Queue and
-    # its other parts: _push_ready, _became_ready, _set_deadline).
+    # its other parts: touch, _next_live, _checkout, _set_deadline, _settle, _withdraw_ready,
+    # _push_ready, _became_ready).
+    host: Any
     log: Any
     grouped: Any
     delivery_limit: int | None
     unacked_count: int
     _leases: dict
     _writes: list
+
+    def _receive(self, max_count: int, visibility_ms: int, kept: bool) -> list[Delivery]:
+        self.touch()
+        now = self.host.now_ms()
+        taken: list[Delivery] = []
+        group = NO_GROUP
+        while len(taken) < max_count:
+            entry = self._next_live(group)
+            if entry is None:
+                break
+            delivery = self._checkout(entry, None)
+            group = entry.group
+            if not entry.first_delivered_ms:
+                entry.first_delivered_ms = now
+            self._leases[entry.msg_id] = delivery
+            self._set_deadline(delivery, now + visibility_ms)
+            self._mark(entry, now + visibility_ms if kept else 0)  # as on AWS
+            taken.append(delivery)
+        return taken
+
+    def _change_deadline(self, delivery: Delivery, timeout_ms: int) -> bool:
+        if delivery.settled:
+            return False
+        if timeout_ms <= 0:
+            return self._settle(delivery, False, True)
+        self._set_deadline(delivery, self.host.now_ms() + timeout_ms)
+        if delivery.consumer is None:
+            self._mark(delivery.entry, delivery.deadline)
+        return True
+
+    def _withdraw(self, msg_id: int) -> bool:
+        delivery = self._leases.get(msg_id)
+        if delivery is not None:
+            return self._settle(delivery, True, False)
+        return self._withdraw_ready(msg_id)
 
     def _mark(self, entry: Entry, invisible_until_ms: int) -> None:
         """Write ``entry``'s receive state (see the module docstring for when)."""

@@ -21,8 +21,10 @@ from manifold.config.settings import Settings
 # does not depend on the draw: a failure is a change in the code, reproducible by rerunning.
 # A loaded machine is slow, not wrong: no per-example deadline, no too-slow health check.
 # `HYPOTHESIS_PROFILE=explore` draws fresh random examples on every run, to look for new bugs.
+# (The same as Hypothesis's own "ci" profile, which it picks only where it sees a CI variable.)
 hypothesis_settings.register_profile(
-    "ci", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    "ci", derandomize=True, deadline=None, database=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow])
 hypothesis_settings.register_profile(
     "explore", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
@@ -43,7 +45,8 @@ class RunningBroker:
 
     def start(self) -> "RunningBroker":
         self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.service.start(), self.loop).result(10)
+        # Generous: a loaded machine can take seconds to open the store and bind the listeners.
+        asyncio.run_coroutine_threadsafe(self.service.start(), self.loop).result(60)
         return self
 
     @property
@@ -54,7 +57,7 @@ class RunningBroker:
     def broker(self):
         return self.service.broker
 
-    def call(self, fn: Callable[[], Any], timeout: float = 10) -> Any:
+    def call(self, fn: Callable[[], Any], timeout: float = 30) -> Any:
         future: concurrent.futures.Future = concurrent.futures.Future()
 
         def run() -> None:

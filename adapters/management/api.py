@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -80,10 +80,16 @@ async def put_queue(request: web.Request) -> web.Response:
     arguments = _arguments(body)
     if body.get("type") and "x-queue-type" not in arguments:  # the 3.x UI sends "type"
         arguments["x-queue-type"] = body["type"]
+    return _declared(existed, lambda: vhost.declare_queue(
+        name, durable=listing.truthy(body.get("durable", True)),
+        auto_delete=listing.truthy(body.get("auto_delete", False)), arguments=arguments))
+
+
+def _declared(existed: bool, declare: Callable[[], Any]) -> web.Response:
+    """Run a PUT's declare: 201 Created for a new queue or exchange, 204 No Content for one that
+    was there (RabbitMQ's answers); a broker error becomes its HTTP error."""
     try:
-        vhost.declare_queue(name, durable=listing.truthy(body.get("durable", True)),
-                            auto_delete=listing.truthy(body.get("auto_delete", False)),
-                            arguments=arguments)
+        declare()
     except BrokerError as exc:
         raise from_broker_error(exc)
     return web.Response(status=204 if existed else 201)
@@ -221,14 +227,11 @@ async def put_exchange(request: web.Request) -> web.Response:
                                              "topic, headers)")
     ctx.grant(vhost).configure("exchange", name)
     existed = name in vhost.exchanges
-    try:
-        vhost.declare_exchange(name, kind, durable=listing.truthy(body.get("durable", True)),
-                               auto_delete=listing.truthy(body.get("auto_delete", False)),
-                               internal=listing.truthy(body.get("internal", False)),
-                               arguments=_arguments(body))
-    except BrokerError as exc:
-        raise from_broker_error(exc)
-    return web.Response(status=204 if existed else 201)
+    arguments = _arguments(body)
+    return _declared(existed, lambda: vhost.declare_exchange(
+        name, kind, durable=listing.truthy(body.get("durable", True)),
+        auto_delete=listing.truthy(body.get("auto_delete", False)),
+        internal=listing.truthy(body.get("internal", False)), arguments=arguments))
 
 
 async def delete_exchange(request: web.Request) -> web.Response:

@@ -15,13 +15,13 @@ import pytest
 from tests.conformance import mqtt_wire as w
 from tests.conformance.mqtt_wire import frame, string
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)  # a hang fails; a loaded machine is only slow
 
 
 class RawClient:
     """A blocking MQTT client speaking exact bytes."""
 
-    def __init__(self, port: int, version: int = 4, timeout: float = 5.0):
+    def __init__(self, port: int, version: int = 4, timeout: float = 30.0):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.sock.settimeout(timeout)
         self.version = version
@@ -30,7 +30,7 @@ class RawClient:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def recv(self, timeout: float = 5.0) -> w.Packet | None:
+    def recv(self, timeout: float = 30.0) -> w.Packet | None:
         """Next packet, or None if the broker closed the connection. Fails after ``timeout``."""
         deadline = time.monotonic() + timeout
         while True:
@@ -50,7 +50,7 @@ class RawClient:
                 return None
             self.buffer += data
 
-    def expect(self, kind: int, timeout: float = 5.0) -> w.Packet:
+    def expect(self, kind: int, timeout: float = 30.0) -> w.Packet:
         packet = self.recv(timeout)
         assert packet is not None and packet.kind == kind, \
             f"expected packet type {kind}, got {packet!r}"
@@ -225,15 +225,17 @@ def test_MQTT_3_1_2_24_keep_alive_enforced_at_one_and_a_half(port):
     cl = RawClient(port)
     cl.connect("ka", keep_alive=1)
     start = time.monotonic()
-    assert cl.recv(timeout=5) is None
+    assert cl.recv(timeout=30) is None
     elapsed = time.monotonic() - start
-    assert 1.2 <= elapsed < 4.0
+    # not before 1.5 x keep alive; the upper bound only says it came from the keep-alive timer
+    # (a loaded machine fires timers late)
+    assert 1.2 <= elapsed < 20.0
 
 
 def test_MQTT_3_1_2_24_v5_keep_alive_disconnect_0x8D(port):
     cl = RawClient(port, 5)
     cl.connect("ka5", keep_alive=1)
-    d = cl.expect(w.DISCONNECT, timeout=5)
+    d = cl.expect(w.DISCONNECT, timeout=30)
     assert d.reason_code == w.KEEP_ALIVE_TIMEOUT
 
 
@@ -660,7 +662,7 @@ def test_MQTT_3_1_3_9_v5_will_delay_interval(port):
                will=("will/d", b"late", 0, False, {"will_delay_interval": 1}))
     cl.close()
     start = time.monotonic()
-    got = sub.expect(w.PUBLISH, timeout=5)
+    got = sub.expect(w.PUBLISH, timeout=30)
     assert got.payload == b"late" and time.monotonic() - start >= 0.8
 
 
@@ -669,14 +671,15 @@ def test_MQTT_3_1_3_9_v5_will_delay_cancelled_by_reconnect(port):
     sub.connect("wd-sub2")
     sub.subscribe(("will/e", 0))
     cl = RawClient(port, 5)
+    # 3 s to reconnect leaves room for a loaded machine; then wait past the delay.
     cl.connect("wd-client2", props={"session_expiry_interval": 60},
-               will=("will/e", b"late", 0, False, {"will_delay_interval": 1}))
+               will=("will/e", b"late", 0, False, {"will_delay_interval": 3}))
     cl.close()
     time.sleep(0.2)
     cl = RawClient(port, 5)
     cl.connect("wd-client2", clean=False, props={"session_expiry_interval": 60})
     with pytest.raises(TimeoutError):
-        sub.recv(timeout=1.5)
+        sub.recv(timeout=4)
 
 
 # ============================================================================ shutdown
@@ -697,7 +700,7 @@ def test_MQTT_3_1_2_8_will_published_on_keep_alive_timeout(port):
     sub.subscribe(("will/ka", 0))
     cl = RawClient(port)
     cl.connect("ka-will", keep_alive=1, will=("will/ka", b"timeout", 0, False))
-    got = sub.expect(w.PUBLISH, timeout=5)
+    got = sub.expect(w.PUBLISH, timeout=30)
     assert got.payload == b"timeout"
 
 

@@ -22,7 +22,7 @@ def restart(make_broker, broker, **sections):
     return make_broker(**sections)
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+def wait_for(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
     """``check()``'s first truthy result within ``timeout`` seconds, else AssertionError."""
     deadline = time.monotonic() + timeout
     while True:

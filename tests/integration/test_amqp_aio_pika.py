@@ -15,7 +15,7 @@ from aio_pika import ExchangeType, Message
 
 from tests.fakes import PendingLog
 
-T = 5  # seconds: the bound on every wait
+T = 30  # seconds: the bound on every wait (generous: only a failing wait takes that long)
 
 
 def url(rb, user="guest", password="guest", vhost="", **params):
@@ -26,6 +26,17 @@ def url(rb, user="guest", password="guest", vhost="", **params):
 
 async def connect(rb, **params):
     return await asyncio.wait_for(aio_pika.connect(url(rb, **params)), T)
+
+
+async def get_within(queue, seconds: float):
+    """Basic.Get until a message comes (a TTL or dead-letter takes a timer turn), time-boxed."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        message = await queue.get(timeout=T, fail=False)
+        if message is not None:
+            return message
+        assert asyncio.get_running_loop().time() < deadline, f"nothing in {queue.name}"
+        await asyncio.sleep(0.02)
 
 
 async def drain(queue: asyncio.Queue, n: int) -> list:
@@ -195,18 +206,8 @@ async def test_message_ttl_expires_to_dead_letter_and_max_length_drops_head(runn
             "x-dead-letter-routing-key": "expired"})
         await ch.default_exchange.publish(Message(b"short-lived"), "ttl")
         await ch.default_exchange.publish(Message(b"per-message", expiration=0.02), "ttl")
-        first = await expired.get(timeout=T, fail=False)
-        for _ in range(100):
-            if first is not None:
-                break
-            await asyncio.sleep(0.02)
-            first = await expired.get(timeout=T, fail=False)
-        second = None
-        for _ in range(100):
-            second = await expired.get(timeout=T, fail=False)
-            if second is not None:
-                break
-            await asyncio.sleep(0.02)
+        first = await get_within(expired, T)
+        second = await get_within(expired, T)
         assert {first.body, second.body} == {b"short-lived", b"per-message"}
         assert first.headers["x-death"][0]["reason"] == "expired"
 
@@ -496,7 +497,8 @@ async def test_exclusive_queues_go_with_their_connection(running_broker):
     ch = await conn.channel()
     await ch.declare_queue("excl", exclusive=True)
     await conn.close()
-    for _ in range(50):
+    deadline = asyncio.get_running_loop().time() + T
+    while asyncio.get_running_loop().time() < deadline:
         if "excl" not in running_broker.call(lambda: list(
                 running_broker.broker.vhosts["/"].queues)):
             break

@@ -5,7 +5,7 @@ import pika
 import pika.exceptions
 import pytest
 
-T = 5
+T = 30  # seconds: the bound on every wait (generous: only a failing wait takes that long)
 
 
 def params(rb, user="guest", password="guest", **kw):

@@ -16,7 +16,7 @@ from pamqp import heartbeat as pheartbeat
 
 from tests.conftest import RunningBroker, broker_settings
 
-T = 5
+T = 30  # seconds: the bound on every wait (generous: only a failing wait takes that long)
 HEADER = b"AMQP\x00\x00\x09\x01"
 
 
@@ -305,7 +305,9 @@ def test_missed_heartbeats_close_the_connection(make_broker):
         assert isinstance(beat, pheartbeat.Heartbeat)
         # ...and drops us after two missed heartbeat periods.
         assert r.wait_closed()
-        assert 1.5 <= time.monotonic() - started <= 4.5
+        # not before two periods; the upper bound only says the heart-beat timer did it (a
+        # loaded machine fires timers late)
+        assert 1.5 <= time.monotonic() - started <= 20
     finally:
         r.close()
 

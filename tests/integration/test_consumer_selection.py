@@ -4,8 +4,8 @@ import asyncio
 import aio_pika
 import pytest
 
-pytestmark = pytest.mark.timeout(60)
-WAIT = 5.0
+pytestmark = pytest.mark.timeout(180)  # a hang fails; a loaded machine is only slow
+WAIT = 30.0  # seconds: generous, only a failing wait takes that long (a loaded CI machine)
 
 
 async def connect(rb):

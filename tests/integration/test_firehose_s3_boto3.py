@@ -144,7 +144,7 @@ def test_buffered_records_are_delivered_after_a_restart(make_broker):
     assert objects(s3, "later") == []  # still buffered when the broker stops
     broker = restart(make_broker, broker)
     s3 = aws_client(broker, "s3")
-    assert wait_for(lambda: bodies(s3, "later"), timeout=15) == [b"kept"]
+    assert wait_for(lambda: bodies(s3, "later"), timeout=60) == [b"kept"]
     firehose = aws_client(broker, "firehose")
     assert firehose.list_delivery_streams()["DeliveryStreamNames"] == ["slow"]
 
@@ -204,7 +204,7 @@ def test_http_endpoint_destination_retries(clients):
                 "S3Configuration": {"RoleARN": "arn:aws:iam::000000000000:role/r",
                                     "BucketARN": "arn:aws:s3:::backup"}})
         firehose.put_record(DeliveryStreamName="web", Record={"Data": b"payload"})
-        wait_for(lambda: len(endpoint.requests) >= 3, timeout=15)
+        wait_for(lambda: len(endpoint.requests) >= 3, timeout=60)
         headers, body = endpoint.requests[-1]
         assert headers["X-Amz-Firehose-Access-Key"] == "secret"
         assert [base64.b64decode(r["data"]) for r in body["records"]] == [b"payload"]
@@ -227,7 +227,7 @@ def test_http_endpoint_failures_go_to_the_backup_bucket(clients):
                 "S3Configuration": {"RoleARN": "arn:aws:iam::000000000000:role/r",
                                     "BucketARN": "arn:aws:s3:::backup"}})
         firehose.put_record(DeliveryStreamName="down", Record={"Data": b"lost?"})
-        keys = wait_for(lambda: objects(s3, "backup"), timeout=15)
+        keys = wait_for(lambda: objects(s3, "backup"), timeout=60)
         assert keys[0].startswith("http-endpoint-failed/")
         assert bodies(s3, "backup") == [b"lost?"]
         assert len(endpoint.requests) >= 2
@@ -248,11 +248,11 @@ def test_aws_cli_lists_what_firehose_delivered(clients, running_broker, tmp_path
            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}
     endpoint = f"http://127.0.0.1:{running_broker.ports['http']}"
     listed = subprocess.run(["aws", "--endpoint-url", endpoint, "s3", "ls", "--recursive",
-                             "s3://cli/"], env=env, capture_output=True, text=True, timeout=60)
+                             "s3://cli/"], env=env, capture_output=True, text=True, timeout=180)
     assert listed.returncode == 0, listed.stderr
     assert key in listed.stdout
     copied = subprocess.run(["aws", "--endpoint-url", endpoint, "s3", "cp", f"s3://cli/{key}",
                              str(tmp_path / "out")], env=env, capture_output=True, text=True,
-                            timeout=60)
+                            timeout=180)
     assert copied.returncode == 0, copied.stderr
     assert (tmp_path / "out").read_bytes() == b"seen by the cli"

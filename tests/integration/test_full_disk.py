@@ -43,7 +43,7 @@ def start(tmp_path, data_dir, **server):
 def connect(broker):
     return pika.BlockingConnection(pika.ConnectionParameters(
         "127.0.0.1", broker.ports["amqp"], blocked_connection_timeout=60,
-        socket_timeout=10, stack_timeout=30))
+        socket_timeout=30, stack_timeout=60))
 
 
 def persistent(i):
@@ -85,7 +85,7 @@ def test_a_full_disk_nacks_instead_of_confirming_and_nothing_confirmed_is_lost(t
             method, props, _ = och.basic_get("q")
             drained.append(int(props.message_id))
             och.basic_ack(method.delivery_tag)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # generous: only a failing wait takes that long
         while True:
             try:
                 ch.basic_publish("", "q", BODY, persistent(1000))
@@ -180,12 +180,13 @@ def start_daemon_with_fd_limit(data_dir, limit):
     return proc, ports["amqp"]
 
 
+@pytest.mark.timeout(900)  # two daemons, 1,500 files fsynced and indexed: minutes when loaded
 def test_thousands_of_durable_queues_under_an_open_file_limit_of_256(tmp_path):
     queues = 1500
     proc, port = start_daemon_with_fd_limit(tmp_path / "data", 256)
     try:
         conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port,
-                                                                 stack_timeout=30))
+                                                                 stack_timeout=60))
         ch = conn.channel()
         ch.confirm_delivery()
         for i in range(queues):
@@ -193,11 +194,11 @@ def test_thousands_of_durable_queues_under_an_open_file_limit_of_256(tmp_path):
             ch.basic_publish("", f"q{i}", f"m{i}".encode(), persistent(i))  # confirmed
         conn.close()
     finally:
-        stop_daemon(proc, timeout_s=30)
+        stop_daemon(proc, timeout_s=180)  # a clean stop indexes every queue's log
     proc, port = start_daemon_with_fd_limit(tmp_path / "data", 256)
     try:
         conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port,
-                                                                 stack_timeout=30))
+                                                                 stack_timeout=60))
         ch = conn.channel()
         for i in range(0, queues, 7):
             method, _, body = ch.basic_get(f"q{i}", auto_ack=True)
@@ -206,7 +207,7 @@ def test_thousands_of_durable_queues_under_an_open_file_limit_of_256(tmp_path):
         ch.basic_publish("", "q1", b"after restart", persistent(0))
         conn.close()
     finally:
-        stop_daemon(proc, timeout_s=30)
+        stop_daemon(proc, timeout_s=180)  # a clean stop indexes every queue's log
 
 
 def test_the_disk_limit_can_be_a_fraction_of_the_file_system(make_broker):

@@ -22,9 +22,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties as MqttProperties
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)  # a hang fails; a loaded machine is only slow
 
-WAIT = 5.0
+WAIT = 30.0  # seconds: generous, only a failing wait takes that long (a loaded CI machine)
 BODY = bytes(range(256)) + b"\x00\x00binary tail\xff"
 EXPIRY_MS = 600_000
 SENT = {
@@ -326,8 +326,9 @@ async def test_interop_cell(running_broker, publisher, consumer, kind):
                 assert SENT["headers"].items() <= got.items(), got
         elif field == "expiration":
             if expected:
-                # MQTT works in whole seconds and reports what is left of the lifetime.
-                assert got is not None and EXPIRY_MS - 3000 <= int(got) <= EXPIRY_MS, got
+                # MQTT works in whole seconds and reports what is left of the lifetime (a
+                # minute's margin for a loaded machine).
+                assert got is not None and EXPIRY_MS - 60_000 <= int(got) <= EXPIRY_MS, got
         elif expected:
             assert got == SENT[field], (field, got)
         elif consumer != "mqtt311":

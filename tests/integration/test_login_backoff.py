@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import time
 
-WAIT = 10.0
+WAIT = 30.0  # seconds: generous, only a failing wait takes that long
 
 
 def mqtt_connect(port: int, user: str, password: str) -> tuple[int, float]:

@@ -34,7 +34,7 @@ def connect(rb, user, password, vhost="/"):
     return pika.BlockingConnection(pika.ConnectionParameters(
         "127.0.0.1", rb.ports["amqp"], virtual_host=vhost,
         credentials=pika.PlainCredentials(user, password), connection_attempts=1,
-        socket_timeout=5, blocked_connection_timeout=5))
+        socket_timeout=30, blocked_connection_timeout=30))
 
 
 def connect_refused(rb, user, password, vhost="/") -> str:

@@ -11,7 +11,7 @@ import pytest
 import stomp
 from paho.mqtt.enums import CallbackAPIVersion
 
-WAIT = 5.0
+WAIT = 30.0  # seconds: generous, only a failing wait takes that long (a loaded CI machine)
 V311, V5 = mqtt.MQTTv311, mqtt.MQTTv5
 
 USERS = {

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import queue as stdqueue
-import time
 
 import aio_pika
 import pika
@@ -14,15 +13,19 @@ import stomp
 
 from .aws_helpers import aws_client
 
-WAIT = 10
+WAIT = 30  # seconds: generous, only a failing wait takes that long
 
 
 class Collector(stomp.ConnectionListener):
     def __init__(self):
         self.frames = stdqueue.Queue()
+        self.receipts = stdqueue.Queue()
 
     def on_message(self, frame):
         self.frames.put(frame)
+
+    def on_receipt(self, frame):
+        self.receipts.put(frame.headers["receipt-id"])
 
 
 def test_stomp_subscriber_of_the_topic_exchange(running_broker):
@@ -33,8 +36,8 @@ def test_stomp_subscriber_of_the_topic_exchange(running_broker):
     conn.set_listener("c", listener)
     conn.connect("guest", "guest", wait=True)
     try:
-        conn.subscribe("/exchange/alerts/#", id="1", ack="auto")
-        time.sleep(0.3)  # the SUBSCRIBE has no receipt here; let it bind
+        conn.subscribe("/exchange/alerts/#", id="1", ack="auto", headers={"receipt": "bound"})
+        assert listener.receipts.get(timeout=WAIT) == "bound"  # the queue is bound now
         sns.publish(TopicArn=topic, Message="cpu high", MessageAttributes={
             "host": {"DataType": "String", "StringValue": "web-1"}})
         frame = listener.frames.get(timeout=WAIT)
@@ -91,7 +94,7 @@ def test_aio_pika_publish_reaches_sns_subscribers(running_broker):
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key="jobs")
 
     asyncio.run(asyncio.wait_for(publish(), WAIT))
-    (message,) = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5)["Messages"]
+    (message,) = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=20)["Messages"]
     envelope = json.loads(message["Body"])
     assert envelope["Message"] == "from aio-pika" and envelope["MessageId"] == "amqp-1"
     assert envelope["TopicArn"] == topic

@@ -129,11 +129,11 @@ def test_message_moves_to_dlq_after_max_receive_count(sqs):
     sent = sqs.send_message(QueueUrl=src, MessageBody="poison", MessageAttributes={
         "k": {"DataType": "String", "StringValue": "v"}})
     for _ in range(2):
-        got = sqs.receive_message(QueueUrl=src, VisibilityTimeout=1, WaitTimeSeconds=5)
+        got = sqs.receive_message(QueueUrl=src, VisibilityTimeout=1, WaitTimeSeconds=20)
         assert got["Messages"][0]["Body"] == "poison"
         time.sleep(1.1)
     assert "Messages" not in sqs.receive_message(QueueUrl=src, WaitTimeSeconds=1)
-    moved = sqs.receive_message(QueueUrl=dlq, WaitTimeSeconds=5, MessageAttributeNames=["All"],
+    moved = sqs.receive_message(QueueUrl=dlq, WaitTimeSeconds=20, MessageAttributeNames=["All"],
                                 AttributeNames=["All"])["Messages"]
     assert moved[0]["Body"] == "poison"
     assert moved[0]["MessageId"] == sent["MessageId"]
@@ -169,7 +169,7 @@ def test_move_task_returns_messages_to_their_source(sqs):
         sqs.send_message(QueueUrl=src, MessageBody=f"m{i}")
     got = sqs.receive_message(QueueUrl=src, MaxNumberOfMessages=10, VisibilityTimeout=1)
     assert len(got["Messages"]) == 3
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # generous: only a failing wait takes that long
     while time.monotonic() < deadline:
         attrs = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["All"])["Attributes"]
         if attrs["ApproximateNumberOfMessages"] == "3":
@@ -177,7 +177,7 @@ def test_move_task_returns_messages_to_their_source(sqs):
         time.sleep(0.2)
     assert attrs["ApproximateNumberOfMessages"] == "3"
     handle = sqs.start_message_move_task(SourceArn=dlq_arn)["TaskHandle"]
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         (task,) = sqs.list_message_move_tasks(SourceArn=dlq_arn)["Results"]
         if task["Status"] == "COMPLETED":
@@ -209,7 +209,11 @@ def test_move_task_to_destination_and_cancel(sqs):
                                          MaxNumberOfMessagesPerSecond=2)["TaskHandle"]
     with pytest.raises(ClientError):
         sqs.start_message_move_task(SourceArn=dlq_arn)  # one running task per source
-    time.sleep(0.3)
+    deadline = time.monotonic() + 60  # until the task moved something (2 a second)
+    while sqs.list_message_move_tasks(SourceArn=dlq_arn)["Results"][0][
+            "ApproximateNumberOfMessagesMoved"] == 0:
+        assert time.monotonic() < deadline, "the move task moved nothing"
+        time.sleep(0.05)
     moved = sqs.cancel_message_move_task(TaskHandle=handle)["ApproximateNumberOfMessagesMoved"]
     assert 0 < moved < 20
     (task,) = sqs.list_message_move_tasks(SourceArn=dlq_arn)["Results"]

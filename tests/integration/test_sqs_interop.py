@@ -12,7 +12,7 @@ import stomp
 
 from .sqs_helpers import sqs_client
 
-WAIT = 10
+WAIT = 30  # seconds: generous, only a failing wait takes that long
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_amqp_publish_is_received_over_sqs(sqs, running_broker):
     finally:
         connection.close()
     got = sqs.receive_message(QueueUrl=url, MessageAttributeNames=["All"],
-                              AttributeNames=["All"], WaitTimeSeconds=5)
+                              AttributeNames=["All"], WaitTimeSeconds=20)
     (message,) = got["Messages"]
     assert message["Body"] == "über"
     assert message["MessageAttributes"] == {
@@ -75,7 +75,7 @@ def test_amqp_publish_is_received_over_sqs(sqs, running_broker):
     sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"],
                                   VisibilityTimeout=0)
     (again,) = sqs.receive_message(QueueUrl=url, AttributeNames=["All"],
-                                   WaitTimeSeconds=5)["Messages"]
+                                   WaitTimeSeconds=20)["Messages"]
     assert again["MessageId"] == message["MessageId"]
     assert again["Attributes"]["ApproximateReceiveCount"] == "2"
 
@@ -114,7 +114,7 @@ def test_sqs_and_stomp_both_ways(sqs, running_broker):
     finally:
         conn.disconnect()
     (message,) = sqs.receive_message(QueueUrl=url, MessageAttributeNames=["All"],
-                                     WaitTimeSeconds=5)["Messages"]
+                                     WaitTimeSeconds=20)["Messages"]
     assert message["Body"] == "from stomp"
     assert message["MessageAttributes"]["shape"] == {"DataType": "String", "StringValue": "box"}
 
@@ -169,7 +169,7 @@ def test_mqtt_publish_reaches_an_sqs_queue_bound_to_amq_topic(sqs, running_broke
         client.disconnect()
         client.loop_stop()
     (message,) = sqs.receive_message(QueueUrl=url, MessageAttributeNames=["All"],
-                                     WaitTimeSeconds=5)["Messages"]
+                                     WaitTimeSeconds=20)["Messages"]
     assert message["Body"] == "21.5"
     assert message["MessageAttributes"]["unit"] == {"DataType": "String",
                                                     "StringValue": "celsius"}

@@ -107,8 +107,8 @@ def test_a_running_move_task_resumes_after_a_restart(make_broker):
     for i in range(12):
         sqs.send_message(QueueUrl=dlq, MessageBody=f"d{i}")
     sqs.start_message_move_task(SourceArn=_arn(sqs, dlq), DestinationArn=_arn(sqs, target),
-                                MaxNumberOfMessagesPerSecond=4)
-    deadline = time.monotonic() + 10
+                                MaxNumberOfMessagesPerSecond=2)  # 6 s to catch it part-way
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # stop it part-way: after its first batch, before the end
         (task,) = sqs.list_message_move_tasks(SourceArn=_arn(sqs, dlq))["Results"]
         if task["ApproximateNumberOfMessagesMoved"] > 0:
@@ -118,7 +118,7 @@ def test_a_running_move_task_resumes_after_a_restart(make_broker):
     assert 0 < task["ApproximateNumberOfMessagesMoved"] < 12
     broker = restart(make_broker, broker)
     sqs = sqs_client(broker)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # generous: only a failing wait takes that long
     while time.monotonic() < deadline:
         (after,) = sqs.list_message_move_tasks(SourceArn=_arn(sqs, dlq))["Results"]
         if after["Status"] != "RUNNING":

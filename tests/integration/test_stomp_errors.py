@@ -9,7 +9,7 @@ import pytest
 
 from manifold.adapters.stomp.codec import NEED_DATA, FrameCodec
 
-WAIT = 5.0
+WAIT = 30.0  # seconds: generous, only a failing wait takes that long (a loaded CI machine)
 CONNECT_12 = b"CONNECT\naccept-version:1.2\nlogin:guest\npasscode:guest\nhost:/\n\n\x00"
 
 
@@ -331,11 +331,13 @@ def test_negotiated_interval_is_the_larger(make_broker):
     rb = make_broker(stomp={"heartbeat_ms": 100})
     r = Raw(rb)
     try:
-        # client can send every 300 ms: the server waits ~2x that before dropping it
-        r.send(b"CONNECT\naccept-version:1.2\nheart-beat:300,0\n\n\x00")
+        # The client can send every 1000 ms: the server waits ~2x that before dropping it. Had
+        # it kept its own 100 ms, the first 400 ms gap would end the connection. (Gaps well
+        # inside 2 s leave room for a loaded machine.)
+        r.send(b"CONNECT\naccept-version:1.2\nheart-beat:1000,0\n\n\x00")
         assert r.frame().command == "CONNECTED"
         for _ in range(5):
-            time.sleep(0.2)
+            time.sleep(0.4)
             r.send(b"\n")
         r.send(b"SUBSCRIBE\nid:s\ndestination:/queue/hb\nreceipt:x\n\n\x00")
         assert r.frame().command == "RECEIPT"
@@ -350,7 +352,7 @@ def test_silent_client_is_dropped(make_broker):
         r.send(b"CONNECT\naccept-version:1.2\nheart-beat:100,0\n\n\x00")
         assert r.frame().command == "CONNECTED"
         start = time.monotonic()
-        r.wait_closed(timeout=3.0)
+        r.wait_closed()
         assert time.monotonic() - start >= 0.15  # not before ~2 intervals
     finally:
         r.close()
@@ -378,17 +380,18 @@ def test_no_connect_within_handshake_timeout(make_broker):
         for _ in range(4):  # heart-beat EOLs do not keep a connection that never logs in
             r.send(b"\n")
             time.sleep(0.1)
-        r.wait_closed(timeout=3.0)
+        r.wait_closed()
     finally:
         r.close()
 
 
 def test_connect_in_time_cancels_handshake_timeout(make_broker):
-    rb = make_broker(stomp={"handshake_timeout_s": 0.3})
+    # 1 s for the CONNECT to arrive (room for a loaded machine); then stay past the deadline.
+    rb = make_broker(stomp={"handshake_timeout_s": 1.0})
     r = Raw(rb)
     try:
         r.connect()
-        time.sleep(0.5)
+        time.sleep(1.3)
         r.send(b"SUBSCRIBE\nid:s\ndestination:/queue/h\nreceipt:x\n\n\x00")
         assert r.frame().command == "RECEIPT"
     finally:

@@ -21,8 +21,8 @@ from manifold.persistence.filestore import FileStore
 from tests.conftest import RunningBroker, broker_settings
 from tests.persistence.fsshim import FaultyFS
 
-pytestmark = pytest.mark.timeout(60)
-WAIT = 5.0
+pytestmark = pytest.mark.timeout(180)  # a hang fails; a loaded machine is only slow
+WAIT = 30.0  # seconds: generous, only a failing wait takes that long (a loaded CI machine)
 
 
 class ShimBroker(RunningBroker):

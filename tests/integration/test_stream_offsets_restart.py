@@ -7,7 +7,7 @@ import asyncio
 import aio_pika
 import pika
 
-T = 10
+T = 30  # seconds: generous, only a failing wait takes that long
 ARGS = {"x-queue-type": "stream", "x-stream-max-segment-size-bytes": 32 * 1024}
 
 

@@ -14,7 +14,7 @@ import websocket  # websocket-client
 from tests.integration.test_tls import paho_connect
 from tests.pki import free_port, make_pki
 
-WAIT = 5.0
+WAIT = 30.0  # seconds: generous, only a failing wait takes that long (a loaded CI machine)
 
 
 def stomp_frame(command: str, headers: dict, body: bytes = b"") -> bytes:

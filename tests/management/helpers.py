@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import requests
 
-TIMEOUT_S = 10
+TIMEOUT_S = 30  # seconds: generous, only a failing request takes that long
 
 
 def base_url(broker: Any) -> str:
@@ -19,7 +19,7 @@ def session(user: str = "guest", password: str = "guest") -> requests.Session:
     return s
 
 
-def wait_for(condition: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
+def wait_for(condition: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
     """Poll ``condition`` until it returns something truthy; fail the test after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:

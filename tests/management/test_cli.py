@@ -20,7 +20,7 @@ def manifold(broker, *args: str, env: dict | None = None, stdin: str | None = No
         environ["MANIFOLD_URL"] = base_url(broker)
     environ.update(env or {})
     return subprocess.run([*MANIFOLD, *args], capture_output=True, text=True, input=stdin,
-                          timeout=60, env=environ)
+                          timeout=180, env=environ)  # generous: a loaded machine
 
 
 def json_out(result: subprocess.CompletedProcess):

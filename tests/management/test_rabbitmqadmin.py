@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import base_url, session
+from .helpers import TIMEOUT_S, base_url, session
 
 try:
     import rabbitmqadmin as _package
@@ -27,7 +27,7 @@ def rabbitmqadmin(broker, *args: str, stdin: str | None = None) -> subprocess.Co
                *args]
     # No ~/.rabbitmqadmin.conf of the machine's user may change the options.
     env = {**os.environ, "HOME": "/nonexistent", "USERPROFILE": ""}
-    return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=60,
+    return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=180,
                           env=env)
 
 
@@ -53,7 +53,7 @@ def test_declare_publish_list_get(running_broker):
     assert message["payload"] == "first order"
     assert message["properties"]["content_type"] == "text/plain"
     assert session().get(base_url(running_broker) + "/api/queues/%2F/orders",
-                         timeout=10).json()["messages"] == 0
+                         timeout=TIMEOUT_S).json()["messages"] == 0
 
 
 def test_declare_exchange_binding_and_delete(running_broker):

@@ -1,7 +1,6 @@
 """What the broker confirmed survives `kill -9`: a real daemon, real clients, a real SIGKILL."""
 import signal
 import threading
-import time
 
 import paho.mqtt.client as mqtt
 import pika
@@ -10,7 +9,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.daemon import start_daemon, stop_daemon
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)
+
+WAIT = 30  # seconds; generous, only a failing test waits that long
 
 
 def test_amqp_confirmed_messages_survive_sigkill(tmp_path):
@@ -55,10 +56,12 @@ def test_mqtt_qos1_pubacked_messages_survive_sigkill(tmp_path):
         # A persistent session subscribed at QoS 1 holds what it has not received yet.
         sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="keeper",
                           clean_session=False)
+        subscribed = threading.Event()
+        sub.on_subscribe = lambda client, userdata, mid, codes, props: subscribed.set()
         sub.connect("127.0.0.1", ports["mqtt"])
         sub.loop_start()
-        result, _ = sub.subscribe("plant/+/temp", qos=1)
-        time.sleep(0.3)
+        sub.subscribe("plant/+/temp", qos=1)
+        assert subscribed.wait(WAIT)  # the SUBACK: the session's subscription is stored
         sub.disconnect()
         sub.loop_stop()
         pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="sensor")
@@ -66,7 +69,7 @@ def test_mqtt_qos1_pubacked_messages_survive_sigkill(tmp_path):
         pub.loop_start()
         for i in range(50):
             info = pub.publish("plant/7/temp", f"{i}".encode(), qos=1)
-            info.wait_for_publish(5)  # returns once the PUBACK arrived
+            info.wait_for_publish(WAIT)  # returns once the PUBACK arrived
             assert info.is_published()
             acked.append(f"{i}".encode())
         pub.loop_stop()
@@ -89,7 +92,7 @@ def test_mqtt_qos1_pubacked_messages_survive_sigkill(tmp_path):
         sub.on_message = on_message
         sub.connect("127.0.0.1", ports["mqtt"])
         sub.loop_start()
-        assert done.wait(10), got
+        assert done.wait(WAIT), got
         sub.disconnect()
         sub.loop_stop()
         assert got == acked

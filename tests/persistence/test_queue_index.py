@@ -13,7 +13,7 @@ from manifold.persistence.records import ENQUEUE, FLAG_READ_ON_RECOVERY, encode_
 
 from .fsshim import FaultyFS, PowerCutFS
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)  # a hang fails; a loaded machine is only slow
 
 SEGMENT_BYTES = 1024
 

@@ -34,6 +34,19 @@ class Harness:
             out.append(event)
         return out
 
+    async def next_frames(self, count: int, timeout_s: float = 30.0) -> list:
+        """The frames the session writes, once there are ``count`` (output that waited for a
+        future goes out on later turns of the loop: a fixed sleep could end first on a loaded
+        machine), plus any that follow at once."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        got = self.frames()
+        while len(got) < count and loop.time() < deadline:
+            await asyncio.sleep(0.001)
+            got += self.frames()
+        await asyncio.sleep(0.01)
+        return got + self.frames()
+
     def connect(self) -> None:
         self.send(f"CONNECT\naccept-version:{self.version}\n\n\x00".encode())
         assert [f.command for f in self.frames()] == ["CONNECTED"]
@@ -64,8 +77,7 @@ async def test_receipts_wait_for_durability_in_order():
     await asyncio.sleep(0.01)
     assert h.frames() == []  # r1 waits for the fsync, r2 waits behind r1
     pending.set_result(None)
-    await asyncio.sleep(0.01)
-    assert [f.headers["receipt-id"] for f in h.frames()] == ["r1", "r2"]
+    assert [f.headers["receipt-id"] for f in await h.next_frames(2)] == ["r1", "r2"]
 
 
 async def test_deliveries_wait_for_writable_connection():
@@ -169,8 +181,7 @@ async def test_disconnect_receipt_waits_for_earlier_durable_receipts():
            b"DISCONNECT\nreceipt:bye\n\n\x00")
     assert h.frames() == [] and h.conn.close_reason is None
     pending.set_result(None)
-    await asyncio.sleep(0.01)
-    assert [f.headers["receipt-id"] for f in h.frames()] == ["r1", "bye"]
+    assert [f.headers["receipt-id"] for f in await h.next_frames(2)] == ["r1", "bye"]
     assert h.conn.close_reason == "client sent DISCONNECT"
 
 
@@ -180,8 +191,7 @@ async def test_error_while_receipt_pending_sends_no_receipt_after_it():
     pending = h.hold_durability()
     h.send(b"SEND\ndestination:/queue/d\npersistent:true\nreceipt:r1\n\nx\x00FROB\n\n\x00")
     pending.set_result(None)
-    await asyncio.sleep(0.01)
-    assert [f.command for f in h.frames()] == ["ERROR"]
+    assert [f.command for f in await h.next_frames(1)] == ["ERROR"]
     assert not pending.cancelled()
 
 
