@@ -9,6 +9,7 @@ the call answers. Records are the stream's messages: body = Data, header
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime
@@ -33,6 +34,10 @@ MAX_PUT_RECORDS = 500
 MAX_PUT_RECORDS_BYTES = 5 * 1024 * 1024
 MAX_GET_RECORDS = 10000
 MAX_GET_BYTES = 10 * 1024 * 1024
+#: pages (GetRecords, SubscribeToShard) read at once: each holds up to MAX_GET_BYTES of records
+#: and a reader's read-ahead while it reads, so cold reads stay within a fixed amount of memory
+#: however many clients ask; the others wait their turn (other calls are served meanwhile)
+PAGES_AT_ONCE = 8
 ON_DEMAND_SHARDS = 4
 
 
@@ -49,6 +54,7 @@ class Kinesis:
     def __init__(self, broker: Any, settings: Any):
         self.vhost = broker.vhosts[VHOST]
         self.iterator_ttl_ms = settings.kinesis.iterator_ttl_s * 1000
+        self.page_slots = asyncio.Semaphore(PAGES_AT_ONCE)
         self.state = broker.state_map("kinesis")
         self.streams: dict[str, KinesisStream] = {
             name: KinesisStream.from_value(value) for name, value in self.state.load().items()}
@@ -360,7 +366,12 @@ class Kinesis:
         """(page, next offset, whether the closed shard's end was reached): ``Records``,
         ``MillisBehindLatest`` and, at the end of a closed shard, ``ChildShards``. Records on
         disk are read in the store's reader thread (Stream.read_later): other clients are
-        served meanwhile."""
+        served meanwhile, and at most PAGES_AT_ONCE pages are read at a time."""
+        async with self.page_slots:
+            return await self._read_page(stream, shard, offset, limit, now)
+
+    async def _read_page(self, stream: KinesisStream, shard: Any, offset: int, limit: int,
+                         now: int) -> tuple[dict, int, bool]:
         core = self.core_stream(stream, shard)
         end = shard.end_offset if shard.end_offset is not None else core.next_offset
         records, position = [], max(offset, core.first_offset)

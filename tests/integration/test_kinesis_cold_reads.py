@@ -113,3 +113,40 @@ def test_other_clients_are_served_while_a_large_get_records_reads_the_disk(tmp_p
         fs.gate.set()
         pool.shutdown(wait=True)
         running.stop()
+
+
+async def test_at_most_pages_at_once_pages_are_read_at_a_time(tmp_path, monkeypatch):
+    """Each page being read may hold 10 MiB of records: concurrent GetRecords wait their turn
+    beyond PAGES_AT_ONCE, so memory stays bounded however many clients read."""
+    import asyncio
+
+    from manifold.adapters.aws import kinesis as kinesis_module
+    from manifold.broker import stream as stream_module
+    from manifold.config.settings import Settings
+
+    monkeypatch.setattr(kinesis_module, "PAGES_AT_ONCE", 2)
+    broker = Broker(Settings(), store=FileStore(str(tmp_path)))
+    await broker.start()
+    api = kinesis_module.Kinesis(broker, Settings())
+    await api.create_stream({"StreamName": "s", "ShardCount": 1})
+    reading, peak, release = 0, 0, asyncio.Event()
+
+    async def held_read(self, offset, limit, max_bytes=None):
+        nonlocal reading, peak
+        reading += 1
+        peak = max(peak, reading)
+        await asyncio.wait_for(release.wait(), 30)
+        reading -= 1
+        return []
+
+    monkeypatch.setattr(stream_module.Stream, "read_later", held_read)
+    stream = api.streams["s"]
+    pages = [asyncio.ensure_future(api.read_page(stream, stream.shards[0], 0, 100, 0))
+             for _ in range(6)]
+    for _ in range(50):  # (a few turns of the loop: all six have started)
+        await asyncio.sleep(0.01)
+    assert (reading, peak) == (2, 2)
+    release.set()
+    done = await asyncio.wait_for(asyncio.gather(*pages), 30)
+    assert len(done) == 6 and peak == 2
+    await broker.close()
