@@ -140,15 +140,12 @@ def _shortstr(s: str) -> bytes:
     return bytes([len(s)]) + s.encode()
 
 
-async def amqp(n: int, ack: bool) -> float:
+def amqp_sessions(server) -> tuple:
+    """A publisher and a subscriber session, each through the AMQP handshake with channel 1 open."""
     from pamqp import commands as C
     from pamqp import frame as pframe
-
-    from manifold.adapters.amqp import make_server
-    broker = Broker(Settings())
-    server = make_server(broker, broker.settings)
-    pub, sub = session(server), session(server)
-    for s in (pub, sub):
+    pair = session(server), session(server)
+    for s in pair:
         s.data_received(b"AMQP\x00\x00\x09\x01")
         s.data_received(b"".join(pframe.marshal(f, 0) for f in (
             C.Connection.StartOk(client_properties={}, mechanism="PLAIN",
@@ -156,6 +153,17 @@ async def amqp(n: int, ack: bool) -> float:
             C.Connection.TuneOk(channel_max=16, frame_max=131072, heartbeat=0),
             C.Connection.Open(virtual_host="/"))))
         s.data_received(pframe.marshal(C.Channel.Open(), 1))
+    return pair
+
+
+async def amqp(n: int, ack: bool) -> float:
+    from pamqp import commands as C
+    from pamqp import frame as pframe
+
+    from manifold.adapters.amqp import make_server
+    broker = Broker(Settings())
+    server = make_server(broker, broker.settings)
+    pub, sub = amqp_sessions(server)
     pub.data_received(pframe.marshal(C.Queue.Declare(queue="b"), 1))
     if ack:
         pub.data_received(pframe.marshal(C.Confirm.Select(), 1))
@@ -197,15 +205,7 @@ async def amqp_persistent(n: int, prefetch: int = 0) -> float:
         broker = Broker(Settings(), store=store)
         await broker.start()
         server = make_server(broker, broker.settings)
-        pub, sub = session(server), session(server)
-        for s in (pub, sub):
-            s.data_received(b"AMQP\x00\x00\x09\x01")
-            s.data_received(b"".join(pframe.marshal(f, 0) for f in (
-                C.Connection.StartOk(client_properties={}, mechanism="PLAIN",
-                                     response="\x00guest\x00guest"),
-                C.Connection.TuneOk(channel_max=16, frame_max=131072, heartbeat=0),
-                C.Connection.Open(virtual_host="/"))))
-            s.data_received(pframe.marshal(C.Channel.Open(), 1))
+        pub, sub = amqp_sessions(server)
         pub.data_received(pframe.marshal(C.Queue.Declare(queue="p", durable=True), 1))
         pub.data_received(pframe.marshal(C.Confirm.Select(), 1))
         sub.data_received(pframe.marshal(C.Basic.Qos(
